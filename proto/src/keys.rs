@@ -1,0 +1,92 @@
+//! The etcd key schema (ARCHITECTURE.md, "etcd schema"): every key rctl reads or writes is built here.
+
+/// Root of every rctl key.
+pub const ROOT: &str = "/rctl/v1/";
+
+pub fn nodes_prefix() -> String {
+    format!("{ROOT}nodes/")
+}
+pub fn node(name: &str) -> String {
+    format!("{ROOT}nodes/{name}")
+}
+
+pub fn services_prefix() -> String {
+    format!("{ROOT}services/")
+}
+pub fn service(name: &str) -> String {
+    format!("{ROOT}services/{name}")
+}
+
+pub fn tasks_prefix() -> String {
+    format!("{ROOT}tasks/")
+}
+pub fn service_tasks_prefix(service: &str) -> String {
+    format!("{ROOT}tasks/{service}/")
+}
+pub fn task(service: &str, task: &str) -> String {
+    format!("{ROOT}tasks/{service}/{task}")
+}
+
+pub fn status_prefix() -> String {
+    format!("{ROOT}status/")
+}
+pub fn node_status_prefix(node: &str) -> String {
+    format!("{ROOT}status/{node}/")
+}
+pub fn status(node: &str, task: &str) -> String {
+    format!("{ROOT}status/{node}/{task}")
+}
+
+pub fn endpoints_prefix() -> String {
+    format!("{ROOT}endpoints/")
+}
+pub fn service_endpoints_prefix(service: &str) -> String {
+    format!("{ROOT}endpoints/{service}/")
+}
+pub fn endpoint(service: &str, task: &str) -> String {
+    format!("{ROOT}endpoints/{service}/{task}")
+}
+
+/// The key of the scheduler's leader election.
+pub fn leader() -> String {
+    format!("{ROOT}leader")
+}
+
+/// The last path segment of a key: the name of the thing it stores.
+pub fn leaf(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Whether `name` may be used as a key segment: DNS-label-like, so names stay
+/// valid as hostnames, interface suffixes and path components.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_nest_under_their_prefixes() {
+        assert!(task("web", "t1").starts_with(&service_tasks_prefix("web")));
+        assert!(service_tasks_prefix("web").starts_with(&tasks_prefix()));
+        assert!(status("h1", "t1").starts_with(&node_status_prefix("h1")));
+        assert!(endpoint("web", "t1").starts_with(&service_endpoints_prefix("web")));
+        assert_eq!(leaf(&task("web", "t1")), "t1");
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(valid_name("web-1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Web"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("-a"));
+        assert!(!valid_name(&"a".repeat(64)));
+    }
+}

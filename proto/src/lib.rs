@@ -1,0 +1,27 @@
+//! rctl-api: the gRPC API of every rctl component and the glue all binaries share.
+//!
+//! # Layout
+//! - [`pb`]: the generated protobuf messages and tonic services (one schema for wire and etcd).
+//! - [`keys`]: the etcd key schema under `/rctl/v1/`.
+//! - [`codec`]: protobuf values in and out of etcd.
+//! - [`telemetry`]: `tracing` set-up, OTLP export and trace context across gRPC.
+//! - [`clock`]: wall-clock timestamps as stored in etcd.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod codec;
+pub mod keys;
+pub mod telemetry;
+
+/// Generated protobuf and gRPC code for package `rctl.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("rctl.v1");
+}
+
+/// The port each agent serves its gRPC API on, in its host's network.
+pub const DEFAULT_AGENT_PORT: u16 = 7700;
+/// The scheduler's default API address.
+pub const DEFAULT_SCHEDULER_ADDR: &str = "http://127.0.0.1:7600";
+/// The default etcd endpoint.
+pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
