@@ -6,11 +6,14 @@
 //! - [`codec`]: protobuf values in and out of etcd.
 //! - [`telemetry`]: `tracing` set-up, OTLP export and trace context across gRPC.
 //! - [`clock`]: wall-clock timestamps as stored in etcd.
+//! - [`metrics`]: the tiny `/metrics` HTTP endpoint.
 #![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod codec;
 pub mod keys;
+pub mod metrics;
+pub mod signal;
 pub mod telemetry;
 
 /// Generated protobuf and gRPC code for package `rctl.v1`.

@@ -1,1 +1,71 @@
-//! placeholder
+//! rctl-scheduler: the control plane. It serves the Scheduler gRPC API the CLI talks to and
+//! runs the reconcile loop that keeps every service at its desired scale.
+//!
+//! # Layout
+//! - [`api`]: gRPC handlers (validate, write desired state, read views).
+//! - [`grpc`]: error → `tonic::Status`, once.
+//! - [`spec`]: validation of service specs and revisions.
+//! - [`store`]: etcd reads and guarded writes.
+//! - [`reconcile`] and [`placement`]: pure decisions.
+//! - [`controller`]: the loop that reads, decides and acts.
+//! - [`agents`]: the gRPC edge towards agents.
+#![forbid(unsafe_code)]
+
+pub mod agents;
+pub mod api;
+pub mod controller;
+pub mod grpc;
+pub mod placement;
+pub mod reconcile;
+pub mod spec;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rctl_api::pb::scheduler_server::SchedulerServer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd: Vec<String>,
+    pub listen: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Runs the API server and the controller until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = store::Store::connect(&cfg.etcd).await?;
+    let agents = agents::Agents::default();
+    let tasks = TaskTracker::new();
+    let passes = Arc::new(AtomicU64::new(0));
+
+    tasks.spawn(controller::run(store.clone(), agents, shutdown.child_token()));
+    if let Some(addr) = cfg.metrics_addr {
+        let passes = passes.clone();
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            let render = move || {
+                format!("# TYPE rctl_scheduler_up gauge\nrctl_scheduler_up 1\n# TYPE rctl_scheduler_info gauge\nrctl_scheduler_info{{version=\"{}\"}} {}\n", env!("CARGO_PKG_VERSION"), passes.load(Ordering::Relaxed).max(1))
+            };
+            if let Err(e) = rctl_api::metrics::serve(addr, render, token.cancelled_owned()).await {
+                tracing::error!(error = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    tracing::info!(addr = %cfg.listen, "scheduler API listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(SchedulerServer::new(api::Api { store }))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let res = server.await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    res?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The scheduler's edge towards agents: one lazily connected gRPC channel per node address,
+//! and RunTask/StopTask sent without blocking the reconcile loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rctl_api::pb::agent_client::AgentClient;
+use rctl_api::pb::{RunTaskRequest, StopTaskRequest, Task};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+/// How long a sent command is trusted before it is sent again if nothing changed.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Default)]
+pub struct Agents {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Channel per agent address.
+    channels: HashMap<String, Channel>,
+    /// When each (task, command) was last sent, to avoid flooding agents with repeats.
+    sent: HashMap<(String, &'static str), Instant>,
+}
+
+impl Agents {
+    fn channel(&self, addr: &str) -> Option<Channel> {
+        let mut inner = self.inner.lock().expect("agents lock");
+        if let Some(c) = inner.channels.get(addr) {
+            return Some(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(RPC_TIMEOUT);
+        let ch = ep.connect_lazy();
+        inner.channels.insert(addr.to_string(), ch.clone());
+        Some(ch)
+    }
+
+    /// Claims the right to send `cmd` for `task` now; false if it was sent recently.
+    fn claim(&self, task: &str, cmd: &'static str, force: bool) -> bool {
+        let mut inner = self.inner.lock().expect("agents lock");
+        let now = Instant::now();
+        let key = (task.to_string(), cmd);
+        match inner.sent.get(&key) {
+            Some(t) if !force && now.duration_since(*t) < RESEND_AFTER => false,
+            _ => {
+                inner.sent.insert(key, now);
+                true
+            }
+        }
+    }
+
+    /// Forgets tasks that no longer exist, so the map does not grow forever.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.inner.lock().expect("agents lock").sent.retain(|(t, _), _| live(t));
+    }
+
+    /// Sends RunTask in the background. `force` skips the resend delay (a new placement).
+    pub fn run(&self, addr: &str, task: &Task, force: bool) {
+        if !self.claim(&task.id, "run", force) {
+            return;
+        }
+        let Some(ch) = self.channel(addr) else { return };
+        let req = RunTaskRequest { task: Some(task.clone()) };
+        let span = tracing::info_span!("run_task", task = %task.id, node = %task.node);
+        tokio::spawn(
+            async move {
+                let mut c = AgentClient::with_interceptor(ch, rctl_api::telemetry::propagate);
+                if let Err(e) = c.run_task(req).await {
+                    tracing::warn!(error = %e.message(), "RunTask failed; will retry");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Sends StopTask (remove when stopped) in the background.
+    pub fn stop(&self, addr: &str, task: &Task, force: bool) {
+        if !self.claim(&task.id, "stop", force) {
+            return;
+        }
+        let Some(ch) = self.channel(addr) else { return };
+        let req = StopTaskRequest {
+            task_id: task.id.clone(),
+            service: task.service.clone(),
+            timeout_ms: 0,
+            remove: true,
+        };
+        let span = tracing::info_span!("stop_task", task = %task.id, node = %task.node);
+        tokio::spawn(
+            async move {
+                let mut c = AgentClient::with_interceptor(ch, rctl_api::telemetry::propagate);
+                if let Err(e) = c.stop_task(req).await {
+                    tracing::warn!(error = %e.message(), "StopTask failed; will retry");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

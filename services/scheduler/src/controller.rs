@@ -1,0 +1,172 @@
+//! The reconcile loop: read everything, decide with [`reconcile`], write the decisions to
+//! etcd (guarded), then tell agents. Woken by any etcd change under `/rctl/v1/` and by a
+//! periodic tick, so it is level-triggered: a missed event only delays the next pass.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rctl_api::pb::{DesiredState, Task};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::Agents;
+use crate::reconcile::{reconcile, Action, Snapshot};
+use crate::store::{Loaded, Store, StoreError};
+
+const TICK: Duration = Duration::from_secs(1);
+
+pub async fn run(store: Store, agents: Agents, shutdown: CancellationToken) {
+    let wake = Arc::new(Notify::new());
+    tokio::spawn(watch(store.clone(), wake.clone(), shutdown.clone()));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if let Err(e) = pass(&store, &agents).await {
+            tracing::warn!(error = %e, "reconcile pass failed; retrying");
+        }
+    }
+}
+
+/// One read → decide → act pass. Returns once etcd writes are done (RPCs run on).
+pub async fn pass(store: &Store, agents: &Agents) -> Result<(), StoreError> {
+    let loaded = store.load().await?;
+    let snap = Snapshot {
+        services: &loaded.services,
+        tasks: &loaded.tasks,
+        statuses: &loaded.statuses,
+        nodes: &loaded.nodes,
+        now_ms: rctl_api::clock::now_unix_ms(),
+    };
+    let plan = reconcile(&snap);
+    for u in &plan.unplaced {
+        tracing::debug!(service = %u.service, missing = u.missing, reason = u.reason, "cannot place");
+    }
+    let addr: HashMap<&str, &str> = loaded.nodes.iter().map(|n| (n.name.as_str(), n.address.as_str())).collect();
+    for action in plan.actions {
+        if let Err(e) = apply(store, agents, &loaded, &addr, action).await {
+            // A conflict means our view is stale; the next pass sees the new state.
+            tracing::debug!(error = %e, "action skipped");
+        }
+    }
+    agents.retain(|id| loaded.tasks.iter().any(|t| t.id == id));
+    Ok(())
+}
+
+async fn apply(
+    store: &Store,
+    agents: &Agents,
+    loaded: &Loaded,
+    addr: &HashMap<&str, &str>,
+    action: Action,
+) -> Result<(), StoreError> {
+    match action {
+        Action::Place { service, node, slot, revision } => {
+            let Some(svc) = loaded.service(&service) else { return Ok(()) };
+            let spec = svc.spec.clone().unwrap_or_default();
+            let task = Task {
+                id: new_task_id(),
+                service: service.clone(),
+                node: node.clone(),
+                revision,
+                image: spec.image,
+                command: spec.command,
+                env: spec.env,
+                container_port: spec.port.map(|p| p.container).unwrap_or(0),
+                desired_state: DesiredState::Running as i32,
+                created_unix_ms: rctl_api::clock::now_unix_ms(),
+                resources: spec.resources,
+                slot,
+            };
+            store.create_task(&task, loaded.mod_revision(&rctl_api::keys::service(&service))).await?;
+            tracing::info!(service = %service, task = %task.id, node = %node, slot, "placed");
+            if let Some(a) = addr.get(node.as_str()) {
+                agents.run(a, &task, true);
+            }
+        }
+        Action::Retire { mut task, reason } => {
+            let rev = loaded.mod_revision(&rctl_api::keys::task(&task.service, &task.id));
+            task.set_desired_state(DesiredState::Shutdown);
+            store.update_task(&task, rev).await?;
+            tracing::info!(service = %task.service, task = %task.id, reason, "retired");
+            if let Some(a) = addr.get(task.node.as_str()) {
+                agents.stop(a, &task, true);
+            }
+        }
+        Action::Delete { task, reason } => {
+            store.delete_task(&task).await?;
+            tracing::info!(service = %task.service, task = %task.id, reason, "deleted");
+        }
+        Action::EnsureRunning { task } => {
+            if let Some(a) = addr.get(task.node.as_str()) {
+                agents.run(a, &task, false);
+            }
+        }
+        Action::EnsureStopped { task } => {
+            if let Some(a) = addr.get(task.node.as_str()) {
+                agents.stop(a, &task, false);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A 16-hex-digit random id; its first 12 digits are the container's short id and hostname.
+pub fn new_task_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Wakes the loop on every change; resumes after errors from the last revision seen and
+/// re-lists (by waking the loop, which reads everything) after compaction.
+async fn watch(store: Store, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut from = 0i64;
+    loop {
+        if from == 0 {
+            match store.load().await {
+                Ok(l) => from = l.revision + 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch: initial read failed");
+                    tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(TICK) => continue }
+                }
+            }
+        }
+        let mut stream = match store.watch(from).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch failed; retrying");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(TICK) => continue }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = stream.next() => m,
+            };
+            match msg {
+                Some(Ok(resp)) => {
+                    if resp.compact_revision() > 0 {
+                        from = 0;
+                        wake.notify_one();
+                        break;
+                    }
+                    if let Some(h) = resp.header() {
+                        from = from.max(h.revision() + 1);
+                    }
+                    if !resp.events().is_empty() {
+                        wake.notify_one();
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch broke; resuming");
+                    break;
+                }
+                None => break,
+            }
+        }
+        wake.notify_one();
+    }
+}

@@ -1,0 +1,32 @@
+//! The one place scheduler errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::spec::SpecError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("service {0:?} not found (see: rctl service ls)")]
+    ServiceNotFound(String),
+    #[error("{0}")]
+    Invalid(#[from] SpecError),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match &e {
+            ApiError::ServiceNotFound(_) => Status::not_found(e.to_string()),
+            ApiError::Invalid(_) | ApiError::BadRequest(_) => Status::invalid_argument(e.to_string()),
+            ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
+            ApiError::Store(StoreError::Etcd { .. }) => {
+                tracing::error!(error = %e, "store unavailable");
+                Status::unavailable(format!("{e} (is etcd up?)"))
+            }
+        }
+    }
+}

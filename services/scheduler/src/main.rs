@@ -1,0 +1,35 @@
+//! rctl-scheduler: parses flags and runs the control plane until SIGTERM.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "rctl-scheduler", version, about = "rctl control plane: API and reconciler")]
+struct Args {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "RCTL_ETCD", default_value = rctl_api::DEFAULT_ETCD, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Address of the gRPC API.
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    listen: std::net::SocketAddr,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = rctl_api::telemetry::init("rctl-scheduler", "info");
+    let token = CancellationToken::new();
+    let signal_token = token.clone();
+    tokio::spawn(async move {
+        rctl_api::signal::shutdown().await;
+        signal_token.cancel();
+    });
+    rctl_scheduler::run(
+        rctl_scheduler::Config { etcd: args.etcd, listen: args.listen, metrics_addr: args.metrics_addr },
+        token,
+    )
+    .await
+}

@@ -1,0 +1,533 @@
+//! The reconcile function: desired state (services) + actual state (nodes, tasks, statuses)
+//! in, a [`Plan`] of actions out. Pure: no I/O, no clock (time is an input), no randomness
+//! (the controller names new tasks). Running it again on the result of its own plan yields
+//! an empty plan.
+//!
+//! # Vocabulary
+//! - *active* task: desired state running. *Retired*: desired state shutdown, kept as history.
+//! - *live* active task: on a node that still holds its lease and not finished (exited/failed).
+//! - *finished* active task: exited or failed; it keeps its slot until its restart delay is
+//!   over, then it is retired and a replacement takes the slot.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use rctl_api::pb::{DesiredState, Node, Service, Task, TaskState, TaskStatus};
+
+use crate::placement;
+
+/// How many retired tasks of a service are kept for `ps -a`.
+pub const HISTORY_PER_SERVICE: usize = 5;
+/// First restart delay of a finished task; doubles with each recent failure of the service.
+pub const RESTART_DELAY_MS: i64 = 1_000;
+/// Upper bound of the restart delay.
+pub const MAX_RESTART_DELAY_MS: i64 = 30_000;
+
+/// Everything reconcile reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    pub services: &'a [Service],
+    pub tasks: &'a [Task],
+    /// Last reported status, by task id.
+    pub statuses: &'a HashMap<String, TaskStatus>,
+    /// Nodes that hold a lease now.
+    pub nodes: &'a [Node],
+    pub now_ms: i64,
+}
+
+/// One thing to do. Task-changing actions are applied to etcd first; RPCs follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create a new task (the controller assigns its id) and send it to its node.
+    Place { service: String, node: String, slot: u32, revision: u64 },
+    /// Set the task's desired state to shutdown and stop it on its node.
+    Retire { task: Task, reason: &'static str },
+    /// Forget the task: its task and status keys go.
+    Delete { task: Task, reason: &'static str },
+    /// The task should run but its node has not reported it yet: (re)send RunTask.
+    EnsureRunning { task: Task },
+    /// The task is retired but its node still reports it alive: (re)send StopTask.
+    EnsureStopped { task: Task },
+}
+
+/// Why a service has fewer tasks than it wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaced {
+    pub service: String,
+    pub missing: u32,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub unplaced: Vec<Unplaced>,
+}
+
+impl Plan {
+    /// True when nothing changes state in etcd (resending RPCs does not count).
+    pub fn is_quiet(&self) -> bool {
+        self.actions
+            .iter()
+            .all(|a| matches!(a, Action::EnsureRunning { .. } | Action::EnsureStopped { .. }))
+    }
+}
+
+pub const REASON_NODE_LOST: &str = "node lost";
+pub const REASON_SCALED_DOWN: &str = "scaled down";
+pub const REASON_REPLACED: &str = "replaced by a newer revision";
+pub const REASON_FINISHED: &str = "task finished; restarting";
+pub const REASON_SERVICE_REMOVED: &str = "service removed";
+pub const REASON_HISTORY: &str = "history limit";
+pub const REASON_NO_NODES: &str = "no nodes available";
+
+fn state_of(s: &Snapshot<'_>, t: &Task) -> Option<TaskState> {
+    s.statuses.get(&t.id).map(|st| st.state())
+}
+
+fn is_finished(state: Option<TaskState>) -> bool {
+    matches!(state, Some(TaskState::Exited | TaskState::Failed))
+}
+
+fn is_ready(s: &Snapshot<'_>, t: &Task) -> bool {
+    s.statuses
+        .get(&t.id)
+        .is_some_and(|st| st.state() == TaskState::Running && (t.container_port == 0 || st.health == "healthy"))
+}
+
+/// Delay before a finished task is replaced, growing with the service's recent failures.
+pub fn restart_delay_ms(recent_failures: usize) -> i64 {
+    let shift = recent_failures.min(16) as u32;
+    (RESTART_DELAY_MS << shift).min(MAX_RESTART_DELAY_MS)
+}
+
+pub fn reconcile(s: &Snapshot<'_>) -> Plan {
+    let mut plan = Plan::default();
+    let live_nodes: HashSet<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+    let services: HashMap<&str, &Service> = s
+        .services
+        .iter()
+        .filter_map(|svc| svc.spec.as_ref().map(|spec| (spec.name.as_str(), svc)))
+        .collect();
+
+    let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+    for t in s.tasks {
+        by_service.entry(t.service.as_str()).or_default().push(t);
+    }
+
+    // Node of every active task on a live node: what placement spreads against.
+    let mut all_active_nodes: Vec<String> = s
+        .tasks
+        .iter()
+        .filter(|t| t.desired_state() == DesiredState::Running && live_nodes.contains(t.node.as_str()))
+        .map(|t| t.node.clone())
+        .collect();
+
+    let mut names: BTreeSet<&str> = by_service.keys().copied().collect();
+    names.extend(services.keys().copied());
+    for name in names {
+        let tasks = by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        match services.get(name) {
+            Some(svc) => reconcile_service(s, svc, tasks, &live_nodes, &mut all_active_nodes, &mut plan),
+            None => reconcile_removed(s, tasks, &live_nodes, &mut plan),
+        }
+    }
+    plan
+}
+
+fn reconcile_removed(s: &Snapshot<'_>, tasks: &[&Task], live: &HashSet<&str>, plan: &mut Plan) {
+    for t in tasks {
+        let on_live = live.contains(t.node.as_str());
+        if t.desired_state() == DesiredState::Running && on_live {
+            plan.actions.push(Action::Retire { task: (*t).clone(), reason: REASON_SERVICE_REMOVED });
+        } else if !on_live || is_finished(state_of(s, t)) || state_of(s, t).is_none() {
+            plan.actions.push(Action::Delete { task: (*t).clone(), reason: REASON_SERVICE_REMOVED });
+        } else {
+            plan.actions.push(Action::EnsureStopped { task: (*t).clone() });
+        }
+    }
+}
+
+fn reconcile_service(
+    s: &Snapshot<'_>,
+    svc: &Service,
+    tasks: &[&Task],
+    live_nodes: &HashSet<&str>,
+    all_active_nodes: &mut Vec<String>,
+    plan: &mut Plan,
+) {
+    let spec = svc.spec.as_ref().expect("services without spec are filtered out");
+    let want = spec.replicas as usize;
+    let (active, retired): (Vec<&Task>, Vec<&Task>) =
+        tasks.iter().partition(|t| t.desired_state() == DesiredState::Running);
+
+    let recent_failures = retired
+        .iter()
+        .filter(|t| state_of(s, t) == Some(TaskState::Failed))
+        .count();
+    let delay = restart_delay_ms(recent_failures);
+
+    // Tasks that hold a slot: live ones and finished ones still in their restart delay.
+    let mut holding: Vec<&Task> = Vec::new();
+    for t in &active {
+        if !live_nodes.contains(t.node.as_str()) {
+            plan.actions.push(Action::Delete { task: (*t).clone(), reason: REASON_NODE_LOST });
+            continue;
+        }
+        let state = state_of(s, t);
+        if is_finished(state) {
+            let finished = s.statuses.get(&t.id).map(|st| st.finished_unix_ms).unwrap_or(0);
+            if s.now_ms - finished >= delay {
+                plan.actions.push(Action::Retire { task: (*t).clone(), reason: REASON_FINISHED });
+                continue;
+            }
+        } else if state.is_none() {
+            plan.actions.push(Action::EnsureRunning { task: (*t).clone() });
+        }
+        holding.push(t);
+    }
+
+    let (current, old): (Vec<&Task>, Vec<&Task>) = holding.iter().partition(|t| t.revision == svc.revision);
+    let mut to_place = 0usize;
+    let mut to_retire: Vec<(&Task, &'static str)> = Vec::new();
+    if old.is_empty() {
+        if current.len() < want {
+            to_place = want - current.len();
+        } else {
+            let extra = current.len() - want;
+            to_retire.extend(scale_down_order(s, &current).into_iter().take(extra).map(|t| (t, REASON_SCALED_DOWN)));
+        }
+    } else {
+        // Rolling replacement, surge first: one new task beyond the desired count at a
+        // time, and an old task goes only once a new one is ready in its place.
+        let total = current.len() + old.len();
+        if current.len() < want && total < want + 1 {
+            to_place = (want - current.len()).min(want + 1 - total);
+        }
+        let ready_new = current.iter().filter(|t| is_ready(s, t)).count();
+        let excess = (ready_new + old.len()).saturating_sub(want);
+        to_retire.extend(scale_down_order(s, &old).into_iter().take(excess).map(|t| (t, REASON_REPLACED)));
+        if current.len() > want {
+            let extra = current.len() - want;
+            to_retire.extend(scale_down_order(s, &current).into_iter().take(extra).map(|t| (t, REASON_SCALED_DOWN)));
+        }
+    }
+
+    for (t, reason) in to_retire {
+        plan.actions.push(Action::Retire { task: t.clone(), reason });
+    }
+
+    if to_place > 0 {
+        let service_nodes = holding.iter().map(|t| t.node.as_str());
+        let candidates = placement::candidates(
+            s.nodes.iter().map(|n| n.name.as_str()),
+            service_nodes,
+            all_active_nodes.iter().map(String::as_str),
+        );
+        let chosen = placement::spread(&candidates, to_place);
+        if chosen.len() < to_place {
+            plan.unplaced.push(Unplaced {
+                service: spec.name.clone(),
+                missing: (to_place - chosen.len()) as u32,
+                reason: REASON_NO_NODES,
+            });
+        }
+        let used: HashSet<u32> = holding.iter().map(|t| t.slot).collect();
+        let mut free_slots = (1u32..).filter(|n| !used.contains(n));
+        all_active_nodes.extend(chosen.iter().cloned());
+        for node in chosen {
+            let slot = free_slots.next().expect("slots are unbounded");
+            plan.actions.push(Action::Place { service: spec.name.clone(), node, slot, revision: svc.revision });
+        }
+    }
+
+    reconcile_history(s, &retired, live_nodes, plan);
+}
+
+/// Retired tasks: make sure they stop, and keep only the newest few finished ones.
+fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, plan: &mut Plan) {
+    let mut done: Vec<&Task> = Vec::new();
+    for t in retired {
+        if !live.contains(t.node.as_str()) || is_finished(state_of(s, t)) || state_of(s, t).is_none() {
+            done.push(t);
+        } else {
+            plan.actions.push(Action::EnsureStopped { task: (*t).clone() });
+        }
+    }
+    done.sort_by_key(|t| std::cmp::Reverse((t.created_unix_ms, t.id.clone())));
+    for t in done.into_iter().skip(HISTORY_PER_SERVICE) {
+        plan.actions.push(Action::Delete { task: t.clone(), reason: REASON_HISTORY });
+    }
+}
+
+/// Which tasks to stop first when there are too many: those not yet running, then those on
+/// the nodes holding most of the service, then the highest slots.
+fn scale_down_order<'a>(s: &Snapshot<'_>, tasks: &[&'a Task]) -> Vec<&'a Task> {
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for t in tasks {
+        *per_node.entry(t.node.as_str()).or_default() += 1;
+    }
+    let mut v: Vec<&Task> = tasks.to_vec();
+    v.sort_by_key(|t| {
+        let running = state_of(s, t) == Some(TaskState::Running);
+        (running, std::cmp::Reverse(per_node[t.node.as_str()]), std::cmp::Reverse(t.slot))
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rctl_api::pb::ServiceSpec;
+
+    fn service(name: &str, replicas: u32, revision: u64) -> Service {
+        Service {
+            spec: Some(ServiceSpec { name: name.into(), image: "img".into(), replicas, ..Default::default() }),
+            revision,
+            ..Default::default()
+        }
+    }
+
+    fn node(name: &str) -> Node {
+        Node { name: name.into(), ..Default::default() }
+    }
+
+    fn task(id: &str, svc: &str, node: &str, slot: u32) -> Task {
+        Task {
+            id: id.into(),
+            service: svc.into(),
+            node: node.into(),
+            slot,
+            revision: 1,
+            desired_state: DesiredState::Running as i32,
+            ..Default::default()
+        }
+    }
+
+    fn status(t: &Task, state: TaskState) -> (String, TaskStatus) {
+        let mut st = TaskStatus { task_id: t.id.clone(), node: t.node.clone(), ..Default::default() };
+        st.set_state(state);
+        (t.id.clone(), st)
+    }
+
+    fn running(tasks: &[Task]) -> HashMap<String, TaskStatus> {
+        tasks.iter().map(|t| status(t, TaskState::Running)).collect()
+    }
+
+    fn places(p: &Plan) -> Vec<(String, u32)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { node, slot, .. } => Some((node.clone(), *slot)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn retired(p: &Plan) -> Vec<String> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Retire { task, .. } => Some(task.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scale_up_spreads_over_nodes_with_fresh_slots() {
+        let svcs = [service("web", 5, 1)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(places(&p), vec![("h1".into(), 3), ("h2".into(), 4), ("h1".into(), 5)]);
+        assert!(retired(&p).is_empty());
+    }
+
+    #[test]
+    fn scale_down_retires_from_the_busiest_node_highest_slot_first() {
+        let svcs = [service("web", 1, 1)];
+        let tasks = [
+            task("a", "web", "h1", 1),
+            task("b", "web", "h2", 2),
+            task("c", "web", "h1", 3),
+        ];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(retired(&p), vec!["c".to_string(), "a".to_string()]);
+        assert!(places(&p).is_empty());
+    }
+
+    #[test]
+    fn scale_down_prefers_tasks_not_yet_running() {
+        let svcs = [service("web", 1, 1)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st: HashMap<_, _> = [status(&tasks[0], TaskState::Running), status(&tasks[1], TaskState::Starting)].into();
+        let nodes = [node("h1"), node("h2")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(retired(&p), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn tasks_of_a_lost_node_are_deleted_and_replaced_elsewhere() {
+        let svcs = [service("web", 2, 1)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h3")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert!(p.actions.contains(&Action::Delete { task: tasks[1].clone(), reason: REASON_NODE_LOST }));
+        assert_eq!(places(&p), vec![("h3".into(), 2)]);
+    }
+
+    #[test]
+    fn nothing_to_do_gives_no_actions() {
+        let svcs = [service("web", 2, 1)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn no_nodes_places_nothing_and_says_why() {
+        let svcs = [service("web", 2, 1)];
+        let st = HashMap::new();
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &[], statuses: &st, nodes: &[], now_ms: 0 });
+        assert!(places(&p).is_empty());
+        assert_eq!(p.unplaced, vec![Unplaced { service: "web".into(), missing: 2, reason: REASON_NO_NODES }]);
+    }
+
+    #[test]
+    fn scale_to_zero_retires_everything_and_places_nothing() {
+        let svcs = [service("web", 0, 1)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(retired(&p).len(), 2);
+        assert!(places(&p).is_empty());
+    }
+
+    #[test]
+    fn a_failed_task_keeps_its_slot_until_the_restart_delay_then_is_replaced_in_place() {
+        let svcs = [service("web", 1, 1)];
+        let tasks = [task("a", "web", "h1", 1)];
+        let mut st: HashMap<_, _> = [status(&tasks[0], TaskState::Failed)].into();
+        st.get_mut("a").unwrap().finished_unix_ms = 10_000;
+        let nodes = [node("h1")];
+        let early = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 10_500 });
+        assert_eq!(early, Plan::default());
+        let later = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 11_000 });
+        assert_eq!(retired(&later), vec!["a".to_string()]);
+        assert_eq!(places(&later), vec![("h1".into(), 1)]);
+    }
+
+    #[test]
+    fn restart_delay_doubles_and_is_capped() {
+        assert_eq!(restart_delay_ms(0), 1_000);
+        assert_eq!(restart_delay_ms(2), 4_000);
+        assert_eq!(restart_delay_ms(10), MAX_RESTART_DELAY_MS);
+    }
+
+    #[test]
+    fn unreported_tasks_are_resent_to_their_node() {
+        let svcs = [service("web", 1, 1)];
+        let tasks = [task("a", "web", "h1", 1)];
+        let st = HashMap::new();
+        let nodes = [node("h1")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(p.actions, vec![Action::EnsureRunning { task: tasks[0].clone() }]);
+        assert!(p.is_quiet());
+    }
+
+    #[test]
+    fn removed_service_tasks_are_retired_then_deleted_once_stopped() {
+        let tasks = [task("a", "web", "h1", 1)];
+        let st = running(&tasks);
+        let nodes = [node("h1")];
+        let p = reconcile(&Snapshot { services: &[], tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(retired(&p), vec!["a".to_string()]);
+
+        let mut gone = tasks[0].clone();
+        gone.set_desired_state(DesiredState::Shutdown);
+        let st: HashMap<_, _> = [status(&gone, TaskState::Exited)].into();
+        let p = reconcile(&Snapshot { services: &[], tasks: &[gone.clone()], statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(p.actions, vec![Action::Delete { task: gone, reason: REASON_SERVICE_REMOVED }]);
+    }
+
+    #[test]
+    fn new_revision_rolls_surge_first() {
+        let svcs = [service("web", 2, 2)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        // One new task beyond the desired count; no old task goes before a new one is ready.
+        assert_eq!(places(&p).len(), 1);
+        assert!(retired(&p).is_empty());
+
+        let mut new = task("c", "web", "h1", 3);
+        new.revision = 2;
+        let all = [tasks[0].clone(), tasks[1].clone(), new];
+        let mut st = running(&all);
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &all, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert_eq!(retired(&p).len(), 1, "the ready new task replaces one old task");
+        st.get_mut("c").unwrap().set_state(TaskState::Starting);
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &all, statuses: &st, nodes: &nodes, now_ms: 0 });
+        assert!(retired(&p).is_empty(), "a new task that is not ready replaces nothing");
+    }
+
+    #[test]
+    fn history_keeps_only_the_newest_retired_tasks() {
+        let svcs = [service("web", 0, 1)];
+        let tasks: Vec<Task> = (0..8)
+            .map(|i| {
+                let mut t = task(&format!("t{i}"), "web", "h1", 1);
+                t.created_unix_ms = i;
+                t.set_desired_state(DesiredState::Shutdown);
+                t
+            })
+            .collect();
+        let st: HashMap<_, _> = tasks.iter().map(|t| status(t, TaskState::Exited)).collect();
+        let nodes = [node("h1")];
+        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let deleted: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Delete { task, .. } => Some(task.id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, vec!["t2", "t1", "t0"]);
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Safety: never more active tasks placed than wanted, and applying the plan's
+            /// placements reaches the desired count when nodes exist.
+            #[test]
+            fn never_overplaces(replicas in 0u32..12, existing in 0usize..12, nodes_n in 0usize..5) {
+                let svcs = [service("web", replicas, 1)];
+                let nodes: Vec<Node> = (1..=nodes_n).map(|i| node(&format!("h{i}"))).collect();
+                let tasks: Vec<Task> = (0..existing)
+                    .map(|i| task(&format!("t{i}"), "web", &format!("h{}", i % nodes_n.max(1) + 1), i as u32 + 1))
+                    .collect();
+                let st = running(&tasks);
+                let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+                let live = tasks.iter().filter(|t| nodes.iter().any(|n| n.name == t.node)).count();
+                let after = live + places(&p).len() - retired(&p).len();
+                if nodes_n > 0 {
+                    prop_assert_eq!(after, replicas as usize);
+                } else {
+                    prop_assert!(places(&p).is_empty());
+                }
+            }
+        }
+    }
+}

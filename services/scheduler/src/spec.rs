@@ -1,0 +1,126 @@
+//! Validation of service specs and scale targets at the API edge, and the rule for when a
+//! change makes a new revision.
+
+use rctl_api::keys::valid_name;
+use rctl_api::pb::ServiceSpec;
+
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 10_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("invalid service name {0:?}: use lowercase letters, digits and '-', at most 63")]
+    Name(String),
+    #[error("service {0:?} has no image")]
+    NoImage(String),
+    #[error("invalid image reference {0:?}")]
+    Image(String),
+    #[error("replicas must be between 0 and {MAX_REPLICAS}, got {0}")]
+    Replicas(i64),
+    #[error("port.container must be between 1 and 65535, got {0}")]
+    ContainerPort(u32),
+    #[error("port.protocol must be \"http\" or \"tcp\", got {0:?}")]
+    Protocol(String),
+    #[error("port.listen must be IP:PORT, got {0:?}")]
+    Listen(String),
+}
+
+pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
+    if !valid_name(&spec.name) {
+        return Err(SpecError::Name(spec.name.clone()));
+    }
+    if spec.image.trim().is_empty() {
+        return Err(SpecError::NoImage(spec.name.clone()));
+    }
+    if !valid_image(&spec.image) {
+        return Err(SpecError::Image(spec.image.clone()));
+    }
+    validate_replicas(spec.replicas as i64)?;
+    if let Some(p) = &spec.port {
+        if p.container == 0 || p.container > 65535 {
+            return Err(SpecError::ContainerPort(p.container));
+        }
+        if !matches!(p.protocol.as_str(), "" | "http" | "tcp") {
+            return Err(SpecError::Protocol(p.protocol.clone()));
+        }
+        if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(SpecError::Listen(p.listen.clone()));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_replicas(n: i64) -> Result<(), SpecError> {
+    if (0..=MAX_REPLICAS).contains(&n) {
+        Ok(())
+    } else {
+        Err(SpecError::Replicas(n))
+    }
+}
+
+/// A loose check of `[host[:port]/]path[:tag][@digest]`: catches typos and spaces; the
+/// registry has the last word.
+fn valid_image(r: &str) -> bool {
+    let ok_chars = r
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+    ok_chars && !r.starts_with(['/', ':', '@']) && !r.ends_with(['/', ':', '@']) && !r.contains("//")
+}
+
+/// Whether going from `old` to `new` changes what runs (a new revision), rather than only
+/// how many replicas run.
+pub fn changes_revision(old: &ServiceSpec, new: &ServiceSpec) -> bool {
+    let strip = |s: &ServiceSpec| ServiceSpec { replicas: 0, ..s.clone() };
+    strip(old) != strip(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rctl_api::pb::PortSpec;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            image: "198.18.0.1:7603/rctl/testserver:v1".into(),
+            replicas: 2,
+            port: Some(PortSpec { container: 8080, protocol: "http".into(), listen: "127.0.0.1:8080".into() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        assert_eq!(validate(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        let mut s = spec();
+        s.image = "".into();
+        assert_eq!(validate(&s), Err(SpecError::NoImage("web".into())));
+        let mut s = spec();
+        s.image = "bad image".into();
+        assert!(matches!(validate(&s), Err(SpecError::Image(_))));
+        let mut s = spec();
+        s.name = "Web".into();
+        assert!(matches!(validate(&s), Err(SpecError::Name(_))));
+        let mut s = spec();
+        s.port.as_mut().unwrap().protocol = "udp".into();
+        assert!(matches!(validate(&s), Err(SpecError::Protocol(_))));
+        let mut s = spec();
+        s.port.as_mut().unwrap().listen = "nowhere".into();
+        assert!(matches!(validate(&s), Err(SpecError::Listen(_))));
+        assert_eq!(validate_replicas(-1), Err(SpecError::Replicas(-1)));
+    }
+
+    #[test]
+    fn only_scaling_keeps_the_revision() {
+        let a = spec();
+        let mut b = spec();
+        b.replicas = 9;
+        assert!(!changes_revision(&a, &b));
+        b.image = "x:2".into();
+        assert!(changes_revision(&a, &b));
+    }
+}

@@ -1,0 +1,189 @@
+//! etcd access for the scheduler: one consistent read of everything, and the guarded writes
+//! that claim or change work. Every write that depends on what was read compares the key's
+//! mod revision, so a stale view (or, later, a deposed leader) cannot clobber newer state.
+
+use std::collections::HashMap;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use rctl_api::codec::{decode, encode};
+use rctl_api::keys;
+use rctl_api::pb::{Node, Service, Task, TaskStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd {op}: {source}")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("{0} changed concurrently; retry")]
+    Conflict(String),
+}
+
+fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    move |source| StoreError::Etcd { op, source }
+}
+
+/// Everything under `/rctl/v1/` at one etcd revision.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    pub revision: i64,
+    pub services: Vec<Service>,
+    pub tasks: Vec<Task>,
+    pub statuses: HashMap<String, TaskStatus>,
+    pub nodes: Vec<Node>,
+    /// Mod revision of every key read, for guarded writes.
+    pub mod_revisions: HashMap<String, i64>,
+}
+
+impl Loaded {
+    pub fn mod_revision(&self, key: &str) -> i64 {
+        self.mod_revisions.get(key).copied().unwrap_or(0)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == name))
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+}
+
+impl Store {
+    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(5))
+            .with_timeout(std::time::Duration::from_secs(10));
+        let client = Client::connect(endpoints, Some(opts)).await.map_err(etcd("connect"))?;
+        Ok(Self { client })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// One range read of the whole schema, so the view is consistent at one revision.
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(keys::ROOT, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd("load"))?;
+        let mut out = Loaded {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Default::default()
+        };
+        let (svc_p, task_p, status_p, node_p) =
+            (keys::services_prefix(), keys::tasks_prefix(), keys::status_prefix(), keys::nodes_prefix());
+        for kv in resp.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            out.mod_revisions.insert(key.to_string(), kv.mod_revision());
+            let v = kv.value();
+            let res = if key.starts_with(&svc_p) {
+                decode::<Service>(kv.key(), v).map(|s| out.services.push(s))
+            } else if key.starts_with(&task_p) {
+                decode::<Task>(kv.key(), v).map(|t| out.tasks.push(t))
+            } else if key.starts_with(&status_p) {
+                decode::<TaskStatus>(kv.key(), v).map(|s| {
+                    out.statuses.insert(s.task_id.clone(), s);
+                })
+            } else if key.starts_with(&node_p) {
+                decode::<Node>(kv.key(), v).map(|n| out.nodes.push(n))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "skipping undecodable value");
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `svc` if its key is still at `expect_mod_rev` (0: must not exist).
+    pub async fn put_service_if(&self, svc: &Service, expect_mod_rev: i64) -> Result<(), StoreError> {
+        let name = svc.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
+        let key = keys::service(name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expect_mod_rev)])
+            .and_then([TxnOp::put(key.as_str(), encode(svc), None)]);
+        self.commit(txn, "put service", &key).await
+    }
+
+    /// Writes several services at once, each guarded by its mod revision.
+    pub async fn put_services_if(&self, updates: &[(Service, i64)]) -> Result<(), StoreError> {
+        let mut cmps = Vec::new();
+        let mut ops = Vec::new();
+        for (svc, rev) in updates {
+            let key = keys::service(svc.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default());
+            cmps.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev));
+            ops.push(TxnOp::put(key.as_str(), encode(svc), None));
+        }
+        self.commit(Txn::new().when(cmps).and_then(ops), "scale", "services").await
+    }
+
+    pub async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .delete(keys::service(name), None)
+            .await
+            .map_err(etcd("delete service"))?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Creates `task` if its service is still at `service_mod_rev` and the task key is new.
+    pub async fn create_task(&self, task: &Task, service_mod_rev: i64) -> Result<(), StoreError> {
+        let skey = keys::service(&task.service);
+        let tkey = keys::task(&task.service, &task.id);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(skey.as_str(), CompareOp::Equal, service_mod_rev),
+                Compare::create_revision(tkey.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(tkey.as_str(), encode(task), None)]);
+        self.commit(txn, "create task", &tkey).await
+    }
+
+    /// Rewrites `task` if it is still at `expect_mod_rev`.
+    pub async fn update_task(&self, task: &Task, expect_mod_rev: i64) -> Result<(), StoreError> {
+        let key = keys::task(&task.service, &task.id);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expect_mod_rev)])
+            .and_then([TxnOp::put(key.as_str(), encode(task), None)]);
+        self.commit(txn, "update task", &key).await
+    }
+
+    /// Removes a task and its last status, together.
+    pub async fn delete_task(&self, task: &Task) -> Result<(), StoreError> {
+        let txn = Txn::new().and_then([
+            TxnOp::delete(keys::task(&task.service, &task.id), None),
+            TxnOp::delete(keys::status(&task.node, &task.id), None),
+        ]);
+        self.client.kv_client().txn(txn).await.map_err(etcd("delete task"))?;
+        Ok(())
+    }
+
+    async fn commit(&self, txn: Txn, op: &'static str, what: &str) -> Result<(), StoreError> {
+        let resp = self.client.kv_client().txn(txn).await.map_err(etcd(op))?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(what.to_string()))
+        }
+    }
+
+    /// Watches every rctl key from `from_rev`.
+    pub async fn watch(
+        &self,
+        from_rev: i64,
+    ) -> Result<etcd_client::WatchStream, StoreError> {
+        self.client
+            .watch_client()
+            .watch(keys::ROOT, Some(WatchOptions::new().with_prefix().with_start_revision(from_rev)))
+            .await
+            .map_err(etcd("watch"))
+    }
+}
