@@ -1,1 +1,140 @@
-//! placeholder
+//! rctl, the command-line client: one module per command group, all talking to the
+//! scheduler's gRPC API. `run` returns the process exit code (PRODUCT.md "CLI").
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod client;
+pub mod error;
+pub mod nodes;
+pub mod output;
+pub mod ps;
+pub mod scale;
+pub mod service;
+pub mod service_file;
+pub mod wait;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Conn;
+use crate::error::CliError;
+use crate::output::Format;
+
+#[derive(Parser, Debug)]
+#[command(name = "rctl", version, about = "rctl: containers on one host, services across many")]
+pub struct Cli {
+    /// Scheduler API address.
+    #[arg(long, global = true, env = "RCTL_ADDR", default_value = rctl_api::DEFAULT_SCHEDULER_ADDR)]
+    pub addr: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    service_file::parse_duration(s).ok_or_else(|| format!("cannot read {s:?} as a duration (e.g. 90s, 5m)"))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or update a service from a service file.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Block until the service is at its desired state and healthy.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Set the number of replicas of services: NAME=N ...
+    Scale {
+        #[arg(required = true, value_name = "NAME=N")]
+        targets: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// List tasks.
+    Ps {
+        /// Include retired tasks.
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// List nodes.
+    Nodes {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Manage services.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// List services.
+    Ls {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a service and its tasks.
+    Inspect {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Remove services (their tasks are stopped).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Runs one parsed command line; prints errors as one line and returns the exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match dispatch(cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), CliError> {
+    // Validate local input before touching the network, so bad input fails fast with exit 2.
+    match &cli.command {
+        Command::Apply { file, .. } => {
+            service_file::load(file).map_err(|e| CliError::Usage(e.to_string()))?;
+        }
+        Command::Scale { targets, .. } => {
+            for t in targets {
+                scale::parse_target(t)?;
+            }
+        }
+        _ => {}
+    }
+    let mut conn = Conn::open(&cli.addr).await?;
+    match cli.command {
+        Command::Apply { file, wait, timeout } => apply::run(&mut conn, &file, wait, timeout).await,
+        Command::Scale { targets, wait, timeout } => scale::run(&mut conn, &targets, wait, timeout).await,
+        Command::Ps { all, service, node, output } => ps::run(&mut conn, all, service, node, output).await,
+        Command::Nodes { output } => nodes::run(&mut conn, output).await,
+        Command::Service { command } => match command {
+            ServiceCommand::Ls { output } => service::ls(&mut conn, output).await,
+            ServiceCommand::Inspect { name, output } => service::inspect(&mut conn, &name, output).await,
+            ServiceCommand::Rm { names } => service::rm(&mut conn, &names).await,
+        },
+    }
+}

@@ -1,0 +1,42 @@
+//! CLI errors and their exit codes (PRODUCT.md): 1 error, 2 bad usage or input, 4 timed out.
+
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage or bad input: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Waiting ran out of time; the change stays in place: exit 4.
+    #[error("{0}")]
+    Timeout(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Timeout(_) => 4,
+            CliError::Failed(_) => 1,
+        }
+    }
+
+    /// Maps a scheduler answer; `addr` helps the user when the scheduler is unreachable.
+    pub fn from_status(s: tonic::Status, addr: &str) -> Self {
+        match s.code() {
+            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::OutOfRange => {
+                CliError::Usage(s.message().to_string())
+            }
+            Code::Unavailable if s.message().contains("etcd") => CliError::Failed(s.message().to_string()),
+            Code::Unavailable | Code::Unknown if s.message().contains("transport") || s.message().contains("connect") => {
+                CliError::Failed(format!(
+                    "cannot reach the scheduler at {addr} (is the cluster up? set --addr or RCTL_ADDR)"
+                ))
+            }
+            _ => CliError::Failed(s.message().to_string()),
+        }
+    }
+}

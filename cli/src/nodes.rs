@@ -1,0 +1,63 @@
+//! `rctl nodes [-o json]`.
+
+use std::collections::BTreeMap;
+
+use rctl_api::pb::ListNodesRequest;
+use serde::Serialize;
+
+use crate::client::Conn;
+use crate::error::CliError;
+use crate::output::{print_json, print_table, Format};
+
+#[derive(Debug, Serialize)]
+struct NodeJson {
+    name: String,
+    address: String,
+    state: String,
+    tasks: u32,
+    cpus: f64,
+    memory: u64,
+    labels: BTreeMap<String, String>,
+    subnet: String,
+}
+
+pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
+    let nodes = conn.client.list_nodes(ListNodesRequest {}).await.map_err(|s| conn.err(s))?.into_inner().nodes;
+    let rows: Vec<NodeJson> = nodes
+        .into_iter()
+        .map(|v| {
+            let n = v.node.unwrap_or_default();
+            NodeJson {
+                name: n.name,
+                address: n.address,
+                state: v.state,
+                tasks: v.tasks,
+                cpus: n.cpus,
+                memory: n.memory_bytes,
+                labels: n.labels.into_iter().collect(),
+                subnet: n.subnet,
+            }
+        })
+        .collect();
+    match format {
+        Format::Json => print_json(&rows),
+        Format::Table => {
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.address.clone(),
+                        n.state.clone(),
+                        n.tasks.to_string(),
+                        format!("{}", n.cpus),
+                        format!("{:.1}GiB", n.memory as f64 / (1u64 << 30) as f64),
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ADDRESS", "STATE", "TASKS", "CPUS", "MEMORY", "LABELS"], &table);
+        }
+    }
+    Ok(())
+}

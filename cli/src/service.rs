@@ -1,0 +1,124 @@
+//! `rctl service ls | inspect NAME | rm NAME`.
+
+use std::collections::BTreeMap;
+
+use rctl_api::pb::{self, InspectServiceRequest, ListServicesRequest, RemoveServiceRequest};
+use serde::Serialize;
+
+use crate::client::Conn;
+use crate::error::CliError;
+use crate::output::{print_json, print_table, print_tasks, rfc3339, Format, TaskJson};
+
+#[derive(Debug, Serialize)]
+struct ServiceJson {
+    name: String,
+    image: String,
+    replicas: u32,
+    running: u32,
+    revision: u64,
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    port: Option<PortJson>,
+    created: String,
+    updated: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PortJson {
+    container: u32,
+    protocol: String,
+    listen: String,
+}
+
+fn service_json(s: &pb::Service, running: u32) -> ServiceJson {
+    let spec = s.spec.clone().unwrap_or_default();
+    ServiceJson {
+        name: spec.name,
+        image: spec.image,
+        replicas: spec.replicas,
+        running,
+        revision: s.revision,
+        command: spec.command,
+        env: spec.env.into_iter().collect(),
+        port: spec.port.map(|p| PortJson { container: p.container, protocol: p.protocol, listen: p.listen }),
+        created: rfc3339(s.created_unix_ms),
+        updated: rfc3339(s.updated_unix_ms),
+    }
+}
+
+pub async fn ls(conn: &mut Conn, format: Format) -> Result<(), CliError> {
+    let list = conn.client.list_services(ListServicesRequest {}).await.map_err(|s| conn.err(s))?.into_inner().services;
+    let rows: Vec<ServiceJson> =
+        list.iter().map(|s| service_json(s.service.as_ref().unwrap_or(&Default::default()), s.running)).collect();
+    match format {
+        Format::Json => print_json(&rows),
+        Format::Table => print_table(
+            &["NAME", "IMAGE", "REPLICAS", "REVISION", "LISTEN"],
+            &rows
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.image.clone(),
+                        format!("{}/{}", s.running, s.replicas),
+                        s.revision.to_string(),
+                        s.port.as_ref().map(|p| format!("{} ({})", p.listen, p.protocol)).unwrap_or_default(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct InspectJson {
+    #[serde(flatten)]
+    service: ServiceJson,
+    tasks: Vec<TaskJson>,
+}
+
+pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
+    let resp = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.to_string() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let progress = crate::wait::progress(&resp);
+    let svc = service_json(resp.service.as_ref().unwrap_or(&Default::default()), progress.ready);
+    match format {
+        Format::Json => print_json(&InspectJson { service: svc, tasks: resp.tasks.iter().map(TaskJson::from_view).collect() }),
+        Format::Table => {
+            println!("Name:      {}", svc.name);
+            println!("Image:     {}", svc.image);
+            println!("Replicas:  {} desired, {} running", svc.replicas, svc.running);
+            println!("Revision:  {}", svc.revision);
+            if !svc.command.is_empty() {
+                println!("Command:   {}", svc.command.join(" "));
+            }
+            for (k, v) in &svc.env {
+                println!("Env:       {k}={v}");
+            }
+            if let Some(p) = &svc.port {
+                println!("Port:      {} ({}), served on {}", p.container, p.protocol, if p.listen.is_empty() { "-" } else { &p.listen });
+            }
+            println!("Created:   {}", svc.created);
+            println!("Updated:   {}", svc.updated);
+            println!();
+            print_tasks(&resp.tasks);
+        }
+    }
+    Ok(())
+}
+
+pub async fn rm(conn: &mut Conn, names: &[String]) -> Result<(), CliError> {
+    for name in names {
+        conn.client
+            .remove_service(RemoveServiceRequest { name: name.clone() })
+            .await
+            .map_err(|s| conn.err(s))?;
+        println!("{name}");
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The service file (TOML, PRODUCT.md "Service file"): parsed strictly, so unknown keys,
+//! wrong types and impossible values are rejected with the file, line and key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rctl_api::pb;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FileError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}:{line}: {message}")]
+    Parse { file: String, line: usize, message: String },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: String,
+    pub image: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub port: Option<Port>,
+    pub health: Option<Health>,
+    pub resources: Option<Resources>,
+    pub placement: Option<Placement>,
+    pub update: Option<Update>,
+    pub canary: Option<Canary>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub container: u16,
+    #[serde(default = "http")]
+    pub protocol: String,
+    #[serde(default)]
+    pub listen: String,
+}
+
+fn http() -> String {
+    "http".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub http: Option<String>,
+    #[serde(default)]
+    pub tcp: bool,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_after: Option<u32>,
+    pub unhealthy_after: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+    pub pids: Option<u64>,
+}
+
+/// Parsed and checked now; acted upon by the scheduler's placement work (issue 6).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub spread: Option<String>,
+    #[serde(default)]
+    pub constraints: Vec<String>,
+}
+
+/// Parsed and checked now; acted upon by rolling updates (issue 8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    pub max_surge: Option<u32>,
+    pub max_unavailable: Option<u32>,
+    pub drain: Option<String>,
+}
+
+/// Parsed and checked now; acted upon by canary rollouts (issue 8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub replicas: Option<u32>,
+    #[serde(default)]
+    pub steps: Vec<u32>,
+    pub step_duration: Option<String>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+}
+
+/// Reads and converts the file at `path` into the API's spec.
+pub fn load(path: &Path) -> Result<pb::ServiceSpec, FileError> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| FileError::Read { file: file.clone(), reason: e.to_string() })?;
+    parse(&file, &src)
+}
+
+pub fn parse(file: &str, src: &str) -> Result<pb::ServiceSpec, FileError> {
+    let parsed: ServiceFile = toml::from_str(src).map_err(|e| parse_error(file, src, &e))?;
+    to_spec(parsed).map_err(|message| FileError::Invalid { file: file.to_string(), message })
+}
+
+fn parse_error(file: &str, src: &str, e: &toml::de::Error) -> FileError {
+    let message = e.message().trim().to_string();
+    // A missing key has no line of its own; its span is the whole table.
+    let Some(span) = e.span().filter(|_| !message.starts_with("missing field")) else {
+        return FileError::Invalid { file: file.to_string(), message };
+    };
+    let start = span.start.min(src.len());
+    let line = src[..start].matches('\n').count() + 1;
+    let message = match key_at(src, line) {
+        Some(key) if !message.contains(&format!("`{}`", leaf(&key))) => format!("key `{key}`: {message}"),
+        _ => message,
+    };
+    FileError::Parse { file: file.to_string(), line, message }
+}
+
+fn leaf(key: &str) -> &str {
+    key.rsplit('.').next().unwrap_or(key)
+}
+
+/// The dotted key defined on `line` (1-based), prefixed by its `[table]`, if any.
+fn key_at(src: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in src.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+        if i + 1 == line {
+            let (k, _) = t.split_once('=')?;
+            let k = k.trim().trim_matches('"');
+            return Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
+        }
+    }
+    None
+}
+
+fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
+    if f.image.trim().is_empty() {
+        return Err("key `image`: must not be empty".into());
+    }
+    let port = match f.port {
+        Some(p) => {
+            if p.container == 0 {
+                return Err("key `port.container`: must be between 1 and 65535".into());
+            }
+            if !matches!(p.protocol.as_str(), "http" | "tcp") {
+                return Err(format!("key `port.protocol`: must be \"http\" or \"tcp\", got {:?}", p.protocol));
+            }
+            if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("key `port.listen`: must be IP:PORT, got {:?}", p.listen));
+            }
+            Some(pb::PortSpec { container: p.container.into(), protocol: p.protocol, listen: p.listen })
+        }
+        None => None,
+    };
+    let health = match f.health {
+        Some(h) => Some(pb::HealthSpec {
+            http: h.http.unwrap_or_default(),
+            tcp: h.tcp,
+            cmd: h.cmd,
+            interval_ms: duration_ms("health.interval", h.interval.as_deref())?,
+            timeout_ms: duration_ms("health.timeout", h.timeout.as_deref())?,
+            healthy_after: h.healthy_after.unwrap_or(0),
+            unhealthy_after: h.unhealthy_after.unwrap_or(0),
+        }),
+        None => None,
+    };
+    let resources = match f.resources {
+        Some(r) => {
+            if r.cpus.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+                return Err("key `resources.cpus`: must be a positive number".into());
+            }
+            Some(pb::Resources {
+                cpus: r.cpus.unwrap_or(0.0),
+                memory_bytes: match r.memory.as_deref() {
+                    Some(m) => parse_bytes(m).ok_or_else(|| format!("key `resources.memory`: cannot read {m:?} as a size (e.g. \"128Mi\")"))?,
+                    None => 0,
+                },
+                pids: r.pids.unwrap_or(0),
+            })
+        }
+        None => None,
+    };
+    if let Some(u) = &f.update {
+        duration_ms("update.drain", u.drain.as_deref())?;
+    }
+    if let Some(c) = &f.canary {
+        duration_ms("canary.step_duration", c.step_duration.as_deref())?;
+        if c.steps.iter().any(|s| *s == 0 || *s > 100) || c.steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("key `canary.steps`: must be increasing percentages between 1 and 100".into());
+        }
+    }
+    Ok(pb::ServiceSpec {
+        name: f.name,
+        image: f.image,
+        replicas: f.replicas,
+        command: f.command,
+        env: f.env.into_iter().collect(),
+        port,
+        health,
+        resources,
+    })
+}
+
+fn duration_ms(key: &str, v: Option<&str>) -> Result<u64, String> {
+    match v {
+        None => Ok(0),
+        Some(s) => parse_duration(s)
+            .map(|d| d.as_millis() as u64)
+            .ok_or_else(|| format!("key `{key}`: cannot read {s:?} as a duration (e.g. \"2s\", \"500ms\")")),
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s.trim()).ok()
+}
+
+/// "128Mi", "1Gi", "512M", "1000": bytes.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "k" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "web"
+image = "127.0.0.1:5000/demo/web:1"
+replicas = 3
+env = { GREETING = "hello" }
+
+[port]
+container = 8080
+protocol = "http"
+listen = "127.0.0.1:8080"
+
+[health]
+http = "/healthz"
+interval = "2s"
+
+[resources]
+memory = "128Mi"
+"#;
+
+    #[test]
+    fn the_documented_file_parses() {
+        let s = parse("web.toml", GOOD).unwrap();
+        assert_eq!(s.name, "web");
+        assert_eq!(s.replicas, 3);
+        assert_eq!(s.port.unwrap().container, 8080);
+        assert_eq!(s.health.unwrap().interval_ms, 2000);
+        assert_eq!(s.resources.unwrap().memory_bytes, 128 << 20);
+        assert_eq!(s.env.get("GREETING").map(String::as_str), Some("hello"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let src = "name = \"web\"\nimage = \"x\"\nbogus = 1\n";
+        let e = parse("web.toml", src).unwrap_err().to_string();
+        assert!(e.starts_with("web.toml:3: "), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_file_line_and_key() {
+        let src = "name = \"web\"\nimage = \"x\"\n\n[port]\ncontainer = \"eighty\"\n";
+        let e = parse("web.toml", src).unwrap_err().to_string();
+        assert!(e.starts_with("web.toml:5: key `port.container`"), "{e}");
+    }
+
+    #[test]
+    fn missing_image_is_named() {
+        let e = parse("web.toml", "name = \"web\"\n").unwrap_err().to_string();
+        assert_eq!(e, "web.toml: missing field `image`");
+    }
+
+    #[test]
+    fn negative_replicas_are_rejected() {
+        let e = parse("web.toml", "name = \"web\"\nimage = \"x\"\nreplicas = -1\n").unwrap_err().to_string();
+        assert!(e.starts_with("web.toml:3: key `replicas`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(parse_bytes("512M"), Some(512_000_000));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

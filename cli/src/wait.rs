@@ -1,0 +1,166 @@
+//! `--wait`: block until services have exactly their desired number of tasks of their current
+//! revision, all running and healthy — or the timeout passes (exit 4, change left in place).
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use rctl_api::pb::{DesiredState, InspectServiceRequest, TaskState};
+
+use crate::client::Conn;
+use crate::error::CliError;
+
+const POLL: Duration = Duration::from_millis(250);
+
+/// Progress of one service towards its desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub ready: u32,
+    pub desired: u32,
+    /// Active tasks beyond the ready ones of the current revision (starting, old revision, extra).
+    pub other: u32,
+    /// Messages of failed tasks of the current revision.
+    pub failures: Vec<(String, String)>,
+}
+
+impl Progress {
+    pub fn done(&self) -> bool {
+        self.ready == self.desired && self.other == 0
+    }
+}
+
+pub fn progress(resp: &rctl_api::pb::InspectServiceResponse) -> Progress {
+    let svc = resp.service.clone().unwrap_or_default();
+    let desired = svc.spec.as_ref().map(|s| s.replicas).unwrap_or(0);
+    let mut p = Progress { ready: 0, desired, other: 0, failures: vec![] };
+    for v in &resp.tasks {
+        let Some(t) = &v.task else { continue };
+        let st = v.status.as_ref();
+        let state = st.map(|s| s.state()).unwrap_or(TaskState::Pending);
+        if t.revision == svc.revision && state == TaskState::Failed {
+            let msg = st.map(|s| s.message.clone()).unwrap_or_default();
+            p.failures.push((format!("{}.{} ({})", t.service, t.slot, &t.id[..t.id.len().min(12)]), msg));
+        }
+        if t.desired_state() != DesiredState::Running {
+            continue;
+        }
+        let healthy = t.container_port == 0 || st.is_some_and(|s| s.health == "healthy");
+        if t.revision == svc.revision && state == TaskState::Running && healthy {
+            p.ready += 1;
+        } else {
+            p.other += 1;
+        }
+    }
+    // More ready than desired means the extra ones are still being retired.
+    if p.ready > p.desired {
+        p.other += p.ready - p.desired;
+        p.ready = p.desired;
+    }
+    p
+}
+
+pub async fn services(conn: &mut Conn, names: &[String], timeout: Duration) -> Result<(), CliError> {
+    let tty = std::io::stderr().is_terminal();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last: Vec<Option<Progress>> = vec![None; names.len()];
+    let mut reported: std::collections::HashSet<String> = Default::default();
+    loop {
+        let mut all_done = true;
+        for (i, name) in names.iter().enumerate() {
+            let resp = conn
+                .client
+                .inspect_service(InspectServiceRequest { name: name.clone() })
+                .await
+                .map_err(|s| conn.err(s))?
+                .into_inner();
+            let p = progress(&resp);
+            for (task, msg) in &p.failures {
+                if reported.insert(format!("{task}{msg}")) {
+                    if tty {
+                        eprintln!();
+                    }
+                    eprintln!("{name}: task {task} failed: {msg}");
+                }
+            }
+            if last[i].as_ref() != Some(&p) {
+                let line = format!("{name}: {}/{} running{}", p.ready, p.desired, if p.other > 0 { format!(", {} changing", p.other) } else { String::new() });
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                    let _ = std::io::stderr().flush();
+                } else {
+                    eprintln!("{line}");
+                }
+                last[i] = Some(p.clone());
+            }
+            all_done &= p.done();
+        }
+        if all_done {
+            if tty {
+                eprintln!();
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if tty {
+                eprintln!();
+            }
+            let state: Vec<String> = names
+                .iter()
+                .zip(&last)
+                .map(|(n, p)| p.as_ref().map(|p| format!("{n} {}/{} running", p.ready, p.desired)).unwrap_or_default())
+                .collect();
+            return Err(CliError::Timeout(format!(
+                "timed out after {} waiting ({}); the change stays in place (see: rctl ps)",
+                humantime::format_duration(timeout),
+                state.join(", ")
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rctl_api::pb::*;
+
+    fn view(id: &str, rev: u64, desired: DesiredState, state: TaskState, health: &str) -> TaskView {
+        let mut t = Task { id: id.into(), service: "web".into(), revision: rev, container_port: 8080, ..Default::default() };
+        t.set_desired_state(desired);
+        let mut s = TaskStatus { health: health.into(), ..Default::default() };
+        s.set_state(state);
+        TaskView { task: Some(t), status: Some(s) }
+    }
+
+    fn resp(replicas: u32, tasks: Vec<TaskView>) -> InspectServiceResponse {
+        InspectServiceResponse {
+            service: Some(Service { spec: Some(ServiceSpec { replicas, ..Default::default() }), revision: 2, ..Default::default() }),
+            tasks,
+        }
+    }
+
+    #[test]
+    fn done_only_when_exactly_the_desired_tasks_are_ready() {
+        let ready = || view("a", 2, DesiredState::Running, TaskState::Running, "healthy");
+        assert!(progress(&resp(1, vec![ready()])).done());
+        assert!(!progress(&resp(2, vec![ready()])).done());
+        let starting = view("b", 2, DesiredState::Running, TaskState::Running, "starting");
+        assert!(!progress(&resp(2, vec![ready(), starting])).done());
+        let old = view("c", 1, DesiredState::Running, TaskState::Running, "healthy");
+        assert!(!progress(&resp(1, vec![ready(), old])).done());
+        let stopping = view("d", 2, DesiredState::Shutdown, TaskState::Running, "healthy");
+        assert!(progress(&resp(1, vec![ready(), stopping])).done(), "retired tasks do not count");
+        assert!(!progress(&resp(1, vec![ready(), ready()])).done(), "an extra ready task is still being retired");
+    }
+
+    #[test]
+    fn failures_of_the_current_revision_are_reported() {
+        let failed = {
+            let mut v = view("abcdef0123456789", 2, DesiredState::Running, TaskState::Failed, "");
+            v.status.as_mut().unwrap().message = "manifest unknown".into();
+            v
+        };
+        let p = progress(&resp(1, vec![failed]));
+        assert_eq!(p.failures.len(), 1);
+        assert!(p.failures[0].1.contains("manifest unknown"));
+    }
+}
