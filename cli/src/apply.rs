@@ -1,6 +1,6 @@
 //! `rctl apply -f FILE [--wait] [--timeout DUR]`.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use rctl_api::pb::ApplyRequest;
@@ -9,10 +9,20 @@ use crate::client::Conn;
 use crate::error::CliError;
 use crate::service_file;
 
-pub async fn run(conn: &mut Conn, file: &PathBuf, wait: bool, timeout: Duration) -> Result<(), CliError> {
+pub async fn run(
+    conn: &mut Conn,
+    file: &Path,
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
     let spec = service_file::load(file).map_err(|e| CliError::Usage(e.to_string()))?;
     let name = spec.name.clone();
-    let resp = conn.client.apply(ApplyRequest { spec: Some(spec) }).await.map_err(|s| conn.err(s))?.into_inner();
+    let resp = conn
+        .client
+        .apply(ApplyRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     println!("service {name} {} (revision {rev})", resp.outcome);
     if wait {

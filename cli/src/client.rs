@@ -23,12 +23,20 @@ impl Conn {
             ))
         };
         let ep = Endpoint::from_shared(addr.to_string())
-            .map_err(|_| CliError::Usage(format!("invalid scheduler address {addr:?} (expected e.g. http://127.0.0.1:7600)")))?
+            .map_err(|_| {
+                CliError::Usage(format!(
+                    "invalid scheduler address {addr:?} (expected e.g. http://127.0.0.1:7600)"
+                ))
+            })?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30));
         let ch = ep.connect().await.map_err(|_| unreachable())?;
-        let client = SchedulerClient::with_interceptor(ch, rctl_api::telemetry::propagate as Interceptor);
-        Ok(Self { client, addr: addr.to_string() })
+        let client =
+            SchedulerClient::with_interceptor(ch, rctl_api::telemetry::propagate as Interceptor);
+        Ok(Self {
+            client,
+            addr: addr.to_string(),
+        })
     }
 
     /// Maps a failed call's status into the CLI's error.

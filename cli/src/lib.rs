@@ -23,7 +23,11 @@ use crate::error::CliError;
 use crate::output::Format;
 
 #[derive(Parser, Debug)]
-#[command(name = "rctl", version, about = "rctl: containers on one host, services across many")]
+#[command(
+    name = "rctl",
+    version,
+    about = "rctl: containers on one host, services across many"
+)]
 pub struct Cli {
     /// Scheduler API address.
     #[arg(long, global = true, env = "RCTL_ADDR", default_value = rctl_api::DEFAULT_SCHEDULER_ADDR)]
@@ -33,7 +37,8 @@ pub struct Cli {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    service_file::parse_duration(s).ok_or_else(|| format!("cannot read {s:?} as a duration (e.g. 90s, 5m)"))
+    service_file::parse_duration(s)
+        .ok_or_else(|| format!("cannot read {s:?} as a duration (e.g. 90s, 5m)"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,13 +132,28 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
     }
     let mut conn = Conn::open(&cli.addr).await?;
     match cli.command {
-        Command::Apply { file, wait, timeout } => apply::run(&mut conn, &file, wait, timeout).await,
-        Command::Scale { targets, wait, timeout } => scale::run(&mut conn, &targets, wait, timeout).await,
-        Command::Ps { all, service, node, output } => ps::run(&mut conn, all, service, node, output).await,
+        Command::Apply {
+            file,
+            wait,
+            timeout,
+        } => apply::run(&mut conn, &file, wait, timeout).await,
+        Command::Scale {
+            targets,
+            wait,
+            timeout,
+        } => scale::run(&mut conn, &targets, wait, timeout).await,
+        Command::Ps {
+            all,
+            service,
+            node,
+            output,
+        } => ps::run(&mut conn, all, service, node, output).await,
         Command::Nodes { output } => nodes::run(&mut conn, output).await,
         Command::Service { command } => match command {
             ServiceCommand::Ls { output } => service::ls(&mut conn, output).await,
-            ServiceCommand::Inspect { name, output } => service::inspect(&mut conn, &name, output).await,
+            ServiceCommand::Inspect { name, output } => {
+                service::inspect(&mut conn, &name, output).await
+            }
             ServiceCommand::Rm { names } => service::rm(&mut conn, &names).await,
         },
     }

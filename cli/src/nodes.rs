@@ -22,7 +22,13 @@ struct NodeJson {
 }
 
 pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
-    let nodes = conn.client.list_nodes(ListNodesRequest {}).await.map_err(|s| conn.err(s))?.into_inner().nodes;
+    let nodes = conn
+        .client
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .nodes;
     let rows: Vec<NodeJson> = nodes
         .into_iter()
         .map(|v| {
@@ -52,11 +58,20 @@ pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
                         n.tasks.to_string(),
                         format!("{}", n.cpus),
                         format!("{:.1}GiB", n.memory as f64 / (1u64 << 30) as f64),
-                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        n.labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "ADDRESS", "STATE", "TASKS", "CPUS", "MEMORY", "LABELS"], &table);
+            print_table(
+                &[
+                    "NAME", "ADDRESS", "STATE", "TASKS", "CPUS", "MEMORY", "LABELS",
+                ],
+                &table,
+            );
         }
     }
     Ok(())

@@ -29,7 +29,13 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         let s: Vec<String> = cells
             .into_iter()
             .enumerate()
-            .map(|(i, c)| if i + 1 == n { c } else { format!("{c:<w$}", w = width[i]) })
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
             .collect();
         println!("{}", s.join("   ").trim_end());
     };
@@ -108,7 +114,11 @@ impl TaskJson {
             node: t.node.clone(),
             image: t.image.clone(),
             revision: t.revision,
-            desired: if t.desired_state() == pb::DesiredState::Running { "running" } else { "shutdown" },
+            desired: if t.desired_state() == pb::DesiredState::Running {
+                "running"
+            } else {
+                "shutdown"
+            },
             state: state_name(state),
             health: st.as_ref().map(|s| s.health.clone()).unwrap_or_default(),
             endpoint,
@@ -129,7 +139,11 @@ pub fn print_tasks(views: &[pb::TaskView]) {
         .iter()
         .map(|v| {
             let j = TaskJson::from_view(v);
-            let created = v.task.as_ref().map(|t| ago(t.created_unix_ms)).unwrap_or_default();
+            let created = v
+                .task
+                .as_ref()
+                .map(|t| ago(t.created_unix_ms))
+                .unwrap_or_default();
             let state = if j.desired == "shutdown" && !matches!(j.state, "exited" | "failed") {
                 format!("{} (shutdown)", j.state)
             } else {
@@ -148,5 +162,10 @@ pub fn print_tasks(views: &[pb::TaskView]) {
             ]
         })
         .collect();
-    print_table(&["ID", "NAME", "NODE", "IMAGE", "STATE", "HEALTH", "ENDPOINT", "CREATED", "MESSAGE"], &rows);
+    print_table(
+        &[
+            "ID", "NAME", "NODE", "IMAGE", "STATE", "HEALTH", "ENDPOINT", "CREATED", "MESSAGE",
+        ],
+        &rows,
+    );
 }

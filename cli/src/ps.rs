@@ -6,9 +6,25 @@ use crate::client::Conn;
 use crate::error::CliError;
 use crate::output::{print_json, print_tasks, Format, TaskJson};
 
-pub async fn run(conn: &mut Conn, all: bool, service: Option<String>, node: Option<String>, format: Format) -> Result<(), CliError> {
-    let req = ListTasksRequest { service: service.unwrap_or_default(), node: node.unwrap_or_default(), all };
-    let tasks = conn.client.list_tasks(req).await.map_err(|s| conn.err(s))?.into_inner().tasks;
+pub async fn run(
+    conn: &mut Conn,
+    all: bool,
+    service: Option<String>,
+    node: Option<String>,
+    format: Format,
+) -> Result<(), CliError> {
+    let req = ListTasksRequest {
+        service: service.unwrap_or_default(),
+        node: node.unwrap_or_default(),
+        all,
+    };
+    let tasks = conn
+        .client
+        .list_tasks(req)
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .tasks;
     match format {
         Format::Json => print_json(&tasks.iter().map(TaskJson::from_view).collect::<Vec<_>>()),
         Format::Table => print_tasks(&tasks),

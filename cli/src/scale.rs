@@ -9,22 +9,45 @@ use crate::error::CliError;
 
 /// Parses one `NAME=N` argument.
 pub fn parse_target(arg: &str) -> Result<ScaleTarget, CliError> {
-    let bad = |why: &str| CliError::Usage(format!("invalid scale target {arg:?}: {why} (usage: rctl scale NAME=N)"));
+    let bad = |why: &str| {
+        CliError::Usage(format!(
+            "invalid scale target {arg:?}: {why} (usage: rctl scale NAME=N)"
+        ))
+    };
     let (name, n) = arg.split_once('=').ok_or_else(|| bad("expected NAME=N"))?;
     if name.is_empty() {
         return Err(bad("missing service name"));
     }
-    let replicas: i64 = n.trim().parse().map_err(|_| bad("replicas must be a whole number"))?;
+    let replicas: i64 = n
+        .trim()
+        .parse()
+        .map_err(|_| bad("replicas must be a whole number"))?;
     if replicas < 0 {
         return Err(bad("replicas must not be negative"));
     }
-    Ok(ScaleTarget { service: name.to_string(), replicas })
+    Ok(ScaleTarget {
+        service: name.to_string(),
+        replicas,
+    })
 }
 
-pub async fn run(conn: &mut Conn, args: &[String], wait: bool, timeout: Duration) -> Result<(), CliError> {
-    let targets = args.iter().map(|a| parse_target(a)).collect::<Result<Vec<_>, _>>()?;
+pub async fn run(
+    conn: &mut Conn,
+    args: &[String],
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let targets = args
+        .iter()
+        .map(|a| parse_target(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = targets.iter().map(|t| t.service.clone()).collect();
-    conn.client.scale(ScaleRequest { targets: targets.clone() }).await.map_err(|s| conn.err(s))?;
+    conn.client
+        .scale(ScaleRequest {
+            targets: targets.clone(),
+        })
+        .await
+        .map_err(|s| conn.err(s))?;
     for t in &targets {
         println!("{} scaled to {}", t.service, t.replicas);
     }

@@ -40,16 +40,28 @@ fn service_json(s: &pb::Service, running: u32) -> ServiceJson {
         revision: s.revision,
         command: spec.command,
         env: spec.env.into_iter().collect(),
-        port: spec.port.map(|p| PortJson { container: p.container, protocol: p.protocol, listen: p.listen }),
+        port: spec.port.map(|p| PortJson {
+            container: p.container,
+            protocol: p.protocol,
+            listen: p.listen,
+        }),
         created: rfc3339(s.created_unix_ms),
         updated: rfc3339(s.updated_unix_ms),
     }
 }
 
 pub async fn ls(conn: &mut Conn, format: Format) -> Result<(), CliError> {
-    let list = conn.client.list_services(ListServicesRequest {}).await.map_err(|s| conn.err(s))?.into_inner().services;
-    let rows: Vec<ServiceJson> =
-        list.iter().map(|s| service_json(s.service.as_ref().unwrap_or(&Default::default()), s.running)).collect();
+    let list = conn
+        .client
+        .list_services(ListServicesRequest {})
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .services;
+    let rows: Vec<ServiceJson> = list
+        .iter()
+        .map(|s| service_json(s.service.as_ref().unwrap_or(&Default::default()), s.running))
+        .collect();
     match format {
         Format::Json => print_json(&rows),
         Format::Table => print_table(
@@ -62,7 +74,10 @@ pub async fn ls(conn: &mut Conn, format: Format) -> Result<(), CliError> {
                         s.image.clone(),
                         format!("{}/{}", s.running, s.replicas),
                         s.revision.to_string(),
-                        s.port.as_ref().map(|p| format!("{} ({})", p.listen, p.protocol)).unwrap_or_default(),
+                        s.port
+                            .as_ref()
+                            .map(|p| format!("{} ({})", p.listen, p.protocol))
+                            .unwrap_or_default(),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -81,18 +96,29 @@ struct InspectJson {
 pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
     let resp = conn
         .client
-        .inspect_service(InspectServiceRequest { name: name.to_string() })
+        .inspect_service(InspectServiceRequest {
+            name: name.to_string(),
+        })
         .await
         .map_err(|s| conn.err(s))?
         .into_inner();
     let progress = crate::wait::progress(&resp);
-    let svc = service_json(resp.service.as_ref().unwrap_or(&Default::default()), progress.ready);
+    let svc = service_json(
+        resp.service.as_ref().unwrap_or(&Default::default()),
+        progress.ready,
+    );
     match format {
-        Format::Json => print_json(&InspectJson { service: svc, tasks: resp.tasks.iter().map(TaskJson::from_view).collect() }),
+        Format::Json => print_json(&InspectJson {
+            service: svc,
+            tasks: resp.tasks.iter().map(TaskJson::from_view).collect(),
+        }),
         Format::Table => {
             println!("Name:      {}", svc.name);
             println!("Image:     {}", svc.image);
-            println!("Replicas:  {} desired, {} running", svc.replicas, svc.running);
+            println!(
+                "Replicas:  {} desired, {} running",
+                svc.replicas, svc.running
+            );
             println!("Revision:  {}", svc.revision);
             if !svc.command.is_empty() {
                 println!("Command:   {}", svc.command.join(" "));
@@ -101,7 +127,12 @@ pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
                 println!("Env:       {k}={v}");
             }
             if let Some(p) = &svc.port {
-                println!("Port:      {} ({}), served on {}", p.container, p.protocol, if p.listen.is_empty() { "-" } else { &p.listen });
+                println!(
+                    "Port:      {} ({}), served on {}",
+                    p.container,
+                    p.protocol,
+                    if p.listen.is_empty() { "-" } else { &p.listen }
+                );
             }
             println!("Created:   {}", svc.created);
             println!("Updated:   {}", svc.updated);

@@ -13,7 +13,11 @@ pub enum FileError {
     #[error("{file}: cannot read: {reason}")]
     Read { file: String, reason: String },
     #[error("{file}:{line}: {message}")]
-    Parse { file: String, line: usize, message: String },
+    Parse {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
 }
@@ -111,28 +115,43 @@ pub struct Canary {
 /// Reads and converts the file at `path` into the API's spec.
 pub fn load(path: &Path) -> Result<pb::ServiceSpec, FileError> {
     let file = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|e| FileError::Read { file: file.clone(), reason: e.to_string() })?;
+    let src = std::fs::read_to_string(path).map_err(|e| FileError::Read {
+        file: file.clone(),
+        reason: e.to_string(),
+    })?;
     parse(&file, &src)
 }
 
 pub fn parse(file: &str, src: &str) -> Result<pb::ServiceSpec, FileError> {
     let parsed: ServiceFile = toml::from_str(src).map_err(|e| parse_error(file, src, &e))?;
-    to_spec(parsed).map_err(|message| FileError::Invalid { file: file.to_string(), message })
+    to_spec(parsed).map_err(|message| FileError::Invalid {
+        file: file.to_string(),
+        message,
+    })
 }
 
 fn parse_error(file: &str, src: &str, e: &toml::de::Error) -> FileError {
     let message = e.message().trim().to_string();
     // A missing key has no line of its own; its span is the whole table.
     let Some(span) = e.span().filter(|_| !message.starts_with("missing field")) else {
-        return FileError::Invalid { file: file.to_string(), message };
+        return FileError::Invalid {
+            file: file.to_string(),
+            message,
+        };
     };
     let start = span.start.min(src.len());
     let line = src[..start].matches('\n').count() + 1;
     let message = match key_at(src, line) {
-        Some(key) if !message.contains(&format!("`{}`", leaf(&key))) => format!("key `{key}`: {message}"),
+        Some(key) if !message.contains(&format!("`{}`", leaf(&key))) => {
+            format!("key `{key}`: {message}")
+        }
         _ => message,
     };
-    FileError::Parse { file: file.to_string(), line, message }
+    FileError::Parse {
+        file: file.to_string(),
+        line,
+        message,
+    }
 }
 
 fn leaf(key: &str) -> &str {
@@ -150,7 +169,11 @@ fn key_at(src: &str, line: usize) -> Option<String> {
         if i + 1 == line {
             let (k, _) = t.split_once('=')?;
             let k = k.trim().trim_matches('"');
-            return Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
+            return Some(if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            });
         }
     }
     None
@@ -166,12 +189,22 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
                 return Err("key `port.container`: must be between 1 and 65535".into());
             }
             if !matches!(p.protocol.as_str(), "http" | "tcp") {
-                return Err(format!("key `port.protocol`: must be \"http\" or \"tcp\", got {:?}", p.protocol));
+                return Err(format!(
+                    "key `port.protocol`: must be \"http\" or \"tcp\", got {:?}",
+                    p.protocol
+                ));
             }
             if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(format!("key `port.listen`: must be IP:PORT, got {:?}", p.listen));
+                return Err(format!(
+                    "key `port.listen`: must be IP:PORT, got {:?}",
+                    p.listen
+                ));
             }
-            Some(pb::PortSpec { container: p.container.into(), protocol: p.protocol, listen: p.listen })
+            Some(pb::PortSpec {
+                container: p.container.into(),
+                protocol: p.protocol,
+                listen: p.listen,
+            })
         }
         None => None,
     };
@@ -195,7 +228,11 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
             Some(pb::Resources {
                 cpus: r.cpus.unwrap_or(0.0),
                 memory_bytes: match r.memory.as_deref() {
-                    Some(m) => parse_bytes(m).ok_or_else(|| format!("key `resources.memory`: cannot read {m:?} as a size (e.g. \"128Mi\")"))?,
+                    Some(m) => parse_bytes(m).ok_or_else(|| {
+                        format!(
+                            "key `resources.memory`: cannot read {m:?} as a size (e.g. \"128Mi\")"
+                        )
+                    })?,
                     None => 0,
                 },
                 pids: r.pids.unwrap_or(0),
@@ -209,7 +246,9 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
     if let Some(c) = &f.canary {
         duration_ms("canary.step_duration", c.step_duration.as_deref())?;
         if c.steps.iter().any(|s| *s == 0 || *s > 100) || c.steps.windows(2).any(|w| w[0] >= w[1]) {
-            return Err("key `canary.steps`: must be increasing percentages between 1 and 100".into());
+            return Err(
+                "key `canary.steps`: must be increasing percentages between 1 and 100".into(),
+            );
         }
     }
     Ok(pb::ServiceSpec {
@@ -229,7 +268,9 @@ fn duration_ms(key: &str, v: Option<&str>) -> Result<u64, String> {
         None => Ok(0),
         Some(s) => parse_duration(s)
             .map(|d| d.as_millis() as u64)
-            .ok_or_else(|| format!("key `{key}`: cannot read {s:?} as a duration (e.g. \"2s\", \"500ms\")")),
+            .ok_or_else(|| {
+                format!("key `{key}`: cannot read {s:?} as a duration (e.g. \"2s\", \"500ms\")")
+            }),
     }
 }
 
@@ -308,13 +349,17 @@ memory = "128Mi"
 
     #[test]
     fn missing_image_is_named() {
-        let e = parse("web.toml", "name = \"web\"\n").unwrap_err().to_string();
+        let e = parse("web.toml", "name = \"web\"\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "web.toml: missing field `image`");
     }
 
     #[test]
     fn negative_replicas_are_rejected() {
-        let e = parse("web.toml", "name = \"web\"\nimage = \"x\"\nreplicas = -1\n").unwrap_err().to_string();
+        let e = parse("web.toml", "name = \"web\"\nimage = \"x\"\nreplicas = -1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("web.toml:3: key `replicas`"), "{e}");
     }
 

@@ -31,14 +31,22 @@ impl Progress {
 pub fn progress(resp: &rctl_api::pb::InspectServiceResponse) -> Progress {
     let svc = resp.service.clone().unwrap_or_default();
     let desired = svc.spec.as_ref().map(|s| s.replicas).unwrap_or(0);
-    let mut p = Progress { ready: 0, desired, other: 0, failures: vec![] };
+    let mut p = Progress {
+        ready: 0,
+        desired,
+        other: 0,
+        failures: vec![],
+    };
     for v in &resp.tasks {
         let Some(t) = &v.task else { continue };
         let st = v.status.as_ref();
         let state = st.map(|s| s.state()).unwrap_or(TaskState::Pending);
         if t.revision == svc.revision && state == TaskState::Failed {
             let msg = st.map(|s| s.message.clone()).unwrap_or_default();
-            p.failures.push((format!("{}.{} ({})", t.service, t.slot, &t.id[..t.id.len().min(12)]), msg));
+            p.failures.push((
+                format!("{}.{} ({})", t.service, t.slot, &t.id[..t.id.len().min(12)]),
+                msg,
+            ));
         }
         if t.desired_state() != DesiredState::Running {
             continue;
@@ -58,7 +66,11 @@ pub fn progress(resp: &rctl_api::pb::InspectServiceResponse) -> Progress {
     p
 }
 
-pub async fn services(conn: &mut Conn, names: &[String], timeout: Duration) -> Result<(), CliError> {
+pub async fn services(
+    conn: &mut Conn,
+    names: &[String],
+    timeout: Duration,
+) -> Result<(), CliError> {
     let tty = std::io::stderr().is_terminal();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last: Vec<Option<Progress>> = vec![None; names.len()];
@@ -82,7 +94,16 @@ pub async fn services(conn: &mut Conn, names: &[String], timeout: Duration) -> R
                 }
             }
             if last[i].as_ref() != Some(&p) {
-                let line = format!("{name}: {}/{} running{}", p.ready, p.desired, if p.other > 0 { format!(", {} changing", p.other) } else { String::new() });
+                let line = format!(
+                    "{name}: {}/{} running{}",
+                    p.ready,
+                    p.desired,
+                    if p.other > 0 {
+                        format!(", {} changing", p.other)
+                    } else {
+                        String::new()
+                    }
+                );
                 if tty {
                     eprint!("\r\x1b[2K{line}");
                     let _ = std::io::stderr().flush();
@@ -106,7 +127,11 @@ pub async fn services(conn: &mut Conn, names: &[String], timeout: Duration) -> R
             let state: Vec<String> = names
                 .iter()
                 .zip(&last)
-                .map(|(n, p)| p.as_ref().map(|p| format!("{n} {}/{} running", p.ready, p.desired)).unwrap_or_default())
+                .map(|(n, p)| {
+                    p.as_ref()
+                        .map(|p| format!("{n} {}/{} running", p.ready, p.desired))
+                        .unwrap_or_default()
+                })
                 .collect();
             return Err(CliError::Timeout(format!(
                 "timed out after {} waiting ({}); the change stays in place (see: rctl ps)",
@@ -124,16 +149,35 @@ mod tests {
     use rctl_api::pb::*;
 
     fn view(id: &str, rev: u64, desired: DesiredState, state: TaskState, health: &str) -> TaskView {
-        let mut t = Task { id: id.into(), service: "web".into(), revision: rev, container_port: 8080, ..Default::default() };
+        let mut t = Task {
+            id: id.into(),
+            service: "web".into(),
+            revision: rev,
+            container_port: 8080,
+            ..Default::default()
+        };
         t.set_desired_state(desired);
-        let mut s = TaskStatus { health: health.into(), ..Default::default() };
+        let mut s = TaskStatus {
+            health: health.into(),
+            ..Default::default()
+        };
         s.set_state(state);
-        TaskView { task: Some(t), status: Some(s) }
+        TaskView {
+            task: Some(t),
+            status: Some(s),
+        }
     }
 
     fn resp(replicas: u32, tasks: Vec<TaskView>) -> InspectServiceResponse {
         InspectServiceResponse {
-            service: Some(Service { spec: Some(ServiceSpec { replicas, ..Default::default() }), revision: 2, ..Default::default() }),
+            service: Some(Service {
+                spec: Some(ServiceSpec {
+                    replicas,
+                    ..Default::default()
+                }),
+                revision: 2,
+                ..Default::default()
+            }),
             tasks,
         }
     }
@@ -143,19 +187,43 @@ mod tests {
         let ready = || view("a", 2, DesiredState::Running, TaskState::Running, "healthy");
         assert!(progress(&resp(1, vec![ready()])).done());
         assert!(!progress(&resp(2, vec![ready()])).done());
-        let starting = view("b", 2, DesiredState::Running, TaskState::Running, "starting");
+        let starting = view(
+            "b",
+            2,
+            DesiredState::Running,
+            TaskState::Running,
+            "starting",
+        );
         assert!(!progress(&resp(2, vec![ready(), starting])).done());
         let old = view("c", 1, DesiredState::Running, TaskState::Running, "healthy");
         assert!(!progress(&resp(1, vec![ready(), old])).done());
-        let stopping = view("d", 2, DesiredState::Shutdown, TaskState::Running, "healthy");
-        assert!(progress(&resp(1, vec![ready(), stopping])).done(), "retired tasks do not count");
-        assert!(!progress(&resp(1, vec![ready(), ready()])).done(), "an extra ready task is still being retired");
+        let stopping = view(
+            "d",
+            2,
+            DesiredState::Shutdown,
+            TaskState::Running,
+            "healthy",
+        );
+        assert!(
+            progress(&resp(1, vec![ready(), stopping])).done(),
+            "retired tasks do not count"
+        );
+        assert!(
+            !progress(&resp(1, vec![ready(), ready()])).done(),
+            "an extra ready task is still being retired"
+        );
     }
 
     #[test]
     fn failures_of_the_current_revision_are_reported() {
         let failed = {
-            let mut v = view("abcdef0123456789", 2, DesiredState::Running, TaskState::Failed, "");
+            let mut v = view(
+                "abcdef0123456789",
+                2,
+                DesiredState::Running,
+                TaskState::Failed,
+                "",
+            );
             v.status.as_mut().unwrap().message = "manifest unknown".into();
             v
         };

@@ -15,7 +15,10 @@ pub struct DecodeError {
 pub fn decode<T: Message + Default>(key: &[u8], value: &[u8]) -> Result<T, DecodeError> {
     T::decode(value).map_err(|source| DecodeError {
         key: String::from_utf8_lossy(key).into_owned(),
-        kind: std::any::type_name::<T>().rsplit("::").next().unwrap_or("message"),
+        kind: std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message"),
         source,
     })
 }

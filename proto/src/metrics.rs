@@ -28,7 +28,8 @@ where
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             // One read is enough for a scrape's request line; the body is ignored.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
             let body = render();
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

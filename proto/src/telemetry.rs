@@ -27,18 +27,25 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber for binary `service`. `default_filter` applies when
 /// `RUST_LOG` is unset. Must be called inside a tokio runtime when OTLP export is on.
 pub fn init(service: &'static str, default_filter: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build();
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build();
         match exporter {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
                     .with_resource(
-                        opentelemetry_sdk::Resource::builder().with_service_name(service).build(),
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name(service)
+                            .build(),
                     )
                     .build(),
             ),
@@ -51,7 +58,11 @@ pub fn init(service: &'static str, default_filter: &str) -> TelemetryGuard {
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
-    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
     TelemetryGuard { provider }
 }
 

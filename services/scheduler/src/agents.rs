@@ -59,7 +59,11 @@ impl Agents {
 
     /// Forgets tasks that no longer exist, so the map does not grow forever.
     pub fn retain(&self, live: impl Fn(&str) -> bool) {
-        self.inner.lock().expect("agents lock").sent.retain(|(t, _), _| live(t));
+        self.inner
+            .lock()
+            .expect("agents lock")
+            .sent
+            .retain(|(t, _), _| live(t));
     }
 
     /// Sends RunTask in the background. `force` skips the resend delay (a new placement).
@@ -68,7 +72,9 @@ impl Agents {
             return;
         }
         let Some(ch) = self.channel(addr) else { return };
-        let req = RunTaskRequest { task: Some(task.clone()) };
+        let req = RunTaskRequest {
+            task: Some(task.clone()),
+        };
         let span = tracing::info_span!("run_task", task = %task.id, node = %task.node);
         tokio::spawn(
             async move {

@@ -43,18 +43,28 @@ fn views(loaded: &Loaded, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
         .tasks
         .iter()
         .filter(|t| keep(t))
-        .map(|t| TaskView { task: Some(t.clone()), status: loaded.statuses.get(&t.id).cloned() })
+        .map(|t| TaskView {
+            task: Some(t.clone()),
+            status: loaded.statuses.get(&t.id).cloned(),
+        })
         .collect();
     v.sort_by(|a, b| {
         let (a, b) = (a.task.as_ref().unwrap(), b.task.as_ref().unwrap());
-        (&a.service, a.slot, std::cmp::Reverse(a.created_unix_ms)).cmp(&(&b.service, b.slot, std::cmp::Reverse(b.created_unix_ms)))
+        (&a.service, a.slot, std::cmp::Reverse(a.created_unix_ms)).cmp(&(
+            &b.service,
+            b.slot,
+            std::cmp::Reverse(b.created_unix_ms),
+        ))
     });
     v
 }
 
 fn is_running(loaded: &Loaded, t: &Task) -> bool {
     t.desired_state() == DesiredState::Running
-        && loaded.statuses.get(&t.id).is_some_and(|s| s.state() == TaskState::Running)
+        && loaded
+            .statuses
+            .get(&t.id)
+            .is_some_and(|s| s.state() == TaskState::Running)
 }
 
 impl Api {
@@ -66,7 +76,12 @@ impl Api {
             let now = rctl_api::clock::now_unix_ms();
             let (svc, outcome) = match loaded.service(&spec.name) {
                 None => (
-                    Service { spec: Some(spec.clone()), revision: 1, created_unix_ms: now, updated_unix_ms: now },
+                    Service {
+                        spec: Some(spec.clone()),
+                        revision: 1,
+                        created_unix_ms: now,
+                        updated_unix_ms: now,
+                    },
                     "created",
                 ),
                 Some(old) if old.spec.as_ref() == Some(&spec) => (old.clone(), "unchanged"),
@@ -84,17 +99,24 @@ impl Api {
                 }
             };
             if outcome != "unchanged" {
-                self.store.put_service_if(&svc, loaded.mod_revision(&key)).await?;
+                self.store
+                    .put_service_if(&svc, loaded.mod_revision(&key))
+                    .await?;
             }
             tracing::info!(service = %spec.name, revision = svc.revision, outcome, "apply");
-            Ok(ApplyResponse { service: Some(svc), outcome: outcome.into() })
+            Ok(ApplyResponse {
+                service: Some(svc),
+                outcome: outcome.into(),
+            })
         })
         .await
     }
 
     async fn scale(&self, targets: Vec<ScaleTarget>) -> Result<ScaleResponse, ApiError> {
         if targets.is_empty() {
-            return Err(ApiError::BadRequest("nothing to scale (usage: rctl scale NAME=N)".into()));
+            return Err(ApiError::BadRequest(
+                "nothing to scale (usage: rctl scale NAME=N)".into(),
+            ));
         }
         for t in &targets {
             validate_replicas(t.replicas)?;
@@ -103,7 +125,9 @@ impl Api {
             let loaded = self.store.load().await?;
             let mut updates = Vec::new();
             for t in &targets {
-                let svc = loaded.service(&t.service).ok_or_else(|| ApiError::ServiceNotFound(t.service.clone()))?;
+                let svc = loaded
+                    .service(&t.service)
+                    .ok_or_else(|| ApiError::ServiceNotFound(t.service.clone()))?;
                 let mut svc = svc.clone();
                 if let Some(spec) = svc.spec.as_mut() {
                     spec.replicas = t.replicas as u32;
@@ -116,7 +140,9 @@ impl Api {
             for t in &targets {
                 tracing::info!(service = %t.service, replicas = t.replicas, "scale");
             }
-            Ok(ScaleResponse { services: updates.into_iter().map(|(s, _)| s).collect() })
+            Ok(ScaleResponse {
+                services: updates.into_iter().map(|(s, _)| s).collect(),
+            })
         })
         .await
     }
@@ -127,23 +153,48 @@ impl Api {
             .services
             .iter()
             .map(|s| {
-                let name = s.spec.as_ref().map(|sp| sp.name.as_str()).unwrap_or_default();
+                let name = s
+                    .spec
+                    .as_ref()
+                    .map(|sp| sp.name.as_str())
+                    .unwrap_or_default();
                 ServiceSummary {
                     service: Some(s.clone()),
-                    running: loaded.tasks.iter().filter(|t| t.service == name && is_running(&loaded, t)).count() as u32,
+                    running: loaded
+                        .tasks
+                        .iter()
+                        .filter(|t| t.service == name && is_running(&loaded, t))
+                        .count() as u32,
                     desired: s.spec.as_ref().map(|sp| sp.replicas).unwrap_or(0),
                 }
             })
             .collect();
-        services.sort_by(|a, b| a.service.as_ref().and_then(|s| s.spec.as_ref()).map(|s| &s.name).cmp(&b.service.as_ref().and_then(|s| s.spec.as_ref()).map(|s| &s.name)));
+        services.sort_by(|a, b| {
+            a.service
+                .as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .map(|s| &s.name)
+                .cmp(
+                    &b.service
+                        .as_ref()
+                        .and_then(|s| s.spec.as_ref())
+                        .map(|s| &s.name),
+                )
+        });
         Ok(ListServicesResponse { services })
     }
 
     async fn inspect(&self, name: &str) -> Result<InspectServiceResponse, ApiError> {
         let loaded = self.store.load().await?;
-        let svc = loaded.service(name).ok_or_else(|| ApiError::ServiceNotFound(name.into()))?.clone();
+        let svc = loaded
+            .service(name)
+            .ok_or_else(|| ApiError::ServiceNotFound(name.into()))?
+            .clone();
         let tasks = views(&loaded, |t| t.service == name);
-        Ok(InspectServiceResponse { service: Some(svc), tasks })
+        Ok(InspectServiceResponse {
+            service: Some(svc),
+            tasks,
+        })
     }
 
     async fn remove(&self, name: &str) -> Result<RemoveServiceResponse, ApiError> {
@@ -156,7 +207,10 @@ impl Api {
 
     async fn list_tasks(&self, r: ListTasksRequest) -> Result<ListTasksResponse, ApiError> {
         let loaded = self.store.load().await?;
-        if !r.service.is_empty() && loaded.service(&r.service).is_none() && !loaded.tasks.iter().any(|t| t.service == r.service) {
+        if !r.service.is_empty()
+            && loaded.service(&r.service).is_none()
+            && !loaded.tasks.iter().any(|t| t.service == r.service)
+        {
             return Err(ApiError::ServiceNotFound(r.service));
         }
         let tasks = views(&loaded, |t| {
@@ -182,7 +236,12 @@ impl Api {
                     .count() as u32,
             })
             .collect();
-        nodes.sort_by(|a, b| a.node.as_ref().map(|n| &n.name).cmp(&b.node.as_ref().map(|n| &n.name)));
+        nodes.sort_by(|a, b| {
+            a.node
+                .as_ref()
+                .map(|n| &n.name)
+                .cmp(&b.node.as_ref().map(|n| &n.name))
+        });
         Ok(ListNodesResponse { nodes })
     }
 }
@@ -192,8 +251,11 @@ impl Scheduler for Api {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         let span = span(&req, "Apply");
         async move {
-            let spec = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("apply: missing spec"))?;
-        Ok(Response::new(self.apply(spec).await?))
+            let spec = req
+                .into_inner()
+                .spec
+                .ok_or_else(|| Status::invalid_argument("apply: missing spec"))?;
+            Ok(Response::new(self.apply(spec).await?))
         }
         .instrument(span)
         .await
@@ -201,55 +263,58 @@ impl Scheduler for Api {
 
     async fn scale(&self, req: Request<ScaleRequest>) -> Result<Response<ScaleResponse>, Status> {
         let span = span(&req, "Scale");
-        async move {
-            Ok(Response::new(self.scale(req.into_inner().targets).await?))
-        }
-        .instrument(span)
-        .await
+        async move { Ok(Response::new(self.scale(req.into_inner().targets).await?)) }
+            .instrument(span)
+            .await
     }
 
-    async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
         let span = span(&req, "ListServices");
-        async move {
-            Ok(Response::new(self.list_services().await?))
-        }
-        .instrument(span)
-        .await
+        async move { Ok(Response::new(self.list_services().await?)) }
+            .instrument(span)
+            .await
     }
 
-    async fn inspect_service(&self, req: Request<InspectServiceRequest>) -> Result<Response<InspectServiceResponse>, Status> {
+    async fn inspect_service(
+        &self,
+        req: Request<InspectServiceRequest>,
+    ) -> Result<Response<InspectServiceResponse>, Status> {
         let span = span(&req, "InspectService");
-        async move {
-            Ok(Response::new(self.inspect(&req.into_inner().name).await?))
-        }
-        .instrument(span)
-        .await
+        async move { Ok(Response::new(self.inspect(&req.into_inner().name).await?)) }
+            .instrument(span)
+            .await
     }
 
-    async fn remove_service(&self, req: Request<RemoveServiceRequest>) -> Result<Response<RemoveServiceResponse>, Status> {
+    async fn remove_service(
+        &self,
+        req: Request<RemoveServiceRequest>,
+    ) -> Result<Response<RemoveServiceResponse>, Status> {
         let span = span(&req, "RemoveService");
-        async move {
-            Ok(Response::new(self.remove(&req.into_inner().name).await?))
-        }
-        .instrument(span)
-        .await
+        async move { Ok(Response::new(self.remove(&req.into_inner().name).await?)) }
+            .instrument(span)
+            .await
     }
 
-    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
         let span = span(&req, "ListTasks");
-        async move {
-            Ok(Response::new(self.list_tasks(req.into_inner()).await?))
-        }
-        .instrument(span)
-        .await
+        async move { Ok(Response::new(self.list_tasks(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
     }
 
-    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
         let span = span(&req, "ListNodes");
-        async move {
-            Ok(Response::new(self.list_nodes().await?))
-        }
-        .instrument(span)
-        .await
+        async move { Ok(Response::new(self.list_nodes().await?)) }
+            .instrument(span)
+            .await
     }
 }

@@ -46,7 +46,11 @@ pub async fn pass(store: &Store, agents: &Agents) -> Result<(), StoreError> {
     for u in &plan.unplaced {
         tracing::debug!(service = %u.service, missing = u.missing, reason = u.reason, "cannot place");
     }
-    let addr: HashMap<&str, &str> = loaded.nodes.iter().map(|n| (n.name.as_str(), n.address.as_str())).collect();
+    let addr: HashMap<&str, &str> = loaded
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.address.as_str()))
+        .collect();
     for action in plan.actions {
         if let Err(e) = apply(store, agents, &loaded, &addr, action).await {
             // A conflict means our view is stale; the next pass sees the new state.
@@ -65,8 +69,15 @@ async fn apply(
     action: Action,
 ) -> Result<(), StoreError> {
     match action {
-        Action::Place { service, node, slot, revision } => {
-            let Some(svc) = loaded.service(&service) else { return Ok(()) };
+        Action::Place {
+            service,
+            node,
+            slot,
+            revision,
+        } => {
+            let Some(svc) = loaded.service(&service) else {
+                return Ok(());
+            };
             let spec = svc.spec.clone().unwrap_or_default();
             let task = Task {
                 id: new_task_id(),
@@ -82,7 +93,12 @@ async fn apply(
                 resources: spec.resources,
                 slot,
             };
-            store.create_task(&task, loaded.mod_revision(&rctl_api::keys::service(&service))).await?;
+            store
+                .create_task(
+                    &task,
+                    loaded.mod_revision(&rctl_api::keys::service(&service)),
+                )
+                .await?;
             tracing::info!(service = %service, task = %task.id, node = %node, slot, "placed");
             if let Some(a) = addr.get(node.as_str()) {
                 agents.run(a, &task, true);

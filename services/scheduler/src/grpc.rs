@@ -21,7 +21,9 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match &e {
             ApiError::ServiceNotFound(_) => Status::not_found(e.to_string()),
-            ApiError::Invalid(_) | ApiError::BadRequest(_) => Status::invalid_argument(e.to_string()),
+            ApiError::Invalid(_) | ApiError::BadRequest(_) => {
+                Status::invalid_argument(e.to_string())
+            }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
             ApiError::Store(StoreError::Etcd { .. }) => {
                 tracing::error!(error = %e, "store unavailable");

@@ -42,7 +42,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let tasks = TaskTracker::new();
     let passes = Arc::new(AtomicU64::new(0));
 
-    tasks.spawn(controller::run(store.clone(), agents, shutdown.child_token()));
+    tasks.spawn(controller::run(
+        store.clone(),
+        agents,
+        shutdown.child_token(),
+    ));
     if let Some(addr) = cfg.metrics_addr {
         let passes = passes.clone();
         let token = shutdown.child_token();

@@ -4,7 +4,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "rctl-scheduler", version, about = "rctl control plane: API and reconciler")]
+#[command(
+    name = "rctl-scheduler",
+    version,
+    about = "rctl control plane: API and reconciler"
+)]
 struct Args {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "RCTL_ETCD", default_value = rctl_api::DEFAULT_ETCD, value_delimiter = ',')]
@@ -28,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
         signal_token.cancel();
     });
     rctl_scheduler::run(
-        rctl_scheduler::Config { etcd: args.etcd, listen: args.listen, metrics_addr: args.metrics_addr },
+        rctl_scheduler::Config {
+            etcd: args.etcd,
+            listen: args.listen,
+            metrics_addr: args.metrics_addr,
+        },
         token,
     )
     .await

@@ -18,9 +18,9 @@ pub struct Candidate {
 
 /// Picks the node for one more task, or `None` if there is no node at all.
 pub fn pick(candidates: &[Candidate]) -> Option<&Candidate> {
-    candidates
-        .iter()
-        .min_by(|a, b| (a.service_tasks, a.total_tasks, &a.name).cmp(&(b.service_tasks, b.total_tasks, &b.name)))
+    candidates.iter().min_by(|a, b| {
+        (a.service_tasks, a.total_tasks, &a.name).cmp(&(b.service_tasks, b.total_tasks, &b.name))
+    })
 }
 
 /// Places `count` tasks one after the other, each choice seeing the previous ones,
@@ -29,7 +29,9 @@ pub fn spread(candidates: &[Candidate], count: usize) -> Vec<String> {
     let mut c = candidates.to_vec();
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let Some(best) = pick(&c).map(|b| b.name.clone()) else { break };
+        let Some(best) = pick(&c).map(|b| b.name.clone()) else {
+            break;
+        };
         if let Some(n) = c.iter_mut().find(|n| n.name == best) {
             n.service_tasks += 1;
             n.total_tasks += 1;
@@ -69,7 +71,11 @@ mod tests {
     use super::*;
 
     fn cand(name: &str, s: u32, t: u32) -> Candidate {
-        Candidate { name: name.into(), service_tasks: s, total_tasks: t }
+        Candidate {
+            name: name.into(),
+            service_tasks: s,
+            total_tasks: t,
+        }
     }
 
     #[test]
@@ -86,8 +92,14 @@ mod tests {
 
     #[test]
     fn ties_break_on_total_then_name() {
-        assert_eq!(pick(&[cand("h2", 0, 1), cand("h1", 0, 3)]).unwrap().name, "h2");
-        assert_eq!(pick(&[cand("h2", 0, 0), cand("h1", 0, 0)]).unwrap().name, "h1");
+        assert_eq!(
+            pick(&[cand("h2", 0, 1), cand("h1", 0, 3)]).unwrap().name,
+            "h2"
+        );
+        assert_eq!(
+            pick(&[cand("h2", 0, 0), cand("h1", 0, 0)]).unwrap().name,
+            "h1"
+        );
     }
 
     #[test]

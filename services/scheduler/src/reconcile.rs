@@ -38,7 +38,12 @@ pub struct Snapshot<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create a new task (the controller assigns its id) and send it to its node.
-    Place { service: String, node: String, slot: u32, revision: u64 },
+    Place {
+        service: String,
+        node: String,
+        slot: u32,
+        revision: u64,
+    },
     /// Set the task's desired state to shutdown and stop it on its node.
     Retire { task: Task, reason: &'static str },
     /// Forget the task: its task and status keys go.
@@ -66,9 +71,12 @@ pub struct Plan {
 impl Plan {
     /// True when nothing changes state in etcd (resending RPCs does not count).
     pub fn is_quiet(&self) -> bool {
-        self.actions
-            .iter()
-            .all(|a| matches!(a, Action::EnsureRunning { .. } | Action::EnsureStopped { .. }))
+        self.actions.iter().all(|a| {
+            matches!(
+                a,
+                Action::EnsureRunning { .. } | Action::EnsureStopped { .. }
+            )
+        })
     }
 }
 
@@ -89,9 +97,9 @@ fn is_finished(state: Option<TaskState>) -> bool {
 }
 
 fn is_ready(s: &Snapshot<'_>, t: &Task) -> bool {
-    s.statuses
-        .get(&t.id)
-        .is_some_and(|st| st.state() == TaskState::Running && (t.container_port == 0 || st.health == "healthy"))
+    s.statuses.get(&t.id).is_some_and(|st| {
+        st.state() == TaskState::Running && (t.container_port == 0 || st.health == "healthy")
+    })
 }
 
 /// Delay before a finished task is replaced, growing with the service's recent failures.
@@ -118,7 +126,9 @@ pub fn reconcile(s: &Snapshot<'_>) -> Plan {
     let mut all_active_nodes: Vec<String> = s
         .tasks
         .iter()
-        .filter(|t| t.desired_state() == DesiredState::Running && live_nodes.contains(t.node.as_str()))
+        .filter(|t| {
+            t.desired_state() == DesiredState::Running && live_nodes.contains(t.node.as_str())
+        })
         .map(|t| t.node.clone())
         .collect();
 
@@ -127,7 +137,9 @@ pub fn reconcile(s: &Snapshot<'_>) -> Plan {
     for name in names {
         let tasks = by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
         match services.get(name) {
-            Some(svc) => reconcile_service(s, svc, tasks, &live_nodes, &mut all_active_nodes, &mut plan),
+            Some(svc) => {
+                reconcile_service(s, svc, tasks, &live_nodes, &mut all_active_nodes, &mut plan)
+            }
             None => reconcile_removed(s, tasks, &live_nodes, &mut plan),
         }
     }
@@ -138,11 +150,18 @@ fn reconcile_removed(s: &Snapshot<'_>, tasks: &[&Task], live: &HashSet<&str>, pl
     for t in tasks {
         let on_live = live.contains(t.node.as_str());
         if t.desired_state() == DesiredState::Running && on_live {
-            plan.actions.push(Action::Retire { task: (*t).clone(), reason: REASON_SERVICE_REMOVED });
+            plan.actions.push(Action::Retire {
+                task: (*t).clone(),
+                reason: REASON_SERVICE_REMOVED,
+            });
         } else if !on_live || is_finished(state_of(s, t)) || state_of(s, t).is_none() {
-            plan.actions.push(Action::Delete { task: (*t).clone(), reason: REASON_SERVICE_REMOVED });
+            plan.actions.push(Action::Delete {
+                task: (*t).clone(),
+                reason: REASON_SERVICE_REMOVED,
+            });
         } else {
-            plan.actions.push(Action::EnsureStopped { task: (*t).clone() });
+            plan.actions
+                .push(Action::EnsureStopped { task: (*t).clone() });
         }
     }
 }
@@ -155,10 +174,14 @@ fn reconcile_service(
     all_active_nodes: &mut Vec<String>,
     plan: &mut Plan,
 ) {
-    let spec = svc.spec.as_ref().expect("services without spec are filtered out");
+    let spec = svc
+        .spec
+        .as_ref()
+        .expect("services without spec are filtered out");
     let want = spec.replicas as usize;
-    let (active, retired): (Vec<&Task>, Vec<&Task>) =
-        tasks.iter().partition(|t| t.desired_state() == DesiredState::Running);
+    let (active, retired): (Vec<&Task>, Vec<&Task>) = tasks
+        .iter()
+        .partition(|t| t.desired_state() == DesiredState::Running);
 
     let recent_failures = retired
         .iter()
@@ -170,23 +193,35 @@ fn reconcile_service(
     let mut holding: Vec<&Task> = Vec::new();
     for t in &active {
         if !live_nodes.contains(t.node.as_str()) {
-            plan.actions.push(Action::Delete { task: (*t).clone(), reason: REASON_NODE_LOST });
+            plan.actions.push(Action::Delete {
+                task: (*t).clone(),
+                reason: REASON_NODE_LOST,
+            });
             continue;
         }
         let state = state_of(s, t);
         if is_finished(state) {
-            let finished = s.statuses.get(&t.id).map(|st| st.finished_unix_ms).unwrap_or(0);
+            let finished = s
+                .statuses
+                .get(&t.id)
+                .map(|st| st.finished_unix_ms)
+                .unwrap_or(0);
             if s.now_ms - finished >= delay {
-                plan.actions.push(Action::Retire { task: (*t).clone(), reason: REASON_FINISHED });
+                plan.actions.push(Action::Retire {
+                    task: (*t).clone(),
+                    reason: REASON_FINISHED,
+                });
                 continue;
             }
         } else if state.is_none() {
-            plan.actions.push(Action::EnsureRunning { task: (*t).clone() });
+            plan.actions
+                .push(Action::EnsureRunning { task: (*t).clone() });
         }
         holding.push(t);
     }
 
-    let (current, old): (Vec<&Task>, Vec<&Task>) = holding.iter().partition(|t| t.revision == svc.revision);
+    let (current, old): (Vec<&Task>, Vec<&Task>) =
+        holding.iter().partition(|t| t.revision == svc.revision);
     let mut to_place = 0usize;
     let mut to_retire: Vec<(&Task, &'static str)> = Vec::new();
     if old.is_empty() {
@@ -194,7 +229,12 @@ fn reconcile_service(
             to_place = want - current.len();
         } else {
             let extra = current.len() - want;
-            to_retire.extend(scale_down_order(s, &current).into_iter().take(extra).map(|t| (t, REASON_SCALED_DOWN)));
+            to_retire.extend(
+                scale_down_order(s, &current)
+                    .into_iter()
+                    .take(extra)
+                    .map(|t| (t, REASON_SCALED_DOWN)),
+            );
         }
     } else {
         // Rolling replacement, surge first: one new task beyond the desired count at a
@@ -205,15 +245,28 @@ fn reconcile_service(
         }
         let ready_new = current.iter().filter(|t| is_ready(s, t)).count();
         let excess = (ready_new + old.len()).saturating_sub(want);
-        to_retire.extend(scale_down_order(s, &old).into_iter().take(excess).map(|t| (t, REASON_REPLACED)));
+        to_retire.extend(
+            scale_down_order(s, &old)
+                .into_iter()
+                .take(excess)
+                .map(|t| (t, REASON_REPLACED)),
+        );
         if current.len() > want {
             let extra = current.len() - want;
-            to_retire.extend(scale_down_order(s, &current).into_iter().take(extra).map(|t| (t, REASON_SCALED_DOWN)));
+            to_retire.extend(
+                scale_down_order(s, &current)
+                    .into_iter()
+                    .take(extra)
+                    .map(|t| (t, REASON_SCALED_DOWN)),
+            );
         }
     }
 
     for (t, reason) in to_retire {
-        plan.actions.push(Action::Retire { task: t.clone(), reason });
+        plan.actions.push(Action::Retire {
+            task: t.clone(),
+            reason,
+        });
     }
 
     if to_place > 0 {
@@ -236,7 +289,12 @@ fn reconcile_service(
         all_active_nodes.extend(chosen.iter().cloned());
         for node in chosen {
             let slot = free_slots.next().expect("slots are unbounded");
-            plan.actions.push(Action::Place { service: spec.name.clone(), node, slot, revision: svc.revision });
+            plan.actions.push(Action::Place {
+                service: spec.name.clone(),
+                node,
+                slot,
+                revision: svc.revision,
+            });
         }
     }
 
@@ -247,15 +305,22 @@ fn reconcile_service(
 fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, plan: &mut Plan) {
     let mut done: Vec<&Task> = Vec::new();
     for t in retired {
-        if !live.contains(t.node.as_str()) || is_finished(state_of(s, t)) || state_of(s, t).is_none() {
+        if !live.contains(t.node.as_str())
+            || is_finished(state_of(s, t))
+            || state_of(s, t).is_none()
+        {
             done.push(t);
         } else {
-            plan.actions.push(Action::EnsureStopped { task: (*t).clone() });
+            plan.actions
+                .push(Action::EnsureStopped { task: (*t).clone() });
         }
     }
     done.sort_by_key(|t| std::cmp::Reverse((t.created_unix_ms, t.id.clone())));
     for t in done.into_iter().skip(HISTORY_PER_SERVICE) {
-        plan.actions.push(Action::Delete { task: t.clone(), reason: REASON_HISTORY });
+        plan.actions.push(Action::Delete {
+            task: t.clone(),
+            reason: REASON_HISTORY,
+        });
     }
 }
 
@@ -269,7 +334,11 @@ fn scale_down_order<'a>(s: &Snapshot<'_>, tasks: &[&'a Task]) -> Vec<&'a Task> {
     let mut v: Vec<&Task> = tasks.to_vec();
     v.sort_by_key(|t| {
         let running = state_of(s, t) == Some(TaskState::Running);
-        (running, std::cmp::Reverse(per_node[t.node.as_str()]), std::cmp::Reverse(t.slot))
+        (
+            running,
+            std::cmp::Reverse(per_node[t.node.as_str()]),
+            std::cmp::Reverse(t.slot),
+        )
     });
     v
 }
@@ -281,14 +350,22 @@ mod tests {
 
     fn service(name: &str, replicas: u32, revision: u64) -> Service {
         Service {
-            spec: Some(ServiceSpec { name: name.into(), image: "img".into(), replicas, ..Default::default() }),
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                image: "img".into(),
+                replicas,
+                ..Default::default()
+            }),
             revision,
             ..Default::default()
         }
     }
 
     fn node(name: &str) -> Node {
-        Node { name: name.into(), ..Default::default() }
+        Node {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     fn task(id: &str, svc: &str, node: &str, slot: u32) -> Task {
@@ -304,13 +381,20 @@ mod tests {
     }
 
     fn status(t: &Task, state: TaskState) -> (String, TaskStatus) {
-        let mut st = TaskStatus { task_id: t.id.clone(), node: t.node.clone(), ..Default::default() };
+        let mut st = TaskStatus {
+            task_id: t.id.clone(),
+            node: t.node.clone(),
+            ..Default::default()
+        };
         st.set_state(state);
         (t.id.clone(), st)
     }
 
     fn running(tasks: &[Task]) -> HashMap<String, TaskStatus> {
-        tasks.iter().map(|t| status(t, TaskState::Running)).collect()
+        tasks
+            .iter()
+            .map(|t| status(t, TaskState::Running))
+            .collect()
     }
 
     fn places(p: &Plan) -> Vec<(String, u32)> {
@@ -339,8 +423,17 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
-        assert_eq!(places(&p), vec![("h1".into(), 3), ("h2".into(), 4), ("h1".into(), 5)]);
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
+        assert_eq!(
+            places(&p),
+            vec![("h1".into(), 3), ("h2".into(), 4), ("h1".into(), 5)]
+        );
         assert!(retired(&p).is_empty());
     }
 
@@ -354,7 +447,13 @@ mod tests {
         ];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         assert_eq!(retired(&p), vec!["c".to_string(), "a".to_string()]);
         assert!(places(&p).is_empty());
     }
@@ -363,9 +462,19 @@ mod tests {
     fn scale_down_prefers_tasks_not_yet_running() {
         let svcs = [service("web", 1, 1)];
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
-        let st: HashMap<_, _> = [status(&tasks[0], TaskState::Running), status(&tasks[1], TaskState::Starting)].into();
+        let st: HashMap<_, _> = [
+            status(&tasks[0], TaskState::Running),
+            status(&tasks[1], TaskState::Starting),
+        ]
+        .into();
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         assert_eq!(retired(&p), vec!["b".to_string()]);
     }
 
@@ -375,8 +484,17 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h3")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
-        assert!(p.actions.contains(&Action::Delete { task: tasks[1].clone(), reason: REASON_NODE_LOST }));
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
+        assert!(p.actions.contains(&Action::Delete {
+            task: tasks[1].clone(),
+            reason: REASON_NODE_LOST
+        }));
         assert_eq!(places(&p), vec![("h3".into(), 2)]);
     }
 
@@ -386,7 +504,13 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         assert_eq!(p, Plan::default());
     }
 
@@ -394,9 +518,22 @@ mod tests {
     fn no_nodes_places_nothing_and_says_why() {
         let svcs = [service("web", 2, 1)];
         let st = HashMap::new();
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &[], statuses: &st, nodes: &[], now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &[],
+            statuses: &st,
+            nodes: &[],
+            now_ms: 0,
+        });
         assert!(places(&p).is_empty());
-        assert_eq!(p.unplaced, vec![Unplaced { service: "web".into(), missing: 2, reason: REASON_NO_NODES }]);
+        assert_eq!(
+            p.unplaced,
+            vec![Unplaced {
+                service: "web".into(),
+                missing: 2,
+                reason: REASON_NO_NODES
+            }]
+        );
     }
 
     #[test]
@@ -405,7 +542,13 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         assert_eq!(retired(&p).len(), 2);
         assert!(places(&p).is_empty());
     }
@@ -417,9 +560,21 @@ mod tests {
         let mut st: HashMap<_, _> = [status(&tasks[0], TaskState::Failed)].into();
         st.get_mut("a").unwrap().finished_unix_ms = 10_000;
         let nodes = [node("h1")];
-        let early = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 10_500 });
+        let early = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 10_500,
+        });
         assert_eq!(early, Plan::default());
-        let later = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 11_000 });
+        let later = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 11_000,
+        });
         assert_eq!(retired(&later), vec!["a".to_string()]);
         assert_eq!(places(&later), vec![("h1".into(), 1)]);
     }
@@ -437,8 +592,19 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1)];
         let st = HashMap::new();
         let nodes = [node("h1")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
-        assert_eq!(p.actions, vec![Action::EnsureRunning { task: tasks[0].clone() }]);
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
+        assert_eq!(
+            p.actions,
+            vec![Action::EnsureRunning {
+                task: tasks[0].clone()
+            }]
+        );
         assert!(p.is_quiet());
     }
 
@@ -447,14 +613,32 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1)];
         let st = running(&tasks);
         let nodes = [node("h1")];
-        let p = reconcile(&Snapshot { services: &[], tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &[],
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         assert_eq!(retired(&p), vec!["a".to_string()]);
 
         let mut gone = tasks[0].clone();
         gone.set_desired_state(DesiredState::Shutdown);
         let st: HashMap<_, _> = [status(&gone, TaskState::Exited)].into();
-        let p = reconcile(&Snapshot { services: &[], tasks: &[gone.clone()], statuses: &st, nodes: &nodes, now_ms: 0 });
-        assert_eq!(p.actions, vec![Action::Delete { task: gone, reason: REASON_SERVICE_REMOVED }]);
+        let p = reconcile(&Snapshot {
+            services: &[],
+            tasks: &[gone.clone()],
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
+        assert_eq!(
+            p.actions,
+            vec![Action::Delete {
+                task: gone,
+                reason: REASON_SERVICE_REMOVED
+            }]
+        );
     }
 
     #[test]
@@ -463,7 +647,13 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         // One new task beyond the desired count; no old task goes before a new one is ready.
         assert_eq!(places(&p).len(), 1);
         assert!(retired(&p).is_empty());
@@ -472,11 +662,30 @@ mod tests {
         new.revision = 2;
         let all = [tasks[0].clone(), tasks[1].clone(), new];
         let mut st = running(&all);
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &all, statuses: &st, nodes: &nodes, now_ms: 0 });
-        assert_eq!(retired(&p).len(), 1, "the ready new task replaces one old task");
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &all,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
+        assert_eq!(
+            retired(&p).len(),
+            1,
+            "the ready new task replaces one old task"
+        );
         st.get_mut("c").unwrap().set_state(TaskState::Starting);
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &all, statuses: &st, nodes: &nodes, now_ms: 0 });
-        assert!(retired(&p).is_empty(), "a new task that is not ready replaces nothing");
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &all,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
+        assert!(
+            retired(&p).is_empty(),
+            "a new task that is not ready replaces nothing"
+        );
     }
 
     #[test]
@@ -492,7 +701,13 @@ mod tests {
             .collect();
         let st: HashMap<_, _> = tasks.iter().map(|t| status(t, TaskState::Exited)).collect();
         let nodes = [node("h1")];
-        let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+        let p = reconcile(&Snapshot {
+            services: &svcs,
+            tasks: &tasks,
+            statuses: &st,
+            nodes: &nodes,
+            now_ms: 0,
+        });
         let deleted: Vec<_> = p
             .actions
             .iter()

@@ -64,13 +64,19 @@ fn valid_image(r: &str) -> bool {
     let ok_chars = r
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
-    ok_chars && !r.starts_with(['/', ':', '@']) && !r.ends_with(['/', ':', '@']) && !r.contains("//")
+    ok_chars
+        && !r.starts_with(['/', ':', '@'])
+        && !r.ends_with(['/', ':', '@'])
+        && !r.contains("//")
 }
 
 /// Whether going from `old` to `new` changes what runs (a new revision), rather than only
 /// how many replicas run.
 pub fn changes_revision(old: &ServiceSpec, new: &ServiceSpec) -> bool {
-    let strip = |s: &ServiceSpec| ServiceSpec { replicas: 0, ..s.clone() };
+    let strip = |s: &ServiceSpec| ServiceSpec {
+        replicas: 0,
+        ..s.clone()
+    };
     strip(old) != strip(new)
 }
 
@@ -84,7 +90,11 @@ mod tests {
             name: "web".into(),
             image: "198.18.0.1:7603/rctl/testserver:v1".into(),
             replicas: 2,
-            port: Some(PortSpec { container: 8080, protocol: "http".into(), listen: "127.0.0.1:8080".into() }),
+            port: Some(PortSpec {
+                container: 8080,
+                protocol: "http".into(),
+                listen: "127.0.0.1:8080".into(),
+            }),
             ..Default::default()
         }
     }

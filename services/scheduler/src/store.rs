@@ -43,7 +43,9 @@ impl Loaded {
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == name))
+        self.services
+            .iter()
+            .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == name))
     }
 }
 
@@ -57,7 +59,9 @@ impl Store {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(10));
-        let client = Client::connect(endpoints, Some(opts)).await.map_err(etcd("connect"))?;
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(etcd("connect"))?;
         Ok(Self { client })
     }
 
@@ -76,8 +80,12 @@ impl Store {
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
             ..Default::default()
         };
-        let (svc_p, task_p, status_p, node_p) =
-            (keys::services_prefix(), keys::tasks_prefix(), keys::status_prefix(), keys::nodes_prefix());
+        let (svc_p, task_p, status_p, node_p) = (
+            keys::services_prefix(),
+            keys::tasks_prefix(),
+            keys::status_prefix(),
+            keys::nodes_prefix(),
+        );
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             out.mod_revisions.insert(key.to_string(), kv.mod_revision());
@@ -103,11 +111,23 @@ impl Store {
     }
 
     /// Writes `svc` if its key is still at `expect_mod_rev` (0: must not exist).
-    pub async fn put_service_if(&self, svc: &Service, expect_mod_rev: i64) -> Result<(), StoreError> {
-        let name = svc.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
+    pub async fn put_service_if(
+        &self,
+        svc: &Service,
+        expect_mod_rev: i64,
+    ) -> Result<(), StoreError> {
+        let name = svc
+            .spec
+            .as_ref()
+            .map(|s| s.name.as_str())
+            .unwrap_or_default();
         let key = keys::service(name);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expect_mod_rev)])
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                expect_mod_rev,
+            )])
             .and_then([TxnOp::put(key.as_str(), encode(svc), None)]);
         self.commit(txn, "put service", &key).await
     }
@@ -117,11 +137,17 @@ impl Store {
         let mut cmps = Vec::new();
         let mut ops = Vec::new();
         for (svc, rev) in updates {
-            let key = keys::service(svc.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default());
+            let key = keys::service(
+                svc.spec
+                    .as_ref()
+                    .map(|s| s.name.as_str())
+                    .unwrap_or_default(),
+            );
             cmps.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev));
             ops.push(TxnOp::put(key.as_str(), encode(svc), None));
         }
-        self.commit(Txn::new().when(cmps).and_then(ops), "scale", "services").await
+        self.commit(Txn::new().when(cmps).and_then(ops), "scale", "services")
+            .await
     }
 
     pub async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
@@ -151,7 +177,11 @@ impl Store {
     pub async fn update_task(&self, task: &Task, expect_mod_rev: i64) -> Result<(), StoreError> {
         let key = keys::task(&task.service, &task.id);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, expect_mod_rev)])
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                expect_mod_rev,
+            )])
             .and_then([TxnOp::put(key.as_str(), encode(task), None)]);
         self.commit(txn, "update task", &key).await
     }
@@ -162,7 +192,11 @@ impl Store {
             TxnOp::delete(keys::task(&task.service, &task.id), None),
             TxnOp::delete(keys::status(&task.node, &task.id), None),
         ]);
-        self.client.kv_client().txn(txn).await.map_err(etcd("delete task"))?;
+        self.client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(etcd("delete task"))?;
         Ok(())
     }
 
@@ -176,13 +210,17 @@ impl Store {
     }
 
     /// Watches every rctl key from `from_rev`.
-    pub async fn watch(
-        &self,
-        from_rev: i64,
-    ) -> Result<etcd_client::WatchStream, StoreError> {
+    pub async fn watch(&self, from_rev: i64) -> Result<etcd_client::WatchStream, StoreError> {
         self.client
             .watch_client()
-            .watch(keys::ROOT, Some(WatchOptions::new().with_prefix().with_start_revision(from_rev)))
+            .watch(
+                keys::ROOT,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(from_rev),
+                ),
+            )
             .await
             .map_err(etcd("watch"))
     }

@@ -1,0 +1,276 @@
+//! The real-cluster harness: one `deploy/local/cluster` per test, with a unique name, subnet
+//! slice and port range, so tests run in parallel; torn down on drop, even when the test fails.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Slots 1..=MAX_SLOT: slot N owns 198.18.N.0/24 and ports 30000+20N .. 30000+20N+19.
+const MAX_SLOT: u8 = 90;
+const LOCK_DIR: &str = "/run/rctl-tests";
+
+/// An exclusive claim on one slot, held (flock) for the life of the cluster.
+struct Slot {
+    n: u8,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl Slot {
+    fn claim() -> Slot {
+        std::fs::create_dir_all(LOCK_DIR).expect("create lock dir");
+        // Start at a pid-dependent slot so parallel test processes rarely contend.
+        let start = (std::process::id() % MAX_SLOT as u32) as u8;
+        for i in 0..MAX_SLOT {
+            let n = (start + i) % MAX_SLOT + 1;
+            let f = File::create(format!("{LOCK_DIR}/slot-{n}.lock")).expect("create slot lock");
+            if let Ok(lock) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                return Slot { n, _lock: lock };
+            }
+        }
+        panic!("no free test slot in {LOCK_DIR}");
+    }
+}
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Where cargo put the binaries: next to the test executable's `deps/` dir.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("RCTL_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// A running local cluster owned by one test.
+pub struct Cluster {
+    pub name: String,
+    pub net: u8,
+    pub hosts: u32,
+    pub port_base: u16,
+    pub state: PathBuf,
+    bin: PathBuf,
+    _slot: Slot,
+}
+
+impl Cluster {
+    /// Starts a cluster with `hosts` hosts; panics (after tearing down) with the logs if it
+    /// does not come up.
+    pub fn start(hosts: u32) -> Cluster {
+        let slot = Slot::claim();
+        let n = slot.n;
+        let c = Cluster {
+            name: format!("rt{n}"),
+            net: n,
+            hosts,
+            port_base: 30000 + 20 * n as u16,
+            state: PathBuf::from(format!("/var/tmp/rctl-tests/rt{n}")),
+            bin: bin_dir(),
+            _slot: slot,
+        };
+        // A previous run killed hard may have left this slot's resources behind.
+        let _ = c.script(&["down"]);
+        let out = c.script(&["up", "--hosts", &hosts.to_string()]);
+        if !out.status.success() {
+            panic!(
+                "cluster up failed:\n{}\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                c.logs()
+            );
+        }
+        c
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(repo_root().join("deploy/local/cluster"));
+        cmd.args(args)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--net")
+            .arg(self.net.to_string())
+            .arg("--port-base")
+            .arg(self.port_base.to_string())
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--bin")
+            .arg(&self.bin);
+        cmd.output().expect("run deploy/local/cluster")
+    }
+
+    /// Runs a cluster script subcommand that must succeed (e.g. `kill-host h2`).
+    pub fn cluster(&self, args: &[&str]) {
+        let out = self.script(args);
+        assert!(
+            out.status.success(),
+            "cluster {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The scheduler API address, as `RCTL_ADDR` takes it.
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port_base)
+    }
+
+    /// The registry, as `host:port`, reachable from every host.
+    pub fn registry(&self) -> String {
+        format!("198.18.{}.1:{}", self.net, self.port_base + 3)
+    }
+
+    /// A loopback port of this test's range for services to listen on (i in 0..10).
+    pub fn service_port(&self, i: u16) -> u16 {
+        assert!(i < 10);
+        self.port_base + 10 + i
+    }
+
+    /// The pid of host `host`'s agent, from the cluster's pid file.
+    pub fn agent_pid(&self, host: &str) -> i32 {
+        let p = self.state.join("pids").join(format!("agent-{host}.pid"));
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    /// Runs `rctl ARGS` against this cluster.
+    pub fn rctl(&self, args: &[&str]) -> Output {
+        Command::new(self.bin.join("rctl"))
+            .args(args)
+            .env("RCTL_ADDR", self.addr())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run rctl")
+    }
+
+    /// Runs `rctl ARGS`, asserts exit 0, returns stdout.
+    pub fn rctl_ok(&self, args: &[&str]) -> String {
+        let out = self.rctl(args);
+        assert!(
+            out.status.success(),
+            "rctl {args:?} exited {:?}: {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `rctl ps -o json [extra]` parsed.
+    pub fn ps(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["ps", "-o", "json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.rctl_ok(&args)).expect("ps -o json is JSON")
+    }
+
+    /// Writes a service file into the cluster's state dir and returns its path.
+    pub fn service_file(&self, file: &str, toml: &str) -> PathBuf {
+        let dir = self.state.join("services");
+        std::fs::create_dir_all(&dir).expect("mkdir services");
+        let p = dir.join(file);
+        std::fs::write(&p, toml).expect("write service file");
+        p
+    }
+
+    /// The tail of every log of the cluster, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let dir = self.state.join("logs");
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out.push_str(&format!("--- {} ---\n", e.path().display()));
+                for l in tail.into_iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Polls `f` every 200 ms until it returns `Some`, or panics with `what` and the logs.
+    pub fn eventually<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = self.script(&["down"]);
+        if !out.status.success() {
+            eprintln!(
+                "cluster down failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One GET over a fresh connection (`Connection: close`), with a 5 s timeout.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw).ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw))))
+}
+
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(Response { status, headers, body: body.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_response() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nX-Served-By: abc\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-served-by"), Some("abc"));
+        assert_eq!(r.body, "hello");
+    }
+}
