@@ -1,1 +1,115 @@
-//! placeholder
+//! rctl-lb: the load balancer in front of every rctl service.
+//!
+//! It watches services and endpoints in etcd, keeps an immutable routing table that it
+//! rebuilds and swaps whole on every change, opens one listener per exposed service, and
+//! proxies HTTP/1.1 (L7) or raw TCP (L4) to the healthy endpoints of that service, picking
+//! one per request by power-of-two-choices on least outstanding requests.
+//!
+//! # Layout
+//! - [`routes`]: the routing table ([`Routes`]) built from etcd values, and its channel.
+//! - [`balance`]: endpoint selection (pure functions plus a thin random wrapper).
+//! - [`discovery`]: lists and watches etcd, publishes a new [`Routes`] on every change.
+//! - [`listeners`]: opens and closes one listener per exposed service.
+//! - [`proxy`]: the HTTP ([`proxy::http`]) and TCP ([`proxy::tcp`]) data paths.
+//! - [`stats`]: request counters and the Prometheus `/metrics` endpoint.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod discovery;
+pub mod listeners;
+pub mod proxy;
+pub mod routes;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use proxy::http::Forwarder;
+pub use routes::{Backend, Protocol, Routes, ServiceRoute};
+pub use stats::Stats;
+
+/// How long shutdown waits for in-flight requests and connections before giving up.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// What the binary was started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// etcd endpoint, e.g. `http://127.0.0.1:2379`.
+    pub etcd: String,
+    /// Where to serve Prometheus `/metrics`; not served when `None`.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("bind metrics address {addr}")]
+    BindMetrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the load balancer until `shutdown` is cancelled, then drains for up to [`GRACE`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbError> {
+    let (routes_tx, routes_rx) = routes::channel(Routes::default());
+    let stats = Arc::new(Stats::default());
+    let forwarder = Forwarder::new(stats.clone());
+    let tasks = TaskTracker::new();
+
+    if let Some(addr) = config.metrics_addr {
+        // A metrics address the operator asked for but cannot have is a startup error,
+        // unlike service listeners, which come and go with etcd and are retried.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| LbError::BindMetrics { addr, source })?;
+        info!(%addr, "serving metrics");
+        tasks.spawn(stats::serve(
+            listener,
+            stats.clone(),
+            routes_rx.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    tasks.spawn(discovery::run(
+        config.etcd.clone(),
+        routes_tx,
+        shutdown.child_token(),
+    ));
+    tasks.spawn(listeners::run(
+        routes_rx,
+        forwarder,
+        stats,
+        shutdown.child_token(),
+    ));
+
+    shutdown.cancelled().await;
+    info!("shutting down");
+    tasks.close();
+    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        warn!(grace = ?GRACE, "grace period elapsed with connections still open");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Displays an error with its chain of causes ("list …: transport error: connection
+/// refused"), since `Display` of a wrapping error shows only the outermost step.
+pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

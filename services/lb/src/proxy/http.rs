@@ -1,0 +1,407 @@
+//! The L7 proxy: HTTP/1.1 with keep-alive on both sides, one backend chosen per request.
+//!
+//! Bodies stream in both directions; nothing buffers a whole body. A request is retried on
+//! another backend only when connecting failed, which is the one case where nothing of it
+//! was sent: the request body is handed to the client through [`ReclaimBody`], which takes
+//! it out of a shared slot only when first polled, so after a connect error the body is
+//! still in the slot and can go to the next backend.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::{ACCEPT_BACKOFF, CONNECT_TIMEOUT, MAX_RETRIES};
+use crate::balance;
+use crate::routes::{InFlight, RoutesRx};
+use crate::stats::{ServiceCounters, Stats};
+
+/// The body of every response the proxy sends: a backend's, streamed, or its own short one.
+pub type ProxyBody = Either<Tracked, Full<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("build backend request URI for {addr}")]
+    Uri {
+        addr: SocketAddr,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+}
+
+/// Headers that describe one connection, not the message, and so must not be forwarded
+/// (RFC 9110 §7.6.1), plus the widespread non-standard `Proxy-Connection`.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For` (keeping what earlier proxies put
+/// there) and sets `X-Forwarded-Proto`.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let mut chain: Vec<String> = headers
+        .get_all(&XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    chain.push(client.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+        headers.insert(XFF, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+}
+
+/// What every HTTP listener shares: the pooled backend client and the counters.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, ReclaimBody>,
+    stats: Arc<Stats>,
+}
+
+impl Forwarder {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        Self { client, stats }
+    }
+}
+
+/// Per-listener context of the request handler.
+struct Listener {
+    service: String,
+    routes: RoutesRx,
+    forwarder: Forwarder,
+    counters: Arc<ServiceCounters>,
+}
+
+/// Serves HTTP/1.1 for `service` on `listener` until `shutdown`, then lets each connection
+/// finish the request it is on and waits for them.
+pub async fn serve(
+    listener: TcpListener,
+    service: String,
+    routes: RoutesRx,
+    forwarder: Forwarder,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(Listener {
+        counters: forwarder.stats.service(&service),
+        service,
+        routes,
+        forwarder,
+    });
+    let conns = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(service = ctx.service, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        conns.spawn(serve_connection(
+            stream,
+            peer,
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    conns.close();
+    conns.wait().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Listener>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, peer, &ctx).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = shutdown.cancelled() => {
+            // Finish the request in progress, if any, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        debug!(%peer, error = %e, "client connection ended");
+    }
+}
+
+/// Proxies one request to a backend of the listener's service.
+async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
+    let resp = route(req, peer, ctx).await;
+    ctx.counters.record_response(resp.status());
+    resp
+}
+
+async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
+    let service = ctx.service.as_str();
+    let current = ctx.routes.borrow().clone();
+    let Some(route) = current.service(service) else {
+        return no_endpoint(service);
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(&mut parts.headers, peer.ip());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let slot = Arc::new(Mutex::new(Some(body)));
+
+    let mut tried = Vec::new();
+    loop {
+        let Some(backend) = balance::pick(route, &tried) else {
+            return if tried.is_empty() {
+                no_endpoint(service)
+            } else {
+                short(
+                    StatusCode::BAD_GATEWAY,
+                    format!("no endpoint of service {service:?} accepted a connection\n"),
+                )
+            };
+        };
+        let inflight = backend.start();
+        let addr = backend.address;
+        let uri = match format!("http://{addr}{path}").parse::<Uri>() {
+            Ok(u) => u,
+            Err(source) => {
+                let e = HttpError::Uri { addr, source };
+                warn!(service, error = %crate::Chain(&e), "bad request target");
+                return short(StatusCode::BAD_REQUEST, "bad request target\n".into());
+            }
+        };
+        let mut out = Request::new(ReclaimBody::new(slot.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        // Always HTTP/1.1 upstream so backend connections are pooled even for 1.0 clients.
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = parts.headers.clone();
+
+        match ctx.forwarder.client.request(out).await {
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                // Answer in the client's HTTP version, not the backend's: an HTTP/1.0
+                // backend must not turn a keep-alive HTTP/1.1 client connection into 1.0.
+                rparts.version = parts.version;
+                let body = Tracked {
+                    inner: rbody,
+                    _inflight: inflight,
+                };
+                return Response::from_parts(rparts, Either::Left(body));
+            }
+            Err(e) if e.is_connect() && untouched(&slot) && tried.len() < MAX_RETRIES => {
+                warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "connect failed; trying another endpoint");
+                tried.push(addr);
+            }
+            Err(e) => {
+                warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "backend request failed");
+                return short(StatusCode::BAD_GATEWAY, "bad gateway\n".into());
+            }
+        }
+    }
+}
+
+fn untouched(slot: &Mutex<Option<Incoming>>) -> bool {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
+fn no_endpoint(service: &str) -> Response<ProxyBody> {
+    short(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("no healthy endpoint for service {service:?}\n"),
+    )
+}
+
+fn short(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+// === impl ReclaimBody ===
+
+/// A request body that stays in a shared slot until the backend connection first polls
+/// it; see the module docs.
+pub struct ReclaimBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    taken: Option<Incoming>,
+}
+
+impl ReclaimBody {
+    fn new(slot: Arc<Mutex<Option<Incoming>>>) -> Self {
+        Self { slot, taken: None }
+    }
+
+    fn peek<R>(&self, f: impl FnOnce(Option<&Incoming>) -> R) -> R {
+        match &self.taken {
+            Some(b) => f(Some(b)),
+            None => f(self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()),
+        }
+    }
+}
+
+impl Body for ReclaimBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if this.taken.is_none() {
+            this.taken = this.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        match this.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.peek(|b| b.is_none_or(Body::is_end_stream))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.peek(|b| b.map_or_else(|| SizeHint::with_exact(0), Body::size_hint))
+    }
+}
+
+// === impl Tracked ===
+
+/// A backend's response body that keeps its request counted in flight until the body is
+/// done, so least-outstanding-requests sees slow downloads as load.
+pub struct Tracked {
+    inner: Incoming,
+    _inflight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_headers_and_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("web"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "content-length"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_to_the_chain() {
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "198.18.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "198.18.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "198.18.0.1, 127.0.0.1");
+    }
+}

@@ -1,0 +1,468 @@
+//! The routing table: for each service, its protocol, its listen address and its endpoints.
+//!
+//! A [`Routes`] is an immutable snapshot. Discovery builds a new one from etcd values on every
+//! change and publishes it whole through a [`tokio::sync::watch`] channel; the data path reads
+//! the current `Arc<Routes>` once per request or connection, so a removed endpoint stops
+//! getting new traffic as soon as the new snapshot is published, while requests already
+//! running on the old snapshot finish undisturbed.
+//!
+//! Vocabulary: a *service* is `services/{name}` in etcd; an *endpoint* is
+//! `endpoints/{service}/{task}`; a [`Backend`] is an endpoint as the proxy sees it, with its
+//! in-flight load counter.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rctl_api::{codec, keys, pb};
+use tokio::sync::watch;
+
+/// Sends new routing tables to every listener and proxy.
+pub type RoutesTx = watch::Sender<Arc<Routes>>;
+/// Reads the current routing table; cheap to clone.
+pub type RoutesRx = watch::Receiver<Arc<Routes>>;
+
+/// A channel carrying routing tables, starting with `initial`.
+pub fn channel(initial: Routes) -> (RoutesTx, RoutesRx) {
+    watch::channel(Arc::new(initial))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error("service {service:?}: unknown protocol {protocol:?} (want \"http\" or \"tcp\")")]
+    UnknownProtocol { service: String, protocol: String },
+    #[error("service {service:?}: listen address {listen:?} is not IP:PORT")]
+    BadListen {
+        service: String,
+        listen: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("endpoint {service}/{task}: address {address:?} is not IP:PORT")]
+    BadEndpointAddress {
+        service: String,
+        task: String,
+        address: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
+}
+
+/// How the load balancer speaks to clients and endpoints of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, proxied per request (L7).
+    Http,
+    /// Raw TCP, proxied per connection (L4).
+    Tcp,
+}
+
+impl Protocol {
+    /// Parses `spec.port.protocol`; empty means HTTP, the documented default.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "http" => Some(Self::Http),
+            "tcp" => Some(Self::Tcp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// One endpoint of a service as the proxy sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// The task this endpoint belongs to (the last segment of its etcd key).
+    pub task_id: String,
+    /// Host the task runs on, for logs.
+    pub node: String,
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// The service revision the task runs.
+    pub revision: u64,
+    /// Only healthy backends get traffic.
+    pub healthy: bool,
+    /// Requests (HTTP) or connections (TCP) in flight. Shared with the snapshot this one
+    /// replaced ([`Routes::inherit_load`]) so a rebuild does not forget the current load.
+    load: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub fn new(task_id: impl Into<String>, address: SocketAddr, healthy: bool) -> Self {
+        Self {
+            task_id: task_id.into(),
+            node: String::new(),
+            address,
+            revision: 0,
+            healthy,
+            load: Arc::default(),
+        }
+    }
+
+    /// Requests or connections currently in flight to this backend.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request or connection in flight until the returned guard is dropped.
+    pub fn start(&self) -> InFlight {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            load: self.load.clone(),
+        }
+    }
+}
+
+/// One request or connection in flight to a backend; dropping it ends it.
+#[derive(Debug)]
+pub struct InFlight {
+    load: Arc<AtomicUsize>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One service in the routing table.
+#[derive(Debug)]
+pub struct ServiceRoute {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Where the load balancer serves this service; `None` means not exposed.
+    pub listen: Option<SocketAddr>,
+    /// Every registered endpoint, healthy or not, ordered by task id.
+    pub backends: Vec<Arc<Backend>>,
+}
+
+impl ServiceRoute {
+    pub fn new(name: impl Into<String>, protocol: Protocol, listen: Option<SocketAddr>) -> Self {
+        Self {
+            name: name.into(),
+            protocol,
+            listen,
+            backends: Vec::new(),
+        }
+    }
+
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backends.push(Arc::new(backend));
+        self
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.healthy).count()
+    }
+}
+
+/// An immutable routing table; see the module docs.
+#[derive(Debug, Default)]
+pub struct Routes {
+    services: BTreeMap<String, ServiceRoute>,
+    /// The etcd revision this table reflects (0 when not built from etcd).
+    pub revision: i64,
+}
+
+impl Routes {
+    /// A table of exactly these services.
+    pub fn from_services(services: impl IntoIterator<Item = ServiceRoute>) -> Self {
+        Self {
+            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            revision: 0,
+        }
+    }
+
+    /// Builds the table from decoded etcd values. Bad values are skipped and returned as
+    /// errors so one broken service or endpoint cannot take the others down.
+    pub fn from_pb(
+        services: &[pb::Service],
+        endpoints: &[pb::Endpoint],
+    ) -> (Self, Vec<RoutesError>) {
+        let mut errors = Vec::new();
+        let mut table = BTreeMap::new();
+        for svc in services {
+            let Some(spec) = svc.spec.as_ref() else {
+                continue;
+            };
+            let port = spec.port.clone().unwrap_or_default();
+            let Some(protocol) = Protocol::parse(&port.protocol) else {
+                errors.push(RoutesError::UnknownProtocol {
+                    service: spec.name.clone(),
+                    protocol: port.protocol,
+                });
+                continue;
+            };
+            let listen = if port.listen.is_empty() {
+                None
+            } else {
+                match port.listen.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(source) => {
+                        errors.push(RoutesError::BadListen {
+                            service: spec.name.clone(),
+                            listen: port.listen,
+                            source,
+                        });
+                        None
+                    }
+                }
+            };
+            table.insert(
+                spec.name.clone(),
+                ServiceRoute::new(spec.name.clone(), protocol, listen),
+            );
+        }
+        for ep in endpoints {
+            // Endpoints of a service that does not exist (yet, or any more) have nowhere
+            // to be served from; dropping them is not an error.
+            let Some(route) = table.get_mut(&ep.service) else {
+                continue;
+            };
+            let address = match ep.address.parse() {
+                Ok(a) => a,
+                Err(source) => {
+                    errors.push(RoutesError::BadEndpointAddress {
+                        service: ep.service.clone(),
+                        task: ep.task_id.clone(),
+                        address: ep.address.clone(),
+                        source,
+                    });
+                    continue;
+                }
+            };
+            route.backends.push(Arc::new(Backend {
+                task_id: ep.task_id.clone(),
+                node: ep.node.clone(),
+                address,
+                revision: ep.revision,
+                healthy: ep.healthy,
+                load: Arc::default(),
+            }));
+        }
+        for route in table.values_mut() {
+            route.backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        }
+        (
+            Self {
+                services: table,
+                revision: 0,
+            },
+            errors,
+        )
+    }
+
+    /// Builds the table from raw etcd key/values under [`keys::ROOT`]; keys other than
+    /// services and endpoints are ignored.
+    pub fn from_kvs<'a>(
+        kvs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> (Self, Vec<RoutesError>) {
+        let services_prefix = keys::services_prefix();
+        let endpoints_prefix = keys::endpoints_prefix();
+        let mut errors = Vec::new();
+        let mut services = Vec::new();
+        let mut endpoints = Vec::new();
+        for (key, value) in kvs {
+            if let Some(rest) = key.strip_prefix(&services_prefix) {
+                match codec::decode::<pb::Service>(key.as_bytes(), value) {
+                    Ok(mut svc) => {
+                        // The key is authoritative for the name; the spec may omit it.
+                        let spec = svc.spec.get_or_insert_with(Default::default);
+                        if spec.name.is_empty() {
+                            spec.name = rest.to_string();
+                        }
+                        services.push(svc);
+                    }
+                    Err(e) => errors.push(e.into()),
+                }
+            } else if let Some(rest) = key.strip_prefix(&endpoints_prefix) {
+                match codec::decode::<pb::Endpoint>(key.as_bytes(), value) {
+                    Ok(mut ep) => {
+                        let (svc, task) = rest.split_once('/').unwrap_or((rest, ""));
+                        if ep.service.is_empty() {
+                            ep.service = svc.to_string();
+                        }
+                        if ep.task_id.is_empty() {
+                            ep.task_id = task.to_string();
+                        }
+                        endpoints.push(ep);
+                    }
+                    Err(e) => errors.push(e.into()),
+                }
+            }
+        }
+        let (routes, mut more) = Self::from_pb(&services, &endpoints);
+        errors.append(&mut more);
+        (routes, errors)
+    }
+
+    /// Carries the in-flight counters of backends that are still present (same service,
+    /// task and address) over from `prev`, so least-outstanding-requests keeps working
+    /// across rebuilds. Must be called before `self` is published.
+    pub fn inherit_load(&mut self, prev: &Routes) {
+        for (name, route) in &mut self.services {
+            let Some(old) = prev.services.get(name) else {
+                continue;
+            };
+            for backend in &mut route.backends {
+                let same = old
+                    .backends
+                    .iter()
+                    .find(|o| o.task_id == backend.task_id && o.address == backend.address);
+                if let (Some(o), Some(b)) = (same, Arc::get_mut(backend)) {
+                    b.load = o.load.clone();
+                }
+            }
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
+        self.services.get(name)
+    }
+
+    /// Every service, ordered by name.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRoute> {
+        self.services.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rctl_api::codec::encode;
+
+    fn service(name: &str, protocol: &str, listen: &str) -> pb::Service {
+        pb::Service {
+            spec: Some(pb::ServiceSpec {
+                name: name.into(),
+                port: Some(pb::PortSpec {
+                    container: 8080,
+                    protocol: protocol.into(),
+                    listen: listen.into(),
+                }),
+                ..Default::default()
+            }),
+            revision: 1,
+            ..Default::default()
+        }
+    }
+
+    fn endpoint(svc: &str, task: &str, address: &str, healthy: bool) -> pb::Endpoint {
+        pb::Endpoint {
+            service: svc.into(),
+            task_id: task.into(),
+            node: "h1".into(),
+            address: address.into(),
+            revision: 1,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn builds_from_etcd_values() {
+        let kvs = [
+            (
+                keys::service("web"),
+                encode(&service("web", "", "127.0.0.1:8080")),
+            ),
+            (
+                keys::service("db"),
+                encode(&service("db", "tcp", "127.0.0.1:5432")),
+            ),
+            (
+                keys::service("hidden"),
+                encode(&service("hidden", "http", "")),
+            ),
+            (
+                keys::endpoint("web", "t2"),
+                encode(&endpoint("web", "t2", "198.18.0.11:30001", true)),
+            ),
+            (
+                keys::endpoint("web", "t1"),
+                encode(&endpoint("web", "t1", "198.18.0.12:30001", false)),
+            ),
+            (
+                keys::endpoint("db", "t3"),
+                encode(&endpoint("db", "t3", "198.18.0.11:30002", true)),
+            ),
+            // Not ours: ignored without error.
+            (keys::node("h1"), b"whatever".to_vec()),
+            // An orphan endpoint: no service to serve it from.
+            (
+                keys::endpoint("gone", "t9"),
+                encode(&endpoint("gone", "t9", "198.18.0.11:1", true)),
+            ),
+        ];
+        let (routes, errors) =
+            Routes::from_kvs(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(routes.services().count(), 3);
+
+        let web = routes.service("web").unwrap();
+        assert_eq!(web.protocol, Protocol::Http);
+        assert_eq!(web.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        let tasks: Vec<_> = web.backends.iter().map(|b| b.task_id.as_str()).collect();
+        assert_eq!(tasks, ["t1", "t2"]);
+        assert!(!web.backends[0].healthy);
+        assert_eq!(web.healthy_count(), 1);
+
+        let db = routes.service("db").unwrap();
+        assert_eq!(db.protocol, Protocol::Tcp);
+        assert_eq!(db.backends.len(), 1);
+
+        assert_eq!(routes.service("hidden").unwrap().listen, None);
+        assert!(routes.service("gone").is_none());
+    }
+
+    #[test]
+    fn bad_values_are_skipped_and_reported() {
+        let kvs = [
+            (
+                keys::service("web"),
+                encode(&service("web", "http", "nonsense")),
+            ),
+            (
+                keys::service("odd"),
+                encode(&service("odd", "udp", "127.0.0.1:1")),
+            ),
+            (keys::service("junk"), vec![0xff, 0xff, 0xff]),
+            (
+                keys::endpoint("web", "t1"),
+                encode(&endpoint("web", "t1", "not-an-address", true)),
+            ),
+            (
+                keys::endpoint("web", "t2"),
+                encode(&endpoint("web", "t2", "127.0.0.1:9", true)),
+            ),
+        ];
+        let (routes, errors) =
+            Routes::from_kvs(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        let web = routes.service("web").unwrap();
+        assert_eq!(web.listen, None);
+        assert_eq!(web.backends.len(), 1);
+        assert!(routes.service("odd").is_none());
+    }
+
+    #[test]
+    fn load_survives_a_rebuild() {
+        let services = [service("web", "http", "")];
+        let eps = [endpoint("web", "t1", "127.0.0.1:9", true)];
+        let (old, _) = Routes::from_pb(&services, &eps);
+        let guard = old.service("web").unwrap().backends[0].start();
+        let (mut new, _) = Routes::from_pb(&services, &eps);
+        new.inherit_load(&old);
+        assert_eq!(new.service("web").unwrap().backends[0].load(), 1);
+        drop(guard);
+        assert_eq!(new.service("web").unwrap().backends[0].load(), 0);
+    }
+}
