@@ -1,1 +1,168 @@
-//! placeholder
+//! rctl-agent: the per-host agent. It registers its node in etcd under a lease, serves the
+//! Agent gRPC API, pulls images, runs each container through a small per-container shim,
+//! wires container networking, health-checks containers and reports status and endpoints.
+//!
+//! # Layout
+//! - [`image`]: registry client, verified content store, layer unpacking.
+//! - [`runtime`]: container state on disk, the shim launch, rootfs and exec inside.
+//! - [`shim`]: the `__shim` subcommand that parents each container.
+//! - [`network`]: bridge, veth, address/port allocation, published ports.
+//! - [`store`]: etcd (lease, node, status, endpoints, desired tasks).
+//! - [`tasks`]: per-container lifecycle actors, adoption at start, orphan sweep.
+//! - [`health`]: container health probes.
+//! - [`server`]: the gRPC edge.
+#![deny(unsafe_code)]
+
+pub mod health;
+pub mod image;
+pub mod network;
+pub mod runtime;
+pub mod server;
+pub mod shim;
+pub mod store;
+#[allow(unsafe_code)]
+mod sys;
+pub mod tasks;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rctl_api::{clock, codec, keys, pb};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use network::Subnet;
+pub use tasks::Tasks;
+
+/// Everything the agent needs to run, as given on its command line.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub etcd: String,
+    pub root: PathBuf,
+    pub node_name: String,
+    pub advertise_ip: Ipv4Addr,
+    pub listen: SocketAddr,
+    pub subnet: Subnet,
+    pub bridge: String,
+    /// Registries (`host:port`) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    pub lease_ttl: u64,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid node name {0:?} (lowercase letters, digits and '-')")]
+    NodeName(String),
+    #[error("create {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("set up container network: {0}")]
+    Network(#[from] network::NetworkError),
+    #[error("register node: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("serve gRPC on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Total memory of the host from /proc/meminfo.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Runs the agent until `shutdown` is cancelled. Containers keep running after it returns.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if !keys::valid_name(&cfg.node_name) {
+        return Err(AgentError::NodeName(cfg.node_name));
+    }
+    // oci-client is built without a crypto provider choice; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for sub in ["containers", "layers", "blobs/sha256", "images"] {
+        let path = cfg.root.join(sub);
+        tokio::fs::create_dir_all(&path)
+            .await
+            .map_err(|source| AgentError::StateDir { path, source })?;
+    }
+    let net = network::Network {
+        bridge: cfg.bridge.clone(),
+        subnet: cfg.subnet,
+        advertise_ip: cfg.advertise_ip,
+    };
+    net.ensure_bridge().await?;
+
+    // etcd may come up after us (host boot order): keep trying until shutdown.
+    let store = loop {
+        match store::Store::connect(&cfg.etcd, &cfg.node_name).await {
+            Ok(s) => break s,
+            Err(e) => warn!(error = %e, "etcd not reachable yet"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let node = pb::Node {
+        name: cfg.node_name.clone(),
+        address: cfg.listen.to_string(),
+        advertise_ip: cfg.advertise_ip.to_string(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0),
+        memory_bytes: memory_bytes(),
+        labels: cfg.labels.clone(),
+        subnet: cfg.subnet.to_string(),
+        started_unix_ms: clock::now_unix_ms(),
+    };
+    store
+        .put_leased(keys::node(&cfg.node_name), codec::encode(&node))
+        .await?;
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(
+        store
+            .clone()
+            .run_lease(cfg.lease_ttl as i64, shutdown.child_token()),
+    );
+    let images = image::ImageStore::new(&cfg.root, cfg.insecure_registries.clone());
+    let tasks = Tasks::new(cfg.root.clone(), store, images, net);
+    tasks.adopt().await;
+    tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
+
+    info!(addr = %cfg.listen, node = %cfg.node_name, "serving Agent API");
+    let served = tonic::transport::Server::builder()
+        .add_service(pb::agent_server::AgentServer::new(
+            server::AgentService::new(tasks),
+        ))
+        .serve_with_shutdown(cfg.listen, shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("background tasks did not stop in time");
+    }
+    served.map_err(|source| AgentError::Serve {
+        addr: cfg.listen,
+        source,
+    })
+}

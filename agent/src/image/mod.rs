@@ -1,0 +1,174 @@
+//! Images: pull (registry), verify and keep (content), unpack (layers), and remember which
+//! reference resolved to what in `ROOT/images/`, so running an image twice pulls it once.
+
+pub mod content;
+pub mod registry;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use content::{ContentError, ContentStore};
+use registry::{Registry, RegistryError};
+use unpack::UnpackError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error("image config: {0}")]
+    Config(String),
+    #[error("unpack layer {digest}: {source}")]
+    Unpack {
+        digest: String,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("image record {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The part of an image config a container needs to run (OCI image config `config`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<RunConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// A pulled image as recorded in `ROOT/images/<sha256 of reference>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub reference: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Unpacked layer directories, bottom-first.
+    pub layers: Vec<PathBuf>,
+    pub config: RunConfig,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    registry: Registry,
+    content: ContentStore,
+    /// Pulls run one at a time: concurrent pulls of one image would fetch every blob twice.
+    pulling: tokio::sync::Mutex<()>,
+}
+
+impl ImageStore {
+    pub fn new(root: &Path, insecure: Vec<String>) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            registry: Registry::new(insecure),
+            content: ContentStore::new(root),
+            pulling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn record_path(&self, reference: &str) -> PathBuf {
+        let h = hex::encode(Sha256::digest(reference.as_bytes()));
+        self.root.join("images").join(format!("{h}.json"))
+    }
+
+    /// The recorded image, if it was pulled before and its layers are still there.
+    async fn cached(&self, reference: &str) -> Option<Image> {
+        let data = tokio::fs::read(self.record_path(reference)).await.ok()?;
+        let img: Image = serde_json::from_slice(&data).ok()?;
+        img.layers.iter().all(|l| l.is_dir()).then_some(img)
+    }
+
+    /// Makes `reference` available locally, pulling only what is missing.
+    pub async fn ensure(&self, reference: &str) -> Result<Image, ImageError> {
+        let _guard = self.pulling.lock().await;
+        if let Some(img) = self.cached(reference).await {
+            return Ok(img);
+        }
+        let r = Registry::parse(reference)?;
+        let (manifest, manifest_digest) = self.registry.manifest(&r).await?;
+        let config_path = self
+            .content
+            .fetch(&self.registry, &r, &manifest.config)
+            .await?;
+        let raw = tokio::fs::read(&config_path)
+            .await
+            .map_err(|source| ImageError::Record {
+                path: config_path.clone(),
+                source,
+            })?;
+        let cfg: ConfigFile =
+            serde_json::from_slice(&raw).map_err(|e| ImageError::Config(e.to_string()))?;
+        if cfg.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(ImageError::Config(format!(
+                "{} layers but {} diff ids",
+                manifest.layers.len(),
+                cfg.rootfs.diff_ids.len()
+            )));
+        }
+        let chain = unpack::chain_ids(&cfg.rootfs.diff_ids);
+        let layers_dir = self.root.join("layers");
+        tokio::fs::create_dir_all(&layers_dir)
+            .await
+            .map_err(|source| ImageError::Record {
+                path: layers_dir.clone(),
+                source,
+            })?;
+        let mut layers = Vec::new();
+        for ((desc, diff_id), chain_id) in
+            manifest.layers.iter().zip(&cfg.rootfs.diff_ids).zip(&chain)
+        {
+            let dest = layers_dir.join(content::sha256_hex(chain_id)?);
+            if !dest.is_dir() {
+                let blob = self.content.fetch(&self.registry, &r, desc).await?;
+                let (d, dest2) = (diff_id.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || unpack::unpack_layer(&blob, &d, &dest2))
+                    .await
+                    .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?
+                    .map_err(|source| ImageError::Unpack {
+                        digest: desc.digest.clone(),
+                        source,
+                    })?;
+            }
+            layers.push(dest);
+        }
+        let img = Image {
+            reference: reference.to_string(),
+            manifest_digest,
+            config_digest: manifest.config.digest.clone(),
+            layers,
+            config: cfg.config.unwrap_or_default(),
+        };
+        let path = self.record_path(reference);
+        let json =
+            serde_json::to_vec_pretty(&img).map_err(|e| ImageError::Config(e.to_string()))?;
+        crate::runtime::state::write_atomic(&path, &json)
+            .await
+            .map_err(|source| ImageError::Record { path, source })?;
+        Ok(img)
+    }
+}

@@ -1,0 +1,149 @@
+//! The container runtime: container state on disk, starting a container through its shim,
+//! and signalling it. The shim itself lives in `crate::shim`; what happens inside the new
+//! namespaces before exec lives in `rootfs`.
+
+pub mod rootfs;
+pub mod spec;
+pub mod state;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+
+use state::{ContainerDir, PidRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("open log {path}: {source}")]
+    Log {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spawn shim: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("release shim: {0}")]
+    Release(#[source] std::io::Error),
+    #[error("container did not start: {0}")]
+    NoStart(String),
+}
+
+/// Namespaces every container gets. The shim enters them at exec; its child is the
+/// container's PID 1.
+pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWPID);
+
+/// A shim that has been started and waits for [`Shim::release`] before it creates the
+/// container (so networking can be set up in its namespace first).
+pub struct Shim {
+    child: Child,
+}
+
+impl Shim {
+    /// Starts `/proc/self/exe __shim DIR` in fresh namespaces with output to the log.
+    pub fn spawn(dir: &ContainerDir) -> Result<Self, RuntimeError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.log())
+            .map_err(|source| RuntimeError::Log {
+                path: dir.log(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| RuntimeError::Log {
+            path: dir.log(),
+            source,
+        })?;
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg("__shim")
+            .arg(&dir.0)
+            // stdin is the sync pipe: one byte means "go", EOF means "give up". The shim
+            // swaps it for /dev/null before the container starts. Rust opens every other
+            // fd with O_CLOEXEC, so nothing else of the agent leaks into the shim.
+            .stdin(Stdio::piped())
+            .stdout(log)
+            .stderr(log2)
+            .env_clear()
+            .env("PATH", spec::DEFAULT_PATH);
+        crate::sys::isolate_on_exec(&mut cmd, NAMESPACES);
+        let child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+        Ok(Self { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the shim start the container, then reaps the shim in the background when it
+    /// exits (it is our child until the agent restarts).
+    pub fn release(mut self) -> Result<(), RuntimeError> {
+        let res = self
+            .child
+            .stdin
+            .take()
+            .map(|mut s| s.write_all(b"g"))
+            .unwrap_or(Ok(()));
+        std::thread::spawn(move || {
+            let _ = self.child.wait();
+        });
+        res.map_err(RuntimeError::Release)
+    }
+
+    /// Gives up: the shim sees EOF and exits without starting anything.
+    pub fn abort(mut self) {
+        drop(self.child.stdin.take());
+        std::thread::spawn(move || {
+            let _ = self.child.wait();
+        });
+    }
+}
+
+/// Waits until the shim recorded the container's pid (or its exit, for a container that
+/// failed immediately).
+pub async fn wait_started(
+    dir: &ContainerDir,
+    timeout: Duration,
+) -> Result<PidRecord, RuntimeError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(p) = dir.read_pid() {
+            return Ok(p);
+        }
+        if let Some(code) = dir.read_exit() {
+            let why = dir.last_log_line().unwrap_or_default();
+            return Err(RuntimeError::NoStart(format!("exit code {code}: {why}")));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RuntimeError::NoStart("shim did not report a pid".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `sig` to the container's PID 1 if it is still the recorded process.
+pub fn signal(p: &PidRecord, sig: Signal) {
+    if p.alive() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig);
+    }
+}
+
+/// Whether the container has finished: the shim wrote its exit status or it is gone.
+pub fn finished(dir: &ContainerDir, p: &PidRecord) -> bool {
+    dir.exit().exists() || !p.alive()
+}
+
+/// Removes the container directory (the mounts lived in the container's own mount
+/// namespace and vanished with it).
+pub async fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,290 @@
+//! Inside the container, before exec: the mounts that make its root filesystem (overlayfs of
+//! the image layers, fresh /proc, minimal /dev, read-only /sys), its identity files, and the
+//! `pivot_root` into it. Runs in the shim's child, PID 1 of the new pid namespace.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{mknod, Mode, SFlag};
+
+use super::spec;
+use super::state::{ContainerConfig, ContainerDir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("mount {what} at {target}: {source}")]
+    Mount {
+        what: &'static str,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{step} {path}: {source}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step}: {source}")]
+    Sys {
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error("bad string for exec: {0}")]
+    Nul(String),
+}
+
+fn do_mount(
+    what: &'static str,
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RootfsError> {
+    mount(Some(src), target, Some(fstype), flags, data).map_err(|source| RootfsError::Mount {
+        what,
+        target: target.to_path_buf(),
+        source,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), RootfsError> {
+    std::fs::create_dir_all(path).map_err(|source| RootfsError::Io {
+        step: "create dir",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Replaces whatever is at `path` (an image may ship a symlink for /etc/resolv.conf) with
+/// a plain file holding `data`.
+fn put_file(path: &Path, data: &str) -> Result<(), RootfsError> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.is_dir() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    std::fs::write(path, data).map_err(|source| RootfsError::Io {
+        step: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The overlayfs mount options for `cfg`: lower layers are listed top-first.
+pub fn overlay_options(cfg: &ContainerConfig, dir: &ContainerDir) -> String {
+    let lower: Vec<String> = cfg
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        dir.upper().display(),
+        dir.work().display()
+    )
+}
+
+/// Builds the container's root, enters it and execs the command. Returns only on error.
+pub fn enter_and_exec(cfg: &ContainerConfig, dir: &ContainerDir) -> RootfsError {
+    match prepare(cfg, dir) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    exec(cfg).unwrap_err()
+}
+
+fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError> {
+    // A mount namespace of our own: pivot_root moves the root of every process in the
+    // namespace, and the shim must keep seeing the host's filesystem to write pid and exit.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|source| {
+        RootfsError::Sys {
+            step: "unshare mount namespace",
+            source,
+        }
+    })?;
+    // Our mounts must not propagate back to the host's mount namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|source| RootfsError::Sys {
+        step: "make / private",
+        source,
+    })?;
+    let root = dir.rootfs();
+    do_mount(
+        "overlay",
+        "overlay",
+        &root,
+        "overlay",
+        MsFlags::empty(),
+        Some(&overlay_options(cfg, dir)),
+    )?;
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    let proc_dir = root.join("proc");
+    mkdir(&proc_dir)?;
+    do_mount("proc", "proc", &proc_dir, "proc", nodev, None)?;
+
+    let dev = root.join("dev");
+    mkdir(&dev)?;
+    do_mount(
+        "tmpfs /dev",
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1u64, 3u64),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            (major << 8) | minor,
+        )
+        .map_err(|source| RootfsError::Sys {
+            step: "mknod /dev node",
+            source,
+        })?;
+        // mknod's mode is filtered by the umask.
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666));
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    do_mount(
+        "devpts",
+        "devpts",
+        &pts,
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    do_mount(
+        "tmpfs /dev/shm",
+        "shm",
+        &shm,
+        "tmpfs",
+        nodev,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, dev.join(link));
+    }
+
+    let sys = root.join("sys");
+    mkdir(&sys)?;
+    do_mount(
+        "sysfs",
+        "sysfs",
+        &sys,
+        "sysfs",
+        nodev | MsFlags::MS_RDONLY,
+        None,
+    )?;
+
+    let etc = root.join("etc");
+    mkdir(&etc)?;
+    put_file(&etc.join("hostname"), &format!("{}\n", cfg.hostname))?;
+    put_file(
+        &etc.join("hosts"),
+        &format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+            cfg.ip, cfg.hostname
+        ),
+    )?;
+    // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
+    put_file(&etc.join("resolv.conf"), "")?;
+    nix::unistd::sethostname(&cfg.hostname).map_err(|source| RootfsError::Sys {
+        step: "sethostname",
+        source,
+    })?;
+
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
+    // the container with no path back to the host's filesystem.
+    nix::unistd::chdir(&root).map_err(|source| RootfsError::Sys {
+        step: "chdir rootfs",
+        source,
+    })?;
+    nix::unistd::pivot_root(".", ".").map_err(|source| RootfsError::Sys {
+        step: "pivot_root",
+        source,
+    })?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|source| RootfsError::Sys {
+        step: "detach old root",
+        source,
+    })?;
+    nix::unistd::chdir("/").map_err(|source| RootfsError::Sys {
+        step: "chdir /",
+        source,
+    })?;
+    if nix::unistd::chdir(cfg.workdir.as_str()).is_err() {
+        mkdir(Path::new(&cfg.workdir))?;
+        nix::unistd::chdir(cfg.workdir.as_str()).map_err(|source| RootfsError::Sys {
+            step: "chdir working dir",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn exec(cfg: &ContainerConfig) -> Result<std::convert::Infallible, RootfsError> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    let path = spec::find_executable(&cfg.argv[0], &cfg.env, is_exec)?;
+    let cstr =
+        |s: &[u8]| CString::new(s).map_err(|_| RootfsError::Nul(String::from_utf8_lossy(s).into()));
+    let prog = cstr(path.as_os_str().as_bytes())?;
+    let argv = cfg
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = cfg
+        .env
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::sys::default_sigpipe().map_err(|source| RootfsError::Io {
+        step: "reset SIGPIPE",
+        path: PathBuf::new(),
+        source,
+    })?;
+    nix::unistd::execve(&prog, &argv, &env).map_err(|source| RootfsError::Sys {
+        step: "execve",
+        source,
+    })
+}

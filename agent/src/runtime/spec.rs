@@ -1,0 +1,146 @@
+//! What a container runs: the command, environment and working directory, resolved from the
+//! image config and the task as Docker does (task command replaces Entrypoint+Cmd).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::image::RunConfig;
+
+/// PATH when neither the image nor the task sets one (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("no command: the task sets none and the image has no Entrypoint or Cmd")]
+    NoCommand,
+    #[error("executable {0:?} not found (or not executable) in the image")]
+    NotFound(String),
+}
+
+/// The argv to run: the task's command when it has one, else the image's Entrypoint + Cmd.
+pub fn resolve_argv(task_command: &[String], image: &RunConfig) -> Result<Vec<String>, SpecError> {
+    let argv: Vec<String> = if !task_command.is_empty() {
+        task_command.to_vec()
+    } else {
+        let mut v = image.entrypoint.clone().unwrap_or_default();
+        v.extend(image.cmd.clone().unwrap_or_default());
+        v
+    };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(argv)
+}
+
+/// The environment: image Env, overridden by the task's env, then HOSTNAME; PATH defaulted.
+/// Order is kept (image first) so the result is stable.
+pub fn resolve_env(
+    image_env: &[String],
+    task_env: &HashMap<String, String>,
+    hostname: &str,
+) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match vars.iter_mut().find(|(key, _)| key == k) {
+        Some(slot) => slot.1 = v.to_string(),
+        None => vars.push((k.to_string(), v.to_string())),
+    };
+    for kv in image_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(k, v);
+    }
+    let mut task: Vec<_> = task_env.iter().collect();
+    task.sort();
+    for (k, v) in task {
+        set(k, v);
+    }
+    set("HOSTNAME", hostname);
+    if !vars.iter().any(|(k, _)| k == "PATH") {
+        vars.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Finds `argv0` the way execvp would, but in the container's PATH (glibc's execvpe
+/// searches the caller's PATH, not the new environment's).
+pub fn find_executable(
+    argv0: &str,
+    env: &[String],
+    is_exec: impl Fn(&Path) -> bool,
+) -> Result<PathBuf, SpecError> {
+    if argv0.contains('/') {
+        let p = PathBuf::from(argv0);
+        return if is_exec(&p) {
+            Ok(p)
+        } else {
+            Err(SpecError::NotFound(argv0.to_string()))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(argv0))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| SpecError::NotFound(argv0.to_string()))
+}
+
+/// The working directory: the image's, or `/`.
+pub fn resolve_workdir(image: &RunConfig) -> String {
+    match image.working_dir.as_deref() {
+        Some(d) if !d.is_empty() => d.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> RunConfig {
+        RunConfig {
+            env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
+            entrypoint: Some(vec!["/entry".into()]),
+            cmd: Some(vec!["arg".into()]),
+            working_dir: None,
+        }
+    }
+
+    #[test]
+    fn task_command_replaces_entrypoint_and_cmd() {
+        let argv = resolve_argv(&["sh".into(), "-c".into(), "x".into()], &image()).unwrap();
+        assert_eq!(argv, ["sh", "-c", "x"]);
+        assert_eq!(resolve_argv(&[], &image()).unwrap(), ["/entry", "arg"]);
+        assert_eq!(
+            resolve_argv(&[], &RunConfig::default()),
+            Err(SpecError::NoCommand)
+        );
+    }
+
+    #[test]
+    fn env_merges_image_task_and_hostname() {
+        let task = HashMap::from([("A".to_string(), "2".to_string()), ("B".into(), "3".into())]);
+        let env = resolve_env(&image().env.unwrap(), &task, "abc");
+        assert_eq!(env, ["PATH=/bin", "A=2", "B=3", "HOSTNAME=abc"]);
+        let env = resolve_env(&[], &HashMap::new(), "h");
+        assert_eq!(
+            env,
+            ["HOSTNAME=h".to_string(), format!("PATH={DEFAULT_PATH}")]
+        );
+    }
+
+    #[test]
+    fn executables_are_found_in_the_container_path() {
+        let env = vec!["PATH=/usr/bin:/bin".to_string()];
+        let found = find_executable("sh", &env, |p| p == Path::new("/bin/sh")).unwrap();
+        assert_eq!(found, PathBuf::from("/bin/sh"));
+        assert!(find_executable("nope", &env, |_| false).is_err());
+        assert_eq!(
+            find_executable("./x", &env, |_| true).unwrap(),
+            PathBuf::from("./x")
+        );
+        assert!(find_executable("/nope", &env, |_| false).is_err());
+        assert_eq!(resolve_workdir(&RunConfig::default()), "/");
+    }
+}

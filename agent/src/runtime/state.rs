@@ -1,0 +1,208 @@
+//! A container's on-disk state under `ROOT/containers/<id>/`: `config.json` (what to run),
+//! `upper/`, `work/`, `rootfs/` (overlayfs), `log`, `pid` and `exit` (written by the shim).
+//! Every file is written to a temp name and renamed, so readers never see half a file.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the shim and the agent need to know about one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub hostname: String,
+    /// Unpacked image layers, bottom-first.
+    pub layers: Vec<PathBuf>,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// 0 when the task publishes no port.
+    pub container_port: u16,
+    pub host_port: u16,
+    /// The task this container runs, protobuf-encoded, hex (pb types have no serde).
+    pub task_pb: String,
+    pub created_unix_ms: i64,
+}
+
+/// The container process as recorded by the shim: its host pid and its start time in clock
+/// ticks (field 22 of /proc/PID/stat), which tells a live container from a reused pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidRecord {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl PidRecord {
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split_whitespace();
+        Some(Self {
+            pid: it.next()?.parse().ok()?,
+            start_time: it.next()?.parse().ok()?,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        format!("{} {}\n", self.pid, self.start_time)
+    }
+
+    /// Whether the recorded process still runs (same pid, same start time, not a zombie).
+    pub fn alive(&self) -> bool {
+        match proc_stat(self.pid) {
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
+    }
+}
+
+/// (state, start time) from /proc/PID/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&s)
+}
+
+fn parse_stat(s: &str) -> Option<(char, u64)> {
+    // comm may contain spaces and parentheses: fields restart after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // field 3 is state (index 0 here), field 22 is starttime (index 19 here).
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Writes `data` to `path` through a temp file and rename.
+pub async fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let (path, data) = (path.to_path_buf(), data.to_vec());
+    tokio::task::spawn_blocking(move || write_atomic_sync(&path, &data))
+        .await
+        .map_err(io::Error::other)?
+}
+
+pub fn write_atomic_sync(path: &Path, data: &[u8]) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Paths inside one container directory.
+#[derive(Debug, Clone)]
+pub struct ContainerDir(pub PathBuf);
+
+impl ContainerDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.0.join("rootfs")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.0.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.0.join("work")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.0.join("log")
+    }
+    pub fn pid(&self) -> PathBuf {
+        self.0.join("pid")
+    }
+    pub fn exit(&self) -> PathBuf {
+        self.0.join("exit")
+    }
+    /// Present once the agent was asked to stop the container, so an exit by SIGTERM or
+    /// SIGKILL is still reported as a requested stop after an agent restart.
+    pub fn stopped(&self) -> PathBuf {
+        self.0.join("stopped")
+    }
+    /// Why the container never started (written by the agent), kept for status after a
+    /// restart.
+    pub fn failed(&self) -> PathBuf {
+        self.0.join("failed")
+    }
+
+    pub fn read_failed(&self) -> Option<String> {
+        std::fs::read_to_string(self.failed()).ok()
+    }
+
+    /// When the container started: the shim writes the pid file right after the fork.
+    pub fn started_unix_ms(&self) -> Option<i64> {
+        let m = std::fs::metadata(self.pid()).ok()?.modified().ok()?;
+        Some(rctl_api::clock::to_unix_ms(m))
+    }
+
+    pub fn read_config(&self) -> io::Result<ContainerConfig> {
+        let data = std::fs::read(self.config())?;
+        serde_json::from_slice(&data).map_err(io::Error::other)
+    }
+
+    pub fn read_pid(&self) -> Option<PidRecord> {
+        PidRecord::parse(&std::fs::read_to_string(self.pid()).ok()?)
+    }
+
+    /// The exit status recorded by the shim: the code, or 128+signal.
+    pub fn read_exit(&self) -> Option<i32> {
+        std::fs::read_to_string(self.exit())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The last non-empty line of the log, for failure messages.
+    pub fn last_log_line(&self) -> Option<String> {
+        let data = std::fs::read(self.log()).ok()?;
+        let tail = &data[data.len().saturating_sub(4096)..];
+        let text = String::from_utf8_lossy(tail);
+        let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+        Some(line.trim().chars().take(200).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_comm() {
+        let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 100 200";
+        assert_eq!(parse_stat(s), Some(('S', 12345)));
+    }
+
+    #[test]
+    fn pid_record_round_trips() {
+        let r = PidRecord {
+            pid: 7,
+            start_time: 99,
+        };
+        assert_eq!(PidRecord::parse(&r.render()), Some(r));
+        assert!(PidRecord::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let pid = std::process::id() as i32;
+        let (_, start) = proc_stat(pid).unwrap();
+        assert!(PidRecord {
+            pid,
+            start_time: start
+        }
+        .alive());
+        assert!(!PidRecord {
+            pid,
+            start_time: start + 1
+        }
+        .alive());
+    }
+}

@@ -1,0 +1,217 @@
+//! The agent's side of etcd: the node lease (and everything that lives under it: the node
+//! key and healthy endpoints), task status, and reading desired tasks.
+//!
+//! Leased keys are also kept in memory, so when the lease is lost (etcd restart, long
+//! partition) a fresh lease is granted and every leased key is put again under it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use rctl_api::{codec, keys, pb};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd {op} {key}: {source}")]
+    Etcd {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd lease {0} expired")]
+    LeaseExpired(i64),
+}
+
+fn etcd_err(op: &'static str, key: &str) -> impl FnOnce(etcd_client::Error) -> StoreError {
+    let key = key.to_string();
+    move |source| StoreError::Etcd { op, key, source }
+}
+
+/// The current lease and what must live under it.
+#[derive(Default)]
+struct Leased {
+    /// 0 until the first grant.
+    id: i64,
+    kvs: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    node: String,
+    /// Held across a re-grant and its re-puts, so a concurrent put cannot land on a lease
+    /// that is about to be replaced.
+    leased: Arc<tokio::sync::Mutex<Leased>>,
+}
+
+impl Store {
+    pub async fn connect(endpoint: &str, node: &str) -> Result<Self, StoreError> {
+        // Bounded requests: a partitioned etcd must fail a status write, not hang the actor
+        // that makes it; HTTP/2 pings notice a dead connection under the lease stream.
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let client = Client::connect([endpoint], Some(opts))
+            .await
+            .map_err(etcd_err("connect", endpoint))?;
+        Ok(Self {
+            client,
+            node: node.to_string(),
+            leased: Arc::default(),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Puts `key` under the agent's lease, now and after every re-grant.
+    pub async fn put_leased(&self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
+        let mut l = self.leased.lock().await;
+        l.kvs.insert(key.clone(), value.clone());
+        if l.id == 0 {
+            return Ok(()); // the lease loop puts it once granted
+        }
+        let opts = PutOptions::new().with_lease(l.id);
+        self.client
+            .clone()
+            .put(key.as_str(), value, Some(opts))
+            .await
+            .map_err(etcd_err("put", &key))?;
+        Ok(())
+    }
+
+    /// Deletes a leased key and forgets it.
+    pub async fn delete_leased(&self, key: &str) -> Result<(), StoreError> {
+        let mut l = self.leased.lock().await;
+        l.kvs.remove(key);
+        self.client
+            .clone()
+            .delete(key, None)
+            .await
+            .map_err(etcd_err("delete", key))?;
+        Ok(())
+    }
+
+    pub async fn put_status(&self, status: &pb::TaskStatus) -> Result<(), StoreError> {
+        let key = keys::status(&self.node, &status.task_id);
+        self.client
+            .clone()
+            .put(key.as_str(), codec::encode(status), None)
+            .await
+            .map_err(etcd_err("put", &key))?;
+        Ok(())
+    }
+
+    pub async fn delete_status(&self, task_id: &str) -> Result<(), StoreError> {
+        let key = keys::status(&self.node, task_id);
+        self.client
+            .clone()
+            .delete(key.as_str(), None)
+            .await
+            .map_err(etcd_err("delete", &key))?;
+        Ok(())
+    }
+
+    /// Ids of the task statuses this node has written.
+    pub async fn status_ids(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::node_status_prefix(&self.node);
+        let resp = self
+            .client
+            .clone()
+            .get(
+                prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(etcd_err("get", &prefix))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok().map(|k| keys::leaf(k).to_string()))
+            .collect())
+    }
+
+    /// Every task in etcd (all services, all nodes).
+    pub async fn tasks(&self) -> Result<Vec<pb::Task>, StoreError> {
+        let prefix = keys::tasks_prefix();
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("get", &prefix))?;
+        Ok(codec::decode_all(resp.kvs()))
+    }
+
+    /// Grants a lease and puts every leased key under it.
+    async fn grant(&self, ttl: i64) -> Result<i64, StoreError> {
+        let mut client = self.client.clone();
+        let mut l = self.leased.lock().await;
+        let id = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(etcd_err("lease grant", ""))?
+            .id();
+        l.id = id;
+        for (k, v) in &l.kvs {
+            client
+                .put(
+                    k.as_str(),
+                    v.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                )
+                .await
+                .map_err(etcd_err("put", k))?;
+        }
+        Ok(id)
+    }
+
+    /// Keeps the lease alive until `shutdown`; re-grants (and re-puts) when it is lost.
+    pub async fn run_lease(self, ttl: i64, shutdown: CancellationToken) {
+        let ttl = ttl.max(2);
+        loop {
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.hold_lease(ttl) => r,
+            };
+            if let Err(e) = res {
+                warn!(error = %e, "node lease lost; granting a new one");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn hold_lease(&self, ttl: i64) -> Result<(), StoreError> {
+        let id = self.grant(ttl).await?;
+        info!(lease = id, ttl, "node registered");
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(id)
+            .await
+            .map_err(etcd_err("lease keep-alive", ""))?;
+        let period = Duration::from_millis((ttl as u64 * 1000) / 3);
+        loop {
+            keeper
+                .keep_alive()
+                .await
+                .map_err(etcd_err("lease keep-alive", ""))?;
+            match stream.message().await {
+                Ok(Some(resp)) if resp.ttl() > 0 => {}
+                Ok(_) => return Err(StoreError::LeaseExpired(id)),
+                Err(e) => return Err(etcd_err("lease keep-alive", "")(e)),
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The few syscalls that need `unsafe`: kept in one small module so every unsafe block is easy
+//! to audit. Everything else goes through `nix`'s safe wrappers.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+
+/// Makes `cmd`'s child enter new namespaces (`flags`) and a new session before it execs.
+///
+/// The work happens between fork and exec in the child, which is single-threaded, so
+/// `unshare` there cannot race with the agent's tokio threads.
+pub fn isolate_on_exec(cmd: &mut std::process::Command, flags: CloneFlags) {
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe syscalls close_range(2), unshare(2) and setsid(2); it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Fds the agent inherited without O_CLOEXEC (from whoever started it) must not
+            // reach the shim and the container. CLOEXEC rather than close: std's own
+            // exec-error pipe is among them.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            nix::sched::unshare(flags).map_err(io::Error::from)?;
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// Outcome of [`fork`] as seen by each side.
+pub enum Forked {
+    Parent { child: nix::unistd::Pid },
+    Child,
+}
+
+/// Forks the current process. Only sound in a single-threaded process (the shim).
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the only caller is the shim, a freshly exec'd process that never starts
+    // threads, so the child cannot inherit a lock held by another thread.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { child }),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Restores the default SIGPIPE disposition: Rust ignores SIGPIPE at start-up and an ignored
+/// signal stays ignored across execve, which would change how container programs behave.
+pub fn default_sigpipe() -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing SIG_DFL runs no Rust code in signal context.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// Sets extended attribute `name` on `path` without following a final symlink.
+pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    // SAFETY: both strings are valid NUL-terminated C strings that outlive the call, and
+    // value points to value.len() readable bytes.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads extended attribute `name` of `path` (not following a final symlink), up to 256 bytes.
+pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are valid NUL-terminated C strings that outlive the call, and
+    // buf has buf.len() writable bytes.
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}

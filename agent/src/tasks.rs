@@ -1,0 +1,763 @@
+//! Task lifecycle on this host. Each container has one actor (a tokio task) that owns all of
+//! its transitions — create, supervise (exit watch, health, endpoint), stop, remove — so
+//! they never interleave. The gRPC server and the orphan sweep only send it commands.
+//!
+//! States reported to etcd: PENDING → STARTING → RUNNING → STOPPING → EXITED | FAILED.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use rctl_api::{clock, keys, pb};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::health::{self, Health, Transition};
+use crate::image::{ImageError, ImageStore};
+use crate::network::{ipam, Network, NetworkError};
+use crate::runtime::spec::{self, SpecError};
+use crate::runtime::state::{write_atomic, ContainerConfig, ContainerDir, PidRecord};
+use crate::runtime::{self, RuntimeError, Shim};
+use crate::store::Store;
+
+/// Grace period between SIGTERM and SIGKILL when the caller does not give one.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the orphan sweep compares local containers with desired tasks.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// A task accepted this recently is never swept: its key may not be visible to us yet.
+const SWEEP_GRACE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("invalid task: {0}")]
+    Invalid(String),
+    #[error("pull {image}: {source}")]
+    Pull {
+        image: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Ipam(#[from] ipam::IpamError),
+    #[error("network: {0}")]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("container state {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A request to stop a container.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stop {
+    pub timeout: Duration,
+    /// Delete the container directory once stopped.
+    pub remove: bool,
+    /// Also delete the task's status key (the task no longer belongs to this node).
+    pub forget: bool,
+}
+
+/// What the orphan sweep does with a local container, given its task in etcd (if any).
+pub fn sweep_decision(task: Option<&pb::Task>, node: &str) -> Option<Stop> {
+    let stop = |forget| Stop {
+        timeout: DEFAULT_STOP_TIMEOUT,
+        remove: true,
+        forget,
+    };
+    match task {
+        None => Some(stop(true)),
+        Some(t) if t.node != node => Some(stop(true)),
+        Some(t) if t.desired_state != pb::DesiredState::Running as i32 => Some(stop(false)),
+        Some(_) => None,
+    }
+}
+
+/// Ids become directory, interface and hostname parts: keep them to a safe alphabet.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+struct Actor {
+    tx: mpsc::UnboundedSender<Stop>,
+    /// When RunTask accepted it; None for containers adopted at start-up.
+    accepted: Option<Instant>,
+}
+
+/// How an actor begins.
+enum Start {
+    New,
+    Running(ContainerConfig, PidRecord),
+    Finished(Option<i32>, String),
+}
+
+struct Inner {
+    root: PathBuf,
+    store: Store,
+    images: ImageStore,
+    net: Network,
+    /// Serialises address/port allocation with writing the config that records it.
+    alloc: tokio::sync::Mutex<()>,
+    actors: Mutex<HashMap<String, Actor>>,
+}
+
+/// The tasks of this node.
+#[derive(Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+impl Tasks {
+    pub fn new(root: PathBuf, store: Store, images: ImageStore, net: Network) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                root,
+                store,
+                images,
+                net,
+                alloc: tokio::sync::Mutex::new(()),
+                actors: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn dir(&self, id: &str) -> ContainerDir {
+        self.inner.dir(id)
+    }
+
+    /// Accepts `task` (idempotent by id) and starts it in the background.
+    pub async fn run_task(&self, task: pb::Task) -> Result<(), TaskError> {
+        if !valid_id(&task.id) {
+            return Err(TaskError::Invalid(format!("bad task id {:?}", task.id)));
+        }
+        if task.image.is_empty() {
+            return Err(TaskError::Invalid("no image".into()));
+        }
+        if task.container_port > u16::MAX as u32 {
+            return Err(TaskError::Invalid("container port out of range".into()));
+        }
+        {
+            let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+            if actors.contains_key(&task.id) || self.dir(&task.id).0.exists() {
+                return Ok(());
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            actors.insert(
+                task.id.clone(),
+                Actor {
+                    tx,
+                    accepted: Some(Instant::now()),
+                },
+            );
+            let status = self.inner.base_status(&task);
+            tokio::spawn(actor(self.inner.clone(), task, status, rx, Start::New));
+        }
+        Ok(())
+    }
+
+    /// Asks the container of `task_id` to stop (idempotent; unknown ids succeed).
+    pub fn stop_task(&self, task_id: &str, timeout: Option<Duration>, remove: bool) {
+        self.inner.stop(
+            task_id,
+            Stop {
+                timeout: timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+                remove,
+                forget: false,
+            },
+        );
+    }
+
+    /// Rebuilds the view of local containers after a start: adopts live ones, reports
+    /// finished ones.
+    pub async fn adopt(&self) {
+        let dir = self.inner.root.join("containers");
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            return;
+        };
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !valid_id(&id) {
+                continue;
+            }
+            let cdir = self.dir(&id);
+            let cfg = match cdir.read_config() {
+                Ok(c) => c,
+                Err(_) => {
+                    // Created up to the directory only: nothing ran, nothing to report.
+                    warn!(container = %id, "removing container without config");
+                    self.inner.net.detach(&id).await;
+                    let _ = runtime::remove_dir(&cdir.0).await;
+                    continue;
+                }
+            };
+            let Some(task) = hex::decode(&cfg.task_pb)
+                .ok()
+                .and_then(|b| pb::Task::decode(b.as_slice()).ok())
+            else {
+                warn!(container = %id, "container config has no readable task; leaving it");
+                continue;
+            };
+            let start = match (cdir.read_exit(), cdir.read_pid()) {
+                _ if cdir.failed().exists() => {
+                    Start::Finished(None, cdir.read_failed().unwrap_or_default())
+                }
+                (Some(code), _) => Start::Finished(Some(code), exit_reason(&cdir, Some(code))),
+                (None, Some(p)) if p.alive() => Start::Running(cfg.clone(), p),
+                (None, Some(_)) => Start::Finished(None, "container lost: its shim is gone".into()),
+                (None, None) => Start::Finished(
+                    None,
+                    "agent restarted while the container was being created".into(),
+                ),
+            };
+            if let Start::Finished(..) = start {
+                self.inner.teardown(&cfg).await;
+            } else {
+                info!(container = %id, "adopted running container");
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.inner
+                .actors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), Actor { tx, accepted: None });
+            let status = self.inner.base_status(&task);
+            tokio::spawn(actor(self.inner.clone(), task, status, rx, start));
+        }
+    }
+
+    /// One orphan sweep: stops and removes local containers whose task is gone, moved to
+    /// another node or retired. This is what keeps a host that comes back after being
+    /// declared lost from running duplicates.
+    pub async fn sweep(&self) -> Result<(), crate::store::StoreError> {
+        let tasks = self.inner.store.tasks().await?;
+        let by_id: HashMap<&str, &pb::Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        let candidates: Vec<(String, Option<Instant>)> = self
+            .inner
+            .actors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, a)| (id.clone(), a.accepted))
+            .collect();
+        for (id, accepted) in candidates {
+            let task = by_id.get(id.as_str()).copied();
+            if task.is_none() && accepted.is_some_and(|t| t.elapsed() < SWEEP_GRACE) {
+                continue;
+            }
+            if let Some(stop) = sweep_decision(task, self.inner.store.node()) {
+                info!(container = %id, remove = stop.remove, "orphan sweep stops container");
+                self.inner.stop(&id, stop);
+            }
+        }
+        // Statuses of tasks that are gone and left no container here (e.g. a failed pull).
+        let local: Vec<String> = {
+            let actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+            actors.keys().cloned().collect()
+        };
+        for id in self.inner.store.status_ids().await? {
+            if !by_id.contains_key(id.as_str()) && !local.contains(&id) {
+                self.inner.store.delete_status(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sweeps every [`SWEEP_INTERVAL`] until `shutdown`.
+    pub async fn run_sweeper(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.sweep().await {
+                warn!(error = %e, "orphan sweep failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn dir(&self, id: &str) -> ContainerDir {
+        ContainerDir(self.root.join("containers").join(id))
+    }
+
+    fn stop(&self, id: &str, stop: Stop) {
+        if let Some(a) = self
+            .actors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            let _ = a.tx.send(stop);
+        }
+    }
+
+    fn base_status(&self, task: &pb::Task) -> pb::TaskStatus {
+        pb::TaskStatus {
+            task_id: task.id.clone(),
+            service: task.service.clone(),
+            node: self.store.node().to_string(),
+            container_id: task.id.clone(),
+            ..Default::default()
+        }
+    }
+
+    async fn report(&self, status: &mut pb::TaskStatus) {
+        status.updated_unix_ms = clock::now_unix_ms();
+        if let Err(e) = self.store.put_status(status).await {
+            warn!(task = %status.task_id, error = %e, "cannot write task status");
+        }
+    }
+
+    fn endpoint_address(&self, cfg: &ContainerConfig) -> String {
+        format!("{}:{}", self.net.advertise_ip, cfg.host_port)
+    }
+
+    /// Removes what the container holds on the host network.
+    async fn teardown(&self, cfg: &ContainerConfig) {
+        if cfg.host_port != 0 {
+            self.net
+                .unpublish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
+                .await;
+        }
+        self.net.detach(&cfg.id).await;
+    }
+
+    /// Addresses and host ports held by containers that are starting or running; a
+    /// finished container gave its rules back, so its address and port are free again.
+    async fn used(&self) -> (Vec<Ipv4Addr>, Vec<u16>) {
+        let (mut ips, mut ports) = (Vec::new(), Vec::new());
+        if let Ok(mut rd) = tokio::fs::read_dir(self.root.join("containers")).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let cdir = ContainerDir(e.path());
+                let finished = cdir.exit().exists()
+                    || cdir.failed().exists()
+                    || cdir.read_pid().is_some_and(|p| !p.alive());
+                if finished {
+                    continue;
+                }
+                if let Ok(c) = cdir.read_config() {
+                    ips.push(c.ip);
+                    if c.host_port != 0 {
+                        ports.push(c.host_port);
+                    }
+                }
+            }
+        }
+        (ips, ports)
+    }
+
+    /// Pulls the image, prepares the container and starts it through its shim.
+    async fn create(
+        &self,
+        task: &pb::Task,
+        status: &mut pb::TaskStatus,
+    ) -> Result<(ContainerConfig, PidRecord), TaskError> {
+        status.state = pb::TaskState::Starting as i32;
+        status.message = "pulling image".into();
+        self.report(status).await;
+        let image = self
+            .images
+            .ensure(&task.image)
+            .await
+            .map_err(|source| TaskError::Pull {
+                image: task.image.clone(),
+                source,
+            })?;
+        status.message = "creating container".into();
+        self.report(status).await;
+
+        let hostname: String = task.id.chars().take(12).collect();
+        let argv = spec::resolve_argv(&task.command, &image.config)?;
+        let env = spec::resolve_env(
+            image.config.env.as_deref().unwrap_or_default(),
+            &task.env,
+            &hostname,
+        );
+        let dir = self.dir(&task.id);
+        let state_err = |path: PathBuf| move |source| TaskError::State { path, source };
+        let cfg = {
+            let _g = self.alloc.lock().await;
+            let (ips, ports) = self.used().await;
+            let ip = self.net.subnet.allocate(&ips)?;
+            let host_port = if task.container_port != 0 {
+                ipam::allocate_port(&ports)?
+            } else {
+                0
+            };
+            let cfg = ContainerConfig {
+                id: task.id.clone(),
+                hostname,
+                layers: image.layers.clone(),
+                argv,
+                env,
+                workdir: spec::resolve_workdir(&image.config),
+                ip,
+                prefix_len: self.net.subnet.prefix_len,
+                gateway: self.net.subnet.gateway(),
+                container_port: task.container_port as u16,
+                host_port,
+                task_pb: hex::encode(task.encode_to_vec()),
+                created_unix_ms: clock::now_unix_ms(),
+            };
+            for d in [dir.upper(), dir.work(), dir.rootfs()] {
+                tokio::fs::create_dir_all(&d)
+                    .await
+                    .map_err(state_err(d.clone()))?;
+            }
+            let json = serde_json::to_vec_pretty(&cfg)
+                .map_err(|e| state_err(dir.config())(std::io::Error::other(e)))?;
+            write_atomic(&dir.config(), &json)
+                .await
+                .map_err(state_err(dir.config()))?;
+            cfg
+        };
+
+        let shim = Shim::spawn(&dir)?;
+        self.net.attach(&cfg.id, shim.pid(), cfg.ip).await?;
+        if cfg.host_port != 0 {
+            self.net
+                .publish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
+                .await?;
+        }
+        shim.release()?;
+        let pid = runtime::wait_started(&dir, Duration::from_secs(10)).await?;
+        Ok((cfg, pid))
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`; returns the exit status once known.
+    async fn kill(
+        &self,
+        dir: &ContainerDir,
+        pid: Option<PidRecord>,
+        timeout: Duration,
+    ) -> Option<i32> {
+        let wait = |limit: Duration| async move {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                match pid {
+                    Some(p) if !runtime::finished(dir, &p) => {}
+                    _ => return,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if let Some(p) = pid {
+            runtime::signal(&p, nix::sys::signal::Signal::SIGTERM);
+            wait(timeout).await;
+            runtime::signal(&p, nix::sys::signal::Signal::SIGKILL);
+            wait(Duration::from_secs(5)).await;
+        }
+        self.exit_code(dir).await
+    }
+
+    /// The shim writes the exit file right after reaping, so give it a moment.
+    async fn exit_code(&self, dir: &ContainerDir) -> Option<i32> {
+        for _ in 0..20 {
+            if let Some(c) = dir.read_exit() {
+                return Some(c);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    async fn drop_endpoint(&self, task: &pb::Task) {
+        if task.container_port != 0 {
+            let key = keys::endpoint(&task.service, &task.id);
+            if let Err(e) = self.store.delete_leased(&key).await {
+                warn!(task = %task.id, error = %e, "cannot delete endpoint");
+            }
+        }
+    }
+}
+
+/// The failure message of a container that exited by itself: its code and last log line.
+fn exit_reason(dir: &ContainerDir, code: Option<i32>) -> String {
+    match code {
+        Some(0) | None => String::new(),
+        Some(c) => match dir.last_log_line() {
+            Some(line) => format!("exited with code {c}: {line}"),
+            None => format!("exited with code {c}"),
+        },
+    }
+}
+
+fn finish(status: &mut pb::TaskStatus, code: Option<i32>, stopped: bool, why: String) {
+    status.finished_unix_ms = clock::now_unix_ms();
+    status.health = String::new();
+    status.exit_code = code.unwrap_or(-1);
+    let ok = stopped || code == Some(0);
+    status.state = if ok {
+        pb::TaskState::Exited
+    } else {
+        pb::TaskState::Failed
+    } as i32;
+    status.message = if stopped {
+        "stopped".into()
+    } else if !why.is_empty() {
+        why
+    } else {
+        match code {
+            Some(c) => format!("exited with code {c}"),
+            None => "container lost".into(),
+        }
+    };
+}
+
+/// The one owner of a container's transitions.
+async fn actor(
+    inner: Arc<Inner>,
+    task: pb::Task,
+    mut status: pb::TaskStatus,
+    mut rx: mpsc::UnboundedReceiver<Stop>,
+    start: Start,
+) {
+    let dir = inner.dir(&task.id);
+    let running = match start {
+        Start::New => {
+            status.state = pb::TaskState::Pending as i32;
+            inner.report(&mut status).await;
+            let outcome = tokio::select! {
+                r = inner.create(&task, &mut status) => Ok(r),
+                stop = rx.recv() => Err(stop),
+            };
+            match outcome {
+                Ok(Ok((cfg, pid))) => Some((cfg, pid)),
+                Ok(Err(e)) => {
+                    warn!(task = %task.id, error = %e, "task failed to start");
+                    cleanup_failed_start(&inner, &dir).await;
+                    if dir.0.exists() {
+                        let _ = write_atomic(&dir.failed(), e.to_string().as_bytes()).await;
+                    }
+                    finish(&mut status, None, false, e.to_string());
+                    inner.report(&mut status).await;
+                    None
+                }
+                Err(stop) => {
+                    // Stopped while being created: undo whatever got done.
+                    let pid = dir.read_pid();
+                    let code = inner.kill(&dir, pid, Duration::ZERO).await;
+                    cleanup_failed_start(&inner, &dir).await;
+                    finish(&mut status, code, true, String::new());
+                    inner.report(&mut status).await;
+                    if let Some(stop) = stop {
+                        if stop.remove {
+                            remove(&inner, &task, &dir, stop).await;
+                            return;
+                        }
+                    }
+                    None
+                }
+            }
+        }
+        Start::Running(cfg, pid) => Some((cfg, pid)),
+        Start::Finished(code, why) => {
+            // The previous agent's lease may still hold this container's endpoint.
+            inner.drop_endpoint(&task).await;
+            status.pid = dir.read_pid().map(|p| p.pid as u32).unwrap_or(0);
+            status.started_unix_ms = dir.started_unix_ms().unwrap_or(0);
+            finish(&mut status, code, dir.stopped().exists(), why);
+            inner.report(&mut status).await;
+            None
+        }
+    };
+    if let Some((cfg, pid)) = running {
+        if let Some(stop) = supervise(&inner, &task, &mut status, &dir, &cfg, pid, &mut rx).await {
+            if stop.remove {
+                remove(&inner, &task, &dir, stop).await;
+                return;
+            }
+        }
+    }
+    // Finished: keep the container (logs, exit code) until asked to remove it.
+    while let Some(stop) = rx.recv().await {
+        if stop.remove {
+            remove(&inner, &task, &dir, stop).await;
+            return;
+        }
+    }
+}
+
+async fn cleanup_failed_start(inner: &Inner, dir: &ContainerDir) {
+    match dir.read_config() {
+        Ok(cfg) => inner.teardown(&cfg).await,
+        Err(_) => inner.net.detach(&dir_id(dir)).await,
+    }
+}
+
+fn dir_id(dir: &ContainerDir) -> String {
+    dir.0
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+async fn remove(inner: &Inner, task: &pb::Task, dir: &ContainerDir, stop: Stop) {
+    if let Err(e) = runtime::remove_dir(&dir.0).await {
+        warn!(task = %task.id, error = %e, "cannot remove container directory");
+    }
+    if stop.forget {
+        if let Err(e) = inner.store.delete_status(&task.id).await {
+            warn!(task = %task.id, error = %e, "cannot delete task status");
+        }
+    }
+    inner
+        .actors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&task.id);
+    info!(task = %task.id, "container removed");
+}
+
+/// Watches a running container until it exits or is stopped; returns the stop request if
+/// it was stopped.
+async fn supervise(
+    inner: &Inner,
+    task: &pb::Task,
+    status: &mut pb::TaskStatus,
+    dir: &ContainerDir,
+    cfg: &ContainerConfig,
+    pid: PidRecord,
+    rx: &mut mpsc::UnboundedReceiver<Stop>,
+) -> Option<Stop> {
+    status.state = pb::TaskState::Running as i32;
+    status.pid = pid.pid as u32;
+    status.message = String::new();
+    if status.started_unix_ms == 0 {
+        status.started_unix_ms = dir.started_unix_ms().unwrap_or_else(clock::now_unix_ms);
+    }
+    if cfg.host_port != 0 {
+        status.endpoint = inner.endpoint_address(cfg);
+        status.health = "starting".into();
+    }
+    inner.report(status).await;
+    info!(task = %task.id, pid = pid.pid, "container running");
+
+    let probe_addr = SocketAddr::from((cfg.ip, cfg.container_port));
+    let mut health = Health::default();
+    let mut next_probe = Instant::now();
+    loop {
+        tokio::select! {
+            stop = rx.recv() => {
+                let stop = stop?;
+                let _ = write_atomic(&dir.stopped(), b"").await;
+                // The load balancer must stop sending before the container is signalled.
+                inner.drop_endpoint(task).await;
+                status.state = pb::TaskState::Stopping as i32;
+                inner.report(status).await;
+                let code = inner.kill(dir, Some(pid), stop.timeout).await;
+                inner.teardown(cfg).await;
+                finish(status, code, true, String::new());
+                inner.report(status).await;
+                return Some(stop);
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        if runtime::finished(dir, &pid) {
+            inner.drop_endpoint(task).await;
+            let code = inner.exit_code(dir).await;
+            inner.teardown(cfg).await;
+            finish(status, code, false, exit_reason(dir, code));
+            inner.report(status).await;
+            info!(task = %task.id, code = ?code, "container exited");
+            return None;
+        }
+        if cfg.container_port != 0 && Instant::now() >= next_probe {
+            next_probe = Instant::now() + health::INTERVAL;
+            let ok = health::tcp(probe_addr, health::INTERVAL).await;
+            match health.observe(ok) {
+                Transition::None => {}
+                Transition::BecameHealthy => {
+                    let ep = pb::Endpoint {
+                        service: task.service.clone(),
+                        task_id: task.id.clone(),
+                        node: inner.store.node().to_string(),
+                        address: inner.endpoint_address(cfg),
+                        revision: task.revision,
+                        healthy: true,
+                    };
+                    let key = keys::endpoint(&task.service, &task.id);
+                    if let Err(e) = inner
+                        .store
+                        .put_leased(key, rctl_api::codec::encode(&ep))
+                        .await
+                    {
+                        warn!(task = %task.id, error = %e, "cannot publish endpoint");
+                    }
+                    status.health = "healthy".into();
+                    inner.report(status).await;
+                }
+                Transition::BecameUnhealthy => {
+                    inner.drop_endpoint(task).await;
+                    status.health = "unhealthy".into();
+                    inner.report(status).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(node: &str, desired: pb::DesiredState) -> pb::Task {
+        pb::Task {
+            id: "t1".into(),
+            node: node.into(),
+            desired_state: desired as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sweep_keeps_only_tasks_desired_here() {
+        assert_eq!(
+            sweep_decision(Some(&task("h1", pb::DesiredState::Running)), "h1"),
+            None
+        );
+        let gone = sweep_decision(None, "h1").unwrap();
+        assert!(gone.remove && gone.forget);
+        let moved = sweep_decision(Some(&task("h2", pb::DesiredState::Running)), "h1").unwrap();
+        assert!(moved.remove && moved.forget);
+        let retired = sweep_decision(Some(&task("h1", pb::DesiredState::Shutdown)), "h1").unwrap();
+        assert!(retired.remove && !retired.forget);
+    }
+
+    #[test]
+    fn ids_are_path_and_interface_safe() {
+        assert!(valid_id("web-1_abc"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(""));
+    }
+
+    #[test]
+    fn stopped_containers_exit_cleanly_and_crashes_fail() {
+        let mut s = pb::TaskStatus::default();
+        finish(&mut s, Some(137), true, String::new());
+        assert_eq!(s.state, pb::TaskState::Exited as i32);
+        assert_eq!(s.exit_code, 137);
+        finish(&mut s, Some(1), false, String::new());
+        assert_eq!(s.state, pb::TaskState::Failed as i32);
+        assert_eq!(s.message, "exited with code 1");
+        finish(&mut s, Some(0), false, String::new());
+        assert_eq!(s.state, pb::TaskState::Exited as i32);
+    }
+}
