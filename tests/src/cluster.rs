@@ -25,7 +25,9 @@ impl Slot {
         for i in 0..MAX_SLOT {
             let n = (start + i) % MAX_SLOT + 1;
             let f = File::create(format!("{LOCK_DIR}/slot-{n}.lock")).expect("create slot lock");
-            if let Ok(lock) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
                 return Slot { n, _lock: lock };
             }
         }
@@ -35,7 +37,10 @@ impl Slot {
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// Where cargo put the binaries: next to the test executable's `deps/` dir.
@@ -44,7 +49,10 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A running local cluster owned by one test.
@@ -198,14 +206,22 @@ impl Cluster {
     }
 
     /// Polls `f` every 200 ms until it returns `Some`, or panics with `what` and the logs.
-    pub fn eventually<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn eventually<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
                 return v;
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.logs());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -235,7 +251,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -244,10 +263,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    parse_response(&raw).ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw))))
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&raw)))
+    })
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {
@@ -259,7 +283,11 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Some(Response { status, headers, body: body.to_string() })
+    Some(Response {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -268,7 +296,10 @@ mod tests {
 
     #[test]
     fn parses_a_response() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nX-Served-By: abc\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nX-Served-By: abc\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-served-by"), Some("abc"));
         assert_eq!(r.body, "hello");

@@ -1,1 +1,10 @@
-//! placeholder
+//! rctl-tests: end-to-end tests of rctl on a real multi-host cluster.
+//!
+//! # Layout
+//! - [`cluster`]: the harness that starts a `deploy/local/cluster` per test and tears it down.
+//! - [`fixtures`]: the project's own test images (busybox, testserver), built and pushed with
+//!   its own OCI code.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod fixtures;

@@ -35,9 +35,14 @@ fn get_many(c: &Cluster, n: usize) -> Vec<String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
     (0..n)
         .map(|i| {
-            let r = http_get(addr, "/").unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", c.logs()));
+            let r = http_get(addr, "/")
+                .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", c.logs()));
             assert_eq!(r.status, 200, "request {i}: {r:?}");
-            assert!(r.body.starts_with("version=v1 host="), "request {i}: {:?}", r.body);
+            assert!(
+                r.body.starts_with("version=v1 host="),
+                "request {i}: {:?}",
+                r.body
+            );
             r.header("X-Served-By").expect("X-Served-By").to_string()
         })
         .collect()
@@ -46,14 +51,23 @@ fn get_many(c: &Cluster, n: usize) -> Vec<String> {
 /// Waits until rctl-lb answers 200 on the service (endpoints registered and routed).
 fn wait_for_lb(c: &Cluster) {
     let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
-    c.eventually(WAIT, "rctl-lb to serve web", || http_get(addr, "/").ok().filter(|r| r.status == 200));
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
 }
 
 #[test]
 fn scale_across_two_hosts_through_the_lb() {
     let c = Cluster::start(2);
     let file = c.service_file("web.toml", &web_service(&c, 2));
-    c.rctl_ok(&["apply", "-f", file.to_str().unwrap(), "--wait", "--timeout", "90s"]);
+    c.rctl_ok(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
     assert_eq!(running(&c.ps(&[])).len(), 2);
 
     c.rctl_ok(&["scale", "web=5", "--wait", "--timeout", "90s"]);
@@ -61,16 +75,32 @@ fn scale_across_two_hosts_through_the_lb() {
     let up = running(&tasks);
     assert_eq!(up.len(), 5, "{tasks:#?}");
     let nodes: BTreeSet<&str> = up.iter().map(|t| t["node"].as_str().unwrap()).collect();
-    assert_eq!(nodes, BTreeSet::from(["h1", "h2"]), "spread over both hosts");
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["h1", "h2"]),
+        "spread over both hosts"
+    );
     for t in &up {
         assert_eq!(t["health"], "healthy");
-        assert!(t["endpoint"].as_str().unwrap().starts_with(&format!("198.18.{}.", c.net)), "{t}");
+        assert!(
+            t["endpoint"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("198.18.{}.", c.net)),
+            "{t}"
+        );
     }
-    let names: BTreeSet<String> = up.iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    let names: BTreeSet<String> = up
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names.len(), 5, "task names are unique: {names:?}");
 
     // Every container answers as its short id; 200 requests reach all five.
-    let hostnames: HashSet<String> = up.iter().map(|t| t["id"].as_str().unwrap()[..12].to_string()).collect();
+    let hostnames: HashSet<String> = up
+        .iter()
+        .map(|t| t["id"].as_str().unwrap()[..12].to_string())
+        .collect();
     wait_for_lb(&c);
     let served: HashSet<String> = get_many(&c, 200).into_iter().collect();
     assert_eq!(served, hostnames, "all five replicas served, and only they");
@@ -79,13 +109,18 @@ fn scale_across_two_hosts_through_the_lb() {
     let tasks = c.ps(&[]);
     let up = running(&tasks);
     assert_eq!(up.len(), 1, "{tasks:#?}");
-    assert_eq!(tasks.len(), 1, "only the remaining task is active: {tasks:#?}");
+    assert_eq!(
+        tasks.len(),
+        1,
+        "only the remaining task is active: {tasks:#?}"
+    );
     let last = up[0]["id"].as_str().unwrap()[..12].to_string();
     // Removed endpoints leave the LB; the survivor serves everything.
-    let served: HashSet<String> = c.eventually(WAIT, "LB to route only to the remaining task", || {
-        let s: HashSet<String> = get_many(&c, 20).into_iter().collect();
-        (s == HashSet::from([last.clone()])).then_some(s)
-    });
+    let served: HashSet<String> =
+        c.eventually(WAIT, "LB to route only to the remaining task", || {
+            let s: HashSet<String> = get_many(&c, 20).into_iter().collect();
+            (s == HashSet::from([last.clone()])).then_some(s)
+        });
     assert_eq!(served.len(), 1);
     let served: HashSet<String> = get_many(&c, 200).into_iter().collect();
     assert_eq!(served, HashSet::from([last]));
@@ -95,12 +130,27 @@ fn scale_across_two_hosts_through_the_lb() {
 fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     let c = Cluster::start(2);
     let file = c.service_file("web.toml", &web_service(&c, 4));
-    c.rctl_ok(&["apply", "-f", file.to_str().unwrap(), "--wait", "--timeout", "90s"]);
-    let before: BTreeSet<String> = c.ps(&[]).iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    c.rctl_ok(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    let before: BTreeSet<String> = c
+        .ps(&[])
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(before.len(), 4);
 
     let pid = c.agent_pid("h1");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill agent");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill agent");
     // Containers are not children of the agent: traffic keeps flowing while it is gone.
     wait_for_lb(&c);
     get_many(&c, 50);
@@ -109,12 +159,18 @@ fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     assert_ne!(c.agent_pid("h1"), pid, "a new agent runs");
     c.eventually(WAIT, "h1 to be ready again", || {
         let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).ok()?;
-        nodes.iter().any(|n| n["name"] == "h1" && n["state"] == "ready").then_some(())
+        nodes
+            .iter()
+            .any(|n| n["name"] == "h1" && n["state"] == "ready")
+            .then_some(())
     });
     // Outlive the dead agent's lease (10 s): its keys must have moved to the new lease.
     std::thread::sleep(Duration::from_secs(12));
     let tasks = c.ps(&[]);
-    let after: BTreeSet<String> = tasks.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let after: BTreeSet<String> = tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(after, before, "same tasks, no duplicates: {tasks:#?}");
     assert_eq!(running(&tasks).len(), 4, "{tasks:#?}");
     let served: HashSet<String> = get_many(&c, 100).into_iter().collect();
@@ -129,10 +185,18 @@ fn stderr(o: &std::process::Output) -> String {
 /// Asserts exit 2 and one clear `error:` line containing `needle`.
 fn assert_bad_input(o: std::process::Output, needle: &str) {
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "expected exit 2, got {:?}: {err}", o.status.code());
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected exit 2, got {:?}: {err}",
+        o.status.code()
+    );
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {err:?}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{err:?} should mention {needle:?}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{err:?} should mention {needle:?}"
+    );
 }
 
 #[test]
@@ -140,19 +204,36 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
     let c = Cluster::start(1);
     let file = c.service_file("web.toml", &web_service(&c, 1));
     c.rctl_ok(&["apply", "-f", file.to_str().unwrap()]);
-    let inspect = || -> Value { serde_json::from_str(&c.rctl_ok(&["service", "inspect", "web", "-o", "json"])).unwrap() };
+    let inspect = || -> Value {
+        serde_json::from_str(&c.rctl_ok(&["service", "inspect", "web", "-o", "json"])).unwrap()
+    };
     let before = inspect();
 
     assert_bad_input(c.rctl(&["scale", "nope=3"]), "\"nope\" not found");
     assert_bad_input(c.rctl(&["scale", "web=-1"]), "web=-1");
     assert_bad_input(c.rctl(&["scale", "web=abc"]), "web=abc");
 
-    let unknown = c.service_file("unknown.toml", "name = \"web\"\nimage = \"x\"\nreplicaz = 3\n");
-    assert_bad_input(c.rctl(&["apply", "-f", unknown.to_str().unwrap()]), "unknown.toml:3: unknown field `replicaz`");
-    let wrong = c.service_file("wrong.toml", "name = \"web\"\nimage = \"x\"\nreplicas = \"three\"\n");
-    assert_bad_input(c.rctl(&["apply", "-f", wrong.to_str().unwrap()]), "wrong.toml:3: key `replicas`: invalid type");
+    let unknown = c.service_file(
+        "unknown.toml",
+        "name = \"web\"\nimage = \"x\"\nreplicaz = 3\n",
+    );
+    assert_bad_input(
+        c.rctl(&["apply", "-f", unknown.to_str().unwrap()]),
+        "unknown.toml:3: unknown field `replicaz`",
+    );
+    let wrong = c.service_file(
+        "wrong.toml",
+        "name = \"web\"\nimage = \"x\"\nreplicas = \"three\"\n",
+    );
+    assert_bad_input(
+        c.rctl(&["apply", "-f", wrong.to_str().unwrap()]),
+        "wrong.toml:3: key `replicas`: invalid type",
+    );
     let noimage = c.service_file("noimage.toml", "name = \"web\"\nreplicas = 2\n");
-    assert_bad_input(c.rctl(&["apply", "-f", noimage.to_str().unwrap()]), "missing field `image`");
+    assert_bad_input(
+        c.rctl(&["apply", "-f", noimage.to_str().unwrap()]),
+        "missing field `image`",
+    );
 
     let after = inspect();
     assert_eq!(after["replicas"], before["replicas"]);
@@ -162,25 +243,54 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
     // An image the registry does not have: a failed task with the registry's reason, no hang.
     let ghost = c.service_file(
         "ghost.toml",
-        &format!("name = \"ghost\"\nimage = \"{}/rctl/nope:v1\"\nreplicas = 1\n", c.registry()),
+        &format!(
+            "name = \"ghost\"\nimage = \"{}/rctl/nope:v1\"\nreplicas = 1\n",
+            c.registry()
+        ),
     );
     c.rctl_ok(&["apply", "-f", ghost.to_str().unwrap()]);
     let failed = c.eventually(WAIT, "a failed ghost task", || {
-        c.ps(&["-a", "--service", "ghost"]).into_iter().find(|t| t["state"] == "failed")
+        c.ps(&["-a", "--service", "ghost"])
+            .into_iter()
+            .find(|t| t["state"] == "failed")
     });
     let msg = failed["message"].as_str().unwrap().to_lowercase();
-    assert!(msg.contains("rctl/nope") && (msg.contains("unknown") || msg.contains("not found")), "{failed}");
+    assert!(
+        msg.contains("rctl/nope") && (msg.contains("unknown") || msg.contains("not found")),
+        "{failed}"
+    );
     let timed_out = c.rctl(&["scale", "ghost=1", "--wait", "--timeout", "3s"]);
     assert_eq!(timed_out.status.code(), Some(4), "{}", stderr(&timed_out));
-    assert!(stderr(&timed_out).contains("failed"), "the wait names the failure: {}", stderr(&timed_out));
+    assert!(
+        stderr(&timed_out).contains("failed"),
+        "the wait names the failure: {}",
+        stderr(&timed_out)
+    );
 
     // Teardown leaves nothing behind.
     let name = c.name.clone();
     let state = c.state.clone();
     drop(c);
-    let netns = String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
-    assert!(!netns.lines().any(|l| l.starts_with(&format!("{name}-"))), "namespaces left: {netns}");
-    let links = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).into_owned();
+    let netns = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !netns.lines().any(|l| l.starts_with(&format!("{name}-"))),
+        "namespaces left: {netns}"
+    );
+    let links = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
     assert!(!links.contains(&format!("{name}-")), "links left: {links}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(state.to_str().unwrap()), "mounts left");
