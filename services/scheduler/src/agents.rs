@@ -8,12 +8,16 @@ use std::time::Duration;
 use rctl_api::pb::agent_client::AgentClient;
 use rctl_api::pb::{RunTaskRequest, StopTaskRequest, Task};
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 /// How long a sent command is trusted before it is sent again if nothing changed.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
 
 #[derive(Clone, Default)]
 pub struct Agents {
@@ -68,43 +72,47 @@ impl Agents {
 
     /// Sends RunTask in the background. `force` skips the resend delay (a new placement).
     pub fn run(&self, addr: &str, task: &Task, force: bool) {
-        if !self.claim(&task.id, "run", force) {
-            return;
-        }
-        let Some(ch) = self.channel(addr) else { return };
         let req = RunTaskRequest {
             task: Some(task.clone()),
         };
-        let span = tracing::info_span!("run_task", task = %task.id, node = %task.node);
-        tokio::spawn(
-            async move {
-                let mut c = AgentClient::with_interceptor(ch, rctl_api::telemetry::propagate);
-                if let Err(e) = c.run_task(req).await {
-                    tracing::warn!(error = %e.message(), "RunTask failed; will retry");
-                }
-            }
-            .instrument(span),
-        );
+        self.send(addr, task, "run", force, |mut c| async move {
+            c.run_task(req).await.map(drop)
+        });
     }
 
     /// Sends StopTask (remove when stopped) in the background.
     pub fn stop(&self, addr: &str, task: &Task, force: bool) {
-        if !self.claim(&task.id, "stop", force) {
-            return;
-        }
-        let Some(ch) = self.channel(addr) else { return };
         let req = StopTaskRequest {
             task_id: task.id.clone(),
             service: task.service.clone(),
             timeout_ms: 0,
             remove: true,
         };
-        let span = tracing::info_span!("stop_task", task = %task.id, node = %task.node);
+        self.send(addr, task, "stop", force, |mut c| async move {
+            c.stop_task(req).await.map(drop)
+        });
+    }
+
+    /// Runs `call` against the task's agent on a spawned task, unless `cmd` was sent for this
+    /// task recently. Failures are only logged: the next reconcile pass sends again.
+    fn send<F, Fut>(&self, addr: &str, task: &Task, cmd: &'static str, force: bool, call: F)
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+    {
+        if !self.claim(&task.id, cmd, force) {
+            return;
+        }
+        let Some(ch) = self.channel(addr) else { return };
+        let span = tracing::info_span!("agent_rpc", cmd, task = %task.id, node = %task.node);
         tokio::spawn(
             async move {
-                let mut c = AgentClient::with_interceptor(ch, rctl_api::telemetry::propagate);
-                if let Err(e) = c.stop_task(req).await {
-                    tracing::warn!(error = %e.message(), "StopTask failed; will retry");
+                let client = AgentClient::with_interceptor(
+                    ch,
+                    rctl_api::telemetry::propagate as Interceptor,
+                );
+                if let Err(e) = call(client).await {
+                    tracing::warn!(error = %e.message(), "agent call failed; will retry");
                 }
             }
             .instrument(span),

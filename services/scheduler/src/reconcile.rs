@@ -348,6 +348,22 @@ mod tests {
     use super::*;
     use rctl_api::pb::ServiceSpec;
 
+    fn plan(
+        services: &[Service],
+        tasks: &[Task],
+        statuses: &HashMap<String, TaskStatus>,
+        nodes: &[Node],
+        now_ms: i64,
+    ) -> Plan {
+        reconcile(&Snapshot {
+            services,
+            tasks,
+            statuses,
+            nodes,
+            now_ms,
+        })
+    }
+
     fn service(name: &str, replicas: u32, revision: u64) -> Service {
         Service {
             spec: Some(ServiceSpec {
@@ -423,13 +439,7 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert_eq!(
             places(&p),
             vec![("h1".into(), 3), ("h2".into(), 4), ("h1".into(), 5)]
@@ -447,13 +457,7 @@ mod tests {
         ];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert_eq!(retired(&p), vec!["c".to_string(), "a".to_string()]);
         assert!(places(&p).is_empty());
     }
@@ -468,13 +472,7 @@ mod tests {
         ]
         .into();
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert_eq!(retired(&p), vec!["b".to_string()]);
     }
 
@@ -484,13 +482,7 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h3")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert!(p.actions.contains(&Action::Delete {
             task: tasks[1].clone(),
             reason: REASON_NODE_LOST
@@ -504,13 +496,7 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert_eq!(p, Plan::default());
     }
 
@@ -518,13 +504,7 @@ mod tests {
     fn no_nodes_places_nothing_and_says_why() {
         let svcs = [service("web", 2, 1)];
         let st = HashMap::new();
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &[],
-            statuses: &st,
-            nodes: &[],
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &[], &st, &[], 0);
         assert!(places(&p).is_empty());
         assert_eq!(
             p.unplaced,
@@ -542,13 +522,7 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert_eq!(retired(&p).len(), 2);
         assert!(places(&p).is_empty());
     }
@@ -560,21 +534,9 @@ mod tests {
         let mut st: HashMap<_, _> = [status(&tasks[0], TaskState::Failed)].into();
         st.get_mut("a").unwrap().finished_unix_ms = 10_000;
         let nodes = [node("h1")];
-        let early = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 10_500,
-        });
+        let early = plan(&svcs, &tasks, &st, &nodes, 10_500);
         assert_eq!(early, Plan::default());
-        let later = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 11_000,
-        });
+        let later = plan(&svcs, &tasks, &st, &nodes, 11_000);
         assert_eq!(retired(&later), vec!["a".to_string()]);
         assert_eq!(places(&later), vec![("h1".into(), 1)]);
     }
@@ -592,13 +554,7 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1)];
         let st = HashMap::new();
         let nodes = [node("h1")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         assert_eq!(
             p.actions,
             vec![Action::EnsureRunning {
@@ -613,25 +569,13 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1)];
         let st = running(&tasks);
         let nodes = [node("h1")];
-        let p = reconcile(&Snapshot {
-            services: &[],
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&[], &tasks, &st, &nodes, 0);
         assert_eq!(retired(&p), vec!["a".to_string()]);
 
         let mut gone = tasks[0].clone();
         gone.set_desired_state(DesiredState::Shutdown);
         let st: HashMap<_, _> = [status(&gone, TaskState::Exited)].into();
-        let p = reconcile(&Snapshot {
-            services: &[],
-            tasks: &[gone.clone()],
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&[], &[gone.clone()], &st, &nodes, 0);
         assert_eq!(
             p.actions,
             vec![Action::Delete {
@@ -647,13 +591,7 @@ mod tests {
         let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         // One new task beyond the desired count; no old task goes before a new one is ready.
         assert_eq!(places(&p).len(), 1);
         assert!(retired(&p).is_empty());
@@ -662,26 +600,14 @@ mod tests {
         new.revision = 2;
         let all = [tasks[0].clone(), tasks[1].clone(), new];
         let mut st = running(&all);
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &all,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &all, &st, &nodes, 0);
         assert_eq!(
             retired(&p).len(),
             1,
             "the ready new task replaces one old task"
         );
         st.get_mut("c").unwrap().set_state(TaskState::Starting);
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &all,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &all, &st, &nodes, 0);
         assert!(
             retired(&p).is_empty(),
             "a new task that is not ready replaces nothing"
@@ -701,13 +627,7 @@ mod tests {
             .collect();
         let st: HashMap<_, _> = tasks.iter().map(|t| status(t, TaskState::Exited)).collect();
         let nodes = [node("h1")];
-        let p = reconcile(&Snapshot {
-            services: &svcs,
-            tasks: &tasks,
-            statuses: &st,
-            nodes: &nodes,
-            now_ms: 0,
-        });
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
         let deleted: Vec<_> = p
             .actions
             .iter()
@@ -734,7 +654,7 @@ mod tests {
                     .map(|i| task(&format!("t{i}"), "web", &format!("h{}", i % nodes_n.max(1) + 1), i as u32 + 1))
                     .collect();
                 let st = running(&tasks);
-                let p = reconcile(&Snapshot { services: &svcs, tasks: &tasks, statuses: &st, nodes: &nodes, now_ms: 0 });
+                let p = plan(&svcs, &tasks, &st, &nodes, 0);
                 let live = tasks.iter().filter(|t| nodes.iter().any(|n| n.name == t.node)).count();
                 let after = live + places(&p).len() - retired(&p).len();
                 if nodes_n > 0 {
