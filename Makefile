@@ -19,7 +19,7 @@ DEB_PKGS := etcd-server etcd-client docker-registry busybox-static iproute2 ipta
 help:
 	@echo "make demo   install what is missing, build, start a local 3-host cluster, deploy web=3"
 	@echo "make down   remove the local cluster (processes, namespaces, bridge, cgroups, state)"
-	@echo "make test   everything CI runs (.ci/run): deps, build, cargo nextest run --workspace"
+	@echo "make test   everything CI runs (.ci/run): deps, build, lint, cargo nextest run --workspace"
 	@echo "make build  cargo build --workspace --bins, plus the static test server"
 	@echo "make deps   apt-get install the Debian packages that are missing; cargo-nextest"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
@@ -51,7 +51,7 @@ demo: deps build
 down:
 	$(CLUSTER) down
 
-test: deps build
+test: deps build lint
 	@if command -v cargo-nextest >/dev/null; then \
 		echo "cargo nextest run --workspace"; $(CARGO) nextest run --workspace; \
 	else \
