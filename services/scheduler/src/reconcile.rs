@@ -284,8 +284,20 @@ fn reconcile_service(
                 reason: REASON_NO_NODES,
             });
         }
-        let used: HashSet<u32> = holding.iter().map(|t| t.slot).collect();
-        let mut free_slots = (1u32..).filter(|n| !used.contains(n));
+        // A replacement takes over the slot of an old-revision task (web.2 stays web.2, as
+        // in Docker); beyond those, the lowest slots no task holds.
+        let taken: HashSet<u32> = holding.iter().map(|t| t.slot).collect();
+        let current_slots: HashSet<u32> = current.iter().map(|t| t.slot).collect();
+        let mut old_slots: Vec<u32> = old
+            .iter()
+            .map(|t| t.slot)
+            .filter(|n| !current_slots.contains(n))
+            .collect();
+        old_slots.sort_unstable();
+        old_slots.dedup();
+        let mut free_slots = old_slots
+            .into_iter()
+            .chain((1u32..).filter(|n| !taken.contains(n)));
         all_active_nodes.extend(chosen.iter().cloned());
         for node in chosen {
             let slot = free_slots.next().expect("slots are unbounded");
@@ -592,8 +604,9 @@ mod tests {
         let st = running(&tasks);
         let nodes = [node("h1"), node("h2")];
         let p = plan(&svcs, &tasks, &st, &nodes, 0);
-        // One new task beyond the desired count; no old task goes before a new one is ready.
-        assert_eq!(places(&p).len(), 1);
+        // One new task beyond the desired count, in the first old task's slot; no old task
+        // goes before a new one is ready.
+        assert_eq!(places(&p), vec![("h1".to_string(), 1)]);
         assert!(retired(&p).is_empty());
 
         let mut new = task("c", "web", "h1", 3);
