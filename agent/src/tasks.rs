@@ -5,8 +5,10 @@
 //! States reported to etcd: PENDING → STARTING → RUNNING → STOPPING → EXITED | FAILED.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -644,15 +646,33 @@ async fn supervise(
     }
     if cfg.host_port != 0 {
         status.endpoint = inner.endpoint_address(cfg);
-        status.health = "starting".into();
+        status.health = health::Verdict::Starting.as_str().into();
     }
     inner.report(status).await;
     info!(task = %task.id, pid = pid.pid, "container running");
 
     let probe_addr = SocketAddr::from((cfg.ip, cfg.container_port));
-    let mut health = Health::default();
+    let check = health::Check::from_spec(task.health.as_ref());
+    let probing = cfg.container_port != 0;
+    if probing && check.cmd_unsupported {
+        warn!(task = %task.id, "cmd health checks are not implemented; checking TCP connect instead");
+    }
+    let mut health = Health::new(check.thresholds);
     let mut next_probe = Instant::now();
+    // The probe in flight, if any: it runs alongside the stop and exit watch, so a slow
+    // probe never delays a stop.
+    let mut inflight: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
     loop {
+        if probing && inflight.is_none() && Instant::now() >= next_probe {
+            next_probe = Instant::now() + check.interval;
+            inflight = Some(Box::pin(check.probe(probe_addr)));
+        }
+        let wake = if inflight.is_none() && probing {
+            (Instant::now() + POLL).min(next_probe)
+        } else {
+            Instant::now() + POLL
+        };
+        let mut probed = None;
         tokio::select! {
             stop = rx.recv() => {
                 let stop = stop?;
@@ -667,7 +687,10 @@ async fn supervise(
                 inner.report(status).await;
                 return Some(stop);
             }
-            _ = tokio::time::sleep(POLL) => {}
+            ok = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                probed = Some(ok);
+            }
+            _ = tokio::time::sleep_until(wake) => {}
         }
         if runtime::finished(dir, &pid) {
             inner.drop_endpoint(task).await;
@@ -678,36 +701,35 @@ async fn supervise(
             info!(task = %task.id, code = ?code, "container exited");
             return None;
         }
-        if cfg.container_port != 0 && Instant::now() >= next_probe {
-            next_probe = Instant::now() + health::INTERVAL;
-            let ok = health::tcp(probe_addr, health::INTERVAL).await;
-            match health.observe(ok) {
-                Transition::None => {}
-                Transition::BecameHealthy => {
-                    let ep = pb::Endpoint {
-                        service: task.service.clone(),
-                        task_id: task.id.clone(),
-                        node: inner.store.node().to_string(),
-                        address: inner.endpoint_address(cfg),
-                        revision: task.revision,
-                        healthy: true,
-                    };
-                    let key = keys::endpoint(&task.service, &task.id);
-                    if let Err(e) = inner
-                        .store
-                        .put_leased(key, rctl_api::codec::encode(&ep))
-                        .await
-                    {
-                        warn!(task = %task.id, error = %e, "cannot publish endpoint");
-                    }
-                    status.health = "healthy".into();
-                    inner.report(status).await;
+        let Some(ok) = probed else { continue };
+        inflight = None;
+        match health.observe(ok) {
+            Transition::None => {}
+            Transition::BecameHealthy => {
+                let ep = pb::Endpoint {
+                    service: task.service.clone(),
+                    task_id: task.id.clone(),
+                    node: inner.store.node().to_string(),
+                    address: inner.endpoint_address(cfg),
+                    revision: task.revision,
+                    healthy: true,
+                };
+                let key = keys::endpoint(&task.service, &task.id);
+                if let Err(e) = inner
+                    .store
+                    .put_leased(key, rctl_api::codec::encode(&ep))
+                    .await
+                {
+                    warn!(task = %task.id, error = %e, "cannot publish endpoint");
                 }
-                Transition::BecameUnhealthy => {
-                    inner.drop_endpoint(task).await;
-                    status.health = "unhealthy".into();
-                    inner.report(status).await;
-                }
+                status.health = health.verdict.as_str().into();
+                inner.report(status).await;
+            }
+            Transition::BecameUnhealthy => {
+                inner.drop_endpoint(task).await;
+                status.health = health.verdict.as_str().into();
+                inner.report(status).await;
+                info!(task = %task.id, "container unhealthy; endpoint withdrawn");
             }
         }
     }

@@ -178,6 +178,64 @@ fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     c.rctl_ok(&["scale", "web=4", "--wait", "--timeout", "30s"]);
 }
 
+/// The web service with an HTTP health check on `/healthz`; `healthz_off` makes the test
+/// server answer it with 404.
+fn checked_web_service(c: &Cluster, healthz_off: bool) -> String {
+    let env = if healthz_off {
+        "env = { HEALTHZ = \"off\" }\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"name = "web"
+image = "{reg}/rctl/testserver:v1"
+replicas = 1
+{env}
+[port]
+container = 8080
+protocol = "http"
+listen = "127.0.0.1:{port}"
+
+[health]
+http = "/healthz"
+interval = "500ms"
+"#,
+        reg = c.registry(),
+        port = c.service_port(0)
+    )
+}
+
+#[test]
+fn a_failing_http_health_check_keeps_the_task_out_of_the_lb() {
+    let c = Cluster::start(1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    let file = c.service_file("web.toml", &checked_web_service(&c, true));
+    let path = file.to_str().unwrap();
+
+    // The container runs and accepts connections, but /healthz answers 404: never ready.
+    let timed_out = c.rctl(&["apply", "-f", path, "--wait", "--timeout", "8s"]);
+    assert_eq!(timed_out.status.code(), Some(4), "{}", stderr(&timed_out));
+    c.eventually(WAIT, "the task running and judged unhealthy", || {
+        c.ps(&[])
+            .into_iter()
+            .find(|t| t["state"] == "running" && t["health"] == "unhealthy")
+    });
+    let r = c.eventually(WAIT, "rctl-lb to answer 503", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 503)
+    });
+    assert!(r.body.contains("no healthy endpoint"), "{r:?}");
+
+    // The same service with a passing check rolls out and serves.
+    c.service_file("web.toml", &checked_web_service(&c, false));
+    c.rctl_ok(&["apply", "-f", path, "--wait", "--timeout", "60s"]);
+    let tasks = c.ps(&[]);
+    let up = running(&tasks);
+    assert_eq!(up.len(), 1, "{tasks:#?}");
+    assert_eq!(up[0]["health"], "healthy", "{tasks:#?}");
+    wait_for_lb(&c);
+    get_many(&c, 20);
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -92,6 +92,7 @@ async fn apply(
                 created_unix_ms: rctl_api::clock::now_unix_ms(),
                 resources: spec.resources,
                 slot,
+                health: spec.health,
             };
             store
                 .create_task(

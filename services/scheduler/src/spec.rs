@@ -23,6 +23,8 @@ pub enum SpecError {
     Protocol(String),
     #[error("port.listen must be IP:PORT, got {0:?}")]
     Listen(String),
+    #[error("health.http must be a path starting with '/' without spaces, got {0:?}")]
+    HealthPath(String),
 }
 
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
@@ -45,6 +47,13 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         }
         if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(SpecError::Listen(p.listen.clone()));
+        }
+    }
+    if let Some(h) = &spec.health {
+        // The agent puts this path into a request line verbatim.
+        let path_ok = h.http.starts_with('/') && h.http.bytes().all(|b| b.is_ascii_graphic());
+        if !h.http.is_empty() && !path_ok {
+            return Err(SpecError::HealthPath(h.http.clone()));
         }
     }
     Ok(())
@@ -121,6 +130,14 @@ mod tests {
         let mut s = spec();
         s.port.as_mut().unwrap().listen = "nowhere".into();
         assert!(matches!(validate(&s), Err(SpecError::Listen(_))));
+        let mut s = spec();
+        s.health = Some(rctl_api::pb::HealthSpec {
+            http: "healthz now".into(),
+            ..Default::default()
+        });
+        assert!(matches!(validate(&s), Err(SpecError::HealthPath(_))));
+        s.health.as_mut().unwrap().http = "/healthz".into();
+        assert_eq!(validate(&s), Ok(()));
         assert_eq!(validate_replicas(-1), Err(SpecError::Replicas(-1)));
     }
 
