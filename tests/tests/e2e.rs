@@ -10,10 +10,10 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn web_service(c: &Cluster, replicas: u32) -> String {
+fn web_service(c: &Cluster, replicas: u32, version: &str) -> String {
     format!(
         r#"name = "web"
-image = "{reg}/rctl/testserver:v1"
+image = "{reg}/rctl/testserver:{version}"
 replicas = {replicas}
 
 [port]
@@ -30,8 +30,9 @@ fn running(tasks: &[Value]) -> Vec<&Value> {
     tasks.iter().filter(|t| t["state"] == "running").collect()
 }
 
-/// Sends `n` GETs through rctl-lb; returns the X-Served-By of each, panicking on any failure.
-fn get_many(c: &Cluster, n: usize) -> Vec<String> {
+/// Sends `n` GETs through rctl-lb; returns the X-Served-By of each, panicking on any failure
+/// or on an answer from another version.
+fn get_many(c: &Cluster, n: usize, version: &str) -> Vec<String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
     (0..n)
         .map(|i| {
@@ -39,7 +40,7 @@ fn get_many(c: &Cluster, n: usize) -> Vec<String> {
                 .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", c.logs()));
             assert_eq!(r.status, 200, "request {i}: {r:?}");
             assert!(
-                r.body.starts_with("version=v1 host="),
+                r.body.starts_with(&format!("version={version} host=")),
                 "request {i}: {:?}",
                 r.body
             );
@@ -59,7 +60,7 @@ fn wait_for_lb(c: &Cluster) {
 #[test]
 fn scale_across_two_hosts_through_the_lb() {
     let c = Cluster::start(2);
-    let file = c.service_file("web.toml", &web_service(&c, 2));
+    let file = c.service_file("web.toml", &web_service(&c, 2, "v1"));
     c.rctl_ok(&[
         "apply",
         "-f",
@@ -102,7 +103,7 @@ fn scale_across_two_hosts_through_the_lb() {
         .map(|t| t["id"].as_str().unwrap()[..12].to_string())
         .collect();
     wait_for_lb(&c);
-    let served: HashSet<String> = get_many(&c, 200).into_iter().collect();
+    let served: HashSet<String> = get_many(&c, 200, "v1").into_iter().collect();
     assert_eq!(served, hostnames, "all five replicas served, and only they");
 
     c.rctl_ok(&["scale", "web=1", "--wait", "--timeout", "90s"]);
@@ -118,18 +119,18 @@ fn scale_across_two_hosts_through_the_lb() {
     // Removed endpoints leave the LB; the survivor serves everything.
     let served: HashSet<String> =
         c.eventually(WAIT, "LB to route only to the remaining task", || {
-            let s: HashSet<String> = get_many(&c, 20).into_iter().collect();
+            let s: HashSet<String> = get_many(&c, 20, "v1").into_iter().collect();
             (s == HashSet::from([last.clone()])).then_some(s)
         });
     assert_eq!(served.len(), 1);
-    let served: HashSet<String> = get_many(&c, 200).into_iter().collect();
+    let served: HashSet<String> = get_many(&c, 200, "v1").into_iter().collect();
     assert_eq!(served, HashSet::from([last]));
 }
 
 #[test]
 fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     let c = Cluster::start(2);
-    let file = c.service_file("web.toml", &web_service(&c, 4));
+    let file = c.service_file("web.toml", &web_service(&c, 4, "v1"));
     c.rctl_ok(&[
         "apply",
         "-f",
@@ -153,7 +154,7 @@ fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     .expect("kill agent");
     // Containers are not children of the agent: traffic keeps flowing while it is gone.
     wait_for_lb(&c);
-    get_many(&c, 50);
+    get_many(&c, 50, "v1");
 
     c.cluster(&["start-agent", "h1"]);
     assert_ne!(c.agent_pid("h1"), pid, "a new agent runs");
@@ -173,7 +174,7 @@ fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
         .collect();
     assert_eq!(after, before, "same tasks, no duplicates: {tasks:#?}");
     assert_eq!(running(&tasks).len(), 4, "{tasks:#?}");
-    let served: HashSet<String> = get_many(&c, 100).into_iter().collect();
+    let served: HashSet<String> = get_many(&c, 100, "v1").into_iter().collect();
     assert_eq!(served.len(), 4, "every replica still serves, h1's included");
     c.rctl_ok(&["scale", "web=4", "--wait", "--timeout", "30s"]);
 }
@@ -233,7 +234,7 @@ fn a_failing_http_health_check_keeps_the_task_out_of_the_lb() {
     assert_eq!(up.len(), 1, "{tasks:#?}");
     assert_eq!(up[0]["health"], "healthy", "{tasks:#?}");
     wait_for_lb(&c);
-    get_many(&c, 20);
+    get_many(&c, 20, "v1");
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -260,7 +261,7 @@ fn assert_bad_input(o: std::process::Output, needle: &str) {
 #[test]
 fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
     let c = Cluster::start(1);
-    let file = c.service_file("web.toml", &web_service(&c, 1));
+    let file = c.service_file("web.toml", &web_service(&c, 1, "v1"));
     c.rctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let inspect = || -> Value {
         serde_json::from_str(&c.rctl_ok(&["service", "inspect", "web", "-o", "json"])).unwrap()
@@ -353,4 +354,75 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(state.to_str().unwrap()), "mounts left");
     assert!(!state.exists(), "state dir left");
+}
+
+#[test]
+fn applying_a_new_image_replaces_every_task_in_its_slot() {
+    let c = Cluster::start(2);
+    let file = c.service_file("web.toml", &web_service(&c, 3, "v1"));
+    c.rctl_ok(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    let names = |tasks: &[Value]| -> BTreeSet<String> {
+        tasks
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = c.ps(&[]);
+    assert_eq!(
+        names(&before),
+        BTreeSet::from(["web.1".into(), "web.2".into(), "web.3".into()])
+    );
+
+    let file = c.service_file("web.toml", &web_service(&c, 3, "v2"));
+    let out = c.rctl_ok(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(out.contains("service web updated (revision 2)"), "{out}");
+    let after = c.ps(&[]);
+    assert_eq!(running(&after).len(), 3, "{after:#?}");
+    assert_eq!(
+        names(&after),
+        names(&before),
+        "replacements keep their slots"
+    );
+    for t in &after {
+        assert_eq!(t["revision"], 2, "{t}");
+        assert!(
+            t["image"]
+                .as_str()
+                .unwrap()
+                .ends_with("/rctl/testserver:v2"),
+            "{t}"
+        );
+    }
+    // The old tasks are history now, and rctl-lb no longer sends to them.
+    let retired: Vec<Value> = c
+        .ps(&["-a"])
+        .into_iter()
+        .filter(|t| t["revision"] == 1)
+        .collect();
+    assert_eq!(retired.len(), 3, "{retired:#?}");
+    assert!(
+        retired.iter().all(|t| t["desired"] == "shutdown"),
+        "{retired:#?}"
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve only v2", || {
+        (0..10)
+            .all(|_| http_get(addr, "/").is_ok_and(|r| r.body.starts_with("version=v2 ")))
+            .then_some(())
+    });
+    get_many(&c, 100, "v2");
 }
