@@ -110,6 +110,10 @@ impl Network {
             full.extend(args);
             run("nsenter", &full).await?;
         }
+        // The address may have belonged to a container removed moments ago: a neighbour
+        // entry still pointing at that container's MAC would black-hole traffic to the new
+        // one until it expires (tens of seconds).
+        run("ip", &["neigh", "flush", "to", &ip.to_string()]).await?;
         Ok(())
     }
 
