@@ -171,6 +171,12 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `rctl apply -f FILE --wait` (90 s at most), asserting exit 0; returns stdout.
+    pub fn apply_and_wait(&self, file: &Path) -> String {
+        let file = file.to_str().expect("utf-8 path");
+        self.rctl_ok(&["apply", "-f", file, "--wait", "--timeout", "90s"])
+    }
+
     /// `rctl ps -o json [extra]` parsed.
     pub fn ps(&self, extra: &[&str]) -> Vec<serde_json::Value> {
         let mut args = vec!["ps", "-o", "json"];

@@ -61,14 +61,7 @@ fn wait_for_lb(c: &Cluster) {
 fn scale_across_two_hosts_through_the_lb() {
     let c = Cluster::start(2);
     let file = c.service_file("web.toml", &web_service(&c, 2, "v1"));
-    c.rctl_ok(&[
-        "apply",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "90s",
-    ]);
+    c.apply_and_wait(&file);
     assert_eq!(running(&c.ps(&[])).len(), 2);
 
     c.rctl_ok(&["scale", "web=5", "--wait", "--timeout", "90s"]);
@@ -131,14 +124,7 @@ fn scale_across_two_hosts_through_the_lb() {
 fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     let c = Cluster::start(2);
     let file = c.service_file("web.toml", &web_service(&c, 4, "v1"));
-    c.rctl_ok(&[
-        "apply",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "90s",
-    ]);
+    c.apply_and_wait(&file);
     let before: BTreeSet<String> = c
         .ps(&[])
         .iter()
@@ -360,14 +346,7 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
 fn applying_a_new_image_replaces_every_task_in_its_slot() {
     let c = Cluster::start(2);
     let file = c.service_file("web.toml", &web_service(&c, 3, "v1"));
-    c.rctl_ok(&[
-        "apply",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "90s",
-    ]);
+    c.apply_and_wait(&file);
     let names = |tasks: &[Value]| -> BTreeSet<String> {
         tasks
             .iter()
@@ -381,14 +360,7 @@ fn applying_a_new_image_replaces_every_task_in_its_slot() {
     );
 
     let file = c.service_file("web.toml", &web_service(&c, 3, "v2"));
-    let out = c.rctl_ok(&[
-        "apply",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "90s",
-    ]);
+    let out = c.apply_and_wait(&file);
     assert!(out.contains("service web updated (revision 2)"), "{out}");
     let after = c.ps(&[]);
     assert_eq!(running(&after).len(), 3, "{after:#?}");
