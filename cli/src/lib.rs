@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 use crate::client::Conn;
 use crate::error::CliError;
@@ -106,9 +107,24 @@ pub enum ServiceCommand {
     },
 }
 
+impl Command {
+    /// The command's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Apply { .. } => "apply",
+            Command::Scale { .. } => "scale",
+            Command::Ps { .. } => "ps",
+            Command::Nodes { .. } => "nodes",
+            Command::Service { .. } => "service",
+        }
+    }
+}
+
 /// Runs one parsed command line; prints errors as one line and returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
-    match dispatch(cli).await {
+    // The root span of the command's distributed trace (when OTLP export is on).
+    let span = tracing::info_span!("rctl", command = cli.command.name());
+    match dispatch(cli).instrument(span).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");

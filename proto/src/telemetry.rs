@@ -7,7 +7,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -55,12 +55,15 @@ pub fn init(service: &'static str, default_filter: &str) -> TelemetryGuard {
             }
         }
     });
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    // Spans go to the collector at info whatever RUST_LOG says for stderr, so a quiet CLI
+    // still contributes its root span to the distributed trace.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(EnvFilter::new("info"))
+    });
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .init();
     TelemetryGuard { provider }
@@ -111,4 +114,30 @@ pub fn accept<T>(req: &tonic::Request<T>, span: &tracing::Span) {
         p.extract(&MetadataExtractor(req.metadata()))
     });
     let _ = span.set_parent(cx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+
+    #[test]
+    fn trace_context_crosses_a_grpc_call() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        tracing::subscriber::with_default(subscriber, || {
+            let client = tracing::info_span!("client");
+            let req = client.in_scope(|| propagate(tonic::Request::new(())).unwrap());
+            let trace_id = client.context().span().span_context().trace_id();
+            let header = req.metadata().get("traceparent").expect("traceparent sent");
+            assert!(header.to_str().unwrap().contains(&trace_id.to_string()));
+
+            // A root span on the server side joins the caller's trace once accepted.
+            let server = tracing::info_span!(parent: None, "server");
+            accept(&req, &server);
+            assert_eq!(server.context().span().span_context().trace_id(), trace_id);
+        });
+    }
 }

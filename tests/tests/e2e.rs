@@ -118,6 +118,29 @@ fn scale_across_two_hosts_through_the_lb() {
     assert_eq!(served.len(), 1);
     let served: HashSet<String> = get_many(&c, 200, "v1").into_iter().collect();
     assert_eq!(served, HashSet::from([last]));
+
+    let ls: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["service", "ls", "-o", "json"])).unwrap();
+    assert_eq!(ls.len(), 1, "{ls:#?}");
+    assert_eq!(
+        (
+            ls[0]["name"].as_str(),
+            ls[0]["replicas"].as_u64(),
+            ls[0]["running"].as_u64()
+        ),
+        (Some("web"), Some(1), Some(1))
+    );
+
+    // Removing the service stops its tasks and closes its listener on rctl-lb.
+    c.rctl_ok(&["service", "rm", "web"]);
+    assert_bad_input(c.rctl(&["service", "rm", "web"]), "\"web\" not found");
+    c.eventually(WAIT, "web's tasks to be gone", || {
+        c.ps(&["-a"]).is_empty().then_some(())
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to stop serving web", || {
+        http_get(addr, "/").is_err().then_some(())
+    });
 }
 
 #[test]
