@@ -421,3 +421,68 @@ fn applying_a_new_image_replaces_every_task_in_its_slot() {
     });
     get_many(&c, 100, "v2");
 }
+
+#[test]
+fn a_lost_host_is_replaced_elsewhere_and_comes_back_without_duplicates() {
+    let c = Cluster::start(3);
+    let file = c.service_file("web.toml", &web_service(&c, 6, "v1"));
+    c.apply_and_wait(&file);
+    let on = |tasks: &[Value], node: &str| -> BTreeSet<String> {
+        tasks
+            .iter()
+            .filter(|t| t["node"] == node)
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let lost = on(&c.ps(&[]), "h2");
+    assert_eq!(lost.len(), 2, "spread puts two of six on each host");
+    let lost_hosts: HashSet<String> = lost.iter().map(|id| id[..12].to_string()).collect();
+
+    c.cluster(&["kill-host", "h2"]);
+    // Once h2's lease expires its tasks are replaced on h1 and h3.
+    let tasks = c.eventually(WAIT, "six running tasks on the surviving hosts", || {
+        let tasks = c.ps(&[]);
+        (running(&tasks).len() == 6 && on(&tasks, "h2").is_empty()).then_some(tasks)
+    });
+    assert!(tasks
+        .iter()
+        .all(|t| !lost.contains(t["id"].as_str().unwrap())));
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    assert!(nodes.iter().all(|n| n["name"] != "h2"), "{nodes:#?}");
+    // rctl-lb no longer sends to h2.
+    wait_for_lb(&c);
+    let served: HashSet<String> = get_many(&c, 100, "v1").into_iter().collect();
+    assert!(
+        served.is_disjoint(&lost_hosts),
+        "served by lost containers: {served:?}"
+    );
+    assert_eq!(served.len(), 6);
+
+    // h2 comes back on the same disk: its old containers must not come back with it.
+    c.cluster(&["restore-host", "h2"]);
+    c.eventually(WAIT, "h2 to be ready again", || {
+        let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).ok()?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == "h2" && n["state"] == "ready")
+            .then_some(())
+    });
+    let before: BTreeSet<String> = tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    for _ in 0..10 {
+        let now = c.ps(&[]);
+        let ids: BTreeSet<String> = now
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, before, "no task added, moved or duplicated: {now:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let served: HashSet<String> = get_many(&c, 100, "v1").into_iter().collect();
+    assert!(
+        served.is_disjoint(&lost_hosts),
+        "a lost container came back: {served:?}"
+    );
+}
