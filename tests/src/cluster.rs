@@ -63,6 +63,8 @@ pub struct Cluster {
     pub port_base: u16,
     pub state: PathBuf,
     bin: PathBuf,
+    /// Set once `down` has run, so drop does not run it again.
+    torn_down: bool,
     _slot: Slot,
 }
 
@@ -79,6 +81,7 @@ impl Cluster {
             port_base: 30000 + 20 * n as u16,
             state: PathBuf::from(format!("/var/tmp/rctl-tests/rt{n}")),
             bin: bin_dir(),
+            torn_down: false,
             _slot: slot,
         };
         // A previous run killed hard may have left this slot's resources behind.
@@ -234,8 +237,52 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Tears the cluster down and asserts it left no namespace, link, mount, cgroup or
+    /// state behind.
+    pub fn down_leaving_nothing(mut self) {
+        let out = self.script(&["down"]);
+        self.torn_down = true;
+        assert!(
+            out.status.success(),
+            "cluster down failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = |cmd: &str, args: &[&str]| {
+            let out = Command::new(cmd).args(args).output().expect("run");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let prefix = format!("{}-", self.name);
+        let netns = run("ip", &["netns", "list"]);
+        assert!(
+            !netns.lines().any(|l| l.starts_with(&prefix)),
+            "namespaces left: {netns}"
+        );
+        let links = run("ip", &["-o", "link"]);
+        assert!(!links.contains(&prefix), "links left: {links}");
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("read mounts");
+        assert!(
+            !mounts.contains(self.state.to_str().expect("utf-8")),
+            "mounts left"
+        );
+        assert!(!self.state.exists(), "state dir left");
+        let cgroups = run(
+            "sh",
+            &[
+                "-c",
+                &format!("ls -d /sys/fs/cgroup/*/rctl-local/{prefix}* 2>/dev/null"),
+            ],
+        );
+        assert!(cgroups.trim().is_empty(), "cgroups left: {cgroups}");
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
         let out = self.script(&["down"]);
         if !out.status.success() {
             eprintln!(

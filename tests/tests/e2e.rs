@@ -335,34 +335,7 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
         stderr(&timed_out)
     );
 
-    // Teardown leaves nothing behind.
-    let name = c.name.clone();
-    let state = c.state.clone();
-    drop(c);
-    let netns = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    assert!(
-        !netns.lines().any(|l| l.starts_with(&format!("{name}-"))),
-        "namespaces left: {netns}"
-    );
-    let links = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    assert!(!links.contains(&format!("{name}-")), "links left: {links}");
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounts.contains(state.to_str().unwrap()), "mounts left");
-    assert!(!state.exists(), "state dir left");
+    c.down_leaving_nothing();
 }
 
 #[test]
@@ -485,4 +458,8 @@ fn a_lost_host_is_replaced_elsewhere_and_comes_back_without_duplicates() {
         served.is_disjoint(&lost_hosts),
         "a lost container came back: {served:?}"
     );
+
+    // A cluster with a host still powered off tears down cleanly too.
+    c.cluster(&["kill-host", "h3"]);
+    c.down_leaving_nothing();
 }
