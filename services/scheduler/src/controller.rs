@@ -1,39 +1,90 @@
 //! The reconcile loop: read everything, decide with [`reconcile`], write the decisions to
 //! etcd (guarded), then tell agents. Woken by any etcd change under `/rctl/v1/` and by a
 //! periodic tick, so it is level-triggered: a missed event only delays the next pass.
+//!
+//! Only the elected leader ([`crate::leader`]) runs passes. A term ends, and the pass in
+//! flight is dropped at once, when the lease is lost or a fenced write is refused; the
+//! replica then campaigns again. On shutdown the leader resigns so a follower takes over.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use etcd_client::LeaderKey;
 use futures::StreamExt;
 use rctl_api::pb::{DesiredState, Task};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::Agents;
+use crate::leader::{Election, Term};
 use crate::reconcile::{reconcile, Action, Snapshot};
 use crate::store::{Loaded, Store, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
 
-pub async fn run(store: Store, agents: Agents, shutdown: CancellationToken) {
+/// Why a term ended.
+enum TermEnd {
+    Shutdown,
+    Lost(&'static str),
+}
+
+/// Campaigns, reconciles while leading, and campaigns again after losing, until `shutdown`.
+pub async fn run(store: Store, agents: Agents, election: Election, shutdown: CancellationToken) {
     let wake = Arc::new(Notify::new());
     tokio::spawn(watch(store.clone(), wake.clone(), shutdown.clone()));
+    let node = election.value().to_string();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        if let Err(e) = pass(&store, &agents).await {
-            tracing::warn!(error = %e, "reconcile pass failed; retrying");
+        let Some(term) = election.campaign(&shutdown).await else {
+            return;
+        };
+        tracing::info!(node = %node, rev = term.key().rev(), "became leader");
+        let end = lead(&store, &agents, &term, &wake, &shutdown).await;
+        term.resign().await;
+        match end {
+            TermEnd::Shutdown => {
+                tracing::info!(node = %node, "resigned leadership on shutdown");
+                return;
+            }
+            TermEnd::Lost(why) => tracing::warn!(node = %node, reason = why, "lost leadership"),
         }
     }
 }
 
-/// One read → decide → act pass. Returns once etcd writes are done (RPCs run on).
-pub async fn pass(store: &Store, agents: &Agents) -> Result<(), StoreError> {
+/// Runs passes for one term; a pass in flight is dropped the moment the term ends.
+async fn lead(
+    store: &Store,
+    agents: &Agents,
+    term: &Term,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+) -> TermEnd {
+    let lost = term.lost();
+    loop {
+        let res = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return TermEnd::Shutdown,
+            _ = lost.cancelled() => return TermEnd::Lost("lease lost"),
+            r = pass(store, agents, term.key()) => r,
+        };
+        match res {
+            Ok(()) => {}
+            Err(StoreError::NotLeader(_)) => return TermEnd::Lost("fenced write refused"),
+            Err(e) => tracing::warn!(error = %e, "reconcile pass failed; retrying"),
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return TermEnd::Shutdown,
+            _ = lost.cancelled() => return TermEnd::Lost("lease lost"),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// One read → decide → act pass, every write fenced by `leader`. Returns once etcd writes
+/// are done (RPCs run on); [`StoreError::NotLeader`] ends the pass early.
+pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<(), StoreError> {
     let loaded = store.load().await?;
     let snap = Snapshot {
         services: &loaded.services,
@@ -52,9 +103,11 @@ pub async fn pass(store: &Store, agents: &Agents) -> Result<(), StoreError> {
         .map(|n| (n.name.as_str(), n.address.as_str()))
         .collect();
     for action in plan.actions {
-        if let Err(e) = apply(store, agents, &loaded, &addr, action).await {
+        match apply(store, agents, leader, &loaded, &addr, action).await {
+            Ok(()) => {}
+            Err(e @ StoreError::NotLeader(_)) => return Err(e),
             // A conflict means our view is stale; the next pass sees the new state.
-            tracing::debug!(error = %e, "action skipped");
+            Err(e) => tracing::debug!(error = %e, "action skipped"),
         }
     }
     agents.retain(|id| loaded.tasks.iter().any(|t| t.id == id));
@@ -64,6 +117,7 @@ pub async fn pass(store: &Store, agents: &Agents) -> Result<(), StoreError> {
 async fn apply(
     store: &Store,
     agents: &Agents,
+    leader: &LeaderKey,
     loaded: &Loaded,
     addr: &HashMap<&str, &str>,
     action: Action,
@@ -96,6 +150,7 @@ async fn apply(
             };
             store
                 .create_task(
+                    leader,
                     &task,
                     loaded.mod_revision(&rctl_api::keys::service(&service)),
                 )
@@ -108,14 +163,14 @@ async fn apply(
         Action::Retire { mut task, reason } => {
             let rev = loaded.mod_revision(&rctl_api::keys::task(&task.service, &task.id));
             task.set_desired_state(DesiredState::Shutdown);
-            store.update_task(&task, rev).await?;
+            store.update_task(leader, &task, rev).await?;
             tracing::info!(service = %task.service, task = %task.id, reason, "retired");
             if let Some(a) = addr.get(task.node.as_str()) {
                 agents.stop(a, &task, true);
             }
         }
         Action::Delete { task, reason } => {
-            store.delete_task(&task).await?;
+            store.delete_task(leader, &task).await?;
             tracing::info!(service = %task.service, task = %task.id, reason, "deleted");
         }
         Action::EnsureRunning { task } => {

@@ -25,6 +25,8 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
+            // API writes are not fenced; this only appears if that ever changes.
+            ApiError::Store(StoreError::NotLeader(_)) => Status::unavailable(e.to_string()),
             ApiError::Store(StoreError::Etcd { .. }) => {
                 tracing::error!(error = %e, "store unavailable");
                 Status::unavailable(format!("{e} (is etcd up?)"))

@@ -7,6 +7,7 @@
 //! - [`spec`]: validation of service specs and revisions.
 //! - [`store`]: etcd reads and guarded writes.
 //! - [`reconcile`] and [`placement`]: pure decisions.
+//! - [`leader`]: election among replicas; only the leader runs the controller.
 //! - [`controller`]: the loop that reads, decides and acts.
 //! - [`agents`]: the gRPC edge towards agents.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod agents;
 pub mod api;
 pub mod controller;
 pub mod grpc;
+pub mod leader;
 pub mod placement;
 pub mod reconcile;
 pub mod spec;
@@ -42,9 +44,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let tasks = TaskTracker::new();
     let passes = Arc::new(AtomicU64::new(0));
 
+    let election = leader::Election::connect(&cfg.etcd, leader::default_node_id()).await?;
     tasks.spawn(controller::run(
         store.clone(),
         agents,
+        election,
         shutdown.child_token(),
     ));
     if let Some(addr) = cfg.metrics_addr {

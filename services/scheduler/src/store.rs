@@ -1,10 +1,13 @@
 //! etcd access for the scheduler: one consistent read of everything, and the guarded writes
 //! that claim or change work. Every write that depends on what was read compares the key's
-//! mod revision, so a stale view (or, later, a deposed leader) cannot clobber newer state.
+//! mod revision, so a stale view cannot clobber newer state; every controller write is also
+//! fenced by the leader key (see [`crate::leader`]), so a deposed leader cannot place anything.
 
 use std::collections::HashMap;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, LeaderKey, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use rctl_api::codec::{decode, encode};
 use rctl_api::keys;
 use rctl_api::pb::{Node, Service, Task, TaskStatus};
@@ -19,6 +22,9 @@ pub enum StoreError {
     },
     #[error("{0} changed concurrently; retry")]
     Conflict(String),
+    /// The leader key a controller write was fenced with is gone: leadership moved.
+    #[error("not the leader any more (fenced write to {0} refused)")]
+    NotLeader(String),
 }
 
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
@@ -160,8 +166,14 @@ impl Store {
         Ok(resp.deleted() > 0)
     }
 
-    /// Creates `task` if its service is still at `service_mod_rev` and the task key is new.
-    pub async fn create_task(&self, task: &Task, service_mod_rev: i64) -> Result<(), StoreError> {
+    /// Creates `task` if its service is still at `service_mod_rev`, the task key is new and
+    /// `leader` still holds the election.
+    pub async fn create_task(
+        &self,
+        leader: &LeaderKey,
+        task: &Task,
+        service_mod_rev: i64,
+    ) -> Result<(), StoreError> {
         let skey = keys::service(&task.service);
         let tkey = keys::task(&task.service, &task.id);
         let txn = Txn::new()
@@ -170,11 +182,16 @@ impl Store {
                 Compare::create_revision(tkey.as_str(), CompareOp::Equal, 0),
             ])
             .and_then([TxnOp::put(tkey.as_str(), encode(task), None)]);
-        self.commit(txn, "create task", &tkey).await
+        self.commit_fenced(leader, txn, "create task", &tkey).await
     }
 
-    /// Rewrites `task` if it is still at `expect_mod_rev`.
-    pub async fn update_task(&self, task: &Task, expect_mod_rev: i64) -> Result<(), StoreError> {
+    /// Rewrites `task` if it is still at `expect_mod_rev` and `leader` still holds the election.
+    pub async fn update_task(
+        &self,
+        leader: &LeaderKey,
+        task: &Task,
+        expect_mod_rev: i64,
+    ) -> Result<(), StoreError> {
         let key = keys::task(&task.service, &task.id);
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -183,21 +200,17 @@ impl Store {
                 expect_mod_rev,
             )])
             .and_then([TxnOp::put(key.as_str(), encode(task), None)]);
-        self.commit(txn, "update task", &key).await
+        self.commit_fenced(leader, txn, "update task", &key).await
     }
 
-    /// Removes a task and its last status, together.
-    pub async fn delete_task(&self, task: &Task) -> Result<(), StoreError> {
+    /// Removes a task and its last status, together, if `leader` still holds the election.
+    pub async fn delete_task(&self, leader: &LeaderKey, task: &Task) -> Result<(), StoreError> {
+        let key = keys::task(&task.service, &task.id);
         let txn = Txn::new().and_then([
-            TxnOp::delete(keys::task(&task.service, &task.id), None),
+            TxnOp::delete(key.as_str(), None),
             TxnOp::delete(keys::status(&task.node, &task.id), None),
         ]);
-        self.client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(etcd("delete task"))?;
-        Ok(())
+        self.commit_fenced(leader, txn, "delete task", &key).await
     }
 
     async fn commit(&self, txn: Txn, op: &'static str, what: &str) -> Result<(), StoreError> {
@@ -206,6 +219,38 @@ impl Store {
             Ok(())
         } else {
             Err(StoreError::Conflict(what.to_string()))
+        }
+    }
+
+    /// Runs `txn` nested inside a transaction that first checks the leader key still exists
+    /// at the revision it was created with. The nesting tells a lost election
+    /// ([`StoreError::NotLeader`]) apart from an ordinary conflict in one round trip.
+    async fn commit_fenced(
+        &self,
+        leader: &LeaderKey,
+        txn: Txn,
+        op: &'static str,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let fenced = Txn::new()
+            .when([Compare::create_revision(
+                leader.key(),
+                CompareOp::Equal,
+                leader.rev(),
+            )])
+            .and_then([TxnOp::txn(txn)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(fenced)
+            .await
+            .map_err(etcd(op))?;
+        if !resp.succeeded() {
+            return Err(StoreError::NotLeader(what.to_string()));
+        }
+        match resp.op_responses().first() {
+            Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => Ok(()),
+            _ => Err(StoreError::Conflict(what.to_string())),
         }
     }
 
