@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     pub lease_ttl: u64,
     pub labels: HashMap<String, String>,
+    /// Where to serve Prometheus `/metrics`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,22 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         .await?;
 
     let tracker = TaskTracker::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let containers = cfg.root.join("containers");
+        let node = cfg.node_name.clone();
+        let token = shutdown.child_token();
+        tracker.spawn(async move {
+            let render = move || {
+                let n = std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0);
+                format!(
+                    "# TYPE rctl_agent_up gauge\nrctl_agent_up{{node=\"{node}\"}} 1\n# TYPE rctl_agent_containers gauge\nrctl_agent_containers{{node=\"{node}\"}} {n}\n"
+                )
+            };
+            if let Err(e) = rctl_api::metrics::serve(addr, render, token.cancelled_owned()).await {
+                warn!(error = %e, %addr, "metrics endpoint failed");
+            }
+        });
+    }
     tracker.spawn(
         store
             .clone()

@@ -42,6 +42,9 @@ struct Args {
     /// Node labels, k=v (repeatable or comma-separated).
     #[arg(long = "labels", value_delimiter = ',')]
     labels: Vec<String>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         insecure_registries: args.insecure_registry,
         lease_ttl: args.lease_ttl,
         labels,
+        metrics_addr: args.metrics_addr,
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let _telemetry = rctl_api::telemetry::init("rctl-agent", "info");

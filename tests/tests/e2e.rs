@@ -119,6 +119,23 @@ fn scale_across_two_hosts_through_the_lb() {
     let served: HashSet<String> = get_many(&c, 200, "v1").into_iter().collect();
     assert_eq!(served, HashSet::from([last]));
 
+    // Every component serves Prometheus metrics.
+    for addr in [
+        format!("127.0.0.1:{}", c.port_base + 4),
+        format!("127.0.0.1:{}", c.port_base + 5),
+        format!("198.18.{}.11:9100", c.net),
+    ] {
+        let r = http_get(addr.parse().unwrap(), "/metrics").expect("metrics endpoint");
+        assert_eq!(r.status, 200, "{addr}");
+        assert!(r.body.contains("# TYPE rctl_"), "{addr}: {}", r.body);
+    }
+    let lb = http_get(
+        format!("127.0.0.1:{}", c.port_base + 5).parse().unwrap(),
+        "/metrics",
+    )
+    .unwrap();
+    assert!(lb.body.contains("service=\"web\""), "{}", lb.body);
+
     let ls: Vec<Value> =
         serde_json::from_str(&c.rctl_ok(&["service", "ls", "-o", "json"])).unwrap();
     assert_eq!(ls.len(), 1, "{ls:#?}");
