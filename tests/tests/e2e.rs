@@ -480,3 +480,103 @@ fn a_lost_host_is_replaced_elsewhere_and_comes_back_without_duplicates() {
     c.cluster(&["kill-host", "h3"]);
     c.down_leaving_nothing();
 }
+
+/// Writes raw bytes to `addr` and closes: every server must shrug this off.
+fn send_garbage(addr: &str, bytes: &[u8]) {
+    use std::io::Write;
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = s.write_all(bytes);
+}
+
+/// Puts a raw value into etcd through its JSON gateway (etcd 3.4: /v3/kv/put).
+fn etcd_put_raw(c: &Cluster, key: &str, value: &[u8]) {
+    use std::io::{Read, Write};
+    let b64 = |b: &[u8]| {
+        let out = std::process::Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut ch| {
+                ch.stdin.take().unwrap().write_all(b)?;
+                let mut s = String::new();
+                ch.stdout.take().unwrap().read_to_string(&mut s)?;
+                ch.wait()?;
+                Ok(s)
+            })
+            .expect("base64");
+        out.trim().to_string()
+    };
+    let body = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        b64(key.as_bytes()),
+        b64(value)
+    );
+    let etcd = format!("198.18.{}.1:{}", c.net, c.port_base + 1);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            &format!("http://{etcd}/v3/kv/put"),
+            "-d",
+            &body,
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "etcd put {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn garbage_on_the_wire_and_in_etcd_breaks_no_server() {
+    let c = Cluster::start(1);
+    let file = c.service_file("web.toml", &web_service(&c, 1, "v1"));
+    c.apply_and_wait(&file);
+
+    // Truncated HTTP/2 and gRPC frames, and plain noise, at every listening server.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut truncated_grpc = preface.to_vec();
+    truncated_grpc.extend_from_slice(&[0, 0, 0x40, 0x01, 0x04, 0, 0, 0, 1, 0x83]);
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let targets = [
+        c.addr().trim_start_matches("http://").to_string(),
+        format!("198.18.{}.11:7700", c.net),
+        format!("127.0.0.1:{}", c.service_port(0)),
+        format!("127.0.0.1:{}", c.port_base + 4),
+        format!("127.0.0.1:{}", c.port_base + 5),
+    ];
+    for t in &targets {
+        send_garbage(t, &preface[..10]);
+        send_garbage(t, &truncated_grpc);
+        send_garbage(t, &noise);
+    }
+
+    // Values that do not decode, under every prefix the components read.
+    for key in [
+        "services/junk",
+        "tasks/web/junk",
+        "status/h1/junk",
+        "endpoints/web/junk",
+        "nodes/junk",
+    ] {
+        etcd_put_raw(&c, &format!("/rctl/v1/{key}"), &noise[..64]);
+    }
+
+    // Everything still works: reads, a scale through the reconciler and agent, traffic.
+    let ls: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["service", "ls", "-o", "json"])).unwrap();
+    assert!(ls.iter().any(|s| s["name"] == "web"), "{ls:#?}");
+    c.rctl_ok(&["scale", "web=2", "--wait", "--timeout", "90s"]);
+    assert_eq!(running(&c.ps(&[])).len(), 2);
+    wait_for_lb(&c);
+    let served: HashSet<String> = get_many(&c, 50, "v1").into_iter().collect();
+    assert_eq!(served.len(), 2);
+}
