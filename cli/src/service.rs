@@ -19,6 +19,9 @@ struct ServiceJson {
     command: Vec<String>,
     env: BTreeMap<String, String>,
     port: Option<PortJson>,
+    /// Why fewer tasks than desired are placed, e.g. "2 tasks: 0/3 nodes: 2 insufficient
+    /// memory, 1 constraint not met"; "" when all are placed.
+    unplaced: String,
     created: String,
     updated: String,
 }
@@ -30,7 +33,7 @@ struct PortJson {
     listen: String,
 }
 
-fn service_json(s: &pb::Service, running: u32) -> ServiceJson {
+fn service_json(s: &pb::Service, running: u32, unplaced: &str) -> ServiceJson {
     let spec = s.spec.clone().unwrap_or_default();
     ServiceJson {
         name: spec.name,
@@ -45,6 +48,7 @@ fn service_json(s: &pb::Service, running: u32) -> ServiceJson {
             protocol: p.protocol,
             listen: p.listen,
         }),
+        unplaced: unplaced.to_string(),
         created: rfc3339(s.created_unix_ms),
         updated: rfc3339(s.updated_unix_ms),
     }
@@ -60,7 +64,13 @@ pub async fn ls(conn: &mut Conn, format: Format) -> Result<(), CliError> {
         .services;
     let rows: Vec<ServiceJson> = list
         .iter()
-        .map(|s| service_json(s.service.as_ref().unwrap_or(&Default::default()), s.running))
+        .map(|s| {
+            service_json(
+                s.service.as_ref().unwrap_or(&Default::default()),
+                s.running,
+                &s.unplaced,
+            )
+        })
         .collect();
     match format {
         Format::Json => print_json(&rows),
@@ -106,6 +116,7 @@ pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
     let svc = service_json(
         resp.service.as_ref().unwrap_or(&Default::default()),
         progress.ready,
+        &resp.unplaced,
     );
     match format {
         Format::Json => print_json(&InspectJson {
@@ -119,6 +130,9 @@ pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
                 "Replicas:  {} desired, {} running",
                 svc.replicas, svc.running
             );
+            if !svc.unplaced.is_empty() {
+                println!("Unplaced:  {}", svc.unplaced);
+            }
             println!("Revision:  {}", svc.revision);
             if !svc.command.is_empty() {
                 println!("Command:   {}", svc.command.join(" "));

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rctl_api::pb;
+use rctl_api::placement::{validate_spread, Constraint};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,7 +82,7 @@ pub struct Resources {
     pub pids: Option<u64>,
 }
 
-/// Parsed and checked now; acted upon by the scheduler's placement work (issue 6).
+/// Where tasks may go (`KEY == VALUE` / `KEY != VALUE` constraints) and how they spread.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
@@ -240,6 +241,20 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         }
         None => None,
     };
+    let placement = match f.placement {
+        Some(p) => {
+            for c in &p.constraints {
+                Constraint::parse(c).map_err(|e| format!("key `placement.constraints`: {e}"))?;
+            }
+            let spread = p.spread.unwrap_or_default();
+            validate_spread(&spread).map_err(|e| format!("key `placement.spread`: {e}"))?;
+            Some(pb::Placement {
+                spread,
+                constraints: p.constraints,
+            })
+        }
+        None => None,
+    };
     if let Some(u) = &f.update {
         duration_ms("update.drain", u.drain.as_deref())?;
     }
@@ -260,6 +275,7 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         port,
         health,
         resources,
+        placement,
     })
 }
 
@@ -361,6 +377,20 @@ memory = "128Mi"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("web.toml:3: key `replicas`"), "{e}");
+    }
+
+    #[test]
+    fn placement_is_carried_and_checked() {
+        let src = "name = \"web\"\nimage = \"x\"\n\n[placement]\nspread = \"zone\"\nconstraints = [\"role == web\", \"node.name != h2\"]\n";
+        let p = parse("web.toml", src).unwrap().placement.unwrap();
+        assert_eq!(p.spread, "zone");
+        assert_eq!(p.constraints, vec!["role == web", "node.name != h2"]);
+        let bad = src.replace("role == web", "role = web");
+        let e = parse("web.toml", &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("web.toml: key `placement.constraints`: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Progress {
     pub other: u32,
     /// Messages of failed tasks of the current revision.
     pub failures: Vec<(String, String)>,
+    /// Why tasks wait for a node ("2 tasks: 0/3 nodes: ..."), "" when none does.
+    pub unplaced: String,
 }
 
 impl Progress {
@@ -36,6 +38,7 @@ pub fn progress(resp: &rctl_api::pb::InspectServiceResponse) -> Progress {
         desired,
         other: 0,
         failures: vec![],
+        unplaced: resp.unplaced.clone(),
     };
     for v in &resp.tasks {
         let Some(t) = &v.task else { continue };
@@ -66,6 +69,18 @@ pub fn progress(resp: &rctl_api::pb::InspectServiceResponse) -> Progress {
     p
 }
 
+/// "web: 1/3 running, 1 changing (unplaced: 2 tasks: 0/3 nodes: 3 insufficient memory)".
+pub fn progress_line(name: &str, p: &Progress) -> String {
+    let mut line = format!("{name}: {}/{} running", p.ready, p.desired);
+    if p.other > 0 {
+        line.push_str(&format!(", {} changing", p.other));
+    }
+    if !p.unplaced.is_empty() {
+        line.push_str(&format!(" (unplaced: {})", p.unplaced));
+    }
+    line
+}
+
 pub async fn services(
     conn: &mut Conn,
     names: &[String],
@@ -94,16 +109,7 @@ pub async fn services(
                 }
             }
             if last[i].as_ref() != Some(&p) {
-                let line = format!(
-                    "{name}: {}/{} running{}",
-                    p.ready,
-                    p.desired,
-                    if p.other > 0 {
-                        format!(", {} changing", p.other)
-                    } else {
-                        String::new()
-                    }
-                );
+                let line = progress_line(name, &p);
                 if tty {
                     eprint!("\r\x1b[2K{line}");
                     let _ = std::io::stderr().flush();
@@ -179,6 +185,7 @@ mod tests {
                 ..Default::default()
             }),
             tasks,
+            unplaced: String::new(),
         }
     }
 
@@ -211,6 +218,17 @@ mod tests {
         assert!(
             !progress(&resp(1, vec![ready(), ready()])).done(),
             "an extra ready task is still being retired"
+        );
+    }
+
+    #[test]
+    fn progress_lines_say_why_tasks_are_unplaced() {
+        let mut r = resp(3, vec![]);
+        assert_eq!(progress_line("web", &progress(&r)), "web: 0/3 running");
+        r.unplaced = "3 tasks: 0/2 nodes: 2 insufficient memory".into();
+        assert_eq!(
+            progress_line("web", &progress(&r)),
+            "web: 0/3 running (unplaced: 3 tasks: 0/2 nodes: 2 insufficient memory)"
         );
     }
 

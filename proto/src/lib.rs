@@ -7,12 +7,14 @@
 //! - [`telemetry`]: `tracing` set-up, OTLP export and trace context across gRPC.
 //! - [`clock`]: wall-clock timestamps as stored in etcd.
 //! - [`metrics`]: the tiny `/metrics` HTTP endpoint.
+//! - [`placement`]: the `[placement]` constraint and spread syntax.
 #![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod codec;
 pub mod keys;
 pub mod metrics;
+pub mod placement;
 pub mod signal;
 pub mod telemetry;
 

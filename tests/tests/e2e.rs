@@ -580,3 +580,56 @@ fn garbage_on_the_wire_and_in_etcd_breaks_no_server() {
     let served: HashSet<String> = get_many(&c, 50, "v1").into_iter().collect();
     assert_eq!(served.len(), 2);
 }
+
+#[test]
+fn a_task_that_fits_no_node_stays_unplaced_and_says_why() {
+    let c = Cluster::start(2);
+    let file = c.service_file(
+        "big.toml",
+        &format!(
+            "name = \"big\"\nimage = \"{}/rctl/testserver:v1\"\nreplicas = 2\n\n[resources]\nmemory = \"1000Gi\"\n",
+            c.registry()
+        ),
+    );
+    let out = c.rctl(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0/2 nodes: 2 insufficient memory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect: Value =
+        serde_json::from_str(&c.rctl_ok(&["service", "inspect", "big", "-o", "json"])).unwrap();
+    assert_eq!(
+        inspect["unplaced"], "2 tasks: 0/2 nodes: 2 insufficient memory",
+        "{inspect:#}"
+    );
+    assert!(c.ps(&["-a"]).is_empty(), "nothing was placed");
+
+    let file = c.service_file(
+        "picky.toml",
+        &format!(
+            "name = \"picky\"\nimage = \"{}/rctl/testserver:v1\"\n\n[placement]\nconstraints = [\"role == db\"]\n",
+            c.registry()
+        ),
+    );
+    c.rctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let inspect: Value =
+        serde_json::from_str(&c.rctl_ok(&["service", "inspect", "picky", "-o", "json"])).unwrap();
+    assert_eq!(
+        inspect["unplaced"], "1 task: 0/2 nodes: 2 constraint not met",
+        "{inspect:#}"
+    );
+}

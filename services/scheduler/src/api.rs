@@ -1,12 +1,15 @@
 //! The Scheduler gRPC API: validates requests, writes desired state to etcd, and reads
 //! views for the CLI. It never acts on agents itself: the controller does, on the next pass.
 
+use std::collections::HashMap;
+
 use rctl_api::pb::scheduler_server::Scheduler;
 use rctl_api::pb::*;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::grpc::ApiError;
+use crate::reconcile::{reconcile, Snapshot};
 use crate::spec::{changes_revision, validate, validate_replicas};
 use crate::store::{Loaded, Store, StoreError};
 
@@ -65,6 +68,22 @@ fn is_running(loaded: &Loaded, t: &Task) -> bool {
             .statuses
             .get(&t.id)
             .is_some_and(|s| s.state() == TaskState::Running)
+}
+
+/// Why each service has fewer tasks than it wants, by service name: the same pure
+/// reconcile the controller runs, on the same kind of snapshot, with its plan discarded.
+fn unplaced(loaded: &Loaded) -> HashMap<String, String> {
+    let plan = reconcile(&Snapshot {
+        services: &loaded.services,
+        tasks: &loaded.tasks,
+        statuses: &loaded.statuses,
+        nodes: &loaded.nodes,
+        now_ms: rctl_api::clock::now_unix_ms(),
+    });
+    plan.unplaced
+        .iter()
+        .map(|u| (u.service.clone(), u.describe()))
+        .collect()
 }
 
 impl Api {
@@ -149,6 +168,7 @@ impl Api {
 
     async fn list_services(&self) -> Result<ListServicesResponse, ApiError> {
         let loaded = self.store.load().await?;
+        let mut unplaced = unplaced(&loaded);
         let mut services: Vec<ServiceSummary> = loaded
             .services
             .iter()
@@ -166,6 +186,7 @@ impl Api {
                         .filter(|t| t.service == name && is_running(&loaded, t))
                         .count() as u32,
                     desired: s.spec.as_ref().map(|sp| sp.replicas).unwrap_or(0),
+                    unplaced: unplaced.remove(name).unwrap_or_default(),
                 }
             })
             .collect();
@@ -194,6 +215,7 @@ impl Api {
         Ok(InspectServiceResponse {
             service: Some(svc),
             tasks,
+            unplaced: unplaced(&loaded).remove(name).unwrap_or_default(),
         })
     }
 

@@ -95,7 +95,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
     };
     let plan = reconcile(&snap);
     for u in &plan.unplaced {
-        tracing::debug!(service = %u.service, missing = u.missing, reason = u.reason, "cannot place");
+        tracing::debug!(service = %u.service, missing = u.missing, reason = %u.reason, "cannot place");
     }
     let addr: HashMap<&str, &str> = loaded
         .nodes

@@ -1,67 +1,266 @@
 //! Placement: which node a new task goes to. Pure functions over plain data.
 //!
-//! Spread is the only strategy so far: the node with the fewest tasks of the same service
-//! wins, then the node with the fewest tasks overall, then the name (so the choice is
-//! deterministic and testable).
+//! As in Nomad's feasibility stack and the Kubernetes scheduler framework, a task first goes
+//! through [`FILTERS`], each of which rejects a node with a named reason; the feasible nodes
+//! are then scored by spread:
+//! - by node (default): the node with the fewest tasks of the same service wins, then the
+//!   node with the fewest tasks overall, then the name (deterministic and testable);
+//! - by a label (e.g. `zone`): first the label value whose nodes hold the fewest tasks of the
+//!   service, then the node-level order above.
+//!
+//! When no node fits, [`summary`] explains why, e.g. `0/3 nodes: 2 insufficient memory,
+//! 1 constraint not met`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use rctl_api::placement::{Constraint, SPREAD_NODE};
+
+/// Why nothing is placed when there is no node at all.
+pub const NO_NODES: &str = "no nodes available";
+
+pub const FILTER_NODE_STATE: &str = "node not ready";
+pub const FILTER_CONSTRAINT: &str = "constraint not met";
+pub const FILTER_CPU: &str = "insufficient cpu";
+pub const FILTER_MEMORY: &str = "insufficient memory";
+
+/// What a task asks of a node. CPUs in thousandths, so sums are exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask {
+    pub millicpus: u64,
+    pub memory_bytes: u64,
+}
+
+impl Ask {
+    /// From the spec's resources; no resources asks nothing.
+    pub fn of(r: Option<&rctl_api::pb::Resources>) -> Ask {
+        r.map(|r| Ask {
+            millicpus: millicpus(r.cpus),
+            memory_bytes: r.memory_bytes,
+        })
+        .unwrap_or_default()
+    }
+
+    fn add(&mut self, o: Ask) {
+        self.millicpus += o.millicpus;
+        self.memory_bytes += o.memory_bytes;
+    }
+}
+
+pub fn millicpus(cpus: f64) -> u64 {
+    if cpus.is_finite() && cpus > 0.0 {
+        (cpus * 1000.0).round() as u64
+    } else {
+        0
+    }
+}
 
 /// What placement knows of a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Candidate {
     pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Every node in a snapshot holds its lease, so this is true for now; the slot is kept
+    /// for draining/unhealthy nodes.
+    pub ready: bool,
+    pub capacity: Ask,
+    /// Sum of the asks of the active tasks on this node.
+    pub used: Ask,
     /// Active tasks of the service being placed on this node.
     pub service_tasks: u32,
     /// Active tasks of every service on this node.
     pub total_tasks: u32,
 }
 
-/// Picks the node for one more task, or `None` if there is no node at all.
-pub fn pick(candidates: &[Candidate]) -> Option<&Candidate> {
-    candidates.iter().min_by(|a, b| {
-        (a.service_tasks, a.total_tasks, &a.name).cmp(&(b.service_tasks, b.total_tasks, &b.name))
-    })
+/// What is being placed.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub ask: Ask,
+    /// Parsed constraints; `None` for one that does not parse (matches no node).
+    pub constraints: Vec<Option<Constraint>>,
+    /// "" or "node", or a label name.
+    pub spread: String,
 }
 
-/// Places `count` tasks one after the other, each choice seeing the previous ones,
-/// and returns the chosen node names in order.
-pub fn spread(candidates: &[Candidate], count: usize) -> Vec<String> {
-    let mut c = candidates.to_vec();
+impl Request {
+    pub fn of(spec: &rctl_api::pb::ServiceSpec) -> Request {
+        let p = spec.placement.clone().unwrap_or_default();
+        Request {
+            ask: Ask::of(spec.resources.as_ref()),
+            constraints: p
+                .constraints
+                .iter()
+                .map(|c| Constraint::parse(c).ok())
+                .collect(),
+            spread: p.spread,
+        }
+    }
+}
+
+/// A filter passes a node or names why not.
+pub type Filter = fn(&Candidate, &Request) -> Result<(), &'static str>;
+
+/// The filters, in order; a node is rejected with the reason of the first that fails.
+pub const FILTERS: &[Filter] = &[node_state, constraints, cpu, memory];
+
+pub fn node_state(c: &Candidate, _: &Request) -> Result<(), &'static str> {
+    if c.ready {
+        Ok(())
+    } else {
+        Err(FILTER_NODE_STATE)
+    }
+}
+
+pub fn constraints(c: &Candidate, r: &Request) -> Result<(), &'static str> {
+    let ok = r.constraints.iter().all(|k| {
+        k.as_ref()
+            .is_some_and(|k| k.matches(&c.name, |key| c.labels.get(key).map(String::as_str)))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(FILTER_CONSTRAINT)
+    }
+}
+
+pub fn cpu(c: &Candidate, r: &Request) -> Result<(), &'static str> {
+    if c.used.millicpus + r.ask.millicpus <= c.capacity.millicpus || r.ask.millicpus == 0 {
+        Ok(())
+    } else {
+        Err(FILTER_CPU)
+    }
+}
+
+pub fn memory(c: &Candidate, r: &Request) -> Result<(), &'static str> {
+    if c.used.memory_bytes + r.ask.memory_bytes <= c.capacity.memory_bytes
+        || r.ask.memory_bytes == 0
+    {
+        Ok(())
+    } else {
+        Err(FILTER_MEMORY)
+    }
+}
+
+/// Runs the filters on one node.
+pub fn feasible(c: &Candidate, r: &Request) -> Result<(), &'static str> {
+    FILTERS.iter().try_for_each(|f| f(c, r))
+}
+
+/// "0/3 nodes: 2 insufficient memory, 1 constraint not met": most frequent reason first.
+pub fn summary(total: usize, reasons: &[&'static str]) -> String {
+    if total == 0 {
+        return NO_NODES.into();
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *counts.entry(r).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+    counts.sort_by_key(|(r, n)| (std::cmp::Reverse(*n), *r));
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    let fit = total.saturating_sub(reasons.len());
+    format!("{fit}/{total} nodes: {}", parts.join(", "))
+}
+
+/// Picks the node for one more task, or `Err(summary)` when no node passes the filters.
+pub fn pick<'a>(candidates: &'a [Candidate], r: &Request) -> Result<&'a Candidate, String> {
+    let mut rejected = Vec::new();
+    let mut fit = Vec::new();
+    for c in candidates {
+        match feasible(c, r) {
+            Ok(()) => fit.push(c),
+            Err(why) => rejected.push(why),
+        }
+    }
+    let by_label = !(r.spread.is_empty() || r.spread == SPREAD_NODE);
+    let mut group: HashMap<&str, u32> = HashMap::new();
+    if by_label {
+        for c in candidates {
+            *group.entry(label_value(c, &r.spread)).or_default() += c.service_tasks;
+        }
+    }
+    let key = |c: &&Candidate| {
+        let g = if by_label {
+            group[label_value(c, &r.spread)]
+        } else {
+            0
+        };
+        (g, c.service_tasks, c.total_tasks, c.name.clone())
+    };
+    fit.into_iter()
+        .min_by_key(key)
+        .ok_or_else(|| summary(candidates.len(), &rejected))
+}
+
+/// A node without the label forms the "" group.
+fn label_value<'a>(c: &'a Candidate, label: &str) -> &'a str {
+    c.labels.get(label).map(String::as_str).unwrap_or("")
+}
+
+/// Places `count` tasks one after the other, each choice seeing the previous ones (counts
+/// and resources), and returns the chosen node names in order, plus why the rest could
+/// not be placed.
+pub fn place(
+    candidates: &mut [Candidate],
+    r: &Request,
+    count: usize,
+) -> (Vec<String>, Option<String>) {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let Some(best) = pick(&c).map(|b| b.name.clone()) else {
-            break;
+        let best = match pick(candidates, r) {
+            Ok(b) => b.name.clone(),
+            Err(why) => return (out, Some(why)),
         };
-        if let Some(n) = c.iter_mut().find(|n| n.name == best) {
+        if let Some(n) = candidates.iter_mut().find(|n| n.name == best) {
             n.service_tasks += 1;
             n.total_tasks += 1;
+            n.used.add(r.ask);
         }
         out.push(best);
     }
-    out
+    (out, None)
 }
 
-/// Builds candidates from node names and the nodes of the active tasks.
+/// What is already on a node: counts and resources of its active tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub tasks: u32,
+    pub used: Ask,
+}
+
+impl Usage {
+    pub fn add(&mut self, ask: Ask) {
+        self.tasks += 1;
+        self.used.add(ask);
+    }
+}
+
+/// Builds candidates from the nodes, what all active tasks use per node, and the nodes of
+/// the active tasks of the service being placed.
 pub fn candidates<'a>(
-    nodes: impl IntoIterator<Item = &'a str>,
+    nodes: &[rctl_api::pb::Node],
+    usage: &HashMap<String, Usage>,
     service_task_nodes: impl IntoIterator<Item = &'a str>,
-    all_task_nodes: impl IntoIterator<Item = &'a str>,
 ) -> Vec<Candidate> {
-    let count = |it: &mut dyn Iterator<Item = &'a str>| {
-        let mut m: HashMap<&str, u32> = HashMap::new();
-        for n in it {
-            *m.entry(n).or_default() += 1;
-        }
-        m
-    };
-    let per_service = count(&mut service_task_nodes.into_iter());
-    let total = count(&mut all_task_nodes.into_iter());
+    let mut per_service: HashMap<&str, u32> = HashMap::new();
+    for n in service_task_nodes {
+        *per_service.entry(n).or_default() += 1;
+    }
     nodes
-        .into_iter()
-        .map(|n| Candidate {
-            name: n.to_string(),
-            service_tasks: per_service.get(n).copied().unwrap_or(0),
-            total_tasks: total.get(n).copied().unwrap_or(0),
+        .iter()
+        .map(|n| {
+            let u = usage.get(&n.name).copied().unwrap_or_default();
+            Candidate {
+                name: n.name.clone(),
+                labels: n.labels.clone().into_iter().collect(),
+                ready: true,
+                capacity: Ask {
+                    millicpus: millicpus(n.cpus),
+                    memory_bytes: n.memory_bytes,
+                },
+                used: u.used,
+                service_tasks: per_service.get(n.name.as_str()).copied().unwrap_or(0),
+                total_tasks: u.tasks,
+            }
         })
         .collect()
 }
@@ -70,49 +269,188 @@ pub fn candidates<'a>(
 mod tests {
     use super::*;
 
+    const GI: u64 = 1 << 30;
+
     fn cand(name: &str, s: u32, t: u32) -> Candidate {
         Candidate {
             name: name.into(),
+            ready: true,
+            capacity: Ask {
+                millicpus: 2000,
+                memory_bytes: 4 * GI,
+            },
             service_tasks: s,
             total_tasks: t,
+            ..Default::default()
         }
+    }
+
+    fn label(mut c: Candidate, k: &str, v: &str) -> Candidate {
+        c.labels.insert(k.into(), v.into());
+        c
+    }
+
+    fn req() -> Request {
+        Request::default()
+    }
+
+    fn with_constraints(cs: &[&str]) -> Request {
+        Request {
+            constraints: cs.iter().map(|c| Constraint::parse(c).ok()).collect(),
+            ..req()
+        }
+    }
+
+    fn name(r: Result<&Candidate, String>) -> String {
+        r.map(|c| c.name.clone()).unwrap_or_else(|e| e)
     }
 
     #[test]
     fn no_nodes_places_nothing() {
-        assert!(pick(&[]).is_none());
-        assert!(spread(&[], 3).is_empty());
+        assert_eq!(name(pick(&[], &req())), NO_NODES);
+        let (got, why) = place(&mut [], &req(), 3);
+        assert!(got.is_empty());
+        assert_eq!(why.as_deref(), Some(NO_NODES));
     }
 
     #[test]
     fn fewest_of_the_service_wins_over_fewest_overall() {
         let c = [cand("h1", 2, 2), cand("h2", 1, 9)];
-        assert_eq!(pick(&c).unwrap().name, "h2");
+        assert_eq!(name(pick(&c, &req())), "h2");
     }
 
     #[test]
     fn ties_break_on_total_then_name() {
         assert_eq!(
-            pick(&[cand("h2", 0, 1), cand("h1", 0, 3)]).unwrap().name,
+            name(pick(&[cand("h2", 0, 1), cand("h1", 0, 3)], &req())),
             "h2"
         );
         assert_eq!(
-            pick(&[cand("h2", 0, 0), cand("h1", 0, 0)]).unwrap().name,
+            name(pick(&[cand("h2", 0, 0), cand("h1", 0, 0)], &req())),
             "h1"
         );
     }
 
     #[test]
     fn spread_evens_out_over_nodes() {
-        let c = [cand("h1", 1, 1), cand("h2", 0, 0), cand("h3", 0, 0)];
-        let got = spread(&c, 5);
+        let mut c = [cand("h1", 1, 1), cand("h2", 0, 0), cand("h3", 0, 0)];
+        let (got, why) = place(&mut c, &req(), 5);
+        assert_eq!(why, None);
         let count = |n: &str| got.iter().filter(|x| *x == n).count() + usize::from(n == "h1");
         assert_eq!((count("h1"), count("h2"), count("h3")), (2, 2, 2));
     }
 
     #[test]
-    fn candidates_count_tasks_per_node() {
-        let c = candidates(["h1", "h2"], ["h1", "h1"], ["h1", "h1", "h2", "gone"]);
-        assert_eq!(c, vec![cand("h1", 2, 2), cand("h2", 0, 1)]);
+    fn filters_name_their_reason() {
+        let mut full = cand("h1", 0, 0);
+        full.used.memory_bytes = 4 * GI;
+        let mut busy = cand("h2", 0, 0);
+        busy.used.millicpus = 2000;
+        let web = label(cand("h3", 0, 0), "role", "web");
+        let mut not_ready = cand("h4", 0, 0);
+        not_ready.ready = false;
+        let r = Request {
+            ask: Ask {
+                millicpus: 500,
+                memory_bytes: GI,
+            },
+            ..with_constraints(&["role == web"])
+        };
+        assert_eq!(feasible(&web, &r), Ok(()));
+        assert_eq!(feasible(&not_ready, &r), Err(FILTER_NODE_STATE));
+        let r2 = Request {
+            constraints: vec![],
+            ..r.clone()
+        };
+        assert_eq!(feasible(&full, &r2), Err(FILTER_MEMORY));
+        assert_eq!(feasible(&busy, &r2), Err(FILTER_CPU));
+        assert_eq!(feasible(&full, &r), Err(FILTER_CONSTRAINT));
+        assert_eq!(
+            feasible(&full, &req()),
+            Ok(()),
+            "a task with no resources asks nothing"
+        );
+    }
+
+    #[test]
+    fn an_unparsable_constraint_matches_nothing() {
+        let r = Request {
+            constraints: vec![None],
+            ..req()
+        };
+        assert_eq!(feasible(&cand("h1", 0, 0), &r), Err(FILTER_CONSTRAINT));
+    }
+
+    #[test]
+    fn summary_counts_reasons_most_frequent_first() {
+        assert_eq!(
+            summary(3, &[FILTER_CONSTRAINT, FILTER_MEMORY, FILTER_MEMORY]),
+            "0/3 nodes: 2 insufficient memory, 1 constraint not met"
+        );
+        assert_eq!(
+            summary(2, &[FILTER_MEMORY, FILTER_CPU]),
+            "0/2 nodes: 1 insufficient cpu, 1 insufficient memory"
+        );
+    }
+
+    #[test]
+    fn placing_consumes_resources() {
+        let mut c = [cand("h1", 0, 0)];
+        let r = Request {
+            ask: Ask {
+                millicpus: 0,
+                memory_bytes: 3 * GI / 2,
+            },
+            ..req()
+        };
+        let (got, why) = place(&mut c, &r, 3);
+        assert_eq!(got, vec!["h1", "h1"]);
+        assert_eq!(why.as_deref(), Some("0/1 nodes: 1 insufficient memory"));
+    }
+
+    #[test]
+    fn label_spread_balances_label_values_first() {
+        // Zone a holds one task on h1; h2 (zone a) is emptier than h3 (zone b) overall, but
+        // zone b has none of the service.
+        let c = [
+            label(cand("h1", 1, 1), "zone", "a"),
+            label(cand("h2", 0, 0), "zone", "a"),
+            label(cand("h3", 0, 5), "zone", "b"),
+        ];
+        let r = Request {
+            spread: "zone".into(),
+            ..req()
+        };
+        assert_eq!(name(pick(&c, &r)), "h3");
+        assert_eq!(name(pick(&c, &req())), "h2", "node spread ignores zones");
+    }
+
+    #[test]
+    fn candidates_sum_usage_per_node() {
+        let nodes = [
+            rctl_api::pb::Node {
+                name: "h1".into(),
+                cpus: 2.0,
+                memory_bytes: 4 * GI,
+                ..Default::default()
+            },
+            rctl_api::pb::Node {
+                name: "h2".into(),
+                ..Default::default()
+            },
+        ];
+        let mut usage: HashMap<String, Usage> = HashMap::new();
+        let ask = Ask {
+            millicpus: 250,
+            memory_bytes: GI,
+        };
+        usage.entry("h1".into()).or_default().add(ask);
+        usage.entry("h1".into()).or_default().add(Ask::default());
+        let c = candidates(&nodes, &usage, ["h1"]);
+        assert_eq!(c[0].service_tasks, 1);
+        assert_eq!(c[0].total_tasks, 2);
+        assert_eq!(c[0].used, ask);
+        assert_eq!(c[0].capacity.millicpus, 2000);
+        assert_eq!((c[1].service_tasks, c[1].total_tasks), (0, 0));
     }
 }

@@ -59,7 +59,16 @@ pub enum Action {
 pub struct Unplaced {
     pub service: String,
     pub missing: u32,
-    pub reason: &'static str,
+    /// E.g. "0/3 nodes: 2 insufficient memory, 1 constraint not met".
+    pub reason: String,
+}
+
+impl Unplaced {
+    /// "2 tasks: 0/3 nodes: ...", as `service inspect` shows it.
+    pub fn describe(&self) -> String {
+        let s = if self.missing == 1 { "" } else { "s" };
+        format!("{} task{s}: {}", self.missing, self.reason)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,7 +95,7 @@ pub const REASON_REPLACED: &str = "replaced by a newer revision";
 pub const REASON_FINISHED: &str = "task finished; restarting";
 pub const REASON_SERVICE_REMOVED: &str = "service removed";
 pub const REASON_HISTORY: &str = "history limit";
-pub const REASON_NO_NODES: &str = "no nodes available";
+pub const REASON_NO_NODES: &str = placement::NO_NODES;
 
 fn state_of(s: &Snapshot<'_>, t: &Task) -> Option<TaskState> {
     s.statuses.get(&t.id).map(|st| st.state())
@@ -122,24 +131,24 @@ pub fn reconcile(s: &Snapshot<'_>) -> Plan {
         by_service.entry(t.service.as_str()).or_default().push(t);
     }
 
-    // Node of every active task on a live node: what placement spreads against.
-    let mut all_active_nodes: Vec<String> = s
-        .tasks
-        .iter()
-        .filter(|t| {
-            t.desired_state() == DesiredState::Running && live_nodes.contains(t.node.as_str())
-        })
-        .map(|t| t.node.clone())
-        .collect();
+    // Count and resources of the active tasks on every live node: what placement spreads
+    // against and what it finds free. A task asks what its own spec asked.
+    let mut usage: HashMap<String, placement::Usage> = HashMap::new();
+    for t in s.tasks.iter().filter(|t| {
+        t.desired_state() == DesiredState::Running && live_nodes.contains(t.node.as_str())
+    }) {
+        usage
+            .entry(t.node.clone())
+            .or_default()
+            .add(placement::Ask::of(t.resources.as_ref()));
+    }
 
     let mut names: BTreeSet<&str> = by_service.keys().copied().collect();
     names.extend(services.keys().copied());
     for name in names {
         let tasks = by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
         match services.get(name) {
-            Some(svc) => {
-                reconcile_service(s, svc, tasks, &live_nodes, &mut all_active_nodes, &mut plan)
-            }
+            Some(svc) => reconcile_service(s, svc, tasks, &live_nodes, &mut usage, &mut plan),
             None => reconcile_removed(s, tasks, &live_nodes, &mut plan),
         }
     }
@@ -171,7 +180,7 @@ fn reconcile_service(
     svc: &Service,
     tasks: &[&Task],
     live_nodes: &HashSet<&str>,
-    all_active_nodes: &mut Vec<String>,
+    usage: &mut HashMap<String, placement::Usage>,
     plan: &mut Plan,
 ) {
     let spec = svc
@@ -271,17 +280,14 @@ fn reconcile_service(
 
     if to_place > 0 {
         let service_nodes = holding.iter().map(|t| t.node.as_str());
-        let candidates = placement::candidates(
-            s.nodes.iter().map(|n| n.name.as_str()),
-            service_nodes,
-            all_active_nodes.iter().map(String::as_str),
-        );
-        let chosen = placement::spread(&candidates, to_place);
-        if chosen.len() < to_place {
+        let mut candidates = placement::candidates(s.nodes, usage, service_nodes);
+        let request = placement::Request::of(spec);
+        let (chosen, why) = placement::place(&mut candidates, &request, to_place);
+        if let Some(reason) = why {
             plan.unplaced.push(Unplaced {
                 service: spec.name.clone(),
                 missing: (to_place - chosen.len()) as u32,
-                reason: REASON_NO_NODES,
+                reason,
             });
         }
         // A replacement takes over the slot of an old-revision task (web.2 stays web.2, as
@@ -298,7 +304,9 @@ fn reconcile_service(
         let mut free_slots = old_slots
             .into_iter()
             .chain((1u32..).filter(|n| !taken.contains(n)));
-        all_active_nodes.extend(chosen.iter().cloned());
+        for node in &chosen {
+            usage.entry(node.clone()).or_default().add(request.ask);
+        }
         for node in chosen {
             let slot = free_slots.next().expect("slots are unbounded");
             plan.actions.push(Action::Place {
@@ -523,7 +531,7 @@ mod tests {
             vec![Unplaced {
                 service: "web".into(),
                 missing: 2,
-                reason: REASON_NO_NODES
+                reason: REASON_NO_NODES.into()
             }]
         );
     }
@@ -650,6 +658,210 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, vec!["t2", "t1", "t0"]);
+    }
+
+    const GI: u64 = 1 << 30;
+
+    fn sized_node(name: &str, memory_gi: u64, labels: &[(&str, &str)]) -> Node {
+        Node {
+            name: name.into(),
+            cpus: 2.0,
+            memory_bytes: memory_gi * GI,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn placed(svc: &Service, memory_gi: u64, spread: &str, constraints: &[&str]) -> Service {
+        let mut svc = svc.clone();
+        let spec = svc.spec.as_mut().unwrap();
+        if memory_gi > 0 {
+            spec.resources = Some(rctl_api::pb::Resources {
+                memory_bytes: memory_gi * GI,
+                ..Default::default()
+            });
+        }
+        spec.placement = Some(rctl_api::pb::Placement {
+            spread: spread.into(),
+            constraints: constraints.iter().map(|c| c.to_string()).collect(),
+        });
+        svc
+    }
+
+    fn sized_task(id: &str, svc: &str, node: &str, slot: u32, memory_gi: u64) -> Task {
+        Task {
+            resources: Some(rctl_api::pb::Resources {
+                memory_bytes: memory_gi * GI,
+                ..Default::default()
+            }),
+            ..task(id, svc, node, slot)
+        }
+    }
+
+    /// Feasibility and spread, one row per case: the service to place (replicas, memory
+    /// asked in GiB, spread, constraints), what already runs, the nodes, and the expected
+    /// placements and unplaced reason.
+    #[test]
+    fn placement_table() {
+        struct Case {
+            name: &'static str,
+            replicas: u32,
+            memory_gi: u64,
+            spread: &'static str,
+            constraints: &'static [&'static str],
+            /// (id, service, node, memory GiB) of tasks already running.
+            existing: &'static [(&'static str, &'static str, &'static str, u64)],
+            nodes: Vec<Node>,
+            places: &'static [&'static str],
+            unplaced: Option<&'static str>,
+        }
+        let zones = || {
+            vec![
+                sized_node("h1", 8, &[("zone", "a")]),
+                sized_node("h2", 8, &[("zone", "a")]),
+                sized_node("h3", 8, &[("zone", "b")]),
+                sized_node("h4", 8, &[("zone", "b")]),
+            ]
+        };
+        let cases = [
+            Case {
+                name: "memory-full node is skipped",
+                replicas: 2,
+                memory_gi: 2,
+                spread: "",
+                constraints: &[],
+                existing: &[("db", "db", "h1", 3)],
+                nodes: vec![sized_node("h1", 4, &[]), sized_node("h2", 4, &[])],
+                places: &["h2", "h2"],
+                unplaced: None,
+            },
+            Case {
+                name: "tasks without resources ask nothing",
+                replicas: 2,
+                memory_gi: 0,
+                spread: "",
+                constraints: &[],
+                existing: &[("db", "db", "h1", 4)],
+                nodes: vec![sized_node("h1", 4, &[])],
+                places: &["h1", "h1"],
+                unplaced: None,
+            },
+            Case {
+                name: "constraints filter nodes",
+                replicas: 3,
+                memory_gi: 0,
+                spread: "",
+                constraints: &["role == web", "node.name != h3"],
+                existing: &[],
+                nodes: vec![
+                    sized_node("h1", 4, &[("role", "web")]),
+                    sized_node("h2", 4, &[("role", "db")]),
+                    sized_node("h3", 4, &[("role", "web")]),
+                ],
+                places: &["h1", "h1", "h1"],
+                unplaced: None,
+            },
+            Case {
+                name: "label spread alternates zones",
+                replicas: 4,
+                memory_gi: 0,
+                spread: "zone",
+                constraints: &[],
+                existing: &[("x", "web", "h1", 0)],
+                nodes: zones(),
+                places: &["h3", "h2", "h4"],
+                unplaced: None,
+            },
+            Case {
+                name: "node spread ignores zones",
+                replicas: 4,
+                memory_gi: 0,
+                spread: "node",
+                constraints: &[],
+                existing: &[("x", "web", "h1", 0)],
+                nodes: zones(),
+                places: &["h2", "h3", "h4"],
+                unplaced: None,
+            },
+            Case {
+                name: "summary names every node's reason",
+                replicas: 2,
+                memory_gi: 2,
+                spread: "",
+                constraints: &["role == web"],
+                existing: &[("db1", "db", "h1", 3), ("db2", "db", "h2", 3)],
+                nodes: vec![
+                    sized_node("h1", 4, &[("role", "web")]),
+                    sized_node("h2", 4, &[("role", "web")]),
+                    sized_node("h3", 4, &[("role", "db")]),
+                ],
+                places: &[],
+                unplaced: Some("0/3 nodes: 2 insufficient memory, 1 constraint not met"),
+            },
+            Case {
+                name: "placing fills a node, then the rest is unplaced",
+                replicas: 3,
+                memory_gi: 2,
+                spread: "",
+                constraints: &[],
+                existing: &[],
+                nodes: vec![sized_node("h1", 4, &[])],
+                places: &["h1", "h1"],
+                unplaced: Some("0/1 nodes: 1 insufficient memory"),
+            },
+        ];
+        for c in cases {
+            let web = placed(
+                &service("web", c.replicas, 1),
+                c.memory_gi,
+                c.spread,
+                c.constraints,
+            );
+            let tasks: Vec<Task> = c
+                .existing
+                .iter()
+                .enumerate()
+                .map(|(i, (id, svc, node, mem))| sized_task(id, svc, node, i as u32 + 1, *mem))
+                .collect();
+            let st = running(&tasks);
+            // db wants what it has, so its tasks stay and take their room.
+            let db_tasks = tasks.iter().filter(|t| t.service == "db").count();
+            let db = service("db", db_tasks as u32, 1);
+            let p = plan(&[web, db], &tasks, &st, &c.nodes, 0);
+            let got: Vec<String> = places(&p).into_iter().map(|(n, _)| n).collect();
+            assert_eq!(got, c.places, "{}", c.name);
+            let why = p.unplaced.first().map(|u| u.reason.as_str());
+            assert_eq!(why, c.unplaced, "{}", c.name);
+            if let Some(u) = p.unplaced.first() {
+                let missing = c.replicas as usize
+                    - c.places.len()
+                    - tasks.iter().filter(|t| t.service == "web").count();
+                assert_eq!(u.missing as usize, missing, "{}", c.name);
+                assert!(
+                    u.describe().starts_with(&format!("{missing} task")),
+                    "{}",
+                    c.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tasks_placed_earlier_in_a_pass_use_up_the_node() {
+        let mut a = placed(&service("a", 1, 1), 3, "", &[]);
+        a.spec.as_mut().unwrap().name = "a".into();
+        let b = placed(&service("b", 1, 1), 3, "", &[]);
+        let nodes = [sized_node("h1", 4, &[])];
+        let p = plan(&[a, b], &[], &HashMap::new(), &nodes, 0);
+        assert_eq!(places(&p), vec![("h1".to_string(), 1)]);
+        assert_eq!(p.unplaced.len(), 1);
+        assert_eq!(
+            p.unplaced[0].describe(),
+            "1 task: 0/1 nodes: 1 insufficient memory"
+        );
     }
 
     mod prop {

@@ -3,6 +3,7 @@
 
 use rctl_api::keys::valid_name;
 use rctl_api::pb::ServiceSpec;
+use rctl_api::placement::{validate_spread, Constraint};
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 10_000;
@@ -25,6 +26,10 @@ pub enum SpecError {
     Listen(String),
     #[error("health.http must be a path starting with '/' without spaces, got {0:?}")]
     HealthPath(String),
+    #[error("placement.constraints: {0}")]
+    Constraint(String),
+    #[error("placement.spread: {0}")]
+    Spread(String),
 }
 
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
@@ -55,6 +60,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         if !h.http.is_empty() && !path_ok {
             return Err(SpecError::HealthPath(h.http.clone()));
         }
+    }
+    if let Some(p) = &spec.placement {
+        for c in &p.constraints {
+            Constraint::parse(c).map_err(SpecError::Constraint)?;
+        }
+        validate_spread(&p.spread).map_err(SpecError::Spread)?;
     }
     Ok(())
 }
@@ -139,6 +150,23 @@ mod tests {
         s.health.as_mut().unwrap().http = "/healthz".into();
         assert_eq!(validate(&s), Ok(()));
         assert_eq!(validate_replicas(-1), Err(SpecError::Replicas(-1)));
+        let mut s = spec();
+        s.placement = Some(rctl_api::pb::Placement {
+            spread: "zone".into(),
+            constraints: vec!["role == web".into(), "node.name != h2".into()],
+        });
+        assert_eq!(validate(&s), Ok(()));
+        s.placement
+            .as_mut()
+            .unwrap()
+            .constraints
+            .push("role = web".into());
+        let e = validate(&s).unwrap_err();
+        assert!(matches!(e, SpecError::Constraint(_)));
+        assert!(e.to_string().starts_with("placement.constraints: "), "{e}");
+        s.placement.as_mut().unwrap().constraints.pop();
+        s.placement.as_mut().unwrap().spread = "a zone".into();
+        assert!(matches!(validate(&s), Err(SpecError::Spread(_))));
     }
 
     #[test]
