@@ -85,6 +85,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Manage nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Take no new tasks on NODE and move its tasks elsewhere (surge-first).
+    Drain { name: String },
+    /// Let NODE take new tasks again; running tasks stay where they are.
+    Activate { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +129,7 @@ impl Command {
             Command::Ps { .. } => "ps",
             Command::Nodes { .. } => "nodes",
             Command::Service { .. } => "service",
+            Command::Node { .. } => "node",
         }
     }
 }
@@ -171,6 +185,10 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 service::inspect(&mut conn, &name, output).await
             }
             ServiceCommand::Rm { names } => service::rm(&mut conn, &names).await,
+        },
+        Command::Node { command } => match command {
+            NodeCommand::Drain { name } => nodes::drain(&mut conn, &name).await,
+            NodeCommand::Activate { name } => nodes::activate(&mut conn, &name).await,
         },
     }
 }

@@ -1,8 +1,8 @@
-//! `rctl nodes [-o json]`.
+//! `rctl nodes [-o json]`, `rctl node drain NODE` and `rctl node activate NODE`.
 
 use std::collections::BTreeMap;
 
-use rctl_api::pb::ListNodesRequest;
+use rctl_api::pb::{ActivateNodeRequest, DrainNodeRequest, ListNodesRequest};
 use serde::Serialize;
 
 use crate::client::Conn;
@@ -74,5 +74,25 @@ pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
             );
         }
     }
+    Ok(())
+}
+
+/// Marks `name` draining; prints the node's name.
+pub async fn drain(conn: &mut Conn, name: &str) -> Result<(), CliError> {
+    conn.client
+        .drain_node(DrainNodeRequest { node: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?;
+    println!("{name}");
+    Ok(())
+}
+
+/// Clears `name`'s drain mark; prints the node's name.
+pub async fn activate(conn: &mut Conn, name: &str) -> Result<(), CliError> {
+    conn.client
+        .activate_node(ActivateNodeRequest { node: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?;
+    println!("{name}");
     Ok(())
 }

@@ -10,6 +10,15 @@ pub fn node(name: &str) -> String {
     format!("{ROOT}nodes/{name}")
 }
 
+pub fn drain_prefix() -> String {
+    format!("{ROOT}drain/")
+}
+/// A node's drain mark, written by the scheduler: unlike `nodes/{name}` it is under no
+/// lease, so it survives the agent.
+pub fn node_drain(name: &str) -> String {
+    format!("{ROOT}drain/{name}")
+}
+
 pub fn services_prefix() -> String {
     format!("{ROOT}services/")
 }
@@ -80,6 +89,8 @@ mod tests {
         assert!(status("h1", "t1").starts_with(&node_status_prefix("h1")));
         assert!(endpoint("web", "t1").starts_with(&service_endpoints_prefix("web")));
         assert_eq!(leaf(&task("web", "t1")), "t1");
+        assert!(node_drain("h1").starts_with(&drain_prefix()));
+        assert!(!node_drain("h1").starts_with(&nodes_prefix()));
     }
 
     #[test]

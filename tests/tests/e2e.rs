@@ -633,3 +633,70 @@ fn a_task_that_fits_no_node_stays_unplaced_and_says_why() {
         "{inspect:#}"
     );
 }
+
+/// The state `rctl nodes -o json` reports for `node`.
+fn node_state(c: &Cluster, node: &str) -> String {
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    nodes
+        .iter()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["state"].as_str())
+        .unwrap_or_else(|| panic!("{node} not in {nodes:#?}"))
+        .to_string()
+}
+
+#[test]
+fn draining_a_node_moves_its_tasks_and_activating_takes_new_ones_again() {
+    let c = Cluster::start(2);
+    let file = c.service_file("web.toml", &web_service(&c, 2, "v1"));
+    c.apply_and_wait(&file);
+    let tasks = c.ps(&[]);
+    let nodes: BTreeSet<&str> = running(&tasks)
+        .iter()
+        .map(|t| t["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["h1", "h2"]), "{tasks:#?}");
+
+    assert_eq!(c.rctl_ok(&["node", "drain", "h1"]).trim(), "h1");
+    let tasks = c.eventually(WAIT, "both tasks running on h2", || {
+        let tasks = c.ps(&[]);
+        (tasks.len() == 2 && running(&tasks).len() == 2 && tasks.iter().all(|t| t["node"] == "h2"))
+            .then_some(tasks)
+    });
+    assert_eq!(node_state(&c, "h1"), "draining");
+    assert_eq!(node_state(&c, "h2"), "ready");
+    let on_h2: HashSet<String> = tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap()[..12].to_string())
+        .collect();
+    // The retired task's endpoint leaves the LB; every request succeeds meanwhile.
+    c.eventually(WAIT, "LB to route only to the tasks on h2", || {
+        let s: HashSet<String> = get_many(&c, 20, "v1").into_iter().collect();
+        (s == on_h2).then_some(())
+    });
+    let served: HashSet<String> = get_many(&c, 50, "v1").into_iter().collect();
+    assert!(served.is_subset(&on_h2), "{served:?}");
+
+    assert_eq!(c.rctl_ok(&["node", "activate", "h1"]).trim(), "h1");
+    assert_eq!(node_state(&c, "h1"), "ready");
+    c.rctl_ok(&["scale", "web=3", "--wait", "--timeout", "90s"]);
+    let tasks = c.ps(&[]);
+    let up = running(&tasks);
+    assert_eq!(up.len(), 3, "{tasks:#?}");
+    let on_h1: Vec<&&Value> = up.iter().filter(|t| t["node"] == "h1").collect();
+    assert_eq!(
+        on_h1.len(),
+        1,
+        "the new task goes to the emptier h1: {tasks:#?}"
+    );
+    assert!(
+        on_h2
+            .iter()
+            .all(|id| up.iter().any(|t| t["id"].as_str().unwrap().starts_with(id))),
+        "running tasks were not moved: {tasks:#?}"
+    );
+
+    // An unknown node is bad input.
+    assert_bad_input(c.rctl(&["node", "drain", "h9"]), "h9");
+    assert_bad_input(c.rctl(&["node", "activate", "h9"]), "h9");
+}

@@ -78,6 +78,7 @@ fn unplaced(loaded: &Loaded) -> HashMap<String, String> {
         tasks: &loaded.tasks,
         statuses: &loaded.statuses,
         nodes: &loaded.nodes,
+        draining: &loaded.draining,
         now_ms: rctl_api::clock::now_unix_ms(),
     });
     plan.unplaced
@@ -250,7 +251,12 @@ impl Api {
             .iter()
             .map(|n| NodeView {
                 node: Some(n.clone()),
-                state: "ready".into(),
+                state: if loaded.draining.contains(&n.name) {
+                    "draining"
+                } else {
+                    "ready"
+                }
+                .into(),
                 tasks: loaded
                     .tasks
                     .iter()
@@ -265,6 +271,30 @@ impl Api {
                 .cmp(&b.node.as_ref().map(|n| &n.name))
         });
         Ok(ListNodesResponse { nodes })
+    }
+
+    async fn drain_node(&self, node: &str) -> Result<DrainNodeResponse, ApiError> {
+        let loaded = self.store.load().await?;
+        if !loaded.nodes.iter().any(|n| n.name == node) {
+            return Err(ApiError::NodeNotFound(node.into()));
+        }
+        let drain = NodeDrain {
+            since_unix_ms: rctl_api::clock::now_unix_ms(),
+        };
+        self.store.put_drain(node, &drain).await?;
+        tracing::info!(node = %node, "drain");
+        Ok(DrainNodeResponse {})
+    }
+
+    async fn activate_node(&self, node: &str) -> Result<ActivateNodeResponse, ApiError> {
+        let loaded = self.store.load().await?;
+        let live = loaded.nodes.iter().any(|n| n.name == node);
+        // A drained node whose agent is away may still be activated.
+        if !self.store.delete_drain(node).await? && !live {
+            return Err(ApiError::NodeNotFound(node.into()));
+        }
+        tracing::info!(node = %node, "activate");
+        Ok(ActivateNodeResponse {})
     }
 }
 
@@ -338,5 +368,33 @@ impl Scheduler for Api {
         async move { Ok(Response::new(self.list_nodes().await?)) }
             .instrument(span)
             .await
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        let span = span(&req, "DrainNode");
+        async move {
+            Ok(Response::new(
+                self.drain_node(&req.into_inner().node).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn activate_node(
+        &self,
+        req: Request<ActivateNodeRequest>,
+    ) -> Result<Response<ActivateNodeResponse>, Status> {
+        let span = span(&req, "ActivateNode");
+        async move {
+            Ok(Response::new(
+                self.activate_node(&req.into_inner().node).await?,
+            ))
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -91,6 +91,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
         tasks: &loaded.tasks,
         statuses: &loaded.statuses,
         nodes: &loaded.nodes,
+        draining: &loaded.draining,
         now_ms: rctl_api::clock::now_unix_ms(),
     };
     let plan = reconcile(&snap);

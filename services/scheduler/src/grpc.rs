@@ -9,6 +9,8 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("service {0:?} not found (see: rctl service ls)")]
     ServiceNotFound(String),
+    #[error("node {0:?} not found (see: rctl nodes)")]
+    NodeNotFound(String),
     #[error("{0}")]
     Invalid(#[from] SpecError),
     #[error("bad request: {0}")]
@@ -20,7 +22,9 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match &e {
-            ApiError::ServiceNotFound(_) => Status::not_found(e.to_string()),
+            ApiError::ServiceNotFound(_) | ApiError::NodeNotFound(_) => {
+                Status::not_found(e.to_string())
+            }
             ApiError::Invalid(_) | ApiError::BadRequest(_) => {
                 Status::invalid_argument(e.to_string())
             }

@@ -11,7 +11,7 @@
 //! When no node fits, [`summary`] explains why, e.g. `0/3 nodes: 2 insufficient memory,
 //! 1 constraint not met`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rctl_api::placement::{Constraint, SPREAD_NODE};
 
@@ -19,6 +19,7 @@ use rctl_api::placement::{Constraint, SPREAD_NODE};
 pub const NO_NODES: &str = "no nodes available";
 
 pub const FILTER_NODE_STATE: &str = "node not ready";
+pub const FILTER_NODE_DRAINING: &str = "node draining";
 pub const FILTER_CONSTRAINT: &str = "constraint not met";
 pub const FILTER_CPU: &str = "insufficient cpu";
 pub const FILTER_MEMORY: &str = "insufficient memory";
@@ -60,8 +61,10 @@ pub struct Candidate {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// Every node in a snapshot holds its lease, so this is true for now; the slot is kept
-    /// for draining/unhealthy nodes.
+    /// for unhealthy nodes (draining has its own flag).
     pub ready: bool,
+    /// Drained by an operator (`rctl node drain`): takes no new tasks.
+    pub draining: bool,
     pub capacity: Ask,
     /// Sum of the asks of the active tasks on this node.
     pub used: Ask,
@@ -103,10 +106,12 @@ pub type Filter = fn(&Candidate, &Request) -> Result<(), &'static str>;
 pub const FILTERS: &[Filter] = &[node_state, constraints, cpu, memory];
 
 pub fn node_state(c: &Candidate, _: &Request) -> Result<(), &'static str> {
-    if c.ready {
-        Ok(())
-    } else {
+    if !c.ready {
         Err(FILTER_NODE_STATE)
+    } else if c.draining {
+        Err(FILTER_NODE_DRAINING)
+    } else {
+        Ok(())
     }
 }
 
@@ -234,10 +239,11 @@ impl Usage {
     }
 }
 
-/// Builds candidates from the nodes, what all active tasks use per node, and the nodes of
-/// the active tasks of the service being placed.
+/// Builds candidates from the nodes, which of them drain, what all active tasks use per
+/// node, and the nodes of the active tasks of the service being placed.
 pub fn candidates<'a>(
     nodes: &[rctl_api::pb::Node],
+    draining: &HashSet<String>,
     usage: &HashMap<String, Usage>,
     service_task_nodes: impl IntoIterator<Item = &'a str>,
 ) -> Vec<Candidate> {
@@ -253,6 +259,7 @@ pub fn candidates<'a>(
                 name: n.name.clone(),
                 labels: n.labels.clone().into_iter().collect(),
                 ready: true,
+                draining: draining.contains(&n.name),
                 capacity: Ask {
                     millicpus: millicpus(n.cpus),
                     memory_bytes: n.memory_bytes,
@@ -349,6 +356,8 @@ mod tests {
         let web = label(cand("h3", 0, 0), "role", "web");
         let mut not_ready = cand("h4", 0, 0);
         not_ready.ready = false;
+        let mut draining = cand("h5", 0, 0);
+        draining.draining = true;
         let r = Request {
             ask: Ask {
                 millicpus: 500,
@@ -358,6 +367,7 @@ mod tests {
         };
         assert_eq!(feasible(&web, &r), Ok(()));
         assert_eq!(feasible(&not_ready, &r), Err(FILTER_NODE_STATE));
+        assert_eq!(feasible(&draining, &req()), Err(FILTER_NODE_DRAINING));
         let r2 = Request {
             constraints: vec![],
             ..r.clone()
@@ -446,7 +456,9 @@ mod tests {
         };
         usage.entry("h1".into()).or_default().add(ask);
         usage.entry("h1".into()).or_default().add(Ask::default());
-        let c = candidates(&nodes, &usage, ["h1"]);
+        let draining = HashSet::from(["h2".to_string()]);
+        let c = candidates(&nodes, &draining, &usage, ["h1"]);
+        assert!(!c[0].draining && c[1].draining);
         assert_eq!(c[0].service_tasks, 1);
         assert_eq!(c[0].total_tasks, 2);
         assert_eq!(c[0].used, ask);

@@ -8,6 +8,9 @@
 //! - *live* active task: on a node that still holds its lease and not finished (exited/failed).
 //! - *finished* active task: exited or failed; it keeps its slot until its restart delay is
 //!   over, then it is retired and a replacement takes the slot.
+//! - *draining* node: marked by an operator; nothing new is placed there and its tasks are
+//!   replaced elsewhere exactly like old-revision tasks (surge first, retired once a
+//!   replacement is ready).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -31,6 +34,8 @@ pub struct Snapshot<'a> {
     pub statuses: &'a HashMap<String, TaskStatus>,
     /// Nodes that hold a lease now.
     pub nodes: &'a [Node],
+    /// Names of the nodes being drained.
+    pub draining: &'a HashSet<String>,
     pub now_ms: i64,
 }
 
@@ -92,6 +97,7 @@ impl Plan {
 pub const REASON_NODE_LOST: &str = "node lost";
 pub const REASON_SCALED_DOWN: &str = "scaled down";
 pub const REASON_REPLACED: &str = "replaced by a newer revision";
+pub const REASON_DRAINED: &str = "node draining";
 pub const REASON_FINISHED: &str = "task finished; restarting";
 pub const REASON_SERVICE_REMOVED: &str = "service removed";
 pub const REASON_HISTORY: &str = "history limit";
@@ -229,8 +235,11 @@ fn reconcile_service(
         holding.push(t);
     }
 
-    let (current, old): (Vec<&Task>, Vec<&Task>) =
-        holding.iter().partition(|t| t.revision == svc.revision);
+    // Tasks on a draining node are outdated just like old-revision ones: the same rolling
+    // replacement moves them.
+    let (current, old): (Vec<&Task>, Vec<&Task>) = holding
+        .iter()
+        .partition(|t| t.revision == svc.revision && !s.draining.contains(&t.node));
     let mut to_place = 0usize;
     let mut to_retire: Vec<(&Task, &'static str)> = Vec::new();
     if old.is_empty() {
@@ -254,12 +263,14 @@ fn reconcile_service(
         }
         let ready_new = current.iter().filter(|t| is_ready(s, t)).count();
         let excess = (ready_new + old.len()).saturating_sub(want);
-        to_retire.extend(
-            scale_down_order(s, &old)
-                .into_iter()
-                .take(excess)
-                .map(|t| (t, REASON_REPLACED)),
-        );
+        to_retire.extend(scale_down_order(s, &old).into_iter().take(excess).map(|t| {
+            let reason = if t.revision == svc.revision {
+                REASON_DRAINED
+            } else {
+                REASON_REPLACED
+            };
+            (t, reason)
+        }));
         if current.len() > want {
             let extra = current.len() - want;
             to_retire.extend(
@@ -280,7 +291,7 @@ fn reconcile_service(
 
     if to_place > 0 {
         let service_nodes = holding.iter().map(|t| t.node.as_str());
-        let mut candidates = placement::candidates(s.nodes, usage, service_nodes);
+        let mut candidates = placement::candidates(s.nodes, s.draining, usage, service_nodes);
         let request = placement::Request::of(spec);
         let (chosen, why) = placement::place(&mut candidates, &request, to_place);
         if let Some(reason) = why {
@@ -375,11 +386,23 @@ mod tests {
         nodes: &[Node],
         now_ms: i64,
     ) -> Plan {
+        drained_plan(services, tasks, statuses, nodes, &[], now_ms)
+    }
+
+    fn drained_plan(
+        services: &[Service],
+        tasks: &[Task],
+        statuses: &HashMap<String, TaskStatus>,
+        nodes: &[Node],
+        draining: &[&str],
+        now_ms: i64,
+    ) -> Plan {
         reconcile(&Snapshot {
             services,
             tasks,
             statuses,
             nodes,
+            draining: &draining.iter().map(|n| n.to_string()).collect(),
             now_ms,
         })
     }
@@ -633,6 +656,77 @@ mod tests {
             retired(&p).is_empty(),
             "a new task that is not ready replaces nothing"
         );
+    }
+
+    #[test]
+    fn draining_moves_tasks_surge_first_and_retires_only_behind_ready_replacements() {
+        let svcs = [service("web", 2, 1)];
+        let tasks = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2"), node("h3")];
+        let p = drained_plan(&svcs, &tasks, &st, &nodes, &["h1"], 0);
+        // One replacement beyond the desired count, in the drained task's slot, never on h1;
+        // nothing retired yet.
+        assert_eq!(places(&p), vec![("h3".to_string(), 1)]);
+        assert!(retired(&p).is_empty());
+
+        let all = [
+            tasks[0].clone(),
+            tasks[1].clone(),
+            task("c", "web", "h3", 1),
+        ];
+        let mut st = running(&all);
+        st.get_mut("c").unwrap().set_state(TaskState::Starting);
+        let p = drained_plan(&svcs, &all, &st, &nodes, &["h1"], 0);
+        assert_eq!(
+            p,
+            Plan::default(),
+            "a replacement not ready retires nothing"
+        );
+
+        st.get_mut("c").unwrap().set_state(TaskState::Running);
+        let p = drained_plan(&svcs, &all, &st, &nodes, &["h1"], 0);
+        assert_eq!(
+            p.actions,
+            vec![Action::Retire {
+                task: tasks[0].clone(),
+                reason: REASON_DRAINED
+            }]
+        );
+    }
+
+    #[test]
+    fn nothing_is_placed_on_a_draining_node() {
+        let svcs = [service("web", 3, 1)];
+        let nodes = [node("h1"), node("h2")];
+        let p = drained_plan(&svcs, &[], &HashMap::new(), &nodes, &["h1"], 0);
+        assert_eq!(
+            places(&p),
+            vec![("h2".into(), 1), ("h2".into(), 2), ("h2".into(), 3)]
+        );
+
+        // With every node draining the tasks stay where they are and the reason is named.
+        let tasks = [task("a", "web", "h1", 1)];
+        let svcs = [service("web", 1, 1)];
+        let p = drained_plan(&svcs, &tasks, &running(&tasks), &nodes, &["h1", "h2"], 0);
+        assert!(p.actions.is_empty(), "{p:?}");
+        assert_eq!(
+            p.unplaced[0].describe(),
+            "1 task: 0/2 nodes: 2 node draining"
+        );
+    }
+
+    #[test]
+    fn activating_a_node_lets_new_tasks_go_there_without_rebalancing() {
+        let svcs = [service("web", 2, 1)];
+        let tasks = [task("a", "web", "h2", 1), task("b", "web", "h2", 2)];
+        let st = running(&tasks);
+        let nodes = [node("h1"), node("h2")];
+        assert_eq!(plan(&svcs, &tasks, &st, &nodes, 0), Plan::default());
+        let more = [service("web", 3, 1)];
+        let p = plan(&more, &tasks, &st, &nodes, 0);
+        assert_eq!(places(&p), vec![("h1".to_string(), 3)]);
+        assert!(retired(&p).is_empty());
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! mod revision, so a stale view cannot clobber newer state; every controller write is also
 //! fenced by the leader key (see [`crate::leader`]), so a deposed leader cannot place anything.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaderKey, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use rctl_api::codec::{decode, encode};
 use rctl_api::keys;
-use rctl_api::pb::{Node, Service, Task, TaskStatus};
+use rctl_api::pb::{Node, NodeDrain, Service, Task, TaskStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +39,8 @@ pub struct Loaded {
     pub tasks: Vec<Task>,
     pub statuses: HashMap<String, TaskStatus>,
     pub nodes: Vec<Node>,
+    /// Names of the nodes with a drain mark (`drain/{name}`), live or not.
+    pub draining: HashSet<String>,
     /// Mod revision of every key read, for guarded writes.
     pub mod_revisions: HashMap<String, i64>,
 }
@@ -86,11 +88,12 @@ impl Store {
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
             ..Default::default()
         };
-        let (svc_p, task_p, status_p, node_p) = (
+        let (svc_p, task_p, status_p, node_p, drain_p) = (
             keys::services_prefix(),
             keys::tasks_prefix(),
             keys::status_prefix(),
             keys::nodes_prefix(),
+            keys::drain_prefix(),
         );
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
@@ -106,6 +109,10 @@ impl Store {
                 })
             } else if key.starts_with(&node_p) {
                 decode::<Node>(kv.key(), v).map(|n| out.nodes.push(n))
+            } else if key.starts_with(&drain_p) {
+                decode::<NodeDrain>(kv.key(), v).map(|_| {
+                    out.draining.insert(keys::leaf(key).to_string());
+                })
             } else {
                 Ok(())
             };
@@ -154,6 +161,29 @@ impl Store {
         }
         self.commit(Txn::new().when(cmps).and_then(ops), "scale", "services")
             .await
+    }
+
+    /// Marks `node` draining unless it already is (an existing mark keeps its time).
+    pub async fn put_drain(&self, node: &str, drain: &NodeDrain) -> Result<(), StoreError> {
+        let key = keys::node_drain(node);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), encode(drain), None)]);
+        match self.commit(txn, "drain node", &key).await {
+            Err(StoreError::Conflict(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Clears `node`'s drain mark; true if there was one.
+    pub async fn delete_drain(&self, node: &str) -> Result<bool, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .delete(keys::node_drain(node), None)
+            .await
+            .map_err(etcd("activate node"))?;
+        Ok(resp.deleted() > 0)
     }
 
     pub async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
