@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`cluster`]: the harness that starts a `deploy/local/cluster` per test and tears it down.
+//! - [`etcd`]: a throwaway etcd for component tests of the scheduler and the LB.
 //! - [`fixtures`]: the project's own test images (busybox, testserver), built and pushed with
 //!   its own OCI code.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod etcd;
 pub mod fixtures;

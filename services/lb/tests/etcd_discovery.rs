@@ -5,7 +5,6 @@
 //! Needs Debian's `etcd-server` (installed by `make deps`); fails without it.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,72 +12,10 @@ use std::time::Duration;
 use etcd_client::Client;
 use rctl_api::codec::encode;
 use rctl_api::{keys, pb};
+use rctl_tests::etcd::{free_port, TestEtcd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An etcd member on loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    dir: tempfile::TempDir,
-    url: String,
-    peer: String,
-}
-
-impl Etcd {
-    fn start() -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = spawn_etcd(dir.path(), &url, &peer)?;
-        Some(Self {
-            child,
-            dir,
-            url,
-            peer,
-        })
-    }
-
-    /// Kills etcd and starts it again on the same data and ports, like a crash and restart.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = spawn_etcd(self.dir.path(), &self.url, &self.peer).unwrap();
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_etcd(dir: &std::path::Path, url: &str, peer: &str) -> Option<Child> {
-    Command::new("etcd")
-        .args(["--name", "lb-test", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
-        .args([
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-        ])
-        .arg(format!("--initial-cluster=lb-test={peer}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
 
 async fn connect(url: &str) -> Client {
     for _ in 0..100 {
@@ -195,7 +132,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_etcd() {
     // A missing etcd is a broken set-up, not a pass: `make deps` installs it.
-    let mut etcd = Etcd::start().expect("no etcd binary on PATH (make deps installs etcd-server)");
+    let mut etcd = TestEtcd::start();
     let mut kv = connect(&etcd.url).await;
     let (a, hits_a) = http_backend("a").await;
     let (b, hits_b) = http_backend("b").await;

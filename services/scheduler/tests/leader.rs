@@ -4,7 +4,6 @@
 //!
 //! Needs Debian's `etcd-server` (installed by `make deps`); fails without it.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
@@ -13,78 +12,33 @@ use rctl_api::{keys, pb};
 use rctl_scheduler::agents::Agents;
 use rctl_scheduler::leader::{Election, Term};
 use rctl_scheduler::store::{Store, StoreError};
+use rctl_tests::etcd::TestEtcd;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An etcd member on loopback ports, killed on drop.
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
+/// The shared test etcd, plus a client that waits for it to answer.
+struct Etcd(TestEtcd);
 
 impl Etcd {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new("etcd")
-            .args(["--name", "sched-test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .arg(format!("--initial-cluster=sched-test={peer}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd binary (Debian etcd-server) is required");
-        Self {
-            child,
-            _dir: dir,
-            url,
-        }
+        Self(TestEtcd::start())
     }
 
     fn endpoints(&self) -> Vec<String> {
-        vec![self.url.clone()]
+        self.0.endpoints()
     }
 
     async fn client(&self) -> Client {
         for _ in 0..100 {
-            if let Ok(mut c) = Client::connect([&self.url], None).await {
+            if let Ok(mut c) = Client::connect([&self.0.url], None).await {
                 if c.get("probe", None).await.is_ok() {
                     return c;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("etcd at {} did not come up", self.url);
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        panic!("etcd at {} did not come up", self.0.url);
     }
 }
 
