@@ -23,10 +23,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::{ACCEPT_BACKOFF, CONNECT_TIMEOUT, MAX_RETRIES};
+use super::{CONNECT_TIMEOUT, MAX_RETRIES};
 use crate::balance;
 use crate::routes::{InFlight, RoutesRx};
 use crate::stats::{ServiceCounters, Stats};
@@ -135,29 +134,11 @@ pub async fn serve(
         routes,
         forwarder,
     });
-    let conns = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(service = ctx.service, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        conns.spawn(serve_connection(
-            stream,
-            peer,
-            ctx.clone(),
-            shutdown.clone(),
-        ));
-    }
-    drop(listener);
-    conns.close();
-    conns.wait().await;
+    let service = ctx.service.clone();
+    super::accept_loop(listener, &service, &shutdown, |stream, peer| {
+        serve_connection(stream, peer, ctx.clone(), shutdown.clone())
+    })
+    .await;
 }
 
 async fn serve_connection(

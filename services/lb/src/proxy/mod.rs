@@ -6,7 +6,14 @@
 pub mod http;
 pub mod tcp;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
 
 /// At most this many extra backends are tried after a connection failure.
 pub const MAX_RETRIES: usize = 2;
@@ -15,4 +22,35 @@ pub const MAX_RETRIES: usize = 2;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections for `service` until `shutdown`, running `handle` on each as its own
+/// task; then closes the listener and waits for the accepted connections to end by themselves.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    service: &str,
+    shutdown: &CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let conns = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(service, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        conns.spawn(handle(stream, peer));
+    }
+    drop(listener);
+    conns.close();
+    conns.wait().await;
+}

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::{ACCEPT_BACKOFF, CONNECT_TIMEOUT, MAX_RETRIES};
+use super::{CONNECT_TIMEOUT, MAX_RETRIES};
 use crate::balance;
 use crate::routes::RoutesRx;
 use crate::stats::Stats;
@@ -41,23 +40,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let counters = stats.service(&service);
-    let conns = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(service, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    super::accept_loop(listener, &service, &shutdown, |stream, peer| {
         counters.record_connection();
         let routes = routes.clone();
         let service = service.clone();
-        conns.spawn(async move {
+        async move {
             match proxy(stream, &service, &routes).await {
                 Ok(()) => {}
                 // The client's or the backend's closing mid-stream is normal life for TCP.
@@ -66,11 +53,9 @@ pub async fn serve(
                 }
                 Err(e) => warn!(service, %peer, error = %crate::Chain(&e), "connection dropped"),
             }
-        });
-    }
-    drop(listener);
-    conns.close();
-    conns.wait().await;
+        }
+    })
+    .await;
 }
 
 async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Result<(), TcpError> {
