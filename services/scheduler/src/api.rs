@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::grpc::ApiError;
-use crate::reconcile::{reconcile, Snapshot};
+use crate::reconcile::reconcile;
 use crate::spec::{changes_revision, validate, validate_replicas};
 use crate::store::{Loaded, Store, StoreError};
 
@@ -73,14 +73,7 @@ fn is_running(loaded: &Loaded, t: &Task) -> bool {
 /// Why each service has fewer tasks than it wants, by service name: the same pure
 /// reconcile the controller runs, on the same kind of snapshot, with its plan discarded.
 fn unplaced(loaded: &Loaded) -> HashMap<String, String> {
-    let plan = reconcile(&Snapshot {
-        services: &loaded.services,
-        tasks: &loaded.tasks,
-        statuses: &loaded.statuses,
-        nodes: &loaded.nodes,
-        draining: &loaded.draining,
-        now_ms: rctl_api::clock::now_unix_ms(),
-    });
+    let plan = reconcile(&loaded.snapshot(rctl_api::clock::now_unix_ms()));
     plan.unplaced
         .iter()
         .map(|u| (u.service.clone(), u.describe()))

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::Agents;
 use crate::leader::{Election, Term};
-use crate::reconcile::{reconcile, Action, Snapshot};
+use crate::reconcile::{reconcile, Action};
 use crate::store::{Loaded, Store, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -86,15 +86,7 @@ async fn lead(
 /// are done (RPCs run on); [`StoreError::NotLeader`] ends the pass early.
 pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<(), StoreError> {
     let loaded = store.load().await?;
-    let snap = Snapshot {
-        services: &loaded.services,
-        tasks: &loaded.tasks,
-        statuses: &loaded.statuses,
-        nodes: &loaded.nodes,
-        draining: &loaded.draining,
-        now_ms: rctl_api::clock::now_unix_ms(),
-    };
-    let plan = reconcile(&snap);
+    let plan = reconcile(&loaded.snapshot(rctl_api::clock::now_unix_ms()));
     for u in &plan.unplaced {
         tracing::debug!(service = %u.service, missing = u.missing, reason = %u.reason, "cannot place");
     }

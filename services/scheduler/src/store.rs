@@ -50,6 +50,18 @@ impl Loaded {
         self.mod_revisions.get(key).copied().unwrap_or(0)
     }
 
+    /// The view reconcile decides on, at wall-clock time `now_ms`.
+    pub fn snapshot(&self, now_ms: i64) -> crate::reconcile::Snapshot<'_> {
+        crate::reconcile::Snapshot {
+            services: &self.services,
+            tasks: &self.tasks,
+            statuses: &self.statuses,
+            nodes: &self.nodes,
+            draining: &self.draining,
+            now_ms,
+        }
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services
             .iter()
