@@ -35,12 +35,14 @@ impl Slot {
     }
 }
 
-/// The repository root (this crate lives in `tests/`).
+/// The repository root (this crate lives in `tests/`). Cargo and nextest set
+/// `CARGO_MANIFEST_DIR` when they run a test; it is preferred over the compile-time value
+/// because the shared target dir may hold a test binary built from another clone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("repo root").to_path_buf()
 }
 
 /// Where cargo put the binaries: next to the test executable's `deps/` dir.
