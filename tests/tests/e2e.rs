@@ -430,17 +430,25 @@ fn a_lost_host_is_replaced_elsewhere_and_comes_back_without_duplicates() {
 
     c.cluster(&["kill-host", "h2"]);
     // Once h2's lease expires its tasks are replaced on h1 and h3.
-    let tasks = c.eventually(WAIT, "six running tasks on the surviving hosts", || {
+    let tasks = c.eventually(WAIT, "six healthy tasks on the surviving hosts", || {
         let tasks = c.ps(&[]);
-        (running(&tasks).len() == 6 && on(&tasks, "h2").is_empty()).then_some(tasks)
+        let healthy = running(&tasks)
+            .iter()
+            .filter(|t| t["health"] == "healthy")
+            .count();
+        (healthy == 6 && on(&tasks, "h2").is_empty()).then_some(tasks)
     });
     assert!(tasks
         .iter()
         .all(|t| !lost.contains(t["id"].as_str().unwrap())));
     let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
     assert!(nodes.iter().all(|n| n["name"] != "h2"), "{nodes:#?}");
-    // rctl-lb no longer sends to h2.
-    wait_for_lb(&c);
+    // rctl-lb no longer sends to h2 and, once the replacements' endpoints reach it, spreads
+    // over all six.
+    c.eventually(WAIT, "rctl-lb to route to all six", || {
+        let s: HashSet<String> = get_many(&c, 30, "v1").into_iter().collect();
+        (s.len() == 6).then_some(())
+    });
     let served: HashSet<String> = get_many(&c, 100, "v1").into_iter().collect();
     assert!(
         served.is_disjoint(&lost_hosts),
