@@ -7,6 +7,22 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Reads until the end of an HTTP request head (a blank line), EOF, or 8 KiB; the content
+/// is ignored, since every path gets the same answer.
+async fn read_head(sock: &mut tokio::net::TcpStream) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while head.len() < 8192 {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+    }
+}
+
 /// Serves `render()` at any path until `shutdown` completes.
 pub async fn serve<F>(
     addr: SocketAddr,
@@ -26,10 +42,10 @@ where
         };
         let render = render.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            // One read is enough for a scrape's request line; the body is ignored.
+            // Read the whole request head before answering: closing with unread bytes would
+            // reset the connection under a client still writing its request.
             let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut sock)).await;
             let body = render();
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
