@@ -36,8 +36,8 @@ struct Args {
     /// Registry (HOST:PORT) to reach over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
-    /// TTL of the node lease, in seconds.
-    #[arg(long, default_value_t = 10)]
+    /// TTL of the node lease, in seconds: how long after a host dies its tasks are replaced.
+    #[arg(long, default_value_t = 5)]
     lease_ttl: u64,
     /// Node labels, k=v (repeatable or comma-separated).
     #[arg(long = "labels", value_delimiter = ',')]

@@ -200,7 +200,9 @@ impl Store {
             .lease_keep_alive(id)
             .await
             .map_err(etcd_err("lease keep-alive", ""))?;
-        let period = Duration::from_millis((ttl as u64 * 1000) / 3);
+        // Renew five times per TTL: a host is declared lost only after about five missed
+        // renewals in a row, so a slow etcd round (fsync under load) costs nothing.
+        let period = Duration::from_millis((ttl as u64 * 1000) / 5);
         loop {
             keeper
                 .keep_alive()
