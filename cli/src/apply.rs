@@ -18,11 +18,11 @@ pub async fn run(
     let spec = service_file::load(file).map_err(|e| CliError::Usage(e.to_string()))?;
     let name = spec.name.clone();
     let resp = conn
-        .client
-        .apply(ApplyRequest { spec: Some(spec) })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner();
+        .write(|mut c| {
+            let spec = spec.clone();
+            async move { c.apply(ApplyRequest { spec: Some(spec) }).await }
+        })
+        .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     println!("service {name} {} (revision {rev})", resp.outcome);
     if wait {

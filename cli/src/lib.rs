@@ -30,7 +30,7 @@ use crate::output::Format;
     about = "rctl: containers on one host, services across many"
 )]
 pub struct Cli {
-    /// Scheduler API address.
+    /// Scheduler API address; several replicas comma-separated (writes follow the leader).
     #[arg(long, global = true, env = "RCTL_ADDR", default_value = rctl_api::DEFAULT_SCHEDULER_ADDR)]
     pub addr: String,
     #[command(subcommand)]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::client::Conn;
 use crate::error::CliError;
-use crate::output::{print_json, print_table, Format};
+use crate::output::{ago, print_json, print_table, rfc3339, Format};
 
 #[derive(Debug, Serialize)]
 struct NodeJson {
@@ -19,6 +19,10 @@ struct NodeJson {
     memory: u64,
     labels: BTreeMap<String, String>,
     subnet: String,
+    /// RFC 3339 time of the agent's last lease renewal; null when the node is down.
+    last_heartbeat: Option<String>,
+    #[serde(skip)]
+    last_heartbeat_unix_ms: i64,
 }
 
 pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
@@ -42,6 +46,9 @@ pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
                 memory: n.memory_bytes,
                 labels: n.labels.into_iter().collect(),
                 subnet: n.subnet,
+                last_heartbeat: (v.last_heartbeat_unix_ms > 0)
+                    .then(|| rfc3339(v.last_heartbeat_unix_ms)),
+                last_heartbeat_unix_ms: v.last_heartbeat_unix_ms,
             }
         })
         .collect();
@@ -63,12 +70,24 @@ pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
                             .map(|(k, v)| format!("{k}={v}"))
                             .collect::<Vec<_>>()
                             .join(","),
+                        if n.last_heartbeat_unix_ms > 0 {
+                            ago(n.last_heartbeat_unix_ms)
+                        } else {
+                            "-".to_string()
+                        },
                     ]
                 })
                 .collect();
             print_table(
                 &[
-                    "NAME", "ADDRESS", "STATE", "TASKS", "CPUS", "MEMORY", "LABELS",
+                    "NAME",
+                    "ADDRESS",
+                    "STATE",
+                    "TASKS",
+                    "CPUS",
+                    "MEMORY",
+                    "LABELS",
+                    "HEARTBEAT",
                 ],
                 &table,
             );
@@ -79,20 +98,19 @@ pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
 
 /// Marks `name` draining; prints the node's name.
 pub async fn drain(conn: &mut Conn, name: &str) -> Result<(), CliError> {
-    conn.client
-        .drain_node(DrainNodeRequest { node: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?;
+    conn.write(|mut c| async move { c.drain_node(DrainNodeRequest { node: name.into() }).await })
+        .await?;
     println!("{name}");
     Ok(())
 }
 
 /// Clears `name`'s drain mark; prints the node's name.
 pub async fn activate(conn: &mut Conn, name: &str) -> Result<(), CliError> {
-    conn.client
-        .activate_node(ActivateNodeRequest { node: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?;
+    conn.write(|mut c| async move {
+        c.activate_node(ActivateNodeRequest { node: name.into() })
+            .await
+    })
+    .await?;
     println!("{name}");
     Ok(())
 }

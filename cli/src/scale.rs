@@ -42,12 +42,11 @@ pub async fn run(
         .map(|a| parse_target(a))
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = targets.iter().map(|t| t.service.clone()).collect();
-    conn.client
-        .scale(ScaleRequest {
-            targets: targets.clone(),
-        })
-        .await
-        .map_err(|s| conn.err(s))?;
+    conn.write(|mut c| {
+        let targets = targets.clone();
+        async move { c.scale(ScaleRequest { targets }).await }
+    })
+    .await?;
     for t in &targets {
         println!("{} scaled to {}", t.service, t.replicas);
     }

@@ -159,10 +159,11 @@ pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
 
 pub async fn rm(conn: &mut Conn, names: &[String]) -> Result<(), CliError> {
     for name in names {
-        conn.client
-            .remove_service(RemoveServiceRequest { name: name.clone() })
-            .await
-            .map_err(|s| conn.err(s))?;
+        conn.write(|mut c| async move {
+            c.remove_service(RemoveServiceRequest { name: name.clone() })
+                .await
+        })
+        .await?;
         println!("{name}");
     }
     Ok(())

@@ -30,3 +30,6 @@ pub const DEFAULT_AGENT_PORT: u16 = 7700;
 pub const DEFAULT_SCHEDULER_ADDR: &str = "http://127.0.0.1:7600";
 /// The default etcd endpoint.
 pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+/// gRPC response metadata a follower scheduler sets on a refused write: the leader's API
+/// address, which clients follow.
+pub const LEADER_HEADER: &str = "rctl-leader";

@@ -28,11 +28,21 @@ impl Slot {
             if let Ok(lock) =
                 nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
             {
-                return Slot { n, _lock: lock };
+                // Something outside the harness (a benchmark, a dev cluster) may hold ports
+                // of this slot's range: skip it rather than fail at `cluster up`.
+                if slot_ports(n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+                    return Slot { n, _lock: lock };
+                }
             }
         }
         panic!("no free test slot in {LOCK_DIR}");
     }
+}
+
+/// Slot `n`'s loopback ports.
+fn slot_ports(n: u8) -> std::ops::Range<u16> {
+    let base = 30000 + 20 * n as u16;
+    base..base + 20
 }
 
 /// The repository root (this crate lives in `tests/`). Cargo and nextest set
@@ -62,6 +72,8 @@ pub struct Cluster {
     pub name: String,
     pub net: u8,
     pub hosts: u32,
+    /// Scheduler replicas; replica 1 serves on `port_base` (docs/local-cluster.md).
+    pub schedulers: u32,
     pub port_base: u16,
     pub state: PathBuf,
     bin: PathBuf,
@@ -74,13 +86,19 @@ impl Cluster {
     /// Starts a cluster with `hosts` hosts; panics (after tearing down) with the logs if it
     /// does not come up.
     pub fn start(hosts: u32) -> Cluster {
+        Self::start_with(hosts, 1)
+    }
+
+    /// Starts a cluster with `hosts` hosts and `schedulers` scheduler replicas.
+    pub fn start_with(hosts: u32, schedulers: u32) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
         let c = Cluster {
             name: format!("rt{n}"),
             net: n,
             hosts,
-            port_base: 30000 + 20 * n as u16,
+            schedulers,
+            port_base: slot_ports(n).start,
             state: PathBuf::from(format!("/var/tmp/rctl-tests/rt{n}")),
             bin: bin_dir(),
             torn_down: false,
@@ -88,7 +106,13 @@ impl Cluster {
         };
         // A previous run killed hard may have left this slot's resources behind.
         let _ = c.script(&["down"]);
-        let out = c.script(&["up", "--hosts", &hosts.to_string()]);
+        let out = c.script(&[
+            "up",
+            "--hosts",
+            &hosts.to_string(),
+            "--schedulers",
+            &schedulers.to_string(),
+        ]);
         if !out.status.success() {
             panic!(
                 "cluster up failed:\n{}\n{}\n{}",
@@ -127,9 +151,57 @@ impl Cluster {
         );
     }
 
-    /// The scheduler API address, as `RCTL_ADDR` takes it.
+    /// Every scheduler replica's API address, as `RCTL_ADDR` takes them.
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port_base)
+        (1..=self.schedulers)
+            .map(|j| format!("http://127.0.0.1:{}", self.scheduler_port(j)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Scheduler replica `j`'s API port (1-based; the cluster script's layout).
+    pub fn scheduler_port(&self, j: u32) -> u16 {
+        if j == 1 {
+            self.port_base
+        } else {
+            self.port_base + 2 * j as u16 + 2
+        }
+    }
+
+    fn scheduler_metrics(&self, j: u32) -> SocketAddr {
+        let port = if j == 1 {
+            self.port_base + 4
+        } else {
+            self.port_base + 2 * j as u16 + 3
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The pid of scheduler replica `j`, from the cluster's pid file.
+    pub fn scheduler_pid(&self, j: u32) -> i32 {
+        let name = if j == 1 {
+            "scheduler".to_string()
+        } else {
+            format!("scheduler-{j}")
+        };
+        self.pid_file(&name)
+    }
+
+    /// Whether replica `j` says (on its /metrics) that it leads; `None` if it does not answer.
+    pub fn scheduler_leads(&self, j: u32) -> Option<bool> {
+        let r = http_get(self.scheduler_metrics(j), "/metrics").ok()?;
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix("rctl_scheduler_leader "))
+            .map(|v| v.trim() == "1")
+    }
+
+    /// The replica that leads now, if exactly one says so.
+    pub fn leader(&self) -> Option<u32> {
+        let leaders: Vec<u32> = (1..=self.schedulers)
+            .filter(|&j| self.scheduler_leads(j) == Some(true))
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
     }
 
     /// The registry, as `host:port`, reachable from every host.
@@ -145,7 +217,12 @@ impl Cluster {
 
     /// The pid of host `host`'s agent, from the cluster's pid file.
     pub fn agent_pid(&self, host: &str) -> i32 {
-        let p = self.state.join("pids").join(format!("agent-{host}.pid"));
+        self.pid_file(&format!("agent-{host}"))
+    }
+
+    /// The pid in the cluster's pid file `NAME.pid` (e.g. `etcd`, `scheduler-2`).
+    pub fn pid_file(&self, name: &str) -> i32 {
+        let p = self.state.join("pids").join(format!("{name}.pid"));
         std::fs::read_to_string(&p)
             .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
             .trim()
@@ -153,11 +230,16 @@ impl Cluster {
             .expect("pid")
     }
 
-    /// Runs `rctl ARGS` against this cluster.
+    /// Runs `rctl ARGS` against this cluster (every scheduler replica in `RCTL_ADDR`).
     pub fn rctl(&self, args: &[&str]) -> Output {
+        self.rctl_via(&self.addr(), args)
+    }
+
+    /// Runs `rctl ARGS` with `RCTL_ADDR=addr`, e.g. one chosen replica.
+    pub fn rctl_via(&self, addr: &str, args: &[&str]) -> Output {
         Command::new(self.bin.join("rctl"))
             .args(args)
-            .env("RCTL_ADDR", self.addr())
+            .env("RCTL_ADDR", addr)
             .env_remove("RUST_LOG")
             .output()
             .expect("run rctl")
@@ -318,9 +400,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    // One write: a server may answer (and close) as soon as it has the request line.
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

@@ -1,7 +1,7 @@
 //! The Scheduler gRPC API: validates requests, writes desired state to etcd, and reads
 //! views for the CLI. It never acts on agents itself: the controller does, on the next pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rctl_api::pb::scheduler_server::Scheduler;
 use rctl_api::pb::*;
@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::grpc::ApiError;
+use crate::leader::Leadership;
 use crate::reconcile::reconcile;
 use crate::spec::{changes_revision, validate, validate_replicas};
 use crate::store::{Loaded, Store, StoreError};
@@ -18,6 +19,8 @@ const CONFLICT_RETRIES: usize = 5;
 
 pub struct Api {
     pub store: Store,
+    /// Writes are taken only while this replica leads; followers point the client at the leader.
+    pub leadership: Leadership,
 }
 
 fn span<T>(req: &Request<T>, name: &'static str) -> tracing::Span {
@@ -81,8 +84,23 @@ fn unplaced(loaded: &Loaded) -> HashMap<String, String> {
 }
 
 impl Api {
+    /// Refuses a write on a follower, naming the leader's address when one is known.
+    async fn require_leader(&self) -> Result<(), ApiError> {
+        if self.leadership.is_leader() {
+            return Ok(());
+        }
+        let leader = self
+            .leadership
+            .leader()
+            .await
+            .map(|c| c.addr)
+            .filter(|a| !a.is_empty());
+        Err(ApiError::NotLeader(leader))
+    }
+
     async fn apply(&self, spec: ServiceSpec) -> Result<ApplyResponse, ApiError> {
         validate(&spec)?;
+        self.require_leader().await?;
         retrying(|| async {
             let loaded = self.store.load().await?;
             let key = rctl_api::keys::service(&spec.name);
@@ -126,6 +144,7 @@ impl Api {
     }
 
     async fn scale(&self, targets: Vec<ScaleTarget>) -> Result<ScaleResponse, ApiError> {
+        self.require_leader().await?;
         if targets.is_empty() {
             return Err(ApiError::BadRequest(
                 "nothing to scale (usage: rctl scale NAME=N)".into(),
@@ -214,6 +233,7 @@ impl Api {
     }
 
     async fn remove(&self, name: &str) -> Result<RemoveServiceResponse, ApiError> {
+        self.require_leader().await?;
         if !self.store.delete_service(name).await? {
             return Err(ApiError::ServiceNotFound(name.into()));
         }
@@ -239,10 +259,26 @@ impl Api {
 
     async fn list_nodes(&self) -> Result<ListNodesResponse, ApiError> {
         let loaded = self.store.load().await?;
+        let now = rctl_api::clock::now_unix_ms();
+        let tasks_on = |node: &str| {
+            loaded
+                .tasks
+                .iter()
+                .filter(|t| t.node == node && t.desired_state() == DesiredState::Running)
+                .count() as u32
+        };
+        let ages = futures::future::join_all(loaded.nodes.iter().map(|n| async {
+            match loaded.node_leases.get(&n.name) {
+                Some(&lease) => self.store.lease_age(lease).await,
+                None => None,
+            }
+        }))
+        .await;
         let mut nodes: Vec<NodeView> = loaded
             .nodes
             .iter()
-            .map(|n| NodeView {
+            .zip(ages)
+            .map(|(n, age)| NodeView {
                 node: Some(n.clone()),
                 state: if loaded.draining.contains(&n.name) {
                     "draining"
@@ -250,13 +286,30 @@ impl Api {
                     "ready"
                 }
                 .into(),
-                tasks: loaded
-                    .tasks
-                    .iter()
-                    .filter(|t| t.node == n.name && t.desired_state() == DesiredState::Running)
-                    .count() as u32,
+                tasks: tasks_on(&n.name),
+                last_heartbeat_unix_ms: age.map_or(0, |a| now - a.as_millis() as i64),
             })
             .collect();
+        // A node whose agent is gone (its lease expired) but that still has tasks or a drain
+        // mark is listed as down, so it does not silently vanish from the listing.
+        let live: HashSet<&str> = loaded.nodes.iter().map(|n| n.name.as_str()).collect();
+        let gone: BTreeSet<&str> = loaded
+            .tasks
+            .iter()
+            .filter(|t| t.desired_state() == DesiredState::Running)
+            .map(|t| t.node.as_str())
+            .chain(loaded.draining.iter().map(String::as_str))
+            .filter(|n| !n.is_empty() && !live.contains(n))
+            .collect();
+        nodes.extend(gone.into_iter().map(|name| NodeView {
+            node: Some(Node {
+                name: name.to_string(),
+                ..Default::default()
+            }),
+            state: "down".into(),
+            tasks: tasks_on(name),
+            last_heartbeat_unix_ms: 0,
+        }));
         nodes.sort_by(|a, b| {
             a.node
                 .as_ref()
@@ -267,6 +320,7 @@ impl Api {
     }
 
     async fn drain_node(&self, node: &str) -> Result<DrainNodeResponse, ApiError> {
+        self.require_leader().await?;
         let loaded = self.store.load().await?;
         if !loaded.nodes.iter().any(|n| n.name == node) {
             return Err(ApiError::NodeNotFound(node.into()));
@@ -280,6 +334,7 @@ impl Api {
     }
 
     async fn activate_node(&self, node: &str) -> Result<ActivateNodeResponse, ApiError> {
+        self.require_leader().await?;
         let loaded = self.store.load().await?;
         let live = loaded.nodes.iter().any(|n| n.name == node);
         // A drained node whose agent is away may still be activated.

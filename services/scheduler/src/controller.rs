@@ -39,7 +39,10 @@ pub async fn run(store: Store, agents: Agents, election: Election, shutdown: Can
             return;
         };
         tracing::info!(node = %node, rev = term.key().rev(), "became leader");
+        election.set_leading(true);
         let end = lead(&store, &agents, &term, &wake, &shutdown).await;
+        // Stop taking writes before resigning, so none lands after a successor leads.
+        election.set_leading(false);
         term.resign().await;
         match end {
             TermEnd::Shutdown => {

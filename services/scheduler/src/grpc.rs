@@ -17,6 +17,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A write reached a follower; carries the leader's API address when one is known.
+    #[error("{}", match .0 {
+        Some(addr) => format!("this scheduler is not the leader; the leader is at {addr}"),
+        None => "no scheduler leader is elected right now; retry in a few seconds".to_string(),
+    })]
+    NotLeader(Option<String>),
 }
 
 impl From<ApiError> for Status {
@@ -29,6 +35,14 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
+            ApiError::NotLeader(Some(addr)) => {
+                let mut s = Status::failed_precondition(e.to_string());
+                if let Ok(v) = addr.parse() {
+                    s.metadata_mut().insert(rctl_api::LEADER_HEADER, v);
+                }
+                s
+            }
+            ApiError::NotLeader(None) => Status::unavailable(e.to_string()),
             // API writes are not fenced; this only appears if that ever changes.
             ApiError::Store(StoreError::NotLeader(_)) => Status::unavailable(e.to_string()),
             ApiError::Store(StoreError::Etcd { .. }) => {

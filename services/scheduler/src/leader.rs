@@ -1,13 +1,16 @@
 //! Leader election among scheduler replicas, on etcd's election API at [`keys::leader()`].
 //!
 //! Vocabulary:
-//! - **candidate value**: this replica's name ([`default_node_id`]), what `observe` shows.
+//! - **candidate value**: this replica's name ([`default_node_id`]) and the address its API
+//!   is reached at ([`Candidate`]), so followers can tell the CLI where the leader is.
 //! - **term**: one stretch of leadership. It holds the [`LeaderKey`] etcd returned from
 //!   `campaign`, whose create revision fences every controller write (see
 //!   [`Store::create_task`](crate::store::Store::create_task)), and a lease kept alive in the
 //!   background. A term ends when the lease cannot be renewed, a fenced write fails, or the
 //!   replica resigns on shutdown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey, ResignOptions};
@@ -15,8 +18,9 @@ use rctl_api::keys;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Lease TTL of a term: how long a dead leader blocks the others.
-pub const LEASE_TTL_SECS: i64 = 5;
+/// Lease TTL of a term: how long a dead leader blocks the others. Short, so a follower
+/// leads within about this long after a leader dies; a false loss only costs a handover.
+pub const LEASE_TTL_SECS: i64 = 2;
 /// Bound on the calls made while stepping down, so shutdown never hangs on etcd.
 const RESIGN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on connecting and granting a lease.
@@ -53,15 +57,71 @@ pub fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// What a replica puts up for election: who it is and where its API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Unique per process ([`default_node_id`]); only for logs.
+    pub id: String,
+    /// The API address clients are sent to while this replica leads (e.g. `http://10.0.0.5:7600`).
+    pub addr: String,
+}
+
+impl Candidate {
+    /// The election value: `ID ADDR` (ids hold no spaces).
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.id, self.addr)
+    }
+
+    /// Reads a value written by [`Candidate::encode`]; a bare id (no address) is accepted.
+    pub fn decode(value: &str) -> Self {
+        let (id, addr) = value.split_once(' ').unwrap_or((value, ""));
+        Self {
+            id: id.to_string(),
+            addr: addr.trim().to_string(),
+        }
+    }
+}
+
 /// One replica's candidacy in the scheduler election.
 #[derive(Clone)]
 pub struct Election {
     client: Client,
     /// Election name: the etcd key prefix candidates queue under.
     name: String,
-    /// This replica's candidate value.
+    /// This replica's candidate value ([`Candidate::encode`]).
     value: String,
     ttl_secs: i64,
+    /// Whether this replica leads right now; set by the controller, read by the API.
+    leading: Arc<AtomicBool>,
+}
+
+/// What the API needs to know about the election: whether this replica leads, and else
+/// where the leader is.
+#[derive(Clone)]
+pub struct Leadership {
+    client: Client,
+    name: String,
+    /// This replica's candidate value, to recognise its own stale key.
+    value: String,
+    leading: Arc<AtomicBool>,
+}
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// The current leader as etcd sees it; `None` while no one leads, etcd is unreachable,
+    /// or the key is this replica's own from a term that just ended (it expires with its lease).
+    pub async fn leader(&self) -> Option<Candidate> {
+        let mut election = self.client.election_client();
+        let resp = tokio::time::timeout(CALL_TIMEOUT, election.leader(self.name.as_str()))
+            .await
+            .ok()?
+            .ok()?;
+        let value = resp.kv()?.value_str().ok()?;
+        (value != self.value).then(|| Candidate::decode(value))
+    }
 }
 
 impl Election {
@@ -85,12 +145,28 @@ impl Election {
             name: keys::leader(),
             value: value.into(),
             ttl_secs: LEASE_TTL_SECS,
+            leading: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// This replica's candidate value.
     pub fn value(&self) -> &str {
         &self.value
+    }
+
+    /// A view of this candidacy for the API.
+    pub fn leadership(&self) -> Leadership {
+        Leadership {
+            client: self.client.clone(),
+            name: self.name.clone(),
+            value: self.value.clone(),
+            leading: self.leading.clone(),
+        }
+    }
+
+    /// Marks whether this replica leads: true only between winning a campaign and resigning.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
     }
 
     /// Waits until this replica leads. `None` if `shutdown` fires first; etcd errors are
@@ -292,4 +368,25 @@ async fn keep_alive(client: Client, lease: i64, ttl_secs: i64, lost: Cancellatio
         }
     }
     lost.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_round_trips_and_a_bare_id_has_no_address() {
+        let c = Candidate {
+            id: "host-42".into(),
+            addr: "http://127.0.0.1:7600".into(),
+        };
+        assert_eq!(Candidate::decode(&c.encode()), c);
+        assert_eq!(
+            Candidate::decode("old-replica"),
+            Candidate {
+                id: "old-replica".into(),
+                addr: String::new()
+            }
+        );
+    }
 }

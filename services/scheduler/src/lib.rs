@@ -23,8 +23,6 @@ pub mod spec;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use rctl_api::pb::scheduler_server::SchedulerServer;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +32,9 @@ use tokio_util::task::TaskTracker;
 pub struct Config {
     pub etcd: Vec<String>,
     pub listen: SocketAddr,
+    /// The API address followers hand to clients while this replica leads; defaults to
+    /// `http://{listen}`.
+    pub advertise_addr: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -42,9 +43,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let store = store::Store::connect(&cfg.etcd).await?;
     let agents = agents::Agents::default();
     let tasks = TaskTracker::new();
-    let passes = Arc::new(AtomicU64::new(0));
 
-    let election = leader::Election::connect(&cfg.etcd, leader::default_node_id()).await?;
+    let candidate = leader::Candidate {
+        id: leader::default_node_id(),
+        addr: cfg
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.listen)),
+    };
+    let election = leader::Election::connect(&cfg.etcd, candidate.encode()).await?;
+    let leadership = election.leadership();
     tasks.spawn(controller::run(
         store.clone(),
         agents,
@@ -52,11 +60,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         shutdown.child_token(),
     ));
     if let Some(addr) = cfg.metrics_addr {
-        let passes = passes.clone();
+        let leadership = leadership.clone();
         let token = shutdown.child_token();
         tasks.spawn(async move {
             let render = move || {
-                format!("# TYPE rctl_scheduler_up gauge\nrctl_scheduler_up 1\n# TYPE rctl_scheduler_info gauge\nrctl_scheduler_info{{version=\"{}\"}} {}\n", env!("CARGO_PKG_VERSION"), passes.load(Ordering::Relaxed).max(1))
+                format!(
+                    "# TYPE rctl_scheduler_up gauge\nrctl_scheduler_up 1\n\
+                     # TYPE rctl_scheduler_info gauge\nrctl_scheduler_info{{version=\"{}\"}} 1\n\
+                     # HELP rctl_scheduler_leader 1 while this replica is the elected leader.\n\
+                     # TYPE rctl_scheduler_leader gauge\nrctl_scheduler_leader {}\n",
+                    env!("CARGO_PKG_VERSION"),
+                    u8::from(leadership.is_leader()),
+                )
             };
             if let Err(e) = rctl_api::metrics::serve(addr, render, token.cancelled_owned()).await {
                 tracing::error!(error = %e, %addr, "metrics endpoint failed");
@@ -68,7 +83,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(addr = %cfg.listen, "scheduler API listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
-        .add_service(SchedulerServer::new(api::Api { store }))
+        .add_service(SchedulerServer::new(api::Api { store, leadership }))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let res = server.await;
     shutdown.cancel();

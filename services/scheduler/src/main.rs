@@ -16,6 +16,9 @@ struct Args {
     /// Address of the gRPC API.
     #[arg(long, default_value = "127.0.0.1:7600")]
     listen: std::net::SocketAddr,
+    /// API address clients are sent to while this replica leads (default: http://LISTEN).
+    #[arg(long)]
+    advertise_addr: Option<String>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -35,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         rctl_scheduler::Config {
             etcd: args.etcd,
             listen: args.listen,
+            advertise_addr: args.advertise_addr,
             metrics_addr: args.metrics_addr,
         },
         token,

@@ -39,6 +39,8 @@ pub struct Loaded {
     pub tasks: Vec<Task>,
     pub statuses: HashMap<String, TaskStatus>,
     pub nodes: Vec<Node>,
+    /// The lease each live node's key is held under, by node name.
+    pub node_leases: HashMap<String, i64>,
     /// Names of the nodes with a drain mark (`drain/{name}`), live or not.
     pub draining: HashSet<String>,
     /// Mod revision of every key read, for guarded writes.
@@ -89,6 +91,19 @@ impl Store {
         self.client.clone()
     }
 
+    /// How long ago the holder of `lease` last renewed it, to the second; `None` if the
+    /// lease is gone. etcd keeps no renewal time, but the remaining TTL tells it.
+    pub async fn lease_age(&self, lease: i64) -> Option<std::time::Duration> {
+        let r = self
+            .client
+            .lease_client()
+            .time_to_live(lease, None)
+            .await
+            .ok()?;
+        (r.ttl() >= 0)
+            .then(|| std::time::Duration::from_secs((r.granted_ttl() - r.ttl()).max(0) as u64))
+    }
+
     /// One range read of the whole schema, so the view is consistent at one revision.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
         let mut kv = self.client.kv_client();
@@ -120,7 +135,10 @@ impl Store {
                     out.statuses.insert(s.task_id.clone(), s);
                 })
             } else if key.starts_with(&node_p) {
-                decode::<Node>(kv.key(), v).map(|n| out.nodes.push(n))
+                decode::<Node>(kv.key(), v).map(|n| {
+                    out.node_leases.insert(n.name.clone(), kv.lease());
+                    out.nodes.push(n)
+                })
             } else if key.starts_with(&drain_p) {
                 decode::<NodeDrain>(kv.key(), v).map(|_| {
                     out.draining.insert(keys::leaf(key).to_string());
