@@ -257,3 +257,37 @@ fn a_task_that_fits_nowhere_is_placed_as_soon_as_a_node_frees_up() {
     );
     c.down_leaving_nothing();
 }
+
+#[test]
+fn a_joining_node_takes_new_tasks_and_running_ones_stay_put() {
+    let c = Cluster::start(2);
+    let file = c.service_file("svc.toml", &plain_service(&c, "svc", 4, ""));
+    c.apply_and_wait(&file);
+    let before = ids(&exactly_running(&c, "svc", 4));
+
+    // h3 joins (`up` with more hosts adds them; what runs is left alone).
+    c.cluster(&["up", "--hosts", "3"]);
+    c.eventually(WAIT, "h3 to be ready", || {
+        let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).ok()?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == "h3" && n["state"] == "ready")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ids(&tasks_of(&c, "svc")),
+        before,
+        "running tasks were moved"
+    );
+
+    c.rctl_ok(&["scale", "svc=6", "--wait", "--timeout", "60s"]);
+    let tasks = exactly_running(&c, "svc", 6);
+    assert!(ids(&tasks).is_superset(&before));
+    let on_h3 = tasks.iter().filter(|t| t["node"] == "h3").count();
+    assert_eq!(
+        on_h3, 2,
+        "spread sends both new tasks to the empty node: {tasks:#?}"
+    );
+    c.down_leaving_nothing();
+}
