@@ -64,6 +64,8 @@ pub struct Cluster {
     pub hosts: u32,
     pub port_base: u16,
     pub state: PathBuf,
+    /// Started with `up --tls`: every link is mutual TLS, certificates in `STATE/tls`.
+    pub tls: bool,
     bin: PathBuf,
     /// Set once `down` has run, so drop does not run it again.
     torn_down: bool,
@@ -74,6 +76,15 @@ impl Cluster {
     /// Starts a cluster with `hosts` hosts; panics (after tearing down) with the logs if it
     /// does not come up.
     pub fn start(hosts: u32) -> Cluster {
+        Self::start_with(hosts, false)
+    }
+
+    /// Starts a cluster whose every link (CLI, scheduler, agents, lb, etcd) is mutual TLS.
+    pub fn start_tls(hosts: u32) -> Cluster {
+        Self::start_with(hosts, true)
+    }
+
+    fn start_with(hosts: u32, tls: bool) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
         let c = Cluster {
@@ -82,13 +93,19 @@ impl Cluster {
             hosts,
             port_base: 30000 + 20 * n as u16,
             state: PathBuf::from(format!("/var/tmp/rctl-tests/rt{n}")),
+            tls,
             bin: bin_dir(),
             torn_down: false,
             _slot: slot,
         };
         // A previous run killed hard may have left this slot's resources behind.
         let _ = c.script(&["down"]);
-        let out = c.script(&["up", "--hosts", &hosts.to_string()]);
+        let hosts_arg = hosts.to_string();
+        let mut up = vec!["up", "--hosts", hosts_arg.as_str()];
+        if tls {
+            up.push("--tls");
+        }
+        let out = c.script(&up);
         if !out.status.success() {
             panic!(
                 "cluster up failed:\n{}\n{}\n{}",
@@ -129,7 +146,24 @@ impl Cluster {
 
     /// The scheduler API address, as `RCTL_ADDR` takes it.
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port_base)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port_base)
+    }
+
+    /// Where a TLS cluster keeps its CA and certificates (`rctl cluster` layout).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state.join("tls")
+    }
+
+    /// The etcd client URL, as components take it.
+    pub fn etcd_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://198.18.{}.1:{}", self.net, self.port_base + 1)
+    }
+
+    /// Where the binaries under test are.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// The registry, as `host:port`, reachable from every host.
@@ -155,12 +189,18 @@ impl Cluster {
 
     /// Runs `rctl ARGS` against this cluster.
     pub fn rctl(&self, args: &[&str]) -> Output {
-        Command::new(self.bin.join("rctl"))
-            .args(args)
+        let mut cmd = Command::new(self.bin.join("rctl"));
+        cmd.args(args)
             .env("RCTL_ADDR", self.addr())
             .env_remove("RUST_LOG")
-            .output()
-            .expect("run rctl")
+            .env_remove("RCTL_TLS_NAME");
+        if self.tls {
+            cmd.env("RCTL_TLS_DIR", self.tls_dir())
+                .env_remove("RCTL_INSECURE");
+        } else {
+            cmd.env("RCTL_INSECURE", "1");
+        }
+        cmd.output().expect("run rctl")
     }
 
     /// Runs `rctl ARGS`, asserts exit 0, returns stdout.

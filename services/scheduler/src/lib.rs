@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rctl_api::pb::scheduler_server::SchedulerServer;
+use rctl_api::tls::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,16 +36,19 @@ pub struct Config {
     pub etcd: Vec<String>,
     pub listen: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the API, towards agents and etcd; or explicit plaintext.
+    pub security: rctl_api::tls::Security,
 }
 
 /// Runs the API server and the controller until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = store::Store::connect(&cfg.etcd).await?;
-    let agents = agents::Agents::default();
+    let store = store::Store::connect(&cfg.etcd, &cfg.security).await?;
+    let agents = agents::Agents::new(cfg.security.clone());
     let tasks = TaskTracker::new();
     let passes = Arc::new(AtomicU64::new(0));
 
-    let election = leader::Election::connect(&cfg.etcd, leader::default_node_id()).await?;
+    let election =
+        leader::Election::connect(&cfg.etcd, &cfg.security, leader::default_node_id()).await?;
     tasks.spawn(controller::run(
         store.clone(),
         agents,
@@ -67,8 +71,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(addr = %cfg.listen, "scheduler API listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
-        .add_service(SchedulerServer::new(api::Api { store }))
+    // The CLI holds client certificates; other replicas may forward to this one.
+    let roles = cfg
+        .security
+        .role_check(&[Role::Client, Role::Scheduler], "scheduler");
+    let server = cfg
+        .security
+        .server()?
+        .add_service(SchedulerServer::with_interceptor(api::Api { store }, roles))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let res = server.await;
     shutdown.cancel();

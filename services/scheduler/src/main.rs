@@ -19,11 +19,19 @@ struct Args {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: rctl_api::tls::TlsArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let security = args.tls.security_or_exit();
+    for url in &args.etcd {
+        if let Err(e) = security.check_url(url, "--etcd") {
+            rctl_api::tls::usage_exit(&e.to_string());
+        }
+    }
     let _telemetry = rctl_api::telemetry::init("rctl-scheduler", "info");
     let token = CancellationToken::new();
     let signal_token = token.clone();
@@ -36,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             etcd: args.etcd,
             listen: args.listen,
             metrics_addr: args.metrics_addr,
+            security,
         },
         token,
     )
