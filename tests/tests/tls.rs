@@ -409,5 +409,39 @@ fn an_agent_cannot_take_another_nodes_name() {
     let h2 = nodes.iter().find(|n| n["name"] == "h2").expect("h2 listed");
     assert_eq!(h2["state"], "ready", "{h2:#?}");
     assert_eq!(running_on(&c, "h2"), on_h2, "h2 keeps its tasks");
+
+    // The real h2 agent SIGKILLed and started again on the same disk takes its node back
+    // from its own still-live record (same host id) instead of being refused.
+    let old = c.agent_pid("h2");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill h2's agent");
+    c.cluster(&["start-agent", "h2"]);
+    let new = c.agent_pid("h2");
+    assert_ne!(new, old);
+    let log = c.state.join("logs/agent-h2.log");
+    c.eventually(
+        Duration::from_secs(30),
+        "h2's new agent to take its node record over",
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("took over this host's node record")
+                .then_some(())
+        },
+    );
+    // Outlive the killed agent's lease (10 s): the record now lives under the new one.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        Path::new(&format!("/proc/{new}")).exists(),
+        "the restarted agent runs\n{}",
+        c.logs()
+    );
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    let h2 = nodes.iter().find(|n| n["name"] == "h2").expect("h2 listed");
+    assert_eq!(h2["state"], "ready", "{h2:#?}");
+    assert_eq!(running_on(&c, "h2"), on_h2, "h2 keeps its tasks");
     c.down_leaving_nothing();
 }
