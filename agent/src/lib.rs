@@ -183,18 +183,26 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         host_id: host_id.clone(),
     };
     // Claimed before touching the host's network: an agent refused the name changes nothing.
-    store
-        .register(
-            keys::node(&cfg.node_name),
-            codec::encode(&node),
-            &host_id,
-            cfg.lease_ttl as i64,
-        )
-        .await
-        .map_err(|e| match e {
-            store::StoreError::NodeTaken { .. } => AgentError::NodeTaken(e),
-            other => AgentError::Store(other),
-        })?;
+    // Only a refusal is final; etcd trouble is waited out like an unreachable etcd above.
+    loop {
+        let registered = store
+            .register(
+                keys::node(&cfg.node_name),
+                codec::encode(&node),
+                &host_id,
+                cfg.lease_ttl as i64,
+            )
+            .await;
+        match registered {
+            Ok(()) => break,
+            Err(e @ store::StoreError::NodeTaken { .. }) => return Err(AgentError::NodeTaken(e)),
+            Err(e) => warn!(error = %e, "node registration failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
     let net = network::Network {
         bridge: cfg.bridge.clone(),
         subnet: cfg.subnet,
