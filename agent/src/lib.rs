@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub labels: HashMap<String, String>,
     /// Where to serve Prometheus `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// TLS for the Agent API and etcd; or explicit plaintext.
+    pub security: rctl_api::tls::Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +69,65 @@ pub enum AgentError {
     },
     #[error("set up container network: {0}")]
     Network(#[from] network::NetworkError),
+    #[error("{0}")]
+    NodeTaken(store::StoreError),
     #[error("register node: {0}")]
     Store(#[from] store::StoreError),
+    #[error("host id {path}: {source}")]
+    HostId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] rctl_api::tls::TlsError),
     #[error("serve gRPC on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// Refuses a certificate that is not this node's: the name the scheduler verifies when it
+/// dials this agent must be the node name the agent registers.
+pub fn check_identity(cert: &rctl_api::tls::PeerIdentity, node_name: &str) -> Result<(), String> {
+    if cert.role != rctl_api::tls::Role::Agent {
+        return Err(format!(
+            "the TLS certificate is for {cert}, not an agent: issue one with `rctl cluster cert issue --role agent {node_name}`"
+        ));
+    }
+    if cert.name != node_name {
+        return Err(format!(
+            "the TLS certificate is for node {:?} but --node-name is {node_name:?}: an agent may only register as the node its certificate names",
+            cert.name
+        ));
+    }
+    Ok(())
+}
+
+/// File in the agent's root holding this host's identity.
+const HOST_ID_FILE: &str = "host-id";
+
+/// This host's random identity, made once and kept in the root dir: it lets the same agent
+/// restarting take its node record back, and tells it apart from another host.
+fn host_id(root: &std::path::Path) -> Result<String, AgentError> {
+    let path = root.join(HOST_ID_FILE);
+    let err = |source| AgentError::HostId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    let tmp = root.join(format!("{HOST_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n")).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(id)
 }
 
 /// Total memory of the host from /proc/meminfo.
@@ -103,16 +156,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             .await
             .map_err(|source| AgentError::StateDir { path, source })?;
     }
-    let net = network::Network {
-        bridge: cfg.bridge.clone(),
-        subnet: cfg.subnet,
-        advertise_ip: cfg.advertise_ip,
-    };
-    net.ensure_bridge().await?;
+    let host_id = host_id(&cfg.root)?;
 
     // etcd may come up after us (host boot order): keep trying until shutdown.
     let store = loop {
-        match store::Store::connect(&cfg.etcd, &cfg.node_name).await {
+        match store::Store::connect(&cfg.etcd, &cfg.node_name, &cfg.security).await {
             Ok(s) => break s,
             Err(e) => warn!(error = %e, "etcd not reachable yet"),
         }
@@ -132,10 +180,35 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         labels: cfg.labels.clone(),
         subnet: cfg.subnet.to_string(),
         started_unix_ms: clock::now_unix_ms(),
+        host_id: host_id.clone(),
     };
-    store
-        .put_leased(keys::node(&cfg.node_name), codec::encode(&node))
-        .await?;
+    // Claimed before touching the host's network: an agent refused the name changes nothing.
+    // Only a refusal is final; etcd trouble is waited out like an unreachable etcd above.
+    loop {
+        let registered = store
+            .register(
+                keys::node(&cfg.node_name),
+                codec::encode(&node),
+                &host_id,
+                cfg.lease_ttl as i64,
+            )
+            .await;
+        match registered {
+            Ok(()) => break,
+            Err(e @ store::StoreError::NodeTaken { .. }) => return Err(AgentError::NodeTaken(e)),
+            Err(e) => warn!(error = %e, "node registration failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    let net = network::Network {
+        bridge: cfg.bridge.clone(),
+        subnet: cfg.subnet,
+        advertise_ip: cfg.advertise_ip,
+    };
+    net.ensure_bridge().await?;
 
     let tracker = TaskTracker::new();
     if let Some(addr) = cfg.metrics_addr {
@@ -165,9 +238,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 
     info!(addr = %cfg.listen, node = %cfg.node_name, "serving Agent API");
-    let served = tonic::transport::Server::builder()
-        .add_service(pb::agent_server::AgentServer::new(
+    // Only the scheduler sends work to an agent.
+    let roles = cfg
+        .security
+        .role_check(&[rctl_api::tls::Role::Scheduler], "agent");
+    let served = cfg
+        .security
+        .server()?
+        .add_service(pb::agent_server::AgentServer::with_interceptor(
             server::AgentService::new(tasks),
+            roles,
         ))
         .serve_with_shutdown(cfg.listen, shutdown.cancelled())
         .await;
@@ -183,4 +263,33 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         addr: cfg.listen,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rctl_api::tls::{PeerIdentity, Role};
+
+    #[test]
+    fn an_agent_runs_only_as_the_node_its_certificate_names() {
+        let cert = |name: &str, role| PeerIdentity {
+            name: name.into(),
+            role,
+        };
+        assert!(check_identity(&cert("h2", Role::Agent), "h2").is_ok());
+        let e = check_identity(&cert("h3", Role::Agent), "h2").unwrap_err();
+        assert!(e.contains(r#"node "h3" but --node-name is "h2""#), "{e}");
+        let e = check_identity(&cert("h2", Role::Scheduler), "h2").unwrap_err();
+        assert!(e.contains("not an agent"), "{e}");
+    }
+
+    #[test]
+    fn the_host_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = host_id(dir.path()).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_eq!(host_id(dir.path()).unwrap(), a);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(host_id(other.path()).unwrap(), a);
+    }
 }

@@ -45,6 +45,8 @@ struct Args {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: rctl_api::tls::TlsArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +57,15 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(rctl_agent::shim::main(std::path::Path::new(dir)));
     }
     let args = Args::parse();
+    let security = args.tls.security_or_exit();
+    if let Err(e) = security.check_url(&args.etcd, "--etcd") {
+        rctl_api::tls::usage_exit(&e.to_string());
+    }
+    if let Some(tls) = security.tls() {
+        if let Err(why) = rctl_agent::check_identity(tls.identity(), &args.node_name) {
+            rctl_api::tls::usage_exit(&why);
+        }
+    }
     let mut labels = HashMap::new();
     for l in &args.labels {
         let (k, v) = l
@@ -77,8 +88,9 @@ fn main() -> anyhow::Result<()> {
         lease_ttl: args.lease_ttl,
         labels,
         metrics_addr: args.metrics_addr,
+        security,
     };
-    tokio::runtime::Runtime::new()?.block_on(async move {
+    let res = tokio::runtime::Runtime::new()?.block_on(async move {
         let _telemetry = rctl_api::telemetry::init("rctl-agent", "info");
         let token = tokio_util::sync::CancellationToken::new();
         let mut agent = tokio::spawn(rctl_agent::run(cfg, token.clone()));
@@ -94,5 +106,11 @@ fn main() -> anyhow::Result<()> {
             Ok(r) => r?.map_err(anyhow::Error::from),
             Err(_) => anyhow::bail!("agent did not stop within 10s"),
         }
-    })
+    });
+    // One line, as every rctl binary reports a fatal error.
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

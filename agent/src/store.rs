@@ -3,12 +3,18 @@
 //!
 //! Leased keys are also kept in memory, so when the lease is lost (etcd restart, long
 //! partition) a fresh lease is granted and every leased key is put again under it.
+//!
+//! The node key is claimed, not just put: a transaction creates it only if absent, or takes
+//! it over when the record there carries this host's id (the same agent restarting after a
+//! crash, before its old lease expired). Another live agent's record is never overwritten.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use rctl_api::{codec, keys, pb};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -24,6 +30,8 @@ pub enum StoreError {
     },
     #[error("etcd lease {0} expired")]
     LeaseExpired(i64),
+    #[error("node {node:?} is already registered by another live agent ({holder}); stop that agent or pick another --node-name")]
+    NodeTaken { node: String, holder: String },
 }
 
 fn etcd_err(op: &'static str, key: &str) -> impl FnOnce(etcd_client::Error) -> StoreError {
@@ -36,7 +44,11 @@ fn etcd_err(op: &'static str, key: &str) -> impl FnOnce(etcd_client::Error) -> S
 struct Leased {
     /// 0 until the first grant.
     id: i64,
+    /// Granted by [`Store::register`] and not yet kept alive by the lease loop.
+    pending: Option<i64>,
     kvs: BTreeMap<String, Vec<u8>>,
+    /// The node key and this host's id: put only through [`claim_node`].
+    node_claim: Option<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -49,7 +61,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(endpoint: &str, node: &str) -> Result<Self, StoreError> {
+    pub async fn connect(
+        endpoint: &str,
+        node: &str,
+        security: &rctl_api::tls::Security,
+    ) -> Result<Self, StoreError> {
         // Bounded requests: a partitioned etcd must fail a status write, not hang the actor
         // that makes it; HTTP/2 pings notice a dead connection under the lease stream.
         let opts = ConnectOptions::new()
@@ -57,7 +73,8 @@ impl Store {
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_require_leader(true);
-        let client = Client::connect([endpoint], Some(opts))
+        let client = security
+            .etcd_connect(&[endpoint], opts)
             .await
             .map_err(etcd_err("connect", endpoint))?;
         Ok(Self {
@@ -150,6 +167,25 @@ impl Store {
         Ok(codec::decode_all(resp.kvs()))
     }
 
+    /// Registers the node: grants the lease and claims `key` for this host (see the module
+    /// doc). Fails with [`StoreError::NodeTaken`] while another live agent holds the name.
+    pub async fn register(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        host_id: &str,
+        ttl: i64,
+    ) -> Result<(), StoreError> {
+        {
+            let mut l = self.leased.lock().await;
+            l.kvs.insert(key.clone(), value);
+            l.node_claim = Some((key, host_id.to_string()));
+        }
+        let id = self.grant(ttl.max(2)).await?;
+        self.leased.lock().await.pending = Some(id);
+        Ok(())
+    }
+
     /// Grants a lease and puts every leased key under it.
     async fn grant(&self, ttl: i64) -> Result<i64, StoreError> {
         let mut client = self.client.clone();
@@ -159,8 +195,21 @@ impl Store {
             .await
             .map_err(etcd_err("lease grant", ""))?
             .id();
+        // The node key first: if the name is taken, nothing else goes under this lease.
+        if let Some((key, host_id)) = &l.node_claim {
+            if let Some(v) = l.kvs.get(key) {
+                let claimed = claim_node(&mut client, &self.node, key, v, host_id, id).await;
+                if let Err(e) = claimed {
+                    let _ = client.lease_revoke(id).await;
+                    return Err(e);
+                }
+            }
+        }
         l.id = id;
         for (k, v) in &l.kvs {
+            if l.node_claim.as_ref().is_some_and(|(key, _)| key == k) {
+                continue;
+            }
             client
                 .put(
                     k.as_str(),
@@ -192,7 +241,11 @@ impl Store {
     }
 
     async fn hold_lease(&self, ttl: i64) -> Result<(), StoreError> {
-        let id = self.grant(ttl).await?;
+        let pending = self.leased.lock().await.pending.take();
+        let id = match pending {
+            Some(id) => id,
+            None => self.grant(ttl).await?,
+        };
         info!(lease = id, ttl, "node registered");
         let (mut keeper, mut stream) = self
             .client
@@ -215,5 +268,111 @@ impl Store {
             }
             tokio::time::sleep(period).await;
         }
+    }
+}
+
+/// Who holds a node record, for the refusal message.
+fn describe_holder(held: &pb::Node, lease: i64) -> String {
+    format!(
+        "address {}, host id {}, lease {lease:x}",
+        if held.address.is_empty() {
+            "?"
+        } else {
+            held.address.as_str()
+        },
+        if held.host_id.is_empty() {
+            "none"
+        } else {
+            held.host_id.as_str()
+        },
+    )
+}
+
+/// Whether this host may take over a node record held by `held` (decision only).
+pub fn may_take_over(held: &pb::Node, host_id: &str) -> bool {
+    !host_id.is_empty() && held.host_id == host_id
+}
+
+/// Puts the node record under `lease` if the key is absent, or if the record there is this
+/// host's own (compare-and-swap on the revision that was read). Anything else is refused.
+async fn claim_node(
+    client: &mut Client,
+    node: &str,
+    key: &str,
+    value: &[u8],
+    host_id: &str,
+    lease: i64,
+) -> Result<(), StoreError> {
+    let put = || {
+        TxnOp::put(
+            key,
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+    };
+    // A few rounds: the record may change between the read and the swap.
+    for _ in 0..5 {
+        let create = Txn::new()
+            .when([Compare::version(key, CompareOp::Equal, 0)])
+            .and_then([put()])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = client.txn(create).await.map_err(etcd_err("txn", key))?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let Some(kv) = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        }) else {
+            continue; // deleted in between: try creating again
+        };
+        let held: pb::Node = codec::decode(kv.key(), kv.value()).unwrap_or_default();
+        if !may_take_over(&held, host_id) {
+            return Err(StoreError::NodeTaken {
+                node: node.to_string(),
+                holder: describe_holder(&held, kv.lease()),
+            });
+        }
+        let swap = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([put()]);
+        if client
+            .txn(swap)
+            .await
+            .map_err(etcd_err("txn", key))?
+            .succeeded()
+        {
+            info!(
+                node,
+                old_lease = kv.lease(),
+                "took over this host's node record"
+            );
+            return Ok(());
+        }
+    }
+    Err(StoreError::NodeTaken {
+        node: node.to_string(),
+        holder: "its record kept changing while being claimed".to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_host_takes_a_node_over() {
+        let held = pb::Node {
+            host_id: "abc".into(),
+            ..Default::default()
+        };
+        assert!(may_take_over(&held, "abc"));
+        assert!(!may_take_over(&held, "def"));
+        // A record without an id (older agent) is never someone's own.
+        assert!(!may_take_over(&pb::Node::default(), ""));
     }
 }

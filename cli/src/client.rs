@@ -1,11 +1,18 @@
 //! The connection to the scheduler, the only server the CLI talks to. Any replica answers
 //! reads; writes go to the leader, which the CLI finds by following a follower's answer
 //! (PRODUCT.md: "rctl follows it"), waiting out an election in progress.
+//!
+//! The address's scheme picks the transport: `https://` is mutual TLS with the certificate
+//! `NAME.crt`/`NAME.key` and the CA `ca.crt` from the TLS directory (`--tls-dir`,
+//! `RCTL_TLS_DIR`, default `~/.rctl/tls`; `NAME` is `--tls-name`, default `client`);
+//! `http://` is plaintext and is refused unless `--insecure` (or `RCTL_INSECURE=1`) says so.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rctl_api::pb::scheduler_client::SchedulerClient;
+use rctl_api::tls::{Tls, TlsFiles};
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -23,13 +30,32 @@ const LEADER_RETRY: Duration = Duration::from_millis(300);
 /// Redirects followed for one write; more means replicas disagree, so give up and say so.
 const MAX_REDIRECTS: usize = 3;
 
-/// A scheduler client plus the addresses it may use, for failover and error messages.
+/// How to reach the scheduler, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// One replica's address, or several comma-separated.
+    pub addr: String,
+    pub tls_dir: PathBuf,
+    pub tls_name: String,
+    pub insecure: bool,
+}
+
+/// `$RCTL_TLS_DIR`'s default: `~/.rctl/tls`.
+pub fn default_tls_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".rctl/tls")
+}
+
+/// A scheduler client plus what it needs to move to another replica.
 pub struct Conn {
     pub client: Client,
     /// The replica this client is connected to.
     pub addr: String,
     /// Every replica address the user gave (`--addr a,b,c`), tried in order.
     addrs: Vec<String>,
+    target: Target,
 }
 
 /// What a refused write says about where to send it.
@@ -67,32 +93,74 @@ fn split_addrs(addr: &str) -> Vec<String> {
         .collect()
 }
 
-async fn connect(addr: &str) -> Result<Client, CliError> {
-    let ep = Endpoint::from_shared(addr.to_string())
+/// The innermost cause of a transport error: "invalid peer certificate: UnknownIssuer"
+/// says more than "transport error".
+fn root_cause(e: &tonic::transport::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Connects to one replica, with TLS or (only when allowed) plaintext by its scheme.
+async fn connect(addr: &str, target: &Target) -> Result<Client, CliError> {
+    let tls = if addr.starts_with("https://") {
+        let files = TlsFiles::in_dir(&target.tls_dir, &target.tls_name);
+        let tls = Tls::load(&files).map_err(|e| {
+            CliError::Usage(format!(
+                "{e} (TLS files come from --tls-dir/RCTL_TLS_DIR and --tls-name/RCTL_TLS_NAME; for a plaintext cluster use http:// with --insecure)"
+            ))
+        })?;
+        Some(tls)
+    } else if addr.starts_with("http://") {
+        if !target.insecure {
+            return Err(CliError::Usage(format!(
+                "{addr} is plaintext: pass --insecure (or RCTL_INSECURE=1) to allow it, or use https:// with RCTL_TLS_DIR"
+            )));
+        }
+        None
+    } else {
+        return Err(CliError::Usage(format!(
+            "invalid scheduler address {addr:?} (expected https://HOST:PORT, or http://HOST:PORT with --insecure)"
+        )));
+    };
+    let mut ep = Endpoint::from_shared(addr.to_string())
         .map_err(|_| {
             CliError::Usage(format!(
-                "invalid scheduler address {addr:?} (expected e.g. http://127.0.0.1:7600)"
+                "invalid scheduler address {addr:?} (expected e.g. https://127.0.0.1:7600)"
             ))
         })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
-    let ch = ep.connect().await.map_err(|_| unreachable(addr))?;
+    if let Some(tls) = &tls {
+        ep = ep
+            .tls_config(tls.client_config(None))
+            .map_err(|e| CliError::Usage(format!("TLS configuration: {e}")))?;
+    }
+    let ch = ep.connect().await.map_err(|e| {
+        let cause = root_cause(&e);
+        if tls.is_some() && cause.contains("certificate") {
+            CliError::Failed(format!(
+                "TLS with the scheduler at {addr} failed: {cause} (are --tls-dir and the cluster's CA the same?)"
+            ))
+        } else {
+            CliError::Failed(format!(
+                "cannot reach the scheduler at {addr}: {cause} (is the cluster up? set --addr or RCTL_ADDR; https:// for a TLS cluster)"
+            ))
+        }
+    })?;
     Ok(SchedulerClient::with_interceptor(
         ch,
         rctl_api::telemetry::propagate as Interceptor,
     ))
 }
 
-fn unreachable(addr: &str) -> CliError {
-    CliError::Failed(format!(
-        "cannot reach the scheduler at {addr} (is the cluster up? set --addr or RCTL_ADDR)"
-    ))
-}
-
 impl Conn {
-    /// Connects to the first reachable replica of `addr` (one address or a comma-separated list).
-    pub async fn open(addr: &str) -> Result<Self, CliError> {
-        let addrs = split_addrs(addr);
+    /// Connects to the first reachable replica of `target.addr` (one address or a
+    /// comma-separated list).
+    pub async fn open(target: &Target) -> Result<Self, CliError> {
+        let addrs = split_addrs(&target.addr);
         if addrs.is_empty() {
             return Err(CliError::Usage(
                 "no scheduler address given (set --addr or RCTL_ADDR)".into(),
@@ -100,12 +168,13 @@ impl Conn {
         }
         let mut last = None;
         for a in &addrs {
-            match connect(a).await {
+            match connect(a, target).await {
                 Ok(client) => {
                     return Ok(Self {
                         client,
                         addr: a.clone(),
                         addrs: addrs.clone(),
+                        target: target.clone(),
                     })
                 }
                 Err(e @ CliError::Usage(_)) => return Err(e),
@@ -141,17 +210,17 @@ impl Conn {
                 Retry::FollowTo(leader) if leader != self.addr && redirects < MAX_REDIRECTS => {
                     redirects += 1;
                     tracing::debug!(from = %self.addr, to = %leader, "following the leader");
-                    self.client = connect(&leader).await?;
+                    self.client = connect(&leader, &self.target).await?;
                     self.addr = leader;
                 }
                 // Sent back to the replica we asked: its term just ended, a new one is coming.
                 Retry::Later | Retry::FollowTo(_) if Instant::now() < deadline => {
                     tokio::time::sleep(LEADER_RETRY).await;
                     // The replica may be gone: try the others in turn.
-                    if self.addrs.len() > 1 && connect(&self.addr).await.is_err() {
+                    if self.addrs.len() > 1 && connect(&self.addr, &self.target).await.is_err() {
                         next_replica = (next_replica + 1) % self.addrs.len();
                         let a = self.addrs[next_replica].clone();
-                        if let Ok(c) = connect(&a).await {
+                        if let Ok(c) = connect(&a, &self.target).await {
                             self.client = c;
                             self.addr = a;
                         }

@@ -26,6 +26,22 @@ impl CliError {
 
     /// Maps a scheduler answer; `addr` helps the user when the scheduler is unreachable.
     pub fn from_status(s: tonic::Status, addr: &str) -> Self {
+        // A status with a source was made on this side from a transport failure (refused
+        // connection, TLS alert, a server not speaking this protocol), not sent by a server.
+        if let Some(src) = std::error::Error::source(&s) {
+            let mut cause = src;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let hint = if addr.starts_with("https://") {
+                "is the cluster up, and is the certificate in RCTL_TLS_DIR from its CA?"
+            } else {
+                "is the cluster up? a TLS cluster needs https:// and RCTL_TLS_DIR"
+            };
+            return CliError::Failed(format!(
+                "cannot talk to the scheduler at {addr}: {cause} ({hint})"
+            ));
+        }
         match s.code() {
             Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::OutOfRange => {
                 CliError::Usage(s.message().to_string())

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod nodes;
 pub mod output;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::Instrument;
 
-use crate::client::Conn;
+use crate::client::{Conn, Target};
 use crate::error::CliError;
 use crate::output::Format;
 
@@ -31,8 +32,25 @@ use crate::output::Format;
 )]
 pub struct Cli {
     /// Scheduler API address; several replicas comma-separated (writes follow the leader).
-    #[arg(long, global = true, env = "RCTL_ADDR", default_value = rctl_api::DEFAULT_SCHEDULER_ADDR)]
+    /// https:// is mutual TLS with the files in --tls-dir; http:// is plaintext and needs
+    /// --insecure.
+    #[arg(
+        long,
+        global = true,
+        env = "RCTL_ADDR",
+        default_value = "https://127.0.0.1:7600"
+    )]
     pub addr: String,
+    /// Directory holding ca.crt and this client's NAME.crt/NAME.key [default: ~/.rctl/tls]
+    #[arg(long, global = true, env = "RCTL_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Which certificate in --tls-dir to present.
+    #[arg(long, global = true, env = "RCTL_TLS_NAME", default_value = "client")]
+    pub tls_name: String,
+    /// Allow a plaintext http:// scheduler address (local development only).
+    #[arg(long, global = true, env = "RCTL_INSECURE",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -90,6 +108,70 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Cluster CA and certificates (local files; no scheduler needed).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates signed by the cluster CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Make a new cluster CA (ca.crt, ca.key) in --dir.
+    Init {
+        /// TLS directory [default: $RCTL_TLS_DIR, else ~/.rctl/tls]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Cluster name, shown in the CA's subject.
+        #[arg(long, default_value = "rctl")]
+        name: String,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Issue NAME.crt and NAME.key for a component or user, signed by the CA in --dir.
+    Issue {
+        /// What the certificate may do: scheduler, agent, lb, client or etcd.
+        #[arg(long, value_parser = parse_role)]
+        role: rctl_api::tls::Role,
+        /// Who holds it (CN and DNS SAN); for an agent, its node name.
+        name: String,
+        /// IP address SANs (repeatable or comma-separated), e.g. the address servers listen on.
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<std::net::IpAddr>,
+        /// Extra DNS SANs (repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+        /// TLS directory [default: $RCTL_TLS_DIR, else ~/.rctl/tls]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Replace an existing certificate of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_role(s: &str) -> Result<rctl_api::tls::Role, String> {
+    s.parse()
+        .map_err(|e: rctl_api::tls::TlsError| e.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +212,7 @@ impl Command {
             Command::Nodes { .. } => "nodes",
             Command::Service { .. } => "service",
             Command::Node { .. } => "node",
+            Command::Cluster { .. } => "cluster",
         }
     }
 }
@@ -158,9 +241,16 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 scale::parse_target(t)?;
             }
         }
+        Command::Cluster { command } => return run_cluster(command, cli.tls_dir.as_deref()),
         _ => {}
     }
-    let mut conn = Conn::open(&cli.addr).await?;
+    let target = Target {
+        addr: cli.addr.clone(),
+        tls_dir: cli.tls_dir.clone().unwrap_or_else(client::default_tls_dir),
+        tls_name: cli.tls_name.clone(),
+        insecure: cli.insecure,
+    };
+    let mut conn = Conn::open(&target).await?;
     match cli.command {
         Command::Apply {
             file,
@@ -190,5 +280,39 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             NodeCommand::Drain { name } => nodes::drain(&mut conn, &name).await,
             NodeCommand::Activate { name } => nodes::activate(&mut conn, &name).await,
         },
+        Command::Cluster { .. } => unreachable!("handled before connecting"),
+    }
+}
+
+/// The `cluster` commands work on local files only.
+fn run_cluster(
+    command: &ClusterCommand,
+    tls_dir: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    let dir = |d: &Option<PathBuf>| {
+        d.clone()
+            .or_else(|| tls_dir.map(PathBuf::from))
+            .unwrap_or_else(client::default_tls_dir)
+    };
+    match command {
+        ClusterCommand::Ca {
+            command:
+                CaCommand::Init {
+                    dir: d,
+                    name,
+                    force,
+                },
+        } => cluster::ca_init(&dir(d), name, *force),
+        ClusterCommand::Cert {
+            command:
+                CertCommand::Issue {
+                    role,
+                    name,
+                    ip,
+                    dns,
+                    dir: d,
+                    force,
+                },
+        } => cluster::cert_issue(&dir(d), *role, name, ip, dns, *force),
     }
 }

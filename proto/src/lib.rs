@@ -8,6 +8,7 @@
 //! - [`clock`]: wall-clock timestamps as stored in etcd.
 //! - [`metrics`]: the tiny `/metrics` HTTP endpoint.
 //! - [`placement`]: the `[placement]` constraint and spread syntax.
+//! - [`tls`]: the cluster CA, certificates, and every binary's TLS and etcd connect settings.
 #![forbid(unsafe_code)]
 
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod placement;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for package `rctl.v1`.
 pub mod pb {

@@ -76,6 +76,8 @@ pub struct Cluster {
     pub schedulers: u32,
     pub port_base: u16,
     pub state: PathBuf,
+    /// Started with `up --tls`: every link is mutual TLS, certificates in `STATE/tls`.
+    pub tls: bool,
     bin: PathBuf,
     /// Set once `down` has run, so drop does not run it again.
     torn_down: bool,
@@ -86,11 +88,20 @@ impl Cluster {
     /// Starts a cluster with `hosts` hosts; panics (after tearing down) with the logs if it
     /// does not come up.
     pub fn start(hosts: u32) -> Cluster {
-        Self::start_with(hosts, 1)
+        Self::launch(hosts, 1, false)
     }
 
     /// Starts a cluster with `hosts` hosts and `schedulers` scheduler replicas.
     pub fn start_with(hosts: u32, schedulers: u32) -> Cluster {
+        Self::launch(hosts, schedulers, false)
+    }
+
+    /// Starts a cluster whose every link (CLI, scheduler, agents, lb, etcd) is mutual TLS.
+    pub fn start_tls(hosts: u32) -> Cluster {
+        Self::launch(hosts, 1, true)
+    }
+
+    fn launch(hosts: u32, schedulers: u32, tls: bool) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
         let c = Cluster {
@@ -100,19 +111,25 @@ impl Cluster {
             schedulers,
             port_base: slot_ports(n).start,
             state: PathBuf::from(format!("/var/tmp/rctl-tests/rt{n}")),
+            tls,
             bin: bin_dir(),
             torn_down: false,
             _slot: slot,
         };
         // A previous run killed hard may have left this slot's resources behind.
         let _ = c.script(&["down"]);
-        let out = c.script(&[
+        let (hosts_arg, schedulers_arg) = (hosts.to_string(), schedulers.to_string());
+        let mut up = vec![
             "up",
             "--hosts",
-            &hosts.to_string(),
+            hosts_arg.as_str(),
             "--schedulers",
-            &schedulers.to_string(),
-        ]);
+            schedulers_arg.as_str(),
+        ];
+        if tls {
+            up.push("--tls");
+        }
+        let out = c.script(&up);
         if !out.status.success() {
             panic!(
                 "cluster up failed:\n{}\n{}\n{}",
@@ -154,9 +171,14 @@ impl Cluster {
     /// Every scheduler replica's API address, as `RCTL_ADDR` takes them.
     pub fn addr(&self) -> String {
         (1..=self.schedulers)
-            .map(|j| format!("http://127.0.0.1:{}", self.scheduler_port(j)))
+            .map(|j| self.scheduler_addr(j))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Scheduler replica `j`'s API address.
+    pub fn scheduler_addr(&self, j: u32) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.scheduler_port(j))
     }
 
     /// Scheduler replica `j`'s API port (1-based; the cluster script's layout).
@@ -204,6 +226,34 @@ impl Cluster {
         (leaders.len() == 1).then(|| leaders[0])
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Where a TLS cluster keeps its CA and certificates (`rctl cluster` layout).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state.join("tls")
+    }
+
+    /// The etcd client URL, as components take it.
+    pub fn etcd_url(&self) -> String {
+        format!(
+            "{}://198.18.{}.1:{}",
+            self.scheme(),
+            self.net,
+            self.port_base + 1
+        )
+    }
+
+    /// Where the binaries under test are.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// The registry, as `host:port`, reachable from every host.
     pub fn registry(&self) -> String {
         format!("198.18.{}.1:{}", self.net, self.port_base + 3)
@@ -237,12 +287,18 @@ impl Cluster {
 
     /// Runs `rctl ARGS` with `RCTL_ADDR=addr`, e.g. one chosen replica.
     pub fn rctl_via(&self, addr: &str, args: &[&str]) -> Output {
-        Command::new(self.bin.join("rctl"))
-            .args(args)
+        let mut cmd = Command::new(self.bin.join("rctl"));
+        cmd.args(args)
             .env("RCTL_ADDR", addr)
             .env_remove("RUST_LOG")
-            .output()
-            .expect("run rctl")
+            .env_remove("RCTL_TLS_NAME");
+        if self.tls {
+            cmd.env("RCTL_TLS_DIR", self.tls_dir())
+                .env_remove("RCTL_INSECURE");
+        } else {
+            cmd.env("RCTL_INSECURE", "1");
+        }
+        cmd.output().expect("run rctl")
     }
 
     /// Runs `rctl ARGS`, asserts exit 0, returns stdout.

@@ -80,7 +80,7 @@ fn a_killed_leader_mid_scale_up_is_replaced_and_exactly_the_count_is_placed() {
 
     // A follower refuses writes but names the leader, and rctl follows it.
     let follower = (1..=3).find(|&j| j != first).unwrap();
-    let via = format!("http://127.0.0.1:{}", c.scheduler_port(follower));
+    let via = c.scheduler_addr(follower);
     let out = c.rctl_via(&via, &["scale", "many=20"]);
     assert!(
         out.status.success(),
@@ -123,7 +123,7 @@ fn a_paused_leader_places_nothing_when_it_resumes_and_steps_down() {
     // timeout), so talk to the others only while it is stopped.
     let others = (1..=3)
         .filter(|&j| j != old)
-        .map(|j| format!("http://127.0.0.1:{}", c.scheduler_port(j)))
+        .map(|j| c.scheduler_addr(j))
         .collect::<Vec<_>>()
         .join(",");
     let new = c.eventually(Duration::from_secs(15), "a new leader", || {

@@ -65,14 +65,19 @@ enum SessionEnd {
 }
 
 /// Runs until `shutdown`, publishing every new table to `tx`.
-pub async fn run(url: String, tx: RoutesTx, shutdown: CancellationToken) {
+pub async fn run(
+    url: String,
+    security: rctl_api::tls::Security,
+    tx: RoutesTx,
+    shutdown: CancellationToken,
+) {
     let mut mirror: Option<Mirror> = None;
     let mut backoff = RECONNECT;
     loop {
         let mut watching = false;
         let ended = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ended = session(&url, &mut mirror, &tx, &mut watching) => ended,
+            ended = session(&url, &security, &mut mirror, &tx, &mut watching) => ended,
         };
         if watching {
             // The connection worked for a while: the next failure starts a fresh backoff.
@@ -102,6 +107,7 @@ pub async fn run(url: String, tx: RoutesTx, shutdown: CancellationToken) {
 /// `watching` once the watch is established.
 async fn session(
     url: &str,
+    security: &rctl_api::tls::Security,
     mirror: &mut Option<Mirror>,
     tx: &RoutesTx,
     watching: &mut bool,
@@ -112,7 +118,8 @@ async fn session(
         // of leaving it silently stuck.
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
         .with_keep_alive_while_idle(true);
-    let mut client = Client::connect([url], Some(options))
+    let mut client = security
+        .etcd_connect(&[url], options)
         .await
         .map_err(|source| DiscoveryError::Connect {
             url: url.to_string(),

@@ -43,6 +43,8 @@ pub struct Config {
     pub etcd: String,
     /// Where to serve Prometheus `/metrics`; not served when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS towards etcd; or explicit plaintext.
+    pub security: rctl_api::tls::Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbEr
     }
     tasks.spawn(discovery::run(
         config.etcd.clone(),
+        config.security.clone(),
         routes_tx,
         shutdown.child_token(),
     ));

@@ -19,15 +19,22 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT).
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: rctl_api::tls::TlsArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let security = args.tls.security_or_exit();
+    if let Err(e) = security.check_url(&args.etcd, "--etcd") {
+        rctl_api::tls::usage_exit(&e.to_string());
+    }
     let _telemetry = rctl_api::telemetry::init("rctl-lb", "info");
     let config = rctl_lb::Config {
         etcd: args.etcd,
         metrics_addr: args.metrics_addr,
+        security,
     };
 
     let token = CancellationToken::new();

@@ -153,6 +153,7 @@ async fn follows_etcd() {
         rctl_lb::Config {
             etcd: etcd.url.clone(),
             metrics_addr: Some(metrics),
+            security: rctl_api::tls::Security::Insecure,
         },
         shutdown.clone(),
     ));

@@ -1,5 +1,7 @@
 //! The scheduler's edge towards agents: one lazily connected gRPC channel per node address,
-//! and RunTask/StopTask sent without blocking the reconcile loop.
+//! and RunTask/StopTask sent without blocking the reconcile loop. With TLS, the agent's
+//! certificate must be for the node's name, so a host holding another node's certificate
+//! cannot receive that node's tasks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use rctl_api::pb::agent_client::AgentClient;
 use rctl_api::pb::{RunTaskRequest, StopTaskRequest, Task};
+use rctl_api::tls::Security;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -19,31 +22,57 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Agents {
     inner: Arc<Mutex<Inner>>,
+    security: Security,
+}
+
+/// Plaintext, as for tests that run without certificates.
+impl Default for Agents {
+    fn default() -> Self {
+        Self::new(Security::Insecure)
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Channel per agent address.
-    channels: HashMap<String, Channel>,
+    /// Channel per (node name, agent address): the name is what the agent's certificate
+    /// is checked against.
+    channels: HashMap<(String, String), Channel>,
     /// When each (task, command) was last sent, to avoid flooding agents with repeats.
     sent: HashMap<(String, &'static str), Instant>,
 }
 
 impl Agents {
-    fn channel(&self, addr: &str) -> Option<Channel> {
+    pub fn new(security: Security) -> Self {
+        Self {
+            inner: Arc::default(),
+            security,
+        }
+    }
+
+    fn channel(&self, node: &str, addr: &str) -> Option<Channel> {
         let mut inner = self.inner.lock().expect("agents lock");
-        if let Some(c) = inner.channels.get(addr) {
+        let key = (node.to_string(), addr.to_string());
+        if let Some(c) = inner.channels.get(&key) {
             return Some(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
+        let mut ep = Endpoint::from_shared(format!("{}://{addr}", self.security.scheme()))
             .ok()?
             .connect_timeout(Duration::from_secs(3))
             .timeout(RPC_TIMEOUT);
+        if let Some(tls) = self.security.tls() {
+            ep = match ep.tls_config(tls.client_config(Some(node))) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    tracing::warn!(error = %e, node, "agent TLS configuration");
+                    return None;
+                }
+            };
+        }
         let ch = ep.connect_lazy();
-        inner.channels.insert(addr.to_string(), ch.clone());
+        inner.channels.insert(key, ch.clone());
         Some(ch)
     }
 
@@ -103,7 +132,9 @@ impl Agents {
         if !self.claim(&task.id, cmd, force) {
             return;
         }
-        let Some(ch) = self.channel(addr) else { return };
+        let Some(ch) = self.channel(&task.node, addr) else {
+            return;
+        };
         let span = tracing::info_span!("agent_rpc", cmd, task = %task.id, node = %task.node);
         tokio::spawn(
             async move {

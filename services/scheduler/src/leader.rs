@@ -130,10 +130,12 @@ impl Election {
     /// on an unreachable etcd is bounded explicitly instead.
     pub async fn connect(
         endpoints: &[String],
+        security: &rctl_api::tls::Security,
         value: impl Into<String>,
     ) -> Result<Self, LeaderError> {
         let opts = etcd_client::ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT);
-        let client = Client::connect(endpoints, Some(opts))
+        let client = security
+            .etcd_connect(endpoints, opts)
             .await
             .map_err(etcd("connect"))?;
         Ok(Self::new(client, value))

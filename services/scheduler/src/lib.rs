@@ -25,6 +25,7 @@ pub mod store;
 use std::net::SocketAddr;
 
 use rctl_api::pb::scheduler_server::SchedulerServer;
+use rctl_api::tls::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,15 +34,17 @@ pub struct Config {
     pub etcd: Vec<String>,
     pub listen: SocketAddr,
     /// The API address followers hand to clients while this replica leads; defaults to
-    /// `http://{listen}`.
+    /// `https://{listen}` (`http://` with `--insecure`).
     pub advertise_addr: Option<String>,
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the API, towards agents and etcd; or explicit plaintext.
+    pub security: rctl_api::tls::Security,
 }
 
 /// Runs the API server and the controller until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = store::Store::connect(&cfg.etcd).await?;
-    let agents = agents::Agents::default();
+    let store = store::Store::connect(&cfg.etcd, &cfg.security).await?;
+    let agents = agents::Agents::new(cfg.security.clone());
     let tasks = TaskTracker::new();
 
     let candidate = leader::Candidate {
@@ -49,9 +52,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         addr: cfg
             .advertise_addr
             .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.listen)),
+            .unwrap_or_else(|| format!("{}://{}", cfg.security.scheme(), cfg.listen)),
     };
-    let election = leader::Election::connect(&cfg.etcd, candidate.encode()).await?;
+    let election = leader::Election::connect(&cfg.etcd, &cfg.security, candidate.encode()).await?;
     let leadership = election.leadership();
     tasks.spawn(controller::run(
         store.clone(),
@@ -82,8 +85,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(addr = %cfg.listen, "scheduler API listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
-        .add_service(SchedulerServer::new(api::Api { store, leadership }))
+    // The CLI holds client certificates; other replicas may forward to this one.
+    let roles = cfg
+        .security
+        .role_check(&[Role::Client, Role::Scheduler], "scheduler");
+    let server = cfg
+        .security
+        .server()?
+        .add_service(SchedulerServer::with_interceptor(
+            api::Api { store, leadership },
+            roles,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let res = server.await;
     shutdown.cancel();

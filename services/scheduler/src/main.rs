@@ -16,17 +16,26 @@ struct Args {
     /// Address of the gRPC API.
     #[arg(long, default_value = "127.0.0.1:7600")]
     listen: std::net::SocketAddr,
-    /// API address clients are sent to while this replica leads (default: http://LISTEN).
+    /// API address clients are sent to while this replica leads (default: https://LISTEN, or
+    /// http://LISTEN with --insecure).
     #[arg(long)]
     advertise_addr: Option<String>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: rctl_api::tls::TlsArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let security = args.tls.security_or_exit();
+    for url in &args.etcd {
+        if let Err(e) = security.check_url(url, "--etcd") {
+            rctl_api::tls::usage_exit(&e.to_string());
+        }
+    }
     let _telemetry = rctl_api::telemetry::init("rctl-scheduler", "info");
     let token = CancellationToken::new();
     let signal_token = token.clone();
@@ -40,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             listen: args.listen,
             advertise_addr: args.advertise_addr,
             metrics_addr: args.metrics_addr,
+            security,
         },
         token,
     )

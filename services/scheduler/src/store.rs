@@ -77,11 +77,15 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+    pub async fn connect(
+        endpoints: &[String],
+        security: &rctl_api::tls::Security,
+    ) -> Result<Self, StoreError> {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(10));
-        let client = Client::connect(endpoints, Some(opts))
+        let client = security
+            .etcd_connect(endpoints, opts)
             .await
             .map_err(etcd("connect"))?;
         Ok(Self { client })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 use rctl_api::codec::{decode, encode};
+use rctl_api::tls::Security;
 use rctl_api::{keys, pb};
 use rctl_scheduler::agents::Agents;
 use rctl_scheduler::leader::{Election, Term};
@@ -73,7 +74,11 @@ async fn elections(etcd: &Etcd, names: &[&str]) -> Vec<Election> {
     etcd.client().await;
     let mut out = Vec::new();
     for n in names {
-        out.push(Election::connect(&etcd.endpoints(), *n).await.unwrap());
+        out.push(
+            Election::connect(&etcd.endpoints(), &Security::Insecure, *n)
+                .await
+                .unwrap(),
+        );
     }
     out
 }
@@ -147,7 +152,9 @@ async fn one_leader_and_handover_on_resign_and_lease_loss() {
 async fn writes_fenced_with_an_old_leader_key_are_refused() {
     let etcd = Etcd::start();
     let es = elections(&etcd, &["a", "b"]).await;
-    let store = Store::connect(&etcd.endpoints()).await.unwrap();
+    let store = Store::connect(&etcd.endpoints(), &Security::Insecure)
+        .await
+        .unwrap();
     let token = CancellationToken::new();
 
     let term1 = es[0].campaign(&token).await.expect("elected");
@@ -229,7 +236,9 @@ async fn two_controllers_never_double_place() {
     let tokens = [CancellationToken::new(), CancellationToken::new()];
     let mut runs = Vec::new();
     for (e, t) in es.iter().zip(&tokens) {
-        let store = Store::connect(&etcd.endpoints()).await.unwrap();
+        let store = Store::connect(&etcd.endpoints(), &Security::Insecure)
+            .await
+            .unwrap();
         runs.push(tokio::spawn(rctl_scheduler::controller::run(
             store,
             Agents::default(),
