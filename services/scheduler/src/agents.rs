@@ -1,5 +1,6 @@
 //! The scheduler's edge towards agents: one lazily connected gRPC channel per node address,
-//! and RunTask/StopTask sent without blocking the reconcile loop.
+//! and RunTask/StopTask sent without blocking the reconcile loop, at most
+//! [`MAX_IN_FLIGHT`] at a time (ten thousand placements must not open ten thousand calls).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use rctl_api::pb::agent_client::AgentClient;
 use rctl_api::pb::{RunTaskRequest, StopTaskRequest, Task};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -15,13 +17,26 @@ use tracing::Instrument;
 /// How long a sent command is trusted before it is sent again if nothing changed.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agent calls outstanding at once, over all agents.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Agents {
     inner: Arc<Mutex<Inner>>,
+    /// One permit per call in flight.
+    calls: Arc<Semaphore>,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            calls: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -105,8 +120,12 @@ impl Agents {
         }
         let Some(ch) = self.channel(addr) else { return };
         let span = tracing::info_span!("agent_rpc", cmd, task = %task.id, node = %task.node);
+        let calls = self.calls.clone();
         tokio::spawn(
             async move {
+                let Ok(_permit) = calls.acquire_owned().await else {
+                    return;
+                };
                 let client = AgentClient::with_interceptor(
                     ch,
                     rctl_api::telemetry::propagate as Interceptor,

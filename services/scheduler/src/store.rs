@@ -27,6 +27,9 @@ pub enum StoreError {
     NotLeader(String),
 }
 
+/// Largest answer [`Store::load`] accepts.
+const MAX_READ_BYTES: usize = 256 << 20;
+
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |source| StoreError::Etcd { op, source }
 }
@@ -69,6 +72,37 @@ impl Loaded {
     }
 }
 
+/// Most changes in one [`Store::commit_changes`] transaction. etcd refuses a transaction
+/// with more than `--max-txn-ops` (128 by default) compares or operations at any level, and
+/// the fence's outer transaction takes one from the inner one's budget; a change costs at
+/// most two compares (its own and its service's) or two operations (a delete).
+pub const MAX_CHANGES: usize = 60;
+
+/// One guarded change to a task, written by the leader.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Create `task` if its key is new and its service is still at `service_mod_rev`.
+    Create {
+        task: &'a Task,
+        service_mod_rev: i64,
+    },
+    /// Rewrite `task` if its key is still at `mod_rev`.
+    Update { task: &'a Task, mod_rev: i64 },
+    /// Remove `task` and its last status.
+    Delete { task: &'a Task },
+}
+
+impl Change<'_> {
+    fn describe(&self) -> (&'static str, String) {
+        let (op, t) = match self {
+            Change::Create { task, .. } => ("create task", task),
+            Change::Update { task, .. } => ("update task", task),
+            Change::Delete { task } => ("delete task", task),
+        };
+        (op, keys::task(&t.service, &t.id))
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -91,7 +125,11 @@ impl Store {
 
     /// One range read of the whole schema, so the view is consistent at one revision.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let mut kv = self.client.kv_client();
+        // Ten thousand tasks and their statuses are more than tonic's 4 MiB default answer.
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_READ_BYTES);
         let resp = kv
             .get(keys::ROOT, Some(GetOptions::new().with_prefix()))
             .await
@@ -216,15 +254,14 @@ impl Store {
         task: &Task,
         service_mod_rev: i64,
     ) -> Result<(), StoreError> {
-        let skey = keys::service(&task.service);
-        let tkey = keys::task(&task.service, &task.id);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(skey.as_str(), CompareOp::Equal, service_mod_rev),
-                Compare::create_revision(tkey.as_str(), CompareOp::Equal, 0),
-            ])
-            .and_then([TxnOp::put(tkey.as_str(), encode(task), None)]);
-        self.commit_fenced(leader, txn, "create task", &tkey).await
+        self.commit_changes(
+            leader,
+            &[Change::Create {
+                task,
+                service_mod_rev,
+            }],
+        )
+        .await
     }
 
     /// Rewrites `task` if it is still at `expect_mod_rev` and `leader` still holds the election.
@@ -234,25 +271,80 @@ impl Store {
         task: &Task,
         expect_mod_rev: i64,
     ) -> Result<(), StoreError> {
-        let key = keys::task(&task.service, &task.id);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                expect_mod_rev,
-            )])
-            .and_then([TxnOp::put(key.as_str(), encode(task), None)]);
-        self.commit_fenced(leader, txn, "update task", &key).await
+        self.commit_changes(
+            leader,
+            &[Change::Update {
+                task,
+                mod_rev: expect_mod_rev,
+            }],
+        )
+        .await
     }
 
     /// Removes a task and its last status, together, if `leader` still holds the election.
     pub async fn delete_task(&self, leader: &LeaderKey, task: &Task) -> Result<(), StoreError> {
-        let key = keys::task(&task.service, &task.id);
-        let txn = Txn::new().and_then([
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::delete(keys::status(&task.node, &task.id), None),
-        ]);
-        self.commit_fenced(leader, txn, "delete task", &key).await
+        self.commit_changes(leader, &[Change::Delete { task }])
+            .await
+    }
+
+    /// Applies `changes` in one transaction fenced by `leader`: all of them, or none if any
+    /// guard fails. At most [`MAX_CHANGES`] of them, so the transaction stays within etcd's
+    /// default `--max-txn-ops`; batching is what lets one pass place ten thousand tasks in
+    /// a hundred or so round trips.
+    pub async fn commit_changes(
+        &self,
+        leader: &LeaderKey,
+        changes: &[Change<'_>],
+    ) -> Result<(), StoreError> {
+        let Some(first) = changes.first() else {
+            return Ok(());
+        };
+        assert!(
+            changes.len() <= MAX_CHANGES,
+            "batch of {} changes",
+            changes.len()
+        );
+        let (op, what) = first.describe();
+        let what = if changes.len() > 1 {
+            format!("{what} and {} more", changes.len() - 1)
+        } else {
+            what
+        };
+        // A service guards every task created for it: compare it once per transaction.
+        let mut services: HashMap<String, i64> = HashMap::new();
+        let mut cmps = Vec::new();
+        let mut ops = Vec::new();
+        for c in changes {
+            match c {
+                Change::Create {
+                    task,
+                    service_mod_rev,
+                } => {
+                    let tkey = keys::task(&task.service, &task.id);
+                    services.insert(keys::service(&task.service), *service_mod_rev);
+                    cmps.push(Compare::create_revision(tkey.as_str(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(tkey.as_str(), encode(*task), None));
+                }
+                Change::Update { task, mod_rev } => {
+                    let key = keys::task(&task.service, &task.id);
+                    cmps.push(Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        *mod_rev,
+                    ));
+                    ops.push(TxnOp::put(key.as_str(), encode(*task), None));
+                }
+                Change::Delete { task } => {
+                    ops.push(TxnOp::delete(keys::task(&task.service, &task.id), None));
+                    ops.push(TxnOp::delete(keys::status(&task.node, &task.id), None));
+                }
+            }
+        }
+        for (key, rev) in services {
+            cmps.push(Compare::mod_revision(key, CompareOp::Equal, rev));
+        }
+        self.commit_fenced(leader, Txn::new().when(cmps).and_then(ops), op, &what)
+            .await
     }
 
     async fn commit(&self, txn: Txn, op: &'static str, what: &str) -> Result<(), StoreError> {
