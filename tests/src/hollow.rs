@@ -33,11 +33,14 @@ pub struct HollowCluster {
     logs: tempfile::TempDir,
 }
 
-/// The first of `n` consecutive loopback ports that are free now.
+/// The first of `n` (at most 100) consecutive loopback ports that are free now, in
+/// 24000..30000: below the kernel's ephemeral range, where outgoing connections would
+/// take them, and below the local clusters' 30000+.
 pub fn free_port_range(n: usize) -> u16 {
-    let start = 40_000 + (std::process::id() % 200) as usize * 100;
-    for k in 0..200 {
-        let base = 40_000 + (start - 40_000 + k * 100) % 20_000;
+    assert!(n <= 100, "at most 100 ports");
+    let first = (std::process::id() % 60) as usize;
+    for k in 0..60 {
+        let base = 24_000 + ((first + k) % 60) * 100;
         let held: Vec<_> = (0..n)
             .map_while(|i| TcpListener::bind(("127.0.0.1", (base + i) as u16)).ok())
             .collect();
