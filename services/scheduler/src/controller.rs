@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::Agents;
 use crate::leader::{Election, Term};
 use crate::reconcile::{reconcile, Action};
-use crate::store::{Change, Store, StoreError, MAX_CHANGES};
+use crate::store::{split, Change, Store, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -210,9 +210,10 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
     }
 
     // Built up front: a stream holding a closure over these borrows is not provably Send.
-    let batches: Vec<_> = pending
-        .chunks(MAX_CHANGES)
-        .map(|chunk| commit(store, leader, chunk))
+    let changes: Vec<Change<'_>> = pending.iter().map(Pending::change).collect();
+    let batches: Vec<_> = split(&changes)
+        .into_iter()
+        .map(|run| commit(store, leader, &pending[run]))
         .collect();
     let mut written = futures::stream::iter(batches).buffer_unordered(TXNS_IN_FLIGHT);
     let (mut placed, mut retired, mut deleted) = (0usize, 0usize, 0usize);

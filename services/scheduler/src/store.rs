@@ -72,11 +72,48 @@ impl Loaded {
     }
 }
 
-/// Most changes in one [`Store::commit_changes`] transaction. etcd refuses a transaction
-/// with more than `--max-txn-ops` (128 by default) compares or operations at any level, and
-/// the fence's outer transaction takes one from the inner one's budget; a change costs at
-/// most two compares (its own and its service's) or two operations (a delete).
-pub const MAX_CHANGES: usize = 60;
+/// etcd's default `--max-txn-ops`: it refuses a transaction with more compares or more
+/// operations than this, at any level of nesting.
+pub const MAX_TXN_OPS: usize = 128;
+/// What the fence leaves the transaction it wraps: the outer compare on the leader key
+/// counts against the same limit.
+const FENCED_TXN_OPS: usize = MAX_TXN_OPS - 1;
+
+/// Splits `changes` into consecutive runs that each fit one fenced transaction (see
+/// [`Store::commit_changes`]): a creation or an update costs one compare and one operation,
+/// a deletion two operations, and every service created for one compare per run. Ten
+/// thousand creations for one service make 80 transactions.
+pub fn split(changes: &[Change<'_>]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut services: HashSet<&str> = HashSet::new();
+    let (mut cmps, mut ops) = (0usize, 0usize);
+    for (i, c) in changes.iter().enumerate() {
+        let (dc, dops, service) = match c {
+            Change::Create { task, .. } => (1, 1, Some(task.service.as_str())),
+            Change::Update { .. } => (1, 1, None),
+            Change::Delete { .. } => (0, 2, None),
+        };
+        let new_service = service.is_some_and(|s| !services.contains(s));
+        if cmps + dc + usize::from(new_service) > FENCED_TXN_OPS || ops + dops > FENCED_TXN_OPS {
+            out.push(start..i);
+            start = i;
+            services.clear();
+            (cmps, ops) = (0, 0);
+        }
+        if let Some(s) = service {
+            if services.insert(s) {
+                cmps += 1;
+            }
+        }
+        cmps += dc;
+        ops += dops;
+    }
+    if start < changes.len() {
+        out.push(start..changes.len());
+    }
+    out
+}
 
 /// One guarded change to a task, written by the leader.
 #[derive(Debug, Clone, Copy)]
@@ -288,9 +325,8 @@ impl Store {
     }
 
     /// Applies `changes` in one transaction fenced by `leader`: all of them, or none if any
-    /// guard fails. At most [`MAX_CHANGES`] of them, so the transaction stays within etcd's
-    /// default `--max-txn-ops`; batching is what lets one pass place ten thousand tasks in
-    /// a hundred or so round trips.
+    /// guard fails. They must fit one transaction ([`split`] makes runs that do); batching
+    /// is what lets one pass place ten thousand tasks in 80 round trips.
     pub async fn commit_changes(
         &self,
         leader: &LeaderKey,
@@ -299,9 +335,10 @@ impl Store {
         let Some(first) = changes.first() else {
             return Ok(());
         };
-        assert!(
-            changes.len() <= MAX_CHANGES,
-            "batch of {} changes",
+        debug_assert_eq!(
+            split(changes).len(),
+            1,
+            "{} changes do not fit",
             changes.len()
         );
         let (op, what) = first.describe();
@@ -402,5 +439,52 @@ impl Store {
             )
             .await
             .map_err(etcd("watch"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(service: &str, id: usize) -> Task {
+        Task {
+            id: format!("t{id}"),
+            service: service.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn split_fills_transactions_to_etcds_limit_and_keeps_order() {
+        let tasks: Vec<Task> = (0..10_000).map(|i| task("web", i)).collect();
+        let creates: Vec<Change<'_>> = tasks
+            .iter()
+            .map(|task| Change::Create {
+                task,
+                service_mod_rev: 1,
+            })
+            .collect();
+        let runs = split(&creates);
+        assert_eq!(
+            runs.len(),
+            80,
+            "126 creations and their service compare per txn"
+        );
+        assert_eq!(runs[0], 0..126);
+        assert_eq!(runs.last().unwrap().end, 10_000);
+        assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+
+        // Deletions cost two operations; a second service one more compare.
+        let other = task("db", 0);
+        let mut mixed: Vec<Change<'_>> = tasks[..100]
+            .iter()
+            .map(|task| Change::Delete { task })
+            .collect();
+        mixed.push(Change::Create {
+            task: &other,
+            service_mod_rev: 1,
+        });
+        assert_eq!(split(&mixed), vec![0..63, 63..101]);
+        assert!(split(&[]).is_empty());
     }
 }
