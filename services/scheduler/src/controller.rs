@@ -217,6 +217,10 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
         .collect();
     let mut written = futures::stream::iter(batches).buffer_unordered(TXNS_IN_FLIGHT);
     let (mut placed, mut retired, mut deleted) = (0usize, 0usize, 0usize);
+    // Agents are told once every batch is written: their status writes would otherwise
+    // compete with the placements for etcd (measured: placing 10,000 took 2.7-4.5 s while
+    // acknowledgements streamed in).
+    let mut written_ok: Vec<&[Pending]> = Vec::new();
     while let Some((chunk, res)) = written.next().await {
         match res {
             Ok(()) => {}
@@ -227,25 +231,27 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                 continue;
             }
         }
-        for p in chunk {
-            let t = &p.task;
-            tracing::debug!(service = %t.service, task = %t.id, node = %t.node, slot = t.slot, reason = p.reason, "task written");
-            let a = addr.get(t.node.as_str());
-            match p.kind {
-                Kind::Create { .. } => {
-                    placed += 1;
-                    if let Some(a) = a {
-                        agents.run(a, t, true);
-                    }
+        written_ok.push(chunk);
+    }
+    let write_ms = (started.elapsed() - decided).as_millis() as u64;
+    for p in written_ok.into_iter().flatten() {
+        let t = &p.task;
+        tracing::debug!(service = %t.service, task = %t.id, node = %t.node, slot = t.slot, reason = p.reason, "task written");
+        let a = addr.get(t.node.as_str());
+        match p.kind {
+            Kind::Create { .. } => {
+                placed += 1;
+                if let Some(a) = a {
+                    agents.run(a, t, true);
                 }
-                Kind::Retire { .. } => {
-                    retired += 1;
-                    if let Some(a) = a {
-                        agents.stop(a, t, true);
-                    }
-                }
-                Kind::Delete => deleted += 1,
             }
+            Kind::Retire { .. } => {
+                retired += 1;
+                if let Some(a) = a {
+                    agents.stop(a, t, true);
+                }
+            }
+            Kind::Delete => deleted += 1,
         }
     }
     if placed + retired + deleted > 0 {
@@ -256,7 +262,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
             tasks = loaded.tasks.len(),
             read_ms = read.as_millis() as u64,
             decide_ms = (decided - read).as_millis() as u64,
-            write_ms = (started.elapsed() - decided).as_millis() as u64,
+            write_ms,
             "tasks written"
         );
     }
