@@ -11,9 +11,11 @@
 //! - [`tasks`]: per-container lifecycle actors, adoption at start, orphan sweep.
 //! - [`health`]: container health probes.
 //! - [`server`]: the gRPC edge.
+//! - [`hollow`]: many simulated nodes in one process, for scale tests (no containers).
 #![deny(unsafe_code)]
 
 pub mod health;
+pub mod hollow;
 pub mod image;
 pub mod network;
 pub mod runtime;

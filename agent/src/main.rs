@@ -1,5 +1,6 @@
 //! `rctl-agent`: parses flags and runs the agent library; `rctl-agent __shim DIR` is the
-//! hidden per-container shim the agent starts for itself.
+//! hidden per-container shim the agent starts for itself; `rctl-agent hollow ...` runs many
+//! simulated nodes for scale tests.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,12 +50,109 @@ struct Args {
     tls: rctl_api::tls::TlsArgs,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Simulated nodes for scale tests: the real node registration, Agent API and status
+/// writes, no containers.
+#[derive(Parser, Debug)]
+#[command(name = "rctl-agent hollow")]
+struct HollowArgs {
+    /// etcd endpoint.
+    #[arg(long, default_value = rctl_api::DEFAULT_ETCD, env = "RCTL_ETCD")]
+    etcd: String,
+    /// How many nodes to simulate.
+    #[arg(long)]
+    nodes: usize,
+    /// Node names are PREFIX0001, PREFIX0002, ...
+    #[arg(long, default_value = "hollow-")]
+    name_prefix: String,
+    /// IP every node's Agent API listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_ip: Ipv4Addr,
+    /// Node i (from 1) listens on PORT_BASE + i - 1.
+    #[arg(long)]
+    port_base: u16,
+    /// CPUs each node announces.
+    #[arg(long, default_value_t = 8.0)]
+    cpus: f64,
+    /// Memory each node announces, in bytes.
+    #[arg(long, default_value_t = 32 << 30)]
+    memory: u64,
+    /// Node labels, k=v (repeatable or comma-separated), the same on every node.
+    #[arg(long = "labels", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// TTL of each node's lease, in seconds.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u64,
+}
+
+fn parse_labels(labels: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("label {l:?} is not k=v"))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Runs the future `run` makes on a new runtime until it ends or SIGTERM/SIGINT cancels
+/// its token.
+fn serve<F, E>(
+    what: &str,
+    run: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let _telemetry = rctl_api::telemetry::init("rctl-agent", "info");
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut task = tokio::spawn(run(token.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            r = &mut task => return r?.map_err(Into::into),
+        }
+        tracing::info!("shutting down {what}");
+        token.cancel();
+        match tokio::time::timeout(std::time::Duration::from_secs(10), task).await {
+            Ok(r) => r?.map_err(Into::into),
+            Err(_) => anyhow::bail!("{what} did not stop within 10s"),
+        }
+    })
+}
+
+fn main() {
+    // One line, as every rctl binary reports a fatal error.
+    if let Err(e) = dispatch() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     // The shim must stay single-threaded: dispatch before any runtime exists.
     let argv: Vec<_> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "__shim") {
         let dir = argv.get(2).context("usage: rctl-agent __shim DIR")?;
         std::process::exit(rctl_agent::shim::main(std::path::Path::new(dir)));
+    }
+    if argv.get(1).is_some_and(|a| a == "hollow") {
+        let args = HollowArgs::parse_from(&argv[1..]);
+        let cfg = rctl_agent::hollow::HollowConfig {
+            etcd: args.etcd,
+            nodes: args.nodes,
+            name_prefix: args.name_prefix,
+            listen_ip: args.listen_ip,
+            port_base: args.port_base,
+            cpus: args.cpus,
+            memory_bytes: args.memory,
+            labels: parse_labels(&args.labels)?,
+            lease_ttl: args.lease_ttl,
+        };
+        return serve("hollow nodes", |token| rctl_agent::hollow::run(cfg, token));
     }
     let args = Args::parse();
     let security = args.tls.security_or_exit();
@@ -66,13 +164,7 @@ fn main() -> anyhow::Result<()> {
             rctl_api::tls::usage_exit(&why);
         }
     }
-    let mut labels = HashMap::new();
-    for l in &args.labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("label {l:?} is not k=v"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = parse_labels(&args.labels)?;
     let cfg = rctl_agent::AgentConfig {
         etcd: args.etcd,
         root: args.root,
@@ -90,27 +182,7 @@ fn main() -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         security,
     };
-    let res = tokio::runtime::Runtime::new()?.block_on(async move {
-        let _telemetry = rctl_api::telemetry::init("rctl-agent", "info");
-        let token = tokio_util::sync::CancellationToken::new();
-        let mut agent = tokio::spawn(rctl_agent::run(cfg, token.clone()));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-            r = &mut agent => return r?.map_err(anyhow::Error::from),
-        }
-        tracing::info!("shutting down; containers keep running");
-        token.cancel();
-        match tokio::time::timeout(std::time::Duration::from_secs(10), agent).await {
-            Ok(r) => r?.map_err(anyhow::Error::from),
-            Err(_) => anyhow::bail!("agent did not stop within 10s"),
-        }
-    });
-    // One line, as every rctl binary reports a fatal error.
-    if let Err(e) = res {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+    serve("agent; containers keep running", |token| {
+        rctl_agent::run(cfg, token)
+    })
 }

@@ -7,6 +7,9 @@
 //! The node key is claimed, not just put: a transaction creates it only if absent, or takes
 //! it over when the record there carries this host's id (the same agent restarting after a
 //! crash, before its old lease expired). Another live agent's record is never overwritten.
+//!
+//! Hollow nodes ([`crate::hollow`]) share one etcd client between many `Store`s (one per
+//! simulated node, each with its own lease) and write status in batches ([`write_batch`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +35,75 @@ pub enum StoreError {
     LeaseExpired(i64),
     #[error("node {node:?} is already registered by another live agent ({holder}); stop that agent or pick another --node-name")]
     NodeTaken { node: String, holder: String },
+}
+
+/// etcd's default `--max-txn-ops`: the most operations one transaction may carry.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Largest etcd answer read (a range read of every task).
+const MAX_READ_BYTES: usize = 256 << 20;
+
+/// One write of a batch ([`write_batch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Put, under `lease` if it is not 0.
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// Connects to etcd the way every agent does: bounded requests, so a partitioned etcd fails
+/// a status write instead of hanging the actor that makes it, and HTTP/2 pings that notice
+/// a dead connection under the lease stream.
+pub async fn connect_client(
+    endpoint: &str,
+    security: &rctl_api::tls::Security,
+) -> Result<Client, StoreError> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .with_require_leader(true);
+    security
+        .etcd_connect(&[endpoint], opts)
+        .await
+        .map_err(etcd_err("connect", endpoint))
+}
+
+/// Writes `writes` (distinct keys) in one transaction. At most [`MAX_TXN_OPS`] of them: the
+/// caller splits, since it also decides what a failed chunk means.
+pub async fn write_batch(client: &Client, writes: &[Write]) -> Result<(), StoreError> {
+    debug_assert!(writes.len() <= MAX_TXN_OPS);
+    let ops: Vec<TxnOp> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Put { key, value, lease } => {
+                let opts = (*lease != 0).then(|| PutOptions::new().with_lease(*lease));
+                TxnOp::put(key.as_str(), value.clone(), opts)
+            }
+            Write::Delete { key } => TxnOp::delete(key.as_str(), None),
+        })
+        .collect();
+    let first = writes.first().map(Write::key).unwrap_or_default();
+    client
+        .kv_client()
+        .txn(Txn::new().and_then(ops))
+        .await
+        .map_err(etcd_err("txn", first))?;
+    Ok(())
 }
 
 fn etcd_err(op: &'static str, key: &str) -> impl FnOnce(etcd_client::Error) -> StoreError {
@@ -66,22 +138,23 @@ impl Store {
         node: &str,
         security: &rctl_api::tls::Security,
     ) -> Result<Self, StoreError> {
-        // Bounded requests: a partitioned etcd must fail a status write, not hang the actor
-        // that makes it; HTTP/2 pings notice a dead connection under the lease stream.
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_require_leader(true);
-        let client = security
-            .etcd_connect(&[endpoint], opts)
-            .await
-            .map_err(etcd_err("connect", endpoint))?;
-        Ok(Self {
+        Ok(Self::with_client(
+            connect_client(endpoint, security).await?,
+            node,
+        ))
+    }
+
+    /// A store for `node` on an existing connection (hollow nodes share one).
+    pub fn with_client(client: Client, node: &str) -> Self {
+        Self {
             client,
             node: node.to_string(),
             leased: Arc::default(),
-        })
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn node(&self) -> &str {
@@ -104,6 +177,24 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers `key` as leased (put again after every re-grant) without writing it, and
+    /// returns the lease to write it under now; 0 before the first grant, which puts it.
+    pub async fn hold_leased(&self, key: String, value: Vec<u8>) -> i64 {
+        let mut l = self.leased.lock().await;
+        l.kvs.insert(key, value);
+        l.id
+    }
+
+    /// The current lease (0 before the first grant).
+    pub async fn lease_id(&self) -> i64 {
+        self.leased.lock().await.id
+    }
+
+    /// Forgets a leased key without deleting it (the caller deletes it, e.g. in a batch).
+    pub async fn release_leased(&self, key: &str) {
+        self.leased.lock().await.kvs.remove(key);
+    }
+
     /// Deletes a leased key and forgets it.
     pub async fn delete_leased(&self, key: &str) -> Result<(), StoreError> {
         let mut l = self.leased.lock().await;
@@ -114,6 +205,15 @@ impl Store {
             .await
             .map_err(etcd_err("delete", key))?;
         Ok(())
+    }
+
+    /// The key and value [`Store::put_status`] writes, for writers that batch.
+    pub fn status_write(&self, status: &pb::TaskStatus) -> Write {
+        Write::Put {
+            key: keys::status(&self.node, &status.task_id),
+            value: codec::encode(status),
+            lease: 0,
+        }
     }
 
     pub async fn put_status(&self, status: &pb::TaskStatus) -> Result<(), StoreError> {
@@ -158,9 +258,11 @@ impl Store {
     /// Every task in etcd (all services, all nodes).
     pub async fn tasks(&self) -> Result<Vec<pb::Task>, StoreError> {
         let prefix = keys::tasks_prefix();
+        // Every task of a large cluster can exceed tonic's 4 MiB default answer size.
         let resp = self
             .client
-            .clone()
+            .kv_client()
+            .max_decoding_message_size(MAX_READ_BYTES)
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(etcd_err("get", &prefix))?;

@@ -95,6 +95,31 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// What RunTask refuses, before anything is done.
+pub fn validate(task: &pb::Task) -> Result<(), TaskError> {
+    if !valid_id(&task.id) {
+        return Err(TaskError::Invalid(format!("bad task id {:?}", task.id)));
+    }
+    if task.image.is_empty() {
+        return Err(TaskError::Invalid("no image".into()));
+    }
+    if task.container_port > u16::MAX as u32 {
+        return Err(TaskError::Invalid("container port out of range".into()));
+    }
+    Ok(())
+}
+
+/// The status a node reports for `task` before anything happened to it.
+pub fn base_status(task: &pb::Task, node: &str) -> pb::TaskStatus {
+    pb::TaskStatus {
+        task_id: task.id.clone(),
+        service: task.service.clone(),
+        node: node.to_string(),
+        container_id: task.id.clone(),
+        ..Default::default()
+    }
+}
+
 struct Actor {
     tx: mpsc::UnboundedSender<Stop>,
     /// When RunTask accepted it; None for containers adopted at start-up.
@@ -144,15 +169,7 @@ impl Tasks {
 
     /// Accepts `task` (idempotent by id) and starts it in the background.
     pub async fn run_task(&self, task: pb::Task) -> Result<(), TaskError> {
-        if !valid_id(&task.id) {
-            return Err(TaskError::Invalid(format!("bad task id {:?}", task.id)));
-        }
-        if task.image.is_empty() {
-            return Err(TaskError::Invalid("no image".into()));
-        }
-        if task.container_port > u16::MAX as u32 {
-            return Err(TaskError::Invalid("container port out of range".into()));
-        }
+        validate(&task)?;
         {
             let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
             if actors.contains_key(&task.id) || self.dir(&task.id).0.exists() {
@@ -310,13 +327,7 @@ impl Inner {
     }
 
     fn base_status(&self, task: &pb::Task) -> pb::TaskStatus {
-        pb::TaskStatus {
-            task_id: task.id.clone(),
-            service: task.service.clone(),
-            node: self.store.node().to_string(),
-            container_id: task.id.clone(),
-            ..Default::default()
-        }
+        base_status(task, self.store.node())
     }
 
     async fn report(&self, status: &mut pb::TaskStatus) {
@@ -500,7 +511,8 @@ fn exit_reason(dir: &ContainerDir, code: Option<i32>) -> String {
     }
 }
 
-fn finish(status: &mut pb::TaskStatus, code: Option<i32>, stopped: bool, why: String) {
+/// Marks `status` finished: exited when stopped or exited 0, failed otherwise, with why.
+pub fn finish(status: &mut pb::TaskStatus, code: Option<i32>, stopped: bool, why: String) {
     status.finished_unix_ms = clock::now_unix_ms();
     status.health = String::new();
     status.exit_code = code.unwrap_or(-1);

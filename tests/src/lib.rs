@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cluster`]: the harness that starts a `deploy/local/cluster` per test and tears it down.
 //! - [`etcd`]: a throwaway etcd for component tests of the scheduler and the LB.
+//! - [`hollow`]: etcd + scheduler + `rctl-agent hollow` nodes on loopback, for scale tests.
 //! - [`fixtures`]: the project's own test images (busybox, testserver), built and pushed with
 //!   its own OCI code.
 #![forbid(unsafe_code)]
@@ -10,3 +11,4 @@
 pub mod cluster;
 pub mod etcd;
 pub mod fixtures;
+pub mod hollow;

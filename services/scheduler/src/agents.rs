@@ -1,7 +1,8 @@
 //! The scheduler's edge towards agents: one lazily connected gRPC channel per node address,
-//! and RunTask/StopTask sent without blocking the reconcile loop. With TLS, the agent's
-//! certificate must be for the node's name, so a host holding another node's certificate
-//! cannot receive that node's tasks.
+//! and RunTask/StopTask sent without blocking the reconcile loop, at most
+//! [`MAX_IN_FLIGHT`] at a time (ten thousand placements must not open ten thousand calls).
+//! With TLS, the agent's certificate must be for the node's name, so a host holding another
+//! node's certificate cannot receive that node's tasks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use rctl_api::pb::agent_client::AgentClient;
 use rctl_api::pb::{RunTaskRequest, StopTaskRequest, Task};
 use rctl_api::tls::Security;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -18,6 +20,8 @@ use tracing::Instrument;
 /// How long a sent command is trusted before it is sent again if nothing changed.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agent calls outstanding at once, over all agents.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
@@ -26,6 +30,8 @@ type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
 pub struct Agents {
     inner: Arc<Mutex<Inner>>,
     security: Security,
+    /// One permit per call in flight.
+    calls: Arc<Semaphore>,
 }
 
 /// Plaintext, as for tests that run without certificates.
@@ -49,6 +55,7 @@ impl Agents {
         Self {
             inner: Arc::default(),
             security,
+            calls: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -136,8 +143,12 @@ impl Agents {
             return;
         };
         let span = tracing::info_span!("agent_rpc", cmd, task = %task.id, node = %task.node);
+        let calls = self.calls.clone();
         tokio::spawn(
             async move {
+                let Ok(_permit) = calls.acquire_owned().await else {
+                    return;
+                };
                 let client = AgentClient::with_interceptor(
                     ch,
                     rctl_api::telemetry::propagate as Interceptor,

@@ -27,6 +27,9 @@ pub enum StoreError {
     NotLeader(String),
 }
 
+/// Largest answer [`Store::load`] accepts.
+const MAX_READ_BYTES: usize = 256 << 20;
+
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |source| StoreError::Etcd { op, source }
 }
@@ -71,6 +74,74 @@ impl Loaded {
     }
 }
 
+/// etcd's default `--max-txn-ops`: it refuses a transaction with more compares or more
+/// operations than this, at any level of nesting.
+pub const MAX_TXN_OPS: usize = 128;
+/// What the fence leaves the transaction it wraps: the outer compare on the leader key
+/// counts against the same limit.
+const FENCED_TXN_OPS: usize = MAX_TXN_OPS - 1;
+
+/// Splits `changes` into consecutive runs that each fit one fenced transaction (see
+/// [`Store::commit_changes`]): a creation or an update costs one compare and one operation,
+/// a deletion two operations, and every service created for one compare per run. Ten
+/// thousand creations for one service make 80 transactions.
+pub fn split(changes: &[Change<'_>]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut services: HashSet<&str> = HashSet::new();
+    let (mut cmps, mut ops) = (0usize, 0usize);
+    for (i, c) in changes.iter().enumerate() {
+        let (dc, dops, service) = match c {
+            Change::Create { task, .. } => (1, 1, Some(task.service.as_str())),
+            Change::Update { .. } => (1, 1, None),
+            Change::Delete { .. } => (0, 2, None),
+        };
+        let new_service = service.is_some_and(|s| !services.contains(s));
+        if cmps + dc + usize::from(new_service) > FENCED_TXN_OPS || ops + dops > FENCED_TXN_OPS {
+            out.push(start..i);
+            start = i;
+            services.clear();
+            (cmps, ops) = (0, 0);
+        }
+        if let Some(s) = service {
+            if services.insert(s) {
+                cmps += 1;
+            }
+        }
+        cmps += dc;
+        ops += dops;
+    }
+    if start < changes.len() {
+        out.push(start..changes.len());
+    }
+    out
+}
+
+/// One guarded change to a task, written by the leader.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Create `task` if its key is new and its service is still at `service_mod_rev`.
+    Create {
+        task: &'a Task,
+        service_mod_rev: i64,
+    },
+    /// Rewrite `task` if its key is still at `mod_rev`.
+    Update { task: &'a Task, mod_rev: i64 },
+    /// Remove `task` and its last status.
+    Delete { task: &'a Task },
+}
+
+impl Change<'_> {
+    fn describe(&self) -> (&'static str, String) {
+        let (op, t) = match self {
+            Change::Create { task, .. } => ("create task", task),
+            Change::Update { task, .. } => ("update task", task),
+            Change::Delete { task } => ("delete task", task),
+        };
+        (op, keys::task(&t.service, &t.id))
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -110,7 +181,11 @@ impl Store {
 
     /// One range read of the whole schema, so the view is consistent at one revision.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let mut kv = self.client.kv_client();
+        // Ten thousand tasks and their statuses are more than tonic's 4 MiB default answer.
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_READ_BYTES);
         let resp = kv
             .get(keys::ROOT, Some(GetOptions::new().with_prefix()))
             .await
@@ -238,15 +313,14 @@ impl Store {
         task: &Task,
         service_mod_rev: i64,
     ) -> Result<(), StoreError> {
-        let skey = keys::service(&task.service);
-        let tkey = keys::task(&task.service, &task.id);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(skey.as_str(), CompareOp::Equal, service_mod_rev),
-                Compare::create_revision(tkey.as_str(), CompareOp::Equal, 0),
-            ])
-            .and_then([TxnOp::put(tkey.as_str(), encode(task), None)]);
-        self.commit_fenced(leader, txn, "create task", &tkey).await
+        self.commit_changes(
+            leader,
+            &[Change::Create {
+                task,
+                service_mod_rev,
+            }],
+        )
+        .await
     }
 
     /// Rewrites `task` if it is still at `expect_mod_rev` and `leader` still holds the election.
@@ -256,25 +330,80 @@ impl Store {
         task: &Task,
         expect_mod_rev: i64,
     ) -> Result<(), StoreError> {
-        let key = keys::task(&task.service, &task.id);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                expect_mod_rev,
-            )])
-            .and_then([TxnOp::put(key.as_str(), encode(task), None)]);
-        self.commit_fenced(leader, txn, "update task", &key).await
+        self.commit_changes(
+            leader,
+            &[Change::Update {
+                task,
+                mod_rev: expect_mod_rev,
+            }],
+        )
+        .await
     }
 
     /// Removes a task and its last status, together, if `leader` still holds the election.
     pub async fn delete_task(&self, leader: &LeaderKey, task: &Task) -> Result<(), StoreError> {
-        let key = keys::task(&task.service, &task.id);
-        let txn = Txn::new().and_then([
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::delete(keys::status(&task.node, &task.id), None),
-        ]);
-        self.commit_fenced(leader, txn, "delete task", &key).await
+        self.commit_changes(leader, &[Change::Delete { task }])
+            .await
+    }
+
+    /// Applies `changes` in one transaction fenced by `leader`: all of them, or none if any
+    /// guard fails. They must fit one transaction ([`split`] makes runs that do); batching
+    /// is what lets one pass place ten thousand tasks in 80 round trips.
+    pub async fn commit_changes(
+        &self,
+        leader: &LeaderKey,
+        changes: &[Change<'_>],
+    ) -> Result<(), StoreError> {
+        let Some(first) = changes.first() else {
+            return Ok(());
+        };
+        debug_assert_eq!(
+            split(changes).len(),
+            1,
+            "{} changes do not fit",
+            changes.len()
+        );
+        let (op, what) = first.describe();
+        let what = if changes.len() > 1 {
+            format!("{what} and {} more", changes.len() - 1)
+        } else {
+            what
+        };
+        // A service guards every task created for it: compare it once per transaction.
+        let mut services: HashMap<String, i64> = HashMap::new();
+        let mut cmps = Vec::new();
+        let mut ops = Vec::new();
+        for c in changes {
+            match c {
+                Change::Create {
+                    task,
+                    service_mod_rev,
+                } => {
+                    let tkey = keys::task(&task.service, &task.id);
+                    services.insert(keys::service(&task.service), *service_mod_rev);
+                    cmps.push(Compare::create_revision(tkey.as_str(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(tkey.as_str(), encode(*task), None));
+                }
+                Change::Update { task, mod_rev } => {
+                    let key = keys::task(&task.service, &task.id);
+                    cmps.push(Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        *mod_rev,
+                    ));
+                    ops.push(TxnOp::put(key.as_str(), encode(*task), None));
+                }
+                Change::Delete { task } => {
+                    ops.push(TxnOp::delete(keys::task(&task.service, &task.id), None));
+                    ops.push(TxnOp::delete(keys::status(&task.node, &task.id), None));
+                }
+            }
+        }
+        for (key, rev) in services {
+            cmps.push(Compare::mod_revision(key, CompareOp::Equal, rev));
+        }
+        self.commit_fenced(leader, Txn::new().when(cmps).and_then(ops), op, &what)
+            .await
     }
 
     async fn commit(&self, txn: Txn, op: &'static str, what: &str) -> Result<(), StoreError> {
@@ -332,5 +461,52 @@ impl Store {
             )
             .await
             .map_err(etcd("watch"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(service: &str, id: usize) -> Task {
+        Task {
+            id: format!("t{id}"),
+            service: service.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn split_fills_transactions_to_etcds_limit_and_keeps_order() {
+        let tasks: Vec<Task> = (0..10_000).map(|i| task("web", i)).collect();
+        let creates: Vec<Change<'_>> = tasks
+            .iter()
+            .map(|task| Change::Create {
+                task,
+                service_mod_rev: 1,
+            })
+            .collect();
+        let runs = split(&creates);
+        assert_eq!(
+            runs.len(),
+            80,
+            "126 creations and their service compare per txn"
+        );
+        assert_eq!(runs[0], 0..126);
+        assert_eq!(runs.last().unwrap().end, 10_000);
+        assert!(runs.windows(2).all(|w| w[0].end == w[1].start));
+
+        // Deletions cost two operations; a second service one more compare.
+        let other = task("db", 0);
+        let mut mixed: Vec<Change<'_>> = tasks[..100]
+            .iter()
+            .map(|task| Change::Delete { task })
+            .collect();
+        mixed.push(Change::Create {
+            task: &other,
+            service_mod_rev: 1,
+        });
+        assert_eq!(split(&mixed), vec![0..63, 63..101]);
+        assert!(split(&[]).is_empty());
     }
 }
