@@ -5,8 +5,10 @@
 //! - [`etcd`]: a throwaway etcd for component tests of the scheduler and the LB.
 //! - [`fixtures`]: the project's own test images (busybox, testserver), built and pushed with
 //!   its own OCI code.
+//! - [`testserver`]: the fixture test server as a plain process, for component tests.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod etcd;
 pub mod fixtures;
+pub mod testserver;

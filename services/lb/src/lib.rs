@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`routes`]: the routing table ([`Routes`]) built from etcd values, and its channel.
+//! - [`split`]: the exact weighted split of requests between revisions.
 //! - [`balance`]: endpoint selection (pure functions plus a thin random wrapper).
 //! - [`discovery`]: lists and watches etcd, publishes a new [`Routes`] on every change.
 //! - [`listeners`]: opens and closes one listener per exposed service.
@@ -19,6 +20,7 @@ pub mod discovery;
 pub mod listeners;
 pub mod proxy;
 pub mod routes;
+pub mod split;
 pub mod stats;
 
 use std::net::SocketAddr;

@@ -193,9 +193,10 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
         .to_string();
     let slot = Arc::new(Mutex::new(Some(body)));
 
+    let revision = route.next_revision();
     let mut tried = Vec::new();
     loop {
-        let Some(backend) = balance::pick(route, &tried) else {
+        let Some(backend) = balance::pick(route, revision, &tried) else {
             return if tried.is_empty() {
                 no_endpoint(service)
             } else {

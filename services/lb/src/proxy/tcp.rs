@@ -63,9 +63,10 @@ async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Resu
     let route = current
         .service(service)
         .ok_or_else(|| TcpError::NoEndpoint(service.to_string()))?;
+    let revision = route.next_revision();
     let mut tried = Vec::new();
     loop {
-        let backend = balance::pick(route, &tried)
+        let backend = balance::pick(route, revision, &tried)
             .ok_or_else(|| TcpError::NoEndpoint(service.to_string()))?;
         let _inflight = backend.start();
         let addr = backend.address;
