@@ -35,15 +35,32 @@ pub fn choose(loads: &[usize], r1: u64, r2: u64) -> Option<usize> {
 }
 
 /// The backends of `route` that may get a new request meant for `revision`: healthy, not
-/// in `tried` (the ones that already refused a connection for this request), and of
-/// `revision`. When that revision has none, its share goes to the other revisions of the
-/// split, and failing those to any healthy backend: serving an old revision beats a 503.
+/// ejected ([`crate::health`]), not in `tried` (the ones that already failed this request),
+/// and of `revision`. When that revision has none, its share goes to the other revisions of
+/// the split, and failing those to any healthy backend: serving an old revision beats a
+/// 503. When every candidate is ejected, ejection is ignored, for the same reason.
 pub fn eligible<'a>(
     route: &'a ServiceRoute,
     revision: u64,
     tried: &[SocketAddr],
 ) -> Vec<&'a Arc<Backend>> {
-    let usable = |b: &&Arc<Backend>| b.healthy && !tried.contains(&b.address);
+    let found = eligible_if(route, revision, tried, true);
+    if found.is_empty() {
+        eligible_if(route, revision, tried, false)
+    } else {
+        found
+    }
+}
+
+fn eligible_if<'a>(
+    route: &'a ServiceRoute,
+    revision: u64,
+    tried: &[SocketAddr],
+    skip_ejected: bool,
+) -> Vec<&'a Arc<Backend>> {
+    let usable = |b: &&Arc<Backend>| {
+        b.healthy && !tried.contains(&b.address) && !(skip_ejected && b.is_ejected())
+    };
     let of_revision: Vec<_> = route
         .backends
         .iter()
@@ -193,6 +210,18 @@ mod tests {
             .with_revision(2)
             .with_backend(versioned("t1", 1, 1, true));
         assert_eq!(tasks(&route, route.next_revision(), &[]), ["t1"]);
+    }
+
+    #[test]
+    fn ejected_backends_get_nothing_unless_nothing_else_is_left() {
+        let route = ServiceRoute::new("web", Protocol::Http, None)
+            .with_backend(Backend::new("t1", addr(1), true))
+            .with_backend(Backend::new("t2", addr(2), true));
+        for _ in 0..crate::health::EJECT_AFTER {
+            route.backends[0].record(false);
+        }
+        assert_eq!(tasks(&route, 0, &[]), ["t2"]);
+        assert_eq!(tasks(&route, 0, &[addr(2)]), ["t1"]);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - [`routes`]: the routing table ([`Routes`]) built from etcd values, and its channel.
 //! - [`split`]: the exact weighted split of requests between revisions.
 //! - [`balance`]: endpoint selection (pure functions plus a thin random wrapper).
+//! - [`health`]: passive outlier ejection.
 //! - [`discovery`]: lists and watches etcd, publishes a new [`Routes`] on every change.
+//! - [`drain`]: waits out removed endpoints' requests and reports them drained to etcd.
 //! - [`listeners`]: opens and closes one listener per exposed service.
 //! - [`proxy`]: the HTTP ([`proxy::http`]) and TCP ([`proxy::tcp`]) data paths.
 //! - [`stats`]: request counters and the Prometheus `/metrics` endpoint.
@@ -17,6 +19,8 @@
 
 pub mod balance;
 pub mod discovery;
+pub mod drain;
+pub mod health;
 pub mod listeners;
 pub mod proxy;
 pub mod routes;
@@ -45,7 +49,28 @@ pub struct Config {
     pub etcd: String,
     /// Where to serve Prometheus `/metrics`; not served when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// This LB's name in etcd (`lbs/{name}`, `drained/…/{name}`); unique per LB.
+    pub name: String,
+    /// How long a removed endpoint's in-flight requests may run before it is reported
+    /// drained anyway.
+    pub drain_timeout: Duration,
 }
+
+impl Config {
+    /// A config with the defaults for everything but etcd and the name.
+    pub fn new(etcd: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            etcd: etcd.into(),
+            metrics_addr: None,
+            name: name.into(),
+            drain_timeout: DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The default drain timeout: HAProxy-like patience for slow downloads, short enough
+/// that a rollout does not stall on one stuck client.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
@@ -81,6 +106,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbEr
     tasks.spawn(discovery::run(
         config.etcd.clone(),
         routes_tx,
+        shutdown.child_token(),
+    ));
+    tasks.spawn(drain::run(
+        config.etcd.clone(),
+        config.name.clone(),
+        routes_rx.clone(),
+        config.drain_timeout,
         shutdown.child_token(),
     ));
     tasks.spawn(listeners::run(

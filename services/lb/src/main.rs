@@ -19,15 +19,29 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT).
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<SocketAddr>,
+    /// This LB's name in etcd, unique among LBs [default: the host name].
+    #[arg(long, env = "RCTL_LB_NAME")]
+    name: Option<String>,
+    /// Seconds a removed endpoint's in-flight requests may run before it counts as drained.
+    #[arg(long, value_name = "SECONDS", default_value_t = rctl_lb::DRAIN_TIMEOUT.as_secs())]
+    drain_timeout: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = rctl_api::telemetry::init("rctl-lb", "info");
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the host name (or pass --name)")?
+            .trim()
+            .to_string(),
+    };
     let config = rctl_lb::Config {
-        etcd: args.etcd,
         metrics_addr: args.metrics_addr,
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        ..rctl_lb::Config::new(args.etcd, name)
     };
 
     let token = CancellationToken::new();

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rctl_api::{codec, keys, pb};
 use tokio::sync::watch;
 
+use crate::health::Outlier;
 use crate::split::{Split, SplitError, Weights};
 
 /// Sends new routing tables to every listener and proxy.
@@ -102,6 +103,8 @@ pub struct Backend {
     /// Requests (HTTP) or connections (TCP) in flight. Shared with the snapshot this one
     /// replaced ([`Routes::inherit_load`]) so a rebuild does not forget the current load.
     load: Arc<AtomicUsize>,
+    /// Passive health, shared across rebuilds like `load`.
+    outlier: Arc<Mutex<Outlier>>,
 }
 
 impl Backend {
@@ -113,7 +116,28 @@ impl Backend {
             revision: 0,
             healthy,
             load: Arc::default(),
+            outlier: Arc::default(),
         }
+    }
+
+    /// Records the outcome of a request or connection attempt (see [`crate::health`]).
+    pub fn record(&self, ok: bool) {
+        let ejected = self
+            .outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(ok, tokio::time::Instant::now());
+        if ejected {
+            tracing::warn!(task = self.task_id, address = %self.address, "ejected after consecutive failures");
+        }
+    }
+
+    /// Whether passive health took this backend out of rotation for now.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_ejected(tokio::time::Instant::now())
     }
 
     /// Requests or connections currently in flight to this backend.
@@ -314,6 +338,7 @@ impl Routes {
                 revision: ep.revision,
                 healthy: ep.healthy,
                 load: Arc::default(),
+                outlier: Arc::default(),
             }));
         }
         for route in table.values_mut() {
@@ -391,6 +416,7 @@ impl Routes {
                     .find(|o| o.task_id == backend.task_id && o.address == backend.address);
                 if let (Some(o), Some(b)) = (same, Arc::get_mut(backend)) {
                     b.load = o.load.clone();
+                    b.outlier = o.outlier.clone();
                 }
             }
         }

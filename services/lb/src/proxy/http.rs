@@ -1,10 +1,12 @@
 //! The L7 proxy: HTTP/1.1 with keep-alive on both sides, one backend chosen per request.
 //!
 //! Bodies stream in both directions; nothing buffers a whole body. A request is retried on
-//! another backend only when connecting failed, which is the one case where nothing of it
-//! was sent: the request body is handed to the client through [`ReclaimBody`], which takes
-//! it out of a shared slot only when first polled, so after a connect error the body is
-//! still in the slot and can go to the next backend.
+//! another backend when connecting failed (nothing of it was sent), and a GET or HEAD once
+//! more when the backend failed before any byte of its answer (a crash, a kept-alive
+//! connection closed under it); a POST never is. The request body is handed to the client
+//! through [`ReclaimBody`], which takes it out of a shared slot only when first polled, so
+//! while the body is still in the slot it can go to the next backend. Every outcome feeds
+//! the backend's passive health ([`crate::health`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -179,10 +181,11 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Re
 
 async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
     let service = ctx.service.as_str();
-    let current = ctx.routes.borrow().clone();
+    let mut current = ctx.routes.borrow().clone();
     let Some(route) = current.service(service) else {
         return no_endpoint(service);
     };
+    let revision = route.next_revision();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer.ip());
@@ -193,10 +196,17 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
         .to_string();
     let slot = Arc::new(Mutex::new(Some(body)));
 
-    let revision = route.next_revision();
     let mut tried = Vec::new();
+    let mut retried = false;
     loop {
-        let Some(backend) = balance::pick(route, revision, &tried) else {
+        if !tried.is_empty() {
+            // A retry takes the newest table: the failure may be what changed it.
+            current = ctx.routes.borrow().clone();
+        }
+        let backend = current
+            .service(service)
+            .and_then(|route| balance::pick(route, revision, &tried));
+        let Some(backend) = backend else {
             return if tried.is_empty() {
                 no_endpoint(service)
             } else {
@@ -225,6 +235,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
 
         match ctx.forwarder.client.request(out).await {
             Ok(resp) => {
+                backend.record(!resp.status().is_server_error());
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 // Answer in the client's HTTP version, not the backend's: an HTTP/1.0
@@ -237,15 +248,32 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
                 return Response::from_parts(rparts, Either::Left(body));
             }
             Err(e) if e.is_connect() && untouched(&slot) && tried.len() < MAX_RETRIES => {
+                backend.record(false);
                 warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "connect failed; trying another endpoint");
                 tried.push(addr);
             }
+            // The backend failed before sending a byte of its answer (it crashed, or closed
+            // a kept-alive connection as the request went out). Sending a GET or HEAD again
+            // cannot do harm, and the client's body, if any, is still ours to resend.
+            Err(e) if idempotent(&parts.method) && untouched(&slot) && !retried => {
+                backend.record(false);
+                warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "request failed before any response; retrying once on another endpoint");
+                tried.push(addr);
+                retried = true;
+            }
             Err(e) => {
+                backend.record(false);
                 warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "backend request failed");
                 return short(StatusCode::BAD_GATEWAY, "bad gateway\n".into());
             }
         }
     }
+}
+
+/// Methods safe to send twice (RFC 9110 §9.2.2) that we retry: the ones without a body in
+/// practice. PUT and DELETE are idempotent too but change state; a retry is not worth it.
+fn idempotent(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD)
 }
 
 fn untouched(slot: &Mutex<Option<Incoming>>) -> bool {

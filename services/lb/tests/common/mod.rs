@@ -95,8 +95,8 @@ impl Lb {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(rctl_lb::run(
             rctl_lb::Config {
-                etcd: etcd.to_string(),
                 metrics_addr: metrics,
+                ..rctl_lb::Config::new(etcd, "lb1")
             },
             shutdown.clone(),
         ));
@@ -167,4 +167,119 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// What a constant load saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Successful GETs: when (since the load started) and the first word of the body.
+    pub ok: Vec<(Duration, String)>,
+    /// Failed GETs: when and why.
+    pub failed: Vec<(Duration, String)>,
+}
+
+impl LoadReport {
+    /// When the first response whose body starts with `word` came.
+    pub fn first(&self, word: &str) -> Option<Duration> {
+        self.ok
+            .iter()
+            .filter(|(_, w)| w == word)
+            .map(|(t, _)| *t)
+            .min()
+    }
+
+    /// When the last response whose body starts with `word` came.
+    pub fn last(&self, word: &str) -> Option<Duration> {
+        self.ok
+            .iter()
+            .filter(|(_, w)| w == word)
+            .map(|(t, _)| *t)
+            .max()
+    }
+}
+
+/// GETs `/` from `addr` at `rps` requests per second for `duration` over 8 keep-alive
+/// connections (bounded: at most rps × duration requests), reopening a connection that
+/// fails.
+pub async fn load(addr: SocketAddr, rps: u32, duration: Duration) -> LoadReport {
+    const WORKERS: u32 = 8;
+    let start = tokio::time::Instant::now();
+    let period = Duration::from_secs(1) * WORKERS / rps;
+    let per_worker = (rps as u64 * duration.as_secs()) / WORKERS as u64;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        tasks.push(tokio::spawn(async move {
+            // Spread the workers over one period so the load is even.
+            tokio::time::sleep(period * w / WORKERS).await;
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut report = LoadReport::default();
+            let mut conn: Option<Conn> = None;
+            for _ in 0..per_worker {
+                tick.tick().await;
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match Conn::open(addr).await {
+                        Ok(c) => conn.insert(c),
+                        Err(e) => {
+                            report
+                                .failed
+                                .push((start.elapsed(), format!("connect: {e}")));
+                            continue;
+                        }
+                    },
+                };
+                match c.get("/").await {
+                    Ok((StatusCode::OK, body)) => {
+                        let word = body.split_whitespace().next().unwrap_or("").to_string();
+                        report.ok.push((start.elapsed(), word));
+                    }
+                    Ok((status, body)) => report
+                        .failed
+                        .push((start.elapsed(), format!("{status}: {}", body.trim()))),
+                    Err(e) => {
+                        report
+                            .failed
+                            .push((start.elapsed(), format!("request: {e}")));
+                        conn = None;
+                    }
+                }
+            }
+            report
+        }));
+    }
+    let mut all = LoadReport::default();
+    for t in tasks {
+        let mut r = t.await.unwrap();
+        all.ok.append(&mut r.ok);
+        all.failed.append(&mut r.failed);
+    }
+    all.failed.sort_by_key(|(t, _)| *t);
+    all
+}
+
+/// Sends `method /` with an empty body on a fresh connection.
+pub async fn request(addr: SocketAddr, method: &str) -> Result<(StatusCode, String), String> {
+    let mut c = Conn::open(addr).await.map_err(|e| e.to_string())?;
+    c.sender.ready().await.map_err(|e| e.to_string())?;
+    let req = Request::builder()
+        .method(method)
+        .uri("/")
+        .header("host", "web.test")
+        .header("content-length", "0")
+        .body(Empty::new())
+        .unwrap();
+    let resp = c
+        .sender
+        .send_request(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
