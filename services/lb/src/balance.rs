@@ -35,7 +35,7 @@ pub fn choose(loads: &[usize], r1: u64, r2: u64) -> Option<usize> {
 }
 
 /// The backends of `route` that may get a new request meant for `revision`: healthy, not
-/// ejected ([`crate::health`]), not in `tried` (the ones that already failed this request),
+/// ejected nor failing the LB's active check ([`crate::health`]), not in `tried` (the ones that already failed this request),
 /// and of `revision`. When that revision has none, its share goes to the other revisions of
 /// the split, and failing those to any healthy backend: serving an old revision beats a
 /// 503. When every candidate is ejected, ejection is ignored, for the same reason.
@@ -59,7 +59,9 @@ fn eligible_if<'a>(
     skip_ejected: bool,
 ) -> Vec<&'a Arc<Backend>> {
     let usable = |b: &&Arc<Backend>| {
-        b.healthy && !tried.contains(&b.address) && !(skip_ejected && b.is_ejected())
+        b.healthy
+            && !tried.contains(&b.address)
+            && !(skip_ejected && (b.is_ejected() || !b.is_up()))
     };
     let of_revision: Vec<_> = route
         .backends

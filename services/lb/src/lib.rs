@@ -9,7 +9,7 @@
 //! - [`routes`]: the routing table ([`Routes`]) built from etcd values, and its channel.
 //! - [`split`]: the exact weighted split of requests between revisions.
 //! - [`balance`]: endpoint selection (pure functions plus a thin random wrapper).
-//! - [`health`]: passive outlier ejection.
+//! - [`health`]: passive outlier ejection and active checks.
 //! - [`discovery`]: lists and watches etcd, publishes a new [`Routes`] on every change.
 //! - [`drain`]: waits out removed endpoints' requests and reports them drained to etcd.
 //! - [`listeners`]: opens and closes one listener per exposed service.
@@ -108,6 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbEr
         routes_tx,
         shutdown.child_token(),
     ));
+    tasks.spawn(health::run(routes_rx.clone(), shutdown.child_token()));
     tasks.spawn(drain::run(
         config.etcd.clone(),
         config.name.clone(),

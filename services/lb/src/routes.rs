@@ -12,13 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rctl_api::{codec, keys, pb};
 use tokio::sync::watch;
 
-use crate::health::Outlier;
+use crate::health::{Check, Outlier};
 use crate::split::{Split, SplitError, Weights};
 
 /// Sends new routing tables to every listener and proxy.
@@ -105,6 +105,8 @@ pub struct Backend {
     load: Arc<AtomicUsize>,
     /// Passive health, shared across rebuilds like `load`.
     outlier: Arc<Mutex<Outlier>>,
+    /// The LB's own active check passes; shared across rebuilds like `load`.
+    up: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -117,7 +119,17 @@ impl Backend {
             healthy,
             load: Arc::default(),
             outlier: Arc::default(),
+            up: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Whether the LB's active check lets this backend take traffic.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
     }
 
     /// Records the outcome of a request or connection attempt (see [`crate::health`]).
@@ -179,6 +191,8 @@ pub struct ServiceRoute {
     pub revision: u64,
     /// The traffic split between revisions, if a rollout set one.
     split: Option<Arc<Mutex<Split>>>,
+    /// How the LB probes the backends.
+    pub check: Check,
 }
 
 impl ServiceRoute {
@@ -190,6 +204,7 @@ impl ServiceRoute {
             backends: Vec::new(),
             revision: 0,
             split: None,
+            check: Check::default(),
         }
     }
 
@@ -296,6 +311,7 @@ impl Routes {
             };
             let mut route =
                 ServiceRoute::new(spec.name.clone(), protocol, listen).with_revision(svc.revision);
+            route.check = Check::from_spec(spec.health.as_ref());
             let pairs = svc
                 .traffic
                 .iter()
@@ -339,6 +355,7 @@ impl Routes {
                 healthy: ep.healthy,
                 load: Arc::default(),
                 outlier: Arc::default(),
+                up: Arc::new(AtomicBool::new(true)),
             }));
         }
         for route in table.values_mut() {
@@ -417,6 +434,7 @@ impl Routes {
                 if let (Some(o), Some(b)) = (same, Arc::get_mut(backend)) {
                     b.load = o.load.clone();
                     b.outlier = o.outlier.clone();
+                    b.up = o.up.clone();
                 }
             }
         }

@@ -209,3 +209,62 @@ async fn a_crash_mid_request_retries_a_get_but_never_a_post() {
     assert_eq!(status.as_u16(), 502, "a POST must not be sent twice");
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_a_failing_backend_out_and_bring_it_back() {
+    let etcd = TestEtcd::start();
+    let mut kv = connect(&etcd.url).await;
+    let web = loopback();
+    // Its /healthz answers 404, though `/` works and etcd says healthy: only the LB's own
+    // check can tell.
+    let mut sick = TestServer::start("sick", &["--healthz", "off"]);
+    let port = sick.addr.port();
+    let well = TestServer::start("well", &[]);
+    let mut svc: pb::Service = codec::decode(b"svc", &service("web", web, 1, &[])).unwrap();
+    svc.spec.as_mut().unwrap().health = Some(pb::HealthSpec {
+        http: "/healthz".into(),
+        interval_ms: 200,
+        ..Default::default()
+    });
+    put(&mut kv, keys::service("web"), codec::encode(&svc)).await;
+    put_endpoint(&mut kv, "web", "sick", sick.addr, 1).await;
+    put_endpoint(&mut kv, "web", "well", well.addr, 1).await;
+    let lb = Lb::start(&etcd.url, None);
+
+    let only = |word: &'static str| async move {
+        let Ok(mut c) = Conn::open(web).await else {
+            return false;
+        };
+        for _ in 0..50 {
+            match c.get("/").await {
+                Ok((_, body)) if body.starts_with(word) => {}
+                _ => return false,
+            }
+        }
+        true
+    };
+    eventually("the sick backend is out of rotation", || {
+        only("version=well")
+    })
+    .await;
+
+    // It recovers: after `rise` passing checks it serves again.
+    sick.kill();
+    sick = TestServer::start_on(port, "sick", &[]);
+    eventually("the recovered backend gets traffic", || async {
+        let Ok(mut c) = Conn::open(web).await else {
+            return false;
+        };
+        for _ in 0..50 {
+            if let Ok((_, body)) = c.get("/").await {
+                if body.starts_with("version=sick") {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    drop(sick);
+    lb.stop().await;
+}
