@@ -25,6 +25,10 @@ struct Args {
     /// Seconds a removed endpoint's in-flight requests may run before it counts as drained.
     #[arg(long, value_name = "SECONDS", default_value_t = rctl_lb::DRAIN_TIMEOUT.as_secs())]
     drain_timeout: u64,
+    /// Unix socket for restarts that refuse no connection: a new LB started with the same
+    /// path takes this one's listening sockets, and this one drains and exits.
+    #[arg(long, value_name = "PATH")]
+    handover: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -41,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let config = rctl_lb::Config {
         metrics_addr: args.metrics_addr,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        handover: args.handover,
         ..rctl_lb::Config::new(args.etcd, name)
     };
 
@@ -51,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-        // The library only returns early on a startup error.
+        // The library returns early on a startup error, or after handing its listeners
+        // to a new LB and draining.
         res = &mut lb => return Ok(res.context("load balancer task")??),
     }
     token.cancel();

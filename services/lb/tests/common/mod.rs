@@ -202,6 +202,11 @@ impl LoadReport {
 /// connections (bounded: at most rps × duration requests), reopening a connection that
 /// fails.
 pub async fn load(addr: SocketAddr, rps: u32, duration: Duration) -> LoadReport {
+    load_with(addr, rps, duration, false).await
+}
+
+/// Like [`load`]; with `fresh`, every GET opens its own connection.
+pub async fn load_with(addr: SocketAddr, rps: u32, duration: Duration, fresh: bool) -> LoadReport {
     const WORKERS: u32 = 8;
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs(1) * WORKERS / rps;
@@ -229,7 +234,11 @@ pub async fn load(addr: SocketAddr, rps: u32, duration: Duration) -> LoadReport 
                         }
                     },
                 };
-                match c.get("/").await {
+                let got = c.get("/").await;
+                if fresh {
+                    conn = None;
+                }
+                match got {
                     Ok((StatusCode::OK, body)) => {
                         let word = body.split_whitespace().next().unwrap_or("").to_string();
                         report.ok.push((start.elapsed(), word));
