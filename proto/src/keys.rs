@@ -75,6 +75,14 @@ pub fn drained(service: &str, task: &str, lb: &str) -> String {
     format!("{ROOT}drained/{service}/{task}/{lb}")
 }
 
+pub fn stats_prefix() -> String {
+    format!("{ROOT}stats/")
+}
+/// LB `lb`'s per-revision counters of `service`.
+pub fn stats(service: &str, lb: &str) -> String {
+    format!("{ROOT}stats/{service}/{lb}")
+}
+
 /// The key of the scheduler's leader election.
 pub fn leader() -> String {
     format!("{ROOT}leader")

@@ -15,7 +15,7 @@
 //! - [`handover`]: passes the listening sockets from an old LB to its replacement.
 //! - [`listeners`]: opens and closes one listener per exposed service.
 //! - [`proxy`]: the HTTP ([`proxy::http`]) and TCP ([`proxy::tcp`]) data paths.
-//! - [`stats`]: request counters and the Prometheus `/metrics` endpoint.
+//! - [`stats`]: per-revision counters and latency histograms, on `/metrics` and in etcd.
 #![forbid(unsafe_code)]
 
 pub mod balance;
@@ -138,6 +138,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbEr
         ));
     }
     tasks.spawn(health::run(routes_rx.clone(), stop.child_token()));
+    tasks.spawn(stats::publish(
+        config.etcd.clone(),
+        config.name.clone(),
+        stats.clone(),
+        stop.child_token(),
+    ));
     tasks.spawn(drain::run(
         config.etcd.clone(),
         config.name.clone(),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use rctl_api::keys;
+use rctl_api::{codec, keys, pb};
 use rctl_tests::etcd::TestEtcd;
 use rctl_tests::testserver::TestServer;
 
@@ -84,6 +84,37 @@ async fn splits_requests_between_revisions_by_weight() {
         (0.045..=0.055).contains(&canary_share),
         "95/5: canary share {canary_share} ({seen:?})"
     );
+
+    // The LB reports what each revision saw to etcd, for the rollout controller.
+    let stats = |kv: etcd_client::Client| async move {
+        let mut kv = kv;
+        let resp = kv.get(keys::stats("web", "lb1"), None).await.unwrap();
+        resp.kvs()
+            .first()
+            .map(|kv| codec::decode::<pb::LbStats>(kv.key(), kv.value()).unwrap())
+    };
+    eventually("stats in etcd cover the 10,000 requests", || {
+        let kv = kv.clone();
+        async move {
+            stats(kv)
+                .await
+                .is_some_and(|s| s.revisions.iter().map(|r| r.requests).sum::<u64>() >= 10_000)
+        }
+    })
+    .await;
+    let snap = stats(kv.clone()).await.unwrap();
+    let rev = |n: u64| snap.revisions.iter().find(|r| r.revision == n).unwrap();
+    let (stable_rev, canary_rev) = (rev(1), rev(2));
+    assert_eq!(stable_rev.responses_2xx, stable_rev.requests);
+    assert_eq!(canary_rev.responses_5xx + canary_rev.connect_failures, 0);
+    let canary_counted =
+        canary_rev.requests as f64 / (stable_rev.requests + canary_rev.requests) as f64;
+    assert!((0.045..=0.055).contains(&canary_counted), "{snap:?}");
+    assert!(
+        canary_rev.p50_us > 0 && canary_rev.p50_us <= canary_rev.p99_us,
+        "{canary_rev:?}"
+    );
+    assert!(!canary_rev.histogram.is_empty());
 
     // The rollout moves to 50/50: in force within a second of the etcd write.
     put(

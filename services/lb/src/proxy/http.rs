@@ -174,18 +174,29 @@ async fn serve_connection(
 
 /// Proxies one request to a backend of the listener's service.
 async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
-    let resp = route(req, peer, ctx).await;
-    ctx.counters.record_response(resp.status());
+    let start = tokio::time::Instant::now();
+    let mut revision = 0;
+    let resp = route(req, peer, ctx, &mut revision).await;
+    ctx.counters
+        .record_request(revision, resp.status(), start.elapsed());
     resp
 }
 
-async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
+/// Proxies one request; sets `served` to the revision the answer is counted for: the one
+/// that answered, else the one the request was meant for.
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &Listener,
+    served: &mut u64,
+) -> Response<ProxyBody> {
     let service = ctx.service.as_str();
     let mut current = ctx.routes.borrow().clone();
     let Some(route) = current.service(service) else {
         return no_endpoint(service);
     };
     let revision = route.next_revision();
+    *served = revision;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer.ip());
@@ -218,6 +229,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
         };
         let inflight = backend.start();
         let addr = backend.address;
+        *served = backend.revision;
         let uri = match format!("http://{addr}{path}").parse::<Uri>() {
             Ok(u) => u,
             Err(source) => {
@@ -249,6 +261,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
             }
             Err(e) if e.is_connect() && untouched(&slot) && tried.len() < MAX_RETRIES => {
                 backend.record(false);
+                ctx.counters.record_connect_failure(backend.revision);
                 warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "connect failed; trying another endpoint");
                 tried.push(addr);
             }
@@ -263,6 +276,9 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
             }
             Err(e) => {
                 backend.record(false);
+                if e.is_connect() {
+                    ctx.counters.record_connect_failure(backend.revision);
+                }
                 warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "backend request failed");
                 return short(StatusCode::BAD_GATEWAY, "bad gateway\n".into());
             }
