@@ -98,7 +98,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
 pub struct Forwarder {
     client: Client<HttpConnector, ReclaimBody>,
     stats: Arc<Stats>,
+    /// How long a client may take to send a request's head (slowloris protection).
+    header_timeout: std::time::Duration,
 }
+
+/// Largest request head (request line and headers) accepted; a bigger one is answered 431.
+/// Between nginx's 8 KiB and HAProxy's 16 KiB buffers, rounded up for large cookies.
+pub const MAX_HEADER_SIZE: usize = 32 * 1024;
+/// Default time a client has to send a request's head before the connection is closed.
+/// hyper runs this timer from the end of the previous response, so it is also the idle
+/// timeout of client keep-alive connections; 30 s is hyper's default and nginx-like.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Forwarder {
     pub fn new(stats: Arc<Stats>) -> Self {
@@ -109,7 +119,17 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build(connector);
-        Self { client, stats }
+        Self {
+            client,
+            stats,
+            header_timeout: HEADER_TIMEOUT,
+        }
+    }
+
+    /// Sets how long a client may take to send a request's head.
+    pub fn with_header_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.header_timeout = timeout;
+        self
     }
 }
 
@@ -150,6 +170,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let header_timeout = ctx.forwarder.header_timeout;
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(forward(req, peer, &ctx).await) }
@@ -157,6 +178,8 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        .max_header_size(MAX_HEADER_SIZE)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let res = tokio::select! {
