@@ -1,4 +1,6 @@
 //! The L7 proxy: HTTP/1.1 with keep-alive on both sides, one backend chosen per request.
+//! `Connection: upgrade` requests (WebSocket and the like) go through with their Upgrade
+//! header; after the backend's 101 the two connections are spliced byte for byte.
 //!
 //! Bodies stream in both directions; nothing buffers a whole body. A request is retried on
 //! another backend when connecting failed (nothing of it was sent), and a GET or HEAD once
@@ -180,7 +182,8 @@ async fn serve_connection(
         .keep_alive(true)
         .max_header_size(MAX_HEADER_SIZE)
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), svc);
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     tokio::pin!(conn);
     let res = tokio::select! {
         res = conn.as_mut() => res,
@@ -208,7 +211,7 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Re
 /// Proxies one request; sets `served` to the revision the answer is counted for: the one
 /// that answered, else the one the request was meant for.
 async fn route(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     ctx: &Listener,
     served: &mut u64,
@@ -220,9 +223,20 @@ async fn route(
     };
     let revision = route.next_revision();
     *served = revision;
+    // An Upgrade (WebSocket, …) is the one hop-by-hop exchange passed through: the
+    // backend must see it, and after its 101 the two connections are spliced.
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     set_forwarded(&mut parts.headers, peer.ip());
+    let mut client_upgrade = client_upgrade; // taken on the 101
     let path = parts
         .uri
         .path_and_query()
@@ -269,8 +283,31 @@ async fn route(
         *out.headers_mut() = parts.headers.clone();
 
         match ctx.forwarder.client.request(out).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 backend.record(!resp.status().is_server_error());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade.take() {
+                        let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        let service = service.to_string();
+                        tokio::spawn(async move {
+                            splice(client, backend_upgrade, &service, addr).await;
+                            drop(inflight);
+                        });
+                        let (mut rparts, _) = resp.into_parts();
+                        let protocol = rparts.headers.get(header::UPGRADE).cloned();
+                        strip_hop_by_hop(&mut rparts.headers);
+                        if let Some(p) = protocol {
+                            rparts.headers.insert(header::UPGRADE, p);
+                        }
+                        rparts
+                            .headers
+                            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        return Response::from_parts(
+                            rparts,
+                            Either::Right(Full::new(Bytes::new())),
+                        );
+                    }
+                }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 // Answer in the client's HTTP version, not the backend's: an HTTP/1.0
@@ -306,6 +343,41 @@ async fn route(
                 return short(StatusCode::BAD_GATEWAY, "bad gateway\n".into());
             }
         }
+    }
+}
+
+/// The protocol a request asks to switch to, if it does (`Connection: upgrade` and an
+/// `Upgrade` header).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between an upgraded client connection and its backend until
+/// either side closes.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    service: &str,
+    addr: SocketAddr,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(e) => {
+            debug!(service, %addr, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        debug!(service, %addr, error = %e, "upgraded connection ended");
     }
 }
 
