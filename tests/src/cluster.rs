@@ -318,10 +318,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write: `write!` would send each piece separately, and the metrics endpoints
+    // (rctl_api::metrics) answer and close after their first read, so a request in pieces
+    // could meet a closed socket (EPIPE) under load.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw).ok_or_else(|| {
