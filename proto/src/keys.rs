@@ -56,6 +56,33 @@ pub fn endpoint(service: &str, task: &str) -> String {
     format!("{ROOT}endpoints/{service}/{task}")
 }
 
+pub fn lbs_prefix() -> String {
+    format!("{ROOT}lbs/")
+}
+/// A running rctl-lb, under its lease: the LBs whose `drained/` reports a stop waits for.
+pub fn lb(name: &str) -> String {
+    format!("{ROOT}lbs/{name}")
+}
+
+pub fn drained_prefix() -> String {
+    format!("{ROOT}drained/")
+}
+pub fn task_drained_prefix(service: &str, task: &str) -> String {
+    format!("{ROOT}drained/{service}/{task}/")
+}
+/// Written by LB `lb` under its lease once it has drained the endpoint of `task`.
+pub fn drained(service: &str, task: &str, lb: &str) -> String {
+    format!("{ROOT}drained/{service}/{task}/{lb}")
+}
+
+pub fn stats_prefix() -> String {
+    format!("{ROOT}stats/")
+}
+/// LB `lb`'s per-revision counters of `service`.
+pub fn stats(service: &str, lb: &str) -> String {
+    format!("{ROOT}stats/{service}/{lb}")
+}
+
 /// The key of the scheduler's leader election.
 pub fn leader() -> String {
     format!("{ROOT}leader")

@@ -6,9 +6,11 @@
 //! - [`hollow`]: etcd + scheduler + `rctl-agent hollow` nodes on loopback, for scale tests.
 //! - [`fixtures`]: the project's own test images (busybox, testserver), built and pushed with
 //!   its own OCI code.
+//! - [`testserver`]: the fixture test server as a plain process, for component tests.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod etcd;
 pub mod fixtures;
 pub mod hollow;
+pub mod testserver;

@@ -1,4 +1,5 @@
-//! Endpoint selection: power-of-two-choices on least outstanding requests.
+//! Endpoint selection: first the revision (see [`crate::split`]), then, among that
+//! revision's endpoints, power-of-two-choices on least outstanding requests.
 //!
 //! Two candidates are drawn at random and the one with fewer requests in flight wins. This
 //! is nearly as good as scanning for the least loaded backend, but needs no global view and
@@ -33,19 +34,60 @@ pub fn choose(loads: &[usize], r1: u64, r2: u64) -> Option<usize> {
     }
 }
 
-/// The backends of `route` that may get a new request: healthy and not in `tried` (the
-/// ones that already refused a connection for this request).
-pub fn eligible<'a>(route: &'a ServiceRoute, tried: &[SocketAddr]) -> Vec<&'a Arc<Backend>> {
-    route
-        .backends
-        .iter()
-        .filter(|b| b.healthy && !tried.contains(&b.address))
-        .collect()
+/// The backends of `route` that may get a new request meant for `revision`: healthy, not
+/// ejected nor failing the LB's active check ([`crate::health`]), not in `tried` (the ones that already failed this request),
+/// and of `revision`. When that revision has none, its share goes to the other revisions of
+/// the split, and failing those to any healthy backend: serving an old revision beats a
+/// 503. When every candidate is ejected, ejection is ignored, for the same reason.
+pub fn eligible<'a>(
+    route: &'a ServiceRoute,
+    revision: u64,
+    tried: &[SocketAddr],
+) -> Vec<&'a Arc<Backend>> {
+    let found = eligible_if(route, revision, tried, true);
+    if found.is_empty() {
+        eligible_if(route, revision, tried, false)
+    } else {
+        found
+    }
 }
 
-/// Picks a backend of `route` for one request or connection, skipping `tried`.
-pub fn pick(route: &ServiceRoute, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
-    let candidates = eligible(route, tried);
+fn eligible_if<'a>(
+    route: &'a ServiceRoute,
+    revision: u64,
+    tried: &[SocketAddr],
+    skip_ejected: bool,
+) -> Vec<&'a Arc<Backend>> {
+    let usable = |b: &&Arc<Backend>| {
+        b.healthy
+            && !tried.contains(&b.address)
+            && !(skip_ejected && (b.is_ejected() || !b.is_up()))
+    };
+    let of_revision: Vec<_> = route
+        .backends
+        .iter()
+        .filter(usable)
+        .filter(|b| b.revision == revision)
+        .collect();
+    if !of_revision.is_empty() {
+        return of_revision;
+    }
+    let in_split: Vec<_> = route
+        .backends
+        .iter()
+        .filter(usable)
+        .filter(|b| route.in_split(b.revision))
+        .collect();
+    if !in_split.is_empty() {
+        return in_split;
+    }
+    route.backends.iter().filter(usable).collect()
+}
+
+/// Picks a backend of `route` for one request or connection meant for `revision`
+/// ([`ServiceRoute::next_revision`]), skipping `tried`.
+pub fn pick(route: &ServiceRoute, revision: u64, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
+    let candidates = eligible(route, revision, tried);
     let loads: Vec<usize> = candidates.iter().map(|b| b.load()).collect();
     let i = choose(&loads, rand::random(), rand::random())?;
     Some(candidates[i].clone())
@@ -105,10 +147,10 @@ mod tests {
             .with_backend(Backend::new("t2", addr(2), true))
             .with_backend(Backend::new("t3", addr(3), true));
         for _ in 0..100 {
-            let b = pick(&route, &[addr(3)]).unwrap();
+            let b = pick(&route, 0, &[addr(3)]).unwrap();
             assert_eq!(b.task_id, "t2");
         }
-        assert!(pick(&route, &[addr(2), addr(3)]).is_none());
+        assert!(pick(&route, 0, &[addr(2), addr(3)]).is_none());
     }
 
     #[test]
@@ -118,8 +160,70 @@ mod tests {
             .with_backend(Backend::new("t2", addr(2), true));
         let _busy = route.backends[0].start();
         for _ in 0..100 {
-            assert_eq!(pick(&route, &[]).unwrap().task_id, "t2");
+            assert_eq!(pick(&route, 0, &[]).unwrap().task_id, "t2");
         }
+    }
+
+    fn versioned(task: &str, port: u16, revision: u64, healthy: bool) -> Backend {
+        let mut b = Backend::new(task, addr(port), healthy);
+        b.revision = revision;
+        b
+    }
+
+    fn tasks(route: &ServiceRoute, revision: u64, tried: &[SocketAddr]) -> Vec<String> {
+        eligible(route, revision, tried)
+            .iter()
+            .map(|b| b.task_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn requests_go_to_their_revision_and_fall_back_when_it_has_no_endpoint() {
+        let route = ServiceRoute::new("web", Protocol::Http, None)
+            .with_revision(3)
+            .with_split(crate::split::Weights::new([(2, 90), (3, 10)]).unwrap())
+            .with_backend(versioned("t1", 1, 1, true))
+            .with_backend(versioned("t2", 2, 2, true))
+            .with_backend(versioned("t3", 3, 2, true))
+            .with_backend(versioned("t4", 4, 3, true))
+            .with_backend(versioned("t5", 5, 3, false));
+        assert_eq!(tasks(&route, 2, &[]), ["t2", "t3"]);
+        assert_eq!(tasks(&route, 3, &[]), ["t4"]);
+        // t4 refused: the canary's request goes to the other revision of the split, not
+        // to revision 1, which has no share.
+        assert_eq!(tasks(&route, 3, &[addr(4)]), ["t2", "t3"]);
+        // Nothing of the split left: any healthy endpoint.
+        assert_eq!(tasks(&route, 3, &[addr(2), addr(3), addr(4)]), ["t1"]);
+    }
+
+    #[test]
+    fn without_a_split_the_current_revision_gets_everything() {
+        let route = ServiceRoute::new("web", Protocol::Http, None)
+            .with_revision(2)
+            .with_backend(versioned("t1", 1, 1, true))
+            .with_backend(versioned("t2", 2, 2, true));
+        for _ in 0..50 {
+            let rev = route.next_revision();
+            assert_eq!(pick(&route, rev, &[]).unwrap().task_id, "t2");
+        }
+        // No endpoint of the current revision yet (a rollout just started): every
+        // endpoint serves, as before revisions were told apart.
+        let route = ServiceRoute::new("web", Protocol::Http, None)
+            .with_revision(2)
+            .with_backend(versioned("t1", 1, 1, true));
+        assert_eq!(tasks(&route, route.next_revision(), &[]), ["t1"]);
+    }
+
+    #[test]
+    fn ejected_backends_get_nothing_unless_nothing_else_is_left() {
+        let route = ServiceRoute::new("web", Protocol::Http, None)
+            .with_backend(Backend::new("t1", addr(1), true))
+            .with_backend(Backend::new("t2", addr(2), true));
+        for _ in 0..crate::health::EJECT_AFTER {
+            route.backends[0].record(false);
+        }
+        assert_eq!(tasks(&route, 0, &[]), ["t2"]);
+        assert_eq!(tasks(&route, 0, &[addr(2)]), ["t1"]);
     }
 
     #[test]
@@ -130,7 +234,7 @@ mod tests {
             true,
         ));
         for _ in 0..100 {
-            assert_eq!(pick(&route, &[]).unwrap().address, addr(2));
+            assert_eq!(pick(&route, 0, &[]).unwrap().address, addr(2));
         }
     }
 }

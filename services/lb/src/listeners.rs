@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::handover::Sockets;
 use crate::proxy;
 use crate::proxy::http::Forwarder;
 use crate::routes::{Protocol, Routes, RoutesRx};
@@ -89,6 +90,7 @@ pub async fn run(
     mut routes: RoutesRx,
     forwarder: Forwarder,
     stats: Arc<Stats>,
+    sockets: Arc<Sockets>,
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
@@ -111,6 +113,7 @@ pub async fn run(
                 routes.clone(),
                 forwarder.clone(),
                 stats.clone(),
+                sockets.clone(),
                 stop.clone(),
             ));
             open.insert(name, (binding, stop));
@@ -131,11 +134,16 @@ async fn listen(
     routes: RoutesRx,
     forwarder: Forwarder,
     stats: Arc<Stats>,
+    sockets: Arc<Sockets>,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
     let mut next_warn = FAST_RETRIES;
     let listener = loop {
+        if let Some(l) = sockets.take_inherited(binding.listen) {
+            info!(service, listen = %binding.listen, "took over the previous LB's listener");
+            break l;
+        }
         match bind(binding.listen) {
             Ok(l) => break l,
             Err(e) => {
@@ -162,10 +170,12 @@ async fn listen(
         }
     };
     info!(service, listen = %binding.listen, protocol = binding.protocol.as_str(), "listening");
+    sockets.register(binding.listen, std::os::fd::AsFd::as_fd(&listener));
     match binding.protocol {
         Protocol::Http => proxy::http::serve(listener, service, routes, forwarder, stop).await,
         Protocol::Tcp => proxy::tcp::serve(listener, service, routes, stats, stop).await,
     }
+    sockets.unregister(binding.listen);
 }
 
 /// Binds with SO_REUSEADDR so a restarted LB does not wait out TIME_WAIT sockets.

@@ -21,6 +21,16 @@ struct Args {
     metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     tls: rctl_api::tls::TlsArgs,
+    /// This LB's name in etcd, unique among LBs [default: the host name].
+    #[arg(long, env = "RCTL_LB_NAME")]
+    name: Option<String>,
+    /// Seconds a removed endpoint's in-flight requests may run before it counts as drained.
+    #[arg(long, value_name = "SECONDS", default_value_t = rctl_lb::DRAIN_TIMEOUT.as_secs())]
+    drain_timeout: u64,
+    /// Unix socket for restarts that refuse no connection: a new LB started with the same
+    /// path takes this one's listening sockets, and this one drains and exits.
+    #[arg(long, value_name = "PATH")]
+    handover: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -31,10 +41,19 @@ async fn main() -> anyhow::Result<()> {
         rctl_api::tls::usage_exit(&e.to_string());
     }
     let _telemetry = rctl_api::telemetry::init("rctl-lb", "info");
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the host name (or pass --name)")?
+            .trim()
+            .to_string(),
+    };
     let config = rctl_lb::Config {
-        etcd: args.etcd,
         metrics_addr: args.metrics_addr,
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        handover: args.handover,
         security,
+        ..rctl_lb::Config::new(args.etcd, name)
     };
 
     let token = CancellationToken::new();
@@ -44,7 +63,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-        // The library only returns early on a startup error.
+        // The library returns early on a startup error, or after handing its listeners
+        // to a new LB and draining.
         res = &mut lb => return Ok(res.context("load balancer task")??),
     }
     token.cancel();

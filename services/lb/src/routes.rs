@@ -12,11 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rctl_api::{codec, keys, pb};
 use tokio::sync::watch;
+
+use crate::health::{Check, Outlier};
+use crate::split::{Split, SplitError, Weights};
 
 /// Sends new routing tables to every listener and proxy.
 pub type RoutesTx = watch::Sender<Arc<Routes>>;
@@ -46,6 +49,12 @@ pub enum RoutesError {
         address: String,
         #[source]
         source: std::net::AddrParseError,
+    },
+    #[error("service {service:?}: ignoring its traffic split")]
+    Split {
+        service: String,
+        #[source]
+        source: SplitError,
     },
     #[error(transparent)]
     Decode(#[from] codec::DecodeError),
@@ -94,6 +103,10 @@ pub struct Backend {
     /// Requests (HTTP) or connections (TCP) in flight. Shared with the snapshot this one
     /// replaced ([`Routes::inherit_load`]) so a rebuild does not forget the current load.
     load: Arc<AtomicUsize>,
+    /// Passive health, shared across rebuilds like `load`.
+    outlier: Arc<Mutex<Outlier>>,
+    /// The LB's own active check passes; shared across rebuilds like `load`.
+    up: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -105,7 +118,38 @@ impl Backend {
             revision: 0,
             healthy,
             load: Arc::default(),
+            outlier: Arc::default(),
+            up: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Whether the LB's active check lets this backend take traffic.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Records the outcome of a request or connection attempt (see [`crate::health`]).
+    pub fn record(&self, ok: bool) {
+        let ejected = self
+            .outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(ok, tokio::time::Instant::now());
+        if ejected {
+            tracing::warn!(task = self.task_id, address = %self.address, "ejected after consecutive failures");
+        }
+    }
+
+    /// Whether passive health took this backend out of rotation for now.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_ejected(tokio::time::Instant::now())
     }
 
     /// Requests or connections currently in flight to this backend.
@@ -143,6 +187,12 @@ pub struct ServiceRoute {
     pub listen: Option<SocketAddr>,
     /// Every registered endpoint, healthy or not, ordered by task id.
     pub backends: Vec<Arc<Backend>>,
+    /// The service's current revision: it gets every request when there is no split.
+    pub revision: u64,
+    /// The traffic split between revisions, if a rollout set one.
+    split: Option<Arc<Mutex<Split>>>,
+    /// How the LB probes the backends.
+    pub check: Check,
 }
 
 impl ServiceRoute {
@@ -152,12 +202,54 @@ impl ServiceRoute {
             protocol,
             listen,
             backends: Vec::new(),
+            revision: 0,
+            split: None,
+            check: Check::default(),
         }
     }
 
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backends.push(Arc::new(backend));
         self
+    }
+
+    pub fn with_revision(mut self, revision: u64) -> Self {
+        self.revision = revision;
+        self
+    }
+
+    pub fn with_split(mut self, weights: Weights) -> Self {
+        self.split = Some(Arc::new(Mutex::new(Split::new(weights))));
+        self
+    }
+
+    /// The revision the next request or connection should go to: the split's next pick,
+    /// or the current revision when there is no split.
+    pub fn next_revision(&self) -> u64 {
+        match &self.split {
+            Some(split) => split.lock().unwrap_or_else(|e| e.into_inner()).pick(),
+            None => self.revision,
+        }
+    }
+
+    /// Whether `revision` has a share of the split (false when there is no split).
+    pub fn in_split(&self, revision: u64) -> bool {
+        self.split.as_ref().is_some_and(|s| {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .weights()
+                .contains(revision)
+        })
+    }
+
+    /// The split's weights, if there is a split.
+    pub fn weights(&self) -> Option<Weights> {
+        self.split.as_ref().map(|s| {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .weights()
+                .clone()
+        })
     }
 
     pub fn healthy_count(&self) -> usize {
@@ -217,10 +309,25 @@ impl Routes {
                     }
                 }
             };
-            table.insert(
-                spec.name.clone(),
-                ServiceRoute::new(spec.name.clone(), protocol, listen),
-            );
+            let mut route =
+                ServiceRoute::new(spec.name.clone(), protocol, listen).with_revision(svc.revision);
+            route.check = Check::from_spec(spec.health.as_ref());
+            let pairs = svc
+                .traffic
+                .iter()
+                .flat_map(|t| &t.weights)
+                .map(|w| (w.revision, w.weight));
+            match Weights::new(pairs) {
+                Ok(weights) => route = route.with_split(weights),
+                // No split at all is the normal case, not an error.
+                Err(SplitError::Empty)
+                    if svc.traffic.as_ref().is_none_or(|t| t.weights.is_empty()) => {}
+                Err(source) => errors.push(RoutesError::Split {
+                    service: spec.name.clone(),
+                    source,
+                }),
+            }
+            table.insert(spec.name.clone(), route);
         }
         for ep in endpoints {
             // Endpoints of a service that does not exist (yet, or any more) have nowhere
@@ -247,6 +354,8 @@ impl Routes {
                 revision: ep.revision,
                 healthy: ep.healthy,
                 load: Arc::default(),
+                outlier: Arc::default(),
+                up: Arc::new(AtomicBool::new(true)),
             }));
         }
         for route in table.values_mut() {
@@ -307,12 +416,16 @@ impl Routes {
 
     /// Carries the in-flight counters of backends that are still present (same service,
     /// task and address) over from `prev`, so least-outstanding-requests keeps working
-    /// across rebuilds. Must be called before `self` is published.
+    /// across rebuilds, and an unchanged split's position, so endpoint churn does not
+    /// restart its sequence. Must be called before `self` is published.
     pub fn inherit_load(&mut self, prev: &Routes) {
         for (name, route) in &mut self.services {
             let Some(old) = prev.services.get(name) else {
                 continue;
             };
+            if route.split.is_some() && route.weights() == old.weights() {
+                route.split = old.split.clone();
+            }
             for backend in &mut route.backends {
                 let same = old
                     .backends
@@ -320,6 +433,8 @@ impl Routes {
                     .find(|o| o.task_id == backend.task_id && o.address == backend.address);
                 if let (Some(o), Some(b)) = (same, Arc::get_mut(backend)) {
                     b.load = o.load.clone();
+                    b.outlier = o.outlier.clone();
+                    b.up = o.up.clone();
                 }
             }
         }
@@ -451,6 +566,38 @@ mod tests {
         assert_eq!(web.listen, None);
         assert_eq!(web.backends.len(), 1);
         assert!(routes.service("odd").is_none());
+    }
+
+    #[test]
+    fn reads_the_traffic_split_and_keeps_its_position_across_rebuilds() {
+        let mut svc = service("web", "http", "");
+        svc.revision = 2;
+        let split = |pairs: &[(u64, u32)]| pb::TrafficSplit {
+            weights: pairs
+                .iter()
+                .map(|&(revision, weight)| pb::RevisionWeight { revision, weight })
+                .collect(),
+        };
+        svc.traffic = Some(split(&[(1, 1), (2, 1)]));
+        let (old, errors) = Routes::from_pb(std::slice::from_ref(&svc), &[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let web = old.service("web").unwrap();
+        assert_eq!(web.revision, 2);
+        assert_eq!(web.next_revision(), 1);
+
+        // An endpoint change rebuilds the table; the split continues where it was.
+        let (mut new, _) = Routes::from_pb(std::slice::from_ref(&svc), &[]);
+        new.inherit_load(&old);
+        assert_eq!(new.service("web").unwrap().next_revision(), 2);
+
+        // A broken split is reported and ignored: the current revision gets everything.
+        svc.traffic = Some(split(&[(1, 1), (1, 3)]));
+        let (routes, errors) = Routes::from_pb(std::slice::from_ref(&svc), &[]);
+        assert!(
+            matches!(errors[..], [RoutesError::Split { .. }]),
+            "{errors:?}"
+        );
+        assert!((0..5).all(|_| routes.service("web").unwrap().next_revision() == 2));
     }
 
     #[test]

@@ -151,9 +151,8 @@ async fn follows_etcd() {
     let shutdown = CancellationToken::new();
     let lb = tokio::spawn(rctl_lb::run(
         rctl_lb::Config {
-            etcd: etcd.url.clone(),
             metrics_addr: Some(metrics),
-            security: rctl_api::tls::Security::Insecure,
+            ..rctl_lb::Config::new(etcd.url.clone(), "lb1")
         },
         shutdown.clone(),
     ));

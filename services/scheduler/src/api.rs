@@ -112,6 +112,7 @@ impl Api {
                         revision: 1,
                         created_unix_ms: now,
                         updated_unix_ms: now,
+                        ..Default::default()
                     },
                     "created",
                 ),
@@ -124,6 +125,9 @@ impl Api {
                             revision: old.revision + u64::from(bump),
                             created_unix_ms: old.created_unix_ms,
                             updated_unix_ms: now,
+                            // A new revision starts with all traffic on it (no split);
+                            // scaling alone keeps a running split.
+                            traffic: if bump { None } else { old.traffic.clone() },
                         },
                         "updated",
                     )

@@ -1,10 +1,14 @@
 //! The L7 proxy: HTTP/1.1 with keep-alive on both sides, one backend chosen per request.
+//! `Connection: upgrade` requests (WebSocket and the like) go through with their Upgrade
+//! header; after the backend's 101 the two connections are spliced byte for byte.
 //!
 //! Bodies stream in both directions; nothing buffers a whole body. A request is retried on
-//! another backend only when connecting failed, which is the one case where nothing of it
-//! was sent: the request body is handed to the client through [`ReclaimBody`], which takes
-//! it out of a shared slot only when first polled, so after a connect error the body is
-//! still in the slot and can go to the next backend.
+//! another backend when connecting failed (nothing of it was sent), and a GET or HEAD once
+//! more when the backend failed before any byte of its answer (a crash, a kept-alive
+//! connection closed under it); a POST never is. The request body is handed to the client
+//! through [`ReclaimBody`], which takes it out of a shared slot only when first polled, so
+//! while the body is still in the slot it can go to the next backend. Every outcome feeds
+//! the backend's passive health ([`crate::health`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -96,7 +100,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
 pub struct Forwarder {
     client: Client<HttpConnector, ReclaimBody>,
     stats: Arc<Stats>,
+    /// How long a client may take to send a request's head (slowloris protection).
+    header_timeout: std::time::Duration,
 }
+
+/// Largest request head (request line and headers) accepted; a bigger one is answered 431.
+/// Between nginx's 8 KiB and HAProxy's 16 KiB buffers, rounded up for large cookies.
+pub const MAX_HEADER_SIZE: usize = 32 * 1024;
+/// Default time a client has to send a request's head before the connection is closed.
+/// hyper runs this timer from the end of the previous response, so it is also the idle
+/// timeout of client keep-alive connections; 30 s is hyper's default and nginx-like.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Forwarder {
     pub fn new(stats: Arc<Stats>) -> Self {
@@ -107,7 +121,17 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build(connector);
-        Self { client, stats }
+        Self {
+            client,
+            stats,
+            header_timeout: HEADER_TIMEOUT,
+        }
+    }
+
+    /// Sets how long a client may take to send a request's head.
+    pub fn with_header_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.header_timeout = timeout;
+        self
     }
 }
 
@@ -148,6 +172,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let header_timeout = ctx.forwarder.header_timeout;
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(forward(req, peer, &ctx).await) }
@@ -155,7 +180,10 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), svc);
+        .max_header_size(MAX_HEADER_SIZE)
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     tokio::pin!(conn);
     let res = tokio::select! {
         res = conn.as_mut() => res,
@@ -172,20 +200,43 @@ async fn serve_connection(
 
 /// Proxies one request to a backend of the listener's service.
 async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
-    let resp = route(req, peer, ctx).await;
-    ctx.counters.record_response(resp.status());
+    let start = tokio::time::Instant::now();
+    let mut revision = 0;
+    let resp = route(req, peer, ctx, &mut revision).await;
+    ctx.counters
+        .record_request(revision, resp.status(), start.elapsed());
     resp
 }
 
-async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
+/// Proxies one request; sets `served` to the revision the answer is counted for: the one
+/// that answered, else the one the request was meant for.
+async fn route(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &Listener,
+    served: &mut u64,
+) -> Response<ProxyBody> {
     let service = ctx.service.as_str();
-    let current = ctx.routes.borrow().clone();
+    let mut current = ctx.routes.borrow().clone();
     let Some(route) = current.service(service) else {
         return no_endpoint(service);
     };
+    let revision = route.next_revision();
+    *served = revision;
+    // An Upgrade (WebSocket, …) is the one hop-by-hop exchange passed through: the
+    // backend must see it, and after its 101 the two connections are spliced.
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     set_forwarded(&mut parts.headers, peer.ip());
+    let mut client_upgrade = client_upgrade; // taken on the 101
     let path = parts
         .uri
         .path_and_query()
@@ -194,8 +245,16 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
     let slot = Arc::new(Mutex::new(Some(body)));
 
     let mut tried = Vec::new();
+    let mut retried = false;
     loop {
-        let Some(backend) = balance::pick(route, &tried) else {
+        if !tried.is_empty() {
+            // A retry takes the newest table: the failure may be what changed it.
+            current = ctx.routes.borrow().clone();
+        }
+        let backend = current
+            .service(service)
+            .and_then(|route| balance::pick(route, revision, &tried));
+        let Some(backend) = backend else {
             return if tried.is_empty() {
                 no_endpoint(service)
             } else {
@@ -207,6 +266,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
         };
         let inflight = backend.start();
         let addr = backend.address;
+        *served = backend.revision;
         let uri = match format!("http://{addr}{path}").parse::<Uri>() {
             Ok(u) => u,
             Err(source) => {
@@ -223,7 +283,31 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
         *out.headers_mut() = parts.headers.clone();
 
         match ctx.forwarder.client.request(out).await {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                backend.record(!resp.status().is_server_error());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade.take() {
+                        let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        let service = service.to_string();
+                        tokio::spawn(async move {
+                            splice(client, backend_upgrade, &service, addr).await;
+                            drop(inflight);
+                        });
+                        let (mut rparts, _) = resp.into_parts();
+                        let protocol = rparts.headers.get(header::UPGRADE).cloned();
+                        strip_hop_by_hop(&mut rparts.headers);
+                        if let Some(p) = protocol {
+                            rparts.headers.insert(header::UPGRADE, p);
+                        }
+                        rparts
+                            .headers
+                            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        return Response::from_parts(
+                            rparts,
+                            Either::Right(Full::new(Bytes::new())),
+                        );
+                    }
+                }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 // Answer in the client's HTTP version, not the backend's: an HTTP/1.0
@@ -236,15 +320,71 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Resp
                 return Response::from_parts(rparts, Either::Left(body));
             }
             Err(e) if e.is_connect() && untouched(&slot) && tried.len() < MAX_RETRIES => {
+                backend.record(false);
+                ctx.counters.record_connect_failure(backend.revision);
                 warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "connect failed; trying another endpoint");
                 tried.push(addr);
             }
+            // The backend failed before sending a byte of its answer (it crashed, or closed
+            // a kept-alive connection as the request went out). Sending a GET or HEAD again
+            // cannot do harm, and the client's body, if any, is still ours to resend.
+            Err(e) if idempotent(&parts.method) && untouched(&slot) && !retried => {
+                backend.record(false);
+                warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "request failed before any response; retrying once on another endpoint");
+                tried.push(addr);
+                retried = true;
+            }
             Err(e) => {
+                backend.record(false);
+                if e.is_connect() {
+                    ctx.counters.record_connect_failure(backend.revision);
+                }
                 warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "backend request failed");
                 return short(StatusCode::BAD_GATEWAY, "bad gateway\n".into());
             }
         }
     }
+}
+
+/// The protocol a request asks to switch to, if it does (`Connection: upgrade` and an
+/// `Upgrade` header).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Copies bytes both ways between an upgraded client connection and its backend until
+/// either side closes.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    service: &str,
+    addr: SocketAddr,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(e) => {
+            debug!(service, %addr, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        debug!(service, %addr, error = %e, "upgraded connection ended");
+    }
+}
+
+/// Methods safe to send twice (RFC 9110 §9.2.2) that we retry: the ones without a body in
+/// practice. PUT and DELETE are idempotent too but change state; a retry is not worth it.
+fn idempotent(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD)
 }
 
 fn untouched(slot: &Mutex<Option<Incoming>>) -> bool {

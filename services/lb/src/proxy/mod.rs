@@ -1,7 +1,8 @@
 //! The data paths: [`http`] proxies HTTP/1.1 per request (L7), [`tcp`] proxies raw TCP per
 //! connection (L4). Both pick backends with [`crate::balance`] from the current
-//! [`crate::Routes`] and retry another backend only when the connection was refused, i.e.
-//! before anything of the client's was sent.
+//! [`crate::Routes`] and retry another backend when the connection was refused, i.e.
+//! before anything of the client's was sent (HTTP also retries a GET or HEAD once more
+//! after a failure before any response byte).
 
 pub mod http;
 pub mod tcp;

@@ -63,9 +63,10 @@ async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Resu
     let route = current
         .service(service)
         .ok_or_else(|| TcpError::NoEndpoint(service.to_string()))?;
+    let revision = route.next_revision();
     let mut tried = Vec::new();
     loop {
-        let backend = balance::pick(route, &tried)
+        let backend = balance::pick(route, revision, &tried)
             .ok_or_else(|| TcpError::NoEndpoint(service.to_string()))?;
         let _inflight = backend.start();
         let addr = backend.address;
@@ -74,6 +75,7 @@ async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Resu
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
         match connected {
             Ok(mut outbound) => {
+                backend.record(true);
                 let _ = outbound.set_nodelay(true);
                 return tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
                     .await
@@ -81,10 +83,14 @@ async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Resu
                     .map_err(|source| TcpError::Copy { addr, source });
             }
             Err(source) if tried.len() < MAX_RETRIES => {
+                backend.record(false);
                 warn!(service, %addr, error = %source, "connect failed; trying another endpoint");
                 tried.push(addr);
             }
-            Err(source) => return Err(TcpError::Connect { addr, source }),
+            Err(source) => {
+                backend.record(false);
+                return Err(TcpError::Connect { addr, source });
+            }
         }
     }
 }
