@@ -79,16 +79,30 @@ pub struct ImageStore {
     content: ContentStore,
     /// Pulls run one at a time: concurrent pulls of one image would fetch every blob twice.
     pulling: tokio::sync::Mutex<()>,
+    /// What one layer may cost to unpack.
+    limits: unpack::Limits,
 }
 
 impl ImageStore {
+    /// Opens the store at `root`, removing temp files and dirs that an interrupted pull
+    /// left behind (nothing else can be using them before the store exists).
     pub fn new(root: &Path, insecure: Vec<String>) -> Self {
+        for dir in [root.join("layers"), root.join("blobs").join("sha256")] {
+            remove_temps(&dir);
+        }
         Self {
             root: root.to_path_buf(),
             registry: Registry::new(insecure),
             content: ContentStore::new(root),
             pulling: tokio::sync::Mutex::new(()),
+            limits: unpack::Limits::default(),
         }
+    }
+
+    /// Replaces the default unpack limits.
+    pub fn with_limits(mut self, limits: unpack::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn record_path(&self, reference: &str) -> PathBuf {
@@ -145,14 +159,16 @@ impl ImageStore {
             let dest = layers_dir.join(content::sha256_hex(chain_id)?);
             if !dest.is_dir() {
                 let blob = self.content.fetch(&self.registry, &r, desc).await?;
-                let (d, dest2) = (diff_id.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || unpack::unpack_layer(&blob, &d, &dest2))
-                    .await
-                    .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?
-                    .map_err(|source| ImageError::Unpack {
-                        digest: desc.digest.clone(),
-                        source,
-                    })?;
+                let (d, dest2, limits) = (diff_id.clone(), dest.clone(), self.limits.clone());
+                tokio::task::spawn_blocking(move || {
+                    unpack::unpack_layer(&blob, &d, &dest2, &limits)
+                })
+                .await
+                .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?
+                .map_err(|source| ImageError::Unpack {
+                    digest: desc.digest.clone(),
+                    source,
+                })?;
             }
             layers.push(dest);
         }
@@ -170,5 +186,18 @@ impl ImageStore {
             .await
             .map_err(|source| ImageError::Record { path, source })?;
         Ok(img)
+    }
+}
+
+/// Removes `.tmp-*` entries (partial blobs and layers) from `dir`.
+fn remove_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let p = e.path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
     }
 }
