@@ -75,10 +75,17 @@ impl ContentStore {
             .map_err(io_err(&self.dir))?;
         let tmp = self
             .dir
-            .join(format!(".tmp-{hex}-{}", rand::random::<u32>()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
-        let fetched = registry.blob(r, desc, &mut file).await;
-        drop(file);
+            .join(format!(".tmp-{hex}-{:08x}", rand::random::<u32>()));
+        // Each attempt starts the file afresh; a transient failure (5xx, reset) is retried.
+        let fetched = registry
+            .retry
+            .run("pull blob", || async {
+                let mut file = tokio::fs::File::create(&tmp)
+                    .await
+                    .map_err(RegistryError::Write)?;
+                registry.blob(r, desc, &mut file).await
+            })
+            .await;
         let checked = match fetched {
             Err(source) => Err(ContentError::Fetch {
                 digest: desc.digest.clone(),

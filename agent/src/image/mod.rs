@@ -92,11 +92,23 @@ impl ImageStore {
         }
         Self {
             root: root.to_path_buf(),
-            registry: Registry::new(insecure),
+            registry: Registry::new(insecure).with_credentials(default_credentials()),
             content: ContentStore::new(root),
             pulling: tokio::sync::Mutex::new(()),
             limits: unpack::Limits::default(),
         }
+    }
+
+    /// Replaces the credentials found in the docker config (see [`default_credentials`]).
+    pub fn with_credentials(mut self, credentials: registry::Credentials) -> Self {
+        self.registry = self.registry.with_credentials(credentials);
+        self
+    }
+
+    /// Replaces the default retry policy for registry requests.
+    pub fn with_retry(mut self, retry: registry::Retry) -> Self {
+        self.registry.retry = retry;
+        self
     }
 
     /// Replaces the default unpack limits.
@@ -187,6 +199,21 @@ impl ImageStore {
             .map_err(|source| ImageError::Record { path, source })?;
         Ok(img)
     }
+}
+
+/// Registry credentials from the docker-style config the agent's user would use:
+/// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`. A broken file is logged
+/// and ignored, so anonymous pulls keep working.
+pub fn default_credentials() -> registry::Credentials {
+    let path = match (std::env::var_os("DOCKER_CONFIG"), std::env::var_os("HOME")) {
+        (Some(d), _) => PathBuf::from(d).join("config.json"),
+        (None, Some(h)) => PathBuf::from(h).join(".docker/config.json"),
+        (None, None) => return registry::Credentials::default(),
+    };
+    registry::Credentials::load(&path).unwrap_or_else(|e| {
+        tracing::warn!(%e, "ignoring registry credentials");
+        registry::Credentials::default()
+    })
 }
 
 /// Removes `.tmp-*` entries (partial blobs and layers) from `dir`.

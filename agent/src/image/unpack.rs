@@ -589,11 +589,12 @@ struct Meta {
 impl Meta {
     fn of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         let h = entry.header();
+        let raw = h.as_old();
         let mut m = Meta {
-            uid: h.uid()? as u32,
-            gid: h.gid()? as u32,
-            mode: h.mode()? & 0o7777,
-            mtime: TimeSpec::new(h.mtime()? as i64, 0),
+            uid: numeric(&raw.uid, h.uid())? as u32,
+            gid: numeric(&raw.gid, h.gid())? as u32,
+            mode: numeric(&raw.mode, h.mode().map(u64::from))? as u32 & 0o7777,
+            mtime: TimeSpec::new(numeric(&raw.mtime, h.mtime())? as i64, 0),
             xattrs: Vec::new(),
         };
         if let Some(pax) = entry.pax_extensions()? {
@@ -669,6 +670,15 @@ impl Meta {
         }
         Ok(())
     }
+}
+
+/// A numeric header field, where an empty one (all NULs or spaces, as some writers leave
+/// uid and gid) reads as 0 the way Go's archive/tar, and so docker, reads it.
+fn numeric(field: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    if field.iter().all(|b| *b == 0 || *b == b' ') {
+        return Ok(0);
+    }
+    parsed
 }
 
 /// A PAX time (`1700000000.123456789`) as a timespec.
@@ -868,6 +878,17 @@ mod tests {
         assert_eq!(l.max_uncompressed(1 << 20), 1 << 30);
         assert_eq!(l.max_uncompressed(100 << 20), 10_000 << 20);
         assert_eq!(l.max_uncompressed(u64::MAX), 64 << 30);
+    }
+
+    #[test]
+    fn empty_numeric_fields_read_as_zero() {
+        assert_eq!(numeric(&[0; 8], Err(io::Error::other("x"))).unwrap(), 0);
+        assert_eq!(
+            numeric(b"       \0", Err(io::Error::other("x"))).unwrap(),
+            0
+        );
+        assert!(numeric(b"zz\0\0\0\0\0\0", Err(io::Error::other("x"))).is_err());
+        assert_eq!(numeric(b"0000017\0", Ok(15)).unwrap(), 15);
     }
 
     #[test]
