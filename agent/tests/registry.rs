@@ -263,3 +263,29 @@ async fn basic_credentials_from_a_docker_config_get_a_bearer_token() {
         b"hello from the layer\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_zstd_and_uncompressed_layers_stack() {
+    let registry = TestRegistry::start();
+    let layout = tempfile::tempdir().unwrap();
+    let desc = put_image(
+        layout.path(),
+        "amd64",
+        &[
+            gz(&[("a", b"gzip\n")]),
+            common::zst(&[("b", b"zstd\n")]),
+            common::plain(&[("c", b"plain\n")]),
+        ],
+    );
+    push(layout.path(), "1", desc, &registry.host(), "mixed");
+    let root = tempfile::tempdir().unwrap();
+    let img = store(root.path(), &registry.host())
+        .ensure(&format!("{}/mixed:1", registry.host()))
+        .await
+        .unwrap();
+    let read = |i: usize, f: &str| std::fs::read(img.layers[i].join(f)).unwrap();
+    assert_eq!(
+        (read(0, "a"), read(1, "b"), read(2, "c")),
+        (b"gzip\n".to_vec(), b"zstd\n".to_vec(), b"plain\n".to_vec())
+    );
+}

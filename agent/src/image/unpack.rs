@@ -56,7 +56,7 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
-    #[error("unsupported layer compression (only gzip, zstd and plain tar)")]
+    #[error("cannot start the zstd decoder")]
     Compression,
 }
 
@@ -276,7 +276,10 @@ pub fn unpack_stream<R: io::BufRead>(
             let magic = blob.fill_buf().map_err(UnpackError::Read)?;
             let reader: Box<dyn Read + '_> = match magic {
                 [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(&mut blob)),
-                [0x28, 0xb5, 0x2f, 0xfd, ..] => return Err(UnpackError::Compression),
+                [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+                    zstd::stream::read::Decoder::with_buffer(&mut blob)
+                        .map_err(|_| UnpackError::Compression)?,
+                ),
                 _ => Box::new(&mut blob),
             };
             unpack_checked(reader, compressed, diff_id, &tmp, limits)

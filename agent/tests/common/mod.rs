@@ -401,3 +401,21 @@ async fn serve(
     conn.write_all(&resp).await?;
     conn.shutdown().await
 }
+
+pub fn zst(files: &[(&str, &[u8])]) -> LayerBlob {
+    let raw = tar_layer(files);
+    LayerBlob {
+        blob: zstd::encode_all(raw.as_slice(), 3).unwrap(),
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
+        diff_id: sha256(&raw),
+    }
+}
+
+pub fn plain(files: &[(&str, &[u8])]) -> LayerBlob {
+    let raw = tar_layer(files);
+    LayerBlob {
+        diff_id: sha256(&raw),
+        blob: raw,
+        media_type: "application/vnd.oci.image.layer.v1.tar",
+    }
+}
