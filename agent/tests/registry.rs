@@ -289,3 +289,54 @@ async fn gzip_zstd_and_uncompressed_layers_stack() {
         (b"gzip\n".to_vec(), b"zstd\n".to_vec(), b"plain\n".to_vec())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pulls_sharing_a_base_fetch_each_blob_once() {
+    let registry = TestRegistry::start();
+    let layout = tempfile::tempdir().unwrap();
+    let base = || {
+        [
+            gz(&[("base1", &[1u8; 200_000][..])]),
+            gz(&[("base2", &[2u8; 200_000][..])]),
+        ]
+    };
+    let [b1, b2] = base();
+    let a = put_image(layout.path(), "amd64", &[b1, b2, gz(&[("app", b"a\n")])]);
+    push(layout.path(), "a", a, &registry.host(), "shared");
+    let [b1, b2] = base();
+    let b = put_image(layout.path(), "amd64", &[b1, b2, gz(&[("app", b"b\n")])]);
+    push(layout.path(), "b", b, &registry.host(), "shared");
+
+    let policy: common::Policy = Arc::new(|_: &str, _| Fault::Forward);
+    let proxy = FaultProxy::start(registry.addr, policy, None).await;
+    let root = tempfile::tempdir().unwrap();
+    let s = store(root.path(), &proxy.host());
+    let (ra, rb) = (
+        format!("{}/shared:a", proxy.host()),
+        format!("{}/shared:b", proxy.host()),
+    );
+    let (ia, ib) = tokio::join!(s.ensure(&ra), s.ensure(&rb));
+    let (ia, ib) = (ia.unwrap(), ib.unwrap());
+    assert_eq!(ia.layers[..2], ib.layers[..2], "base layers not shared");
+    assert_ne!(ia.layers[2], ib.layers[2]);
+    assert_eq!(std::fs::read(ib.layers[2].join("app")).unwrap(), b"b\n");
+
+    let log = proxy.log.lock().unwrap().clone();
+    let mut blob_gets: Vec<&String> = log
+        .iter()
+        .map(|(r, _)| r)
+        .filter(|r| r.contains("/blobs/"))
+        .collect();
+    blob_gets.sort();
+    let n = blob_gets.len();
+    blob_gets.dedup();
+    assert_eq!(n, blob_gets.len(), "a blob was fetched twice: {log:?}");
+    // Two base layers, two app layers, two configs.
+    assert_eq!(n, 6, "{log:?}");
+    assert_eq!(
+        std::fs::read_dir(root.path().join("layers"))
+            .unwrap()
+            .count(),
+        4
+    );
+}

@@ -228,15 +228,14 @@ impl Registry {
             .await
     }
 
-    /// Streams blob `desc` into `out` (one attempt: the caller owns the file and retries).
-    pub async fn blob(
+    /// Starts downloading blob `desc` (one attempt: the caller owns the data and retries).
+    pub async fn blob_stream(
         &self,
         r: &Reference,
         desc: &OciDescriptor,
-        out: &mut tokio::fs::File,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<oci_client::client::SizedStream, RegistryError> {
         self.client
-            .pull_blob(r, desc, out)
+            .pull_blob_stream(r, desc)
             .await
             .map_err(registry_error)
     }

@@ -99,6 +99,38 @@ impl Limits {
     }
 }
 
+/// Reads the chunks a download passes on (see `content::Tap`) as one stream; an error
+/// chunk becomes a read error, and the end of the channel the end of the stream.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    cur: bytes::Bytes,
+}
+
+impl ChunkReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>) -> Self {
+        Self {
+            rx,
+            cur: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        bytes::Buf::advance(&mut self.cur, n);
+        Ok(n)
+    }
+}
+
 /// Chain ids (as `sha256:<hex>`) for a bottom-first list of diff ids.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
