@@ -12,7 +12,7 @@ TESTSERVER := $(STATIC_DIR)/x86_64-unknown-linux-gnu/release/rctl-testserver
 CLUSTER := deploy/local/cluster
 # Debian packages the build, the local cluster and the tests need.
 DEB_PKGS := etcd-server etcd-client docker-registry busybox-static iproute2 iptables \
-	protobuf-compiler curl jq util-linux haproxy nginx wrk
+	protobuf-compiler curl jq util-linux haproxy nginx wrk umoci skopeo
 
 .PHONY: help deps build testserver demo down test bench lint
 

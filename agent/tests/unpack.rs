@@ -4,7 +4,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use rctl_agent::image::unpack::unpack_tar;
+use rctl_agent::image::unpack::{unpack_tar, Limits};
 
 fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -58,7 +58,7 @@ fn layer_unpacks_with_whiteouts_links_and_ownership() {
             b"",
         );
     });
-    unpack_tar(tar.as_slice(), root).unwrap();
+    unpack_tar(tar.as_slice(), root, &Limits::default()).unwrap();
 
     let secret = std::fs::metadata(root.join("etc/secret")).unwrap();
     assert_eq!(
@@ -86,7 +86,7 @@ fn escaping_entries_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let dotdot = layer(|b| add(b, header("../escape", tar::EntryType::Regular, 1), b"x"));
-    assert!(unpack_tar(dotdot.as_slice(), dir.path()).is_err());
+    assert!(unpack_tar(dotdot.as_slice(), dir.path(), &Limits::default()).is_err());
 
     let via_symlink = layer(|b| {
         let mut l = header("evil", tar::EntryType::Symlink, 0);
@@ -94,7 +94,7 @@ fn escaping_entries_are_rejected() {
         add(b, l, b"");
         add(b, header("evil/planted", tar::EntryType::Regular, 1), b"x");
     });
-    assert!(unpack_tar(via_symlink.as_slice(), dir.path()).is_err());
+    assert!(unpack_tar(via_symlink.as_slice(), dir.path(), &Limits::default()).is_err());
     assert!(!outside.path().join("planted").exists());
 
     let whiteout_via_symlink = layer(|b| {
@@ -103,7 +103,12 @@ fn escaping_entries_are_rejected() {
         add(b, l, b"");
         add(b, header("evil2/.wh.x", tar::EntryType::Regular, 0), b"");
     });
-    assert!(unpack_tar(whiteout_via_symlink.as_slice(), dir.path()).is_err());
+    assert!(unpack_tar(
+        whiteout_via_symlink.as_slice(),
+        dir.path(),
+        &Limits::default()
+    )
+    .is_err());
     assert!(!outside.path().join("x").exists());
 
     let hardlink_out = layer(|b| {
@@ -111,5 +116,5 @@ fn escaping_entries_are_rejected() {
         hl.set_link_name("../../etc/passwd").unwrap();
         add(b, hl, b"");
     });
-    assert!(unpack_tar(hardlink_out.as_slice(), dir.path()).is_err());
+    assert!(unpack_tar(hardlink_out.as_slice(), dir.path(), &Limits::default()).is_err());
 }

@@ -1,7 +1,6 @@
 //! The content store: blobs under `ROOT/blobs/sha256/<hex>`, each verified against its
 //! descriptor (sha256 and size) before it becomes visible under its final name.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oci_client::manifest::OciDescriptor;
@@ -22,6 +21,13 @@ pub enum ContentError {
     },
     #[error("blob {digest} does not match its descriptor: {detail}")]
     Mismatch { digest: String, detail: String },
+    #[error("{source} (gave up after {attempts} attempts)")]
+    GaveUp {
+        attempts: u32,
+        source: Box<ContentError>,
+    },
+    #[error("the layer unpack stopped reading the download")]
+    TapClosed,
     #[error("store blob {path}")]
     Io {
         path: PathBuf,
@@ -54,50 +60,133 @@ impl ContentStore {
         Ok(self.dir.join(sha256_hex(digest)?))
     }
 
-    /// Returns the local path of `desc`, downloading and verifying it if missing.
+    /// Whether blob `digest` is in the store.
+    pub fn has(&self, digest: &str) -> bool {
+        self.path(digest).is_ok_and(|p| p.is_file())
+    }
+
+    /// Returns the local path of `desc`, downloading and verifying it if missing. A
+    /// transient failure is retried from scratch.
     pub async fn fetch(
         &self,
         registry: &Registry,
         r: &Reference,
         desc: &OciDescriptor,
     ) -> Result<PathBuf, ContentError> {
+        if self.has(&desc.digest) {
+            return self.path(&desc.digest);
+        }
+        let mut n = 1;
+        loop {
+            match self.download(registry, r, desc, None).await {
+                Err(e) if e.is_transient() && n < registry.retry.attempts => {
+                    tracing::warn!(%e, attempt = n, "pull blob: retrying");
+                    tokio::time::sleep(registry.retry.backoff(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e.gave_up(n)),
+                r => return r,
+            }
+        }
+    }
+
+    /// Downloads `desc` once into the store, passing every chunk to `tap` as it arrives
+    /// (so a layer can be unpacked while it downloads). The blob becomes visible under its
+    /// digest only after its size and sha256 match; on any failure `tap` gets an error
+    /// last, so whoever reads it never mistakes a cut stream for a complete one.
+    pub async fn download(
+        &self,
+        registry: &Registry,
+        r: &Reference,
+        desc: &OciDescriptor,
+        tap: Option<&Tap>,
+    ) -> Result<PathBuf, ContentError> {
+        let res = self.download_inner(registry, r, desc, tap).await;
+        if let (Err(e), Some(tap)) = (&res, tap) {
+            let _ = tap.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+        res
+    }
+
+    async fn download_inner(
+        &self,
+        registry: &Registry,
+        r: &Reference,
+        desc: &OciDescriptor,
+        tap: Option<&Tap>,
+    ) -> Result<PathBuf, ContentError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
         let hex = sha256_hex(&desc.digest)?.to_string();
         let dest = self.dir.join(&hex);
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ContentError::Io { path, source }
         };
-        if dest.is_file() {
-            return Ok(dest);
-        }
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(io_err(&self.dir))?;
         let tmp = self
             .dir
-            .join(format!(".tmp-{hex}-{}", rand::random::<u32>()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
-        let fetched = registry.blob(r, desc, &mut file).await;
-        drop(file);
-        let checked = match fetched {
-            Err(source) => Err(ContentError::Fetch {
-                digest: desc.digest.clone(),
-                source,
-            }),
-            Ok(()) => {
-                let (tmp2, want) = (tmp.clone(), desc.size);
-                let digest = desc.digest.clone();
-                tokio::task::spawn_blocking(move || verify(&tmp2, &digest, want))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(ContentError::Io {
-                            path: tmp.clone(),
-                            source: std::io::Error::other(e),
-                        })
-                    })
-            }
+            .join(format!(".tmp-{hex}-{:08x}", rand::random::<u32>()));
+        let fetch_err = |source| ContentError::Fetch {
+            digest: desc.digest.clone(),
+            source,
         };
-        if let Err(e) = checked {
+        let result = async {
+            let mut stream = registry.blob_stream(r, desc).await.map_err(fetch_err)?;
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
+            let (mut h, mut total) = (Sha256::new(), 0i64);
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    // oci-client checks the digest too and reports a mismatch as a stream
+                    // error at the end: ours below names it better.
+                    Err(_) if total == desc.size => break,
+                    Err(e) => {
+                        return Err(fetch_err(RegistryError::Registry {
+                            reason: format!(
+                                "download cut after {total} of {} bytes: {e}",
+                                desc.size
+                            ),
+                            transient: true,
+                        }))
+                    }
+                };
+                total += chunk.len() as i64;
+                if total > desc.size {
+                    return Err(ContentError::Mismatch {
+                        digest: desc.digest.clone(),
+                        detail: format!("more than the {} bytes announced", desc.size),
+                    });
+                }
+                h.update(&chunk);
+                file.write_all(&chunk).await.map_err(io_err(&tmp))?;
+                if let Some(tap) = tap {
+                    // The unpacker stopped reading: its own error is the one to report.
+                    if tap.send(Ok(chunk)).await.is_err() {
+                        return Err(ContentError::TapClosed);
+                    }
+                }
+            }
+            file.flush().await.map_err(io_err(&tmp))?;
+            let actual = format!("sha256:{}", hex::encode(h.finalize()));
+            if total != desc.size {
+                return Err(fetch_err(RegistryError::Registry {
+                    reason: format!("download cut after {total} of {} bytes", desc.size),
+                    transient: true,
+                }));
+            }
+            if actual != desc.digest {
+                return Err(ContentError::Mismatch {
+                    digest: desc.digest.clone(),
+                    detail: format!("content hashes to {actual}"),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
@@ -108,38 +197,26 @@ impl ContentStore {
     }
 }
 
-/// Checks the file at `path` has exactly `size` bytes hashing to `digest`.
-fn verify(path: &Path, digest: &str, size: i64) -> Result<(), ContentError> {
-    let io_err = |source| ContentError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::File::open(path).map_err(io_err)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total: i64 = 0;
-    loop {
-        let n = f.read(&mut buf).map_err(io_err)?;
-        if n == 0 {
-            break;
+/// Where [`ContentStore::download`] copies chunks to as they arrive.
+pub type Tap = tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>;
+
+impl ContentError {
+    /// Notes how many attempts a transient failure lasted through.
+    pub fn gave_up(self, attempts: u32) -> ContentError {
+        if attempts > 1 && self.is_transient() {
+            ContentError::GaveUp {
+                attempts,
+                source: Box::new(self),
+            }
+        } else {
+            self
         }
-        total += n as i64;
-        h.update(&buf[..n]);
     }
-    let actual = format!("sha256:{}", hex::encode(h.finalize()));
-    if total != size {
-        return Err(ContentError::Mismatch {
-            digest: digest.to_string(),
-            detail: format!("size {total}, expected {size}"),
-        });
+
+    /// Whether the fetch may succeed if tried again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ContentError::Fetch { source, .. } if source.is_transient())
     }
-    if actual != digest {
-        return Err(ContentError::Mismatch {
-            digest: digest.to_string(),
-            detail: format!("content hashes to {actual}"),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ pub mod content;
 pub mod registry;
 pub mod unpack;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -77,18 +79,45 @@ pub struct ImageStore {
     root: PathBuf,
     registry: Registry,
     content: ContentStore,
-    /// Pulls run one at a time: concurrent pulls of one image would fetch every blob twice.
-    pulling: tokio::sync::Mutex<()>,
+    /// Single flight: one lock per blob digest, chain id or reference being worked on, so
+    /// concurrent pulls of images that share layers fetch and unpack each layer once.
+    inflight: Flights,
+    /// What one layer may cost to unpack.
+    limits: unpack::Limits,
 }
 
 impl ImageStore {
+    /// Opens the store at `root`, removing temp files and dirs that an interrupted pull
+    /// left behind (nothing else can be using them before the store exists).
     pub fn new(root: &Path, insecure: Vec<String>) -> Self {
+        for dir in [root.join("layers"), root.join("blobs").join("sha256")] {
+            remove_temps(&dir);
+        }
         Self {
             root: root.to_path_buf(),
-            registry: Registry::new(insecure),
+            registry: Registry::new(insecure).with_credentials(default_credentials()),
             content: ContentStore::new(root),
-            pulling: tokio::sync::Mutex::new(()),
+            inflight: Flights::default(),
+            limits: unpack::Limits::default(),
         }
+    }
+
+    /// Replaces the credentials found in the docker config (see [`default_credentials`]).
+    pub fn with_credentials(mut self, credentials: registry::Credentials) -> Self {
+        self.registry = self.registry.with_credentials(credentials);
+        self
+    }
+
+    /// Replaces the default retry policy for registry requests.
+    pub fn with_retry(mut self, retry: registry::Retry) -> Self {
+        self.registry.retry = retry;
+        self
+    }
+
+    /// Replaces the default unpack limits.
+    pub fn with_limits(mut self, limits: unpack::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn record_path(&self, reference: &str) -> PathBuf {
@@ -103,18 +132,21 @@ impl ImageStore {
         img.layers.iter().all(|l| l.is_dir()).then_some(img)
     }
 
-    /// Makes `reference` available locally, pulling only what is missing.
+    /// Makes `reference` available locally, pulling only what is missing. Layers download
+    /// and unpack in parallel, each unpacked while its blob streams in.
     pub async fn ensure(&self, reference: &str) -> Result<Image, ImageError> {
-        let _guard = self.pulling.lock().await;
+        let _guard = self.inflight.lock(format!("ref {reference}")).await;
         if let Some(img) = self.cached(reference).await {
             return Ok(img);
         }
         let r = Registry::parse(reference)?;
         let (manifest, manifest_digest) = self.registry.manifest(&r).await?;
-        let config_path = self
-            .content
-            .fetch(&self.registry, &r, &manifest.config)
-            .await?;
+        let config_path = {
+            let _blob = self.inflight.lock(manifest.config.digest.clone()).await;
+            self.content
+                .fetch(&self.registry, &r, &manifest.config)
+                .await?
+        };
         let raw = tokio::fs::read(&config_path)
             .await
             .map_err(|source| ImageError::Record {
@@ -138,24 +170,14 @@ impl ImageStore {
                 path: layers_dir.clone(),
                 source,
             })?;
-        let mut layers = Vec::new();
+        let mut jobs = Vec::new();
         for ((desc, diff_id), chain_id) in
             manifest.layers.iter().zip(&cfg.rootfs.diff_ids).zip(&chain)
         {
             let dest = layers_dir.join(content::sha256_hex(chain_id)?);
-            if !dest.is_dir() {
-                let blob = self.content.fetch(&self.registry, &r, desc).await?;
-                let (d, dest2) = (diff_id.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || unpack::unpack_layer(&blob, &d, &dest2))
-                    .await
-                    .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?
-                    .map_err(|source| ImageError::Unpack {
-                        digest: desc.digest.clone(),
-                        source,
-                    })?;
-            }
-            layers.push(dest);
+            jobs.push(self.layer(&r, desc, diff_id, chain_id, dest));
         }
+        let layers = futures::future::try_join_all(jobs).await?;
         let img = Image {
             reference: reference.to_string(),
             manifest_digest,
@@ -170,5 +192,149 @@ impl ImageStore {
             .await
             .map_err(|source| ImageError::Record { path, source })?;
         Ok(img)
+    }
+
+    /// Makes layer `desc` available unpacked at `dest`, retrying transient download
+    /// failures (each retry starts the download and the unpack afresh).
+    async fn layer(
+        &self,
+        r: &oci_client::Reference,
+        desc: &oci_client::manifest::OciDescriptor,
+        diff_id: &str,
+        chain_id: &str,
+        dest: PathBuf,
+    ) -> Result<PathBuf, ImageError> {
+        let _layer = self.inflight.lock(format!("layer {chain_id}")).await;
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let _blob = self.inflight.lock(desc.digest.clone()).await;
+        let mut n = 1;
+        loop {
+            match self.layer_once(r, desc, diff_id, &dest).await {
+                Err(ImageError::Content(e))
+                    if e.is_transient() && n < self.registry.retry.attempts =>
+                {
+                    tracing::warn!(%e, attempt = n, "pull layer: retrying");
+                    tokio::time::sleep(self.registry.retry.backoff(n)).await;
+                    n += 1;
+                }
+                Err(ImageError::Content(e)) => return Err(e.gave_up(n).into()),
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(dest),
+            }
+        }
+    }
+
+    async fn layer_once(
+        &self,
+        r: &oci_client::Reference,
+        desc: &oci_client::manifest::OciDescriptor,
+        diff_id: &str,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
+        let unpack_err = |source| ImageError::Unpack {
+            digest: desc.digest.clone(),
+            source,
+        };
+        let (d, dest2, limits) = (diff_id.to_string(), dest.to_path_buf(), self.limits.clone());
+        if self.content.has(&desc.digest) {
+            let blob = self.content.path(&desc.digest)?;
+            return tokio::task::spawn_blocking(move || {
+                unpack::unpack_layer(&blob, &d, &dest2, &limits)
+            })
+            .await
+            .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?
+            .map_err(unpack_err);
+        }
+        // Bounded: a slow disk slows the download rather than buffering the layer in memory.
+        let (tap, rx) = tokio::sync::mpsc::channel(16);
+        let size = u64::try_from(desc.size).unwrap_or(u64::MAX);
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let reader = std::io::BufReader::with_capacity(1 << 16, unpack::ChunkReader::new(rx));
+            unpack::unpack_stream(reader, size, &d, &dest2, &limits)
+        });
+        let downloaded = self
+            .content
+            .download(&self.registry, r, desc, Some(&tap))
+            .await;
+        drop(tap);
+        let unpacked = unpacking
+            .await
+            .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?;
+        // Whichever side failed first explains the other side's failure.
+        match (downloaded, unpacked) {
+            (Err(ContentError::TapClosed), Err(u)) | (Ok(_), Err(u)) => Err(unpack_err(u)),
+            (Err(e), _) => Err(e.into()),
+            (Ok(_), Ok(())) => Ok(()),
+        }
+    }
+}
+
+/// Keyed async locks, created on demand and dropped when nobody holds or waits for them.
+#[derive(Default)]
+struct Flights {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one key of [`Flights`]; forgets the key on drop if no one else wants it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    key: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Flights {
+    async fn lock(&self, key: String) -> Flight<'_> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(key.clone()).or_default().clone()
+        };
+        Flight {
+            flights: self,
+            key,
+            _guard: m.lock_owned().await,
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.flights.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours (in the map and in our guard) are the only references: nobody is waiting.
+        if locks
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) <= 2)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+/// Registry credentials from the docker-style config the agent's user would use:
+/// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`. A broken file is logged
+/// and ignored, so anonymous pulls keep working.
+pub fn default_credentials() -> registry::Credentials {
+    let path = match (std::env::var_os("DOCKER_CONFIG"), std::env::var_os("HOME")) {
+        (Some(d), _) => PathBuf::from(d).join("config.json"),
+        (None, Some(h)) => PathBuf::from(h).join(".docker/config.json"),
+        (None, None) => return registry::Credentials::default(),
+    };
+    registry::Credentials::load(&path).unwrap_or_else(|e| {
+        tracing::warn!(%e, "ignoring registry credentials");
+        registry::Credentials::default()
+    })
+}
+
+/// Removes `.tmp-*` entries (partial blobs and layers) from `dir`.
+fn remove_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let p = e.path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
     }
 }

@@ -1,6 +1,14 @@
-//! The registry client edge: manifests and blobs over the OCI distribution API, anonymous
-//! auth, plain HTTP only for registries the operator listed as insecure.
+//! The registry client edge: manifests (Docker v2 schema 2 or OCI; an index resolves to the
+//! agent's platform, linux/amd64) and blobs over the OCI distribution API. Credentials come
+//! from a docker-style `config.json` (basic auth; the client turns it into a bearer token
+//! when the registry asks for one), plain HTTP only for registries the operator listed as
+//! insecure, and transient failures (5xx, 429, resets, timeouts) are retried with backoff.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
@@ -12,27 +20,189 @@ pub enum RegistryError {
     Reference(String),
     /// `reason` is what the registry said (e.g. "manifest unknown"): it ends up in `rctl ps`.
     #[error("{reason}")]
-    Registry { reason: String },
+    Registry { reason: String, transient: bool },
     #[error("write blob: {0}")]
     Write(#[source] std::io::Error),
+    #[error("registry credentials {path}: {reason}")]
+    Credentials { path: String, reason: String },
+}
+
+impl RegistryError {
+    /// Whether trying again could succeed (a server error or a broken connection, not an
+    /// answer like "manifest unknown" or a digest mismatch).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Registry {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// How often and how patiently a transient failure is retried.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            first_backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Retry {
+    /// The pause before attempt `n` (1-based retries): doubling, with up to 25% jitter so
+    /// agents that failed together do not retry together.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let base = self.first_backoff * 2u32.saturating_pow(n.saturating_sub(1));
+        base + base.mul_f64(rand::random::<f64>() * 0.25)
+    }
+
+    /// Runs `op` until it succeeds, fails permanently, or runs out of attempts.
+    pub async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let mut n = 1;
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() && n < self.attempts => {
+                    tracing::warn!(%e, attempt = n, "{what}: retrying");
+                    tokio::time::sleep(self.backoff(n)).await;
+                    n += 1;
+                }
+                Err(RegistryError::Registry { reason, transient }) if n > 1 => {
+                    Err(RegistryError::Registry {
+                        reason: format!("{reason} (after {n} attempts)"),
+                        transient,
+                    })?
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Registry credentials by host, from a docker-style `config.json`
+/// (`{"auths": {"HOST": {"auth": base64("user:password")}}}`).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    by_host: HashMap<String, (String, String)>,
+}
+
+#[derive(serde::Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuth>,
+}
+
+#[derive(serde::Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl Credentials {
+    /// Reads `path`; a missing file means no credentials, a malformed one is an error.
+    pub fn load(path: &Path) -> Result<Credentials, RegistryError> {
+        let err = |reason: String| RegistryError::Credentials {
+            path: path.display().to_string(),
+            reason,
+        };
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        Self::parse(&data).map_err(err)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Credentials, String> {
+        let cfg: DockerConfig = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let mut by_host = HashMap::new();
+        for (key, a) in cfg.auths {
+            let pair = match (a.auth, a.username, a.password) {
+                (Some(b64), _, _) if !b64.is_empty() => {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(b64.trim())
+                        .map_err(|e| format!("{key}: auth is not base64: {e}"))?;
+                    let s =
+                        String::from_utf8(raw).map_err(|_| format!("{key}: auth is not UTF-8"))?;
+                    let (u, p) = s
+                        .split_once(':')
+                        .ok_or_else(|| format!("{key}: auth is not user:password"))?;
+                    (u.to_string(), p.to_string())
+                }
+                (_, Some(u), Some(p)) => (u, p),
+                _ => continue,
+            };
+            by_host.insert(host_of(&key), pair);
+        }
+        Ok(Credentials { by_host })
+    }
+
+    /// The auth to use for `registry` (as `Reference::resolve_registry` names it).
+    pub fn auth_for(&self, registry: &str) -> RegistryAuth {
+        let key = match registry {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io",
+            r => r,
+        };
+        match self.by_host.get(key) {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+}
+
+/// `https://index.docker.io/v1/` → `docker.io`, `http://h:5000/` → `h:5000`, `h` → `h`.
+fn host_of(key: &str) -> String {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let k = k.split('/').next().unwrap_or(k);
+    match k {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+        k => k.to_string(),
+    }
 }
 
 /// A pull-only registry client shared by every pull.
 pub struct Registry {
     client: Client,
+    credentials: Credentials,
+    pub retry: Retry,
 }
 
 impl Registry {
     pub fn new(insecure: Vec<String>) -> Self {
         let config = oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure),
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            read_timeout: Some(std::time::Duration::from_secs(60)),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
             ..Default::default()
         };
         Self {
             client: Client::new(config),
+            credentials: Credentials::default(),
+            retry: Retry::default(),
         }
+    }
+
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     pub fn parse(image: &str) -> Result<Reference, RegistryError> {
@@ -42,39 +212,47 @@ impl Registry {
     }
 
     /// The image manifest (an index resolves to linux/amd64, the client's platform) and
-    /// its digest.
+    /// its digest; when `r` names a digest, the manifest must hash to it.
     pub async fn manifest(
         &self,
         r: &Reference,
     ) -> Result<(OciImageManifest, String), RegistryError> {
-        self.client
-            .pull_image_manifest(r, &RegistryAuth::Anonymous)
+        let auth = self.credentials.auth_for(r.resolve_registry());
+        self.retry
+            .run("pull manifest", || async {
+                self.client
+                    .pull_image_manifest(r, &auth)
+                    .await
+                    .map_err(registry_error)
+            })
             .await
-            .map_err(registry_error)
     }
 
-    /// Streams blob `desc` into `out`.
-    pub async fn blob(
+    /// Starts downloading blob `desc` (one attempt: the caller owns the data and retries).
+    pub async fn blob_stream(
         &self,
         r: &Reference,
         desc: &OciDescriptor,
-        out: &mut tokio::fs::File,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<oci_client::client::SizedStream, RegistryError> {
         self.client
-            .pull_blob(r, desc, out)
+            .pull_blob_stream(r, desc)
             .await
             .map_err(registry_error)
     }
 }
 
-/// Extracts the registry's own words from a client error, falling back to the error chain.
+/// Extracts the registry's own words from a client error, falling back to the error chain,
+/// and whether the failure is worth retrying.
 fn registry_error(e: OciDistributionError) -> RegistryError {
-    let reason = match &e {
+    let (reason, transient) = match &e {
         OciDistributionError::RegistryError { envelope, .. } => {
+            let mut transient = false;
             let msgs: Vec<String> = envelope
                 .errors
                 .iter()
                 .map(|err| {
+                    transient |=
+                        matches!(err.code, oci_client::errors::OciErrorCode::Toomanyrequests);
                     if err.message.is_empty() {
                         format!("{:?}", err.code)
                     } else {
@@ -82,21 +260,65 @@ fn registry_error(e: OciDistributionError) -> RegistryError {
                     }
                 })
                 .collect();
-            msgs.join("; ")
+            (msgs.join("; "), transient)
         }
-        OciDistributionError::ServerError { code, message, .. } => {
-            format!("registry answered HTTP {code}: {message}")
-        }
-        OciDistributionError::UnauthorizedError { .. } => "unauthorized".to_string(),
+        OciDistributionError::ServerError { code, message, .. } => (
+            format!("registry answered HTTP {code}: {message}"),
+            *code >= 500 || *code == 429,
+        ),
+        OciDistributionError::UnauthorizedError { .. } => ("unauthorized".to_string(), false),
         other => {
+            let transient = matches!(
+                other,
+                OciDistributionError::RequestError(_) | OciDistributionError::IoError(_)
+            );
             let mut s = other.to_string();
             let mut src = std::error::Error::source(other);
             while let Some(inner) = src {
                 s.push_str(&format!(": {inner}"));
                 src = inner.source();
             }
-            s
+            (s, transient)
         }
     };
-    RegistryError::Registry { reason }
+    RegistryError::Registry { reason, transient }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_auths_are_read_by_host() {
+        let cfg = br#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNz"},
+            "reg.example:5000": {"username": "u2", "password": "p:2"},
+            "empty.example": {}
+        }}"#;
+        let c = Credentials::parse(cfg).unwrap();
+        assert_eq!(
+            c.auth_for("index.docker.io"),
+            RegistryAuth::Basic("user".into(), "pass".into())
+        );
+        assert_eq!(
+            c.auth_for("reg.example:5000"),
+            RegistryAuth::Basic("u2".into(), "p:2".into())
+        );
+        assert_eq!(c.auth_for("empty.example"), RegistryAuth::Anonymous);
+        assert_eq!(c.auth_for("other"), RegistryAuth::Anonymous);
+        assert!(Credentials::parse(br#"{"auths": {"h": {"auth": "!!"}}}"#).is_err());
+        assert!(Credentials::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter() {
+        let r = Retry {
+            attempts: 4,
+            first_backoff: Duration::from_millis(100),
+        };
+        for (n, base) in [(1, 100), (2, 200), (3, 400)] {
+            let b = r.backoff(n).as_millis() as u64;
+            assert!((base..=base * 5 / 4).contains(&b), "attempt {n}: {b} ms");
+        }
+    }
 }

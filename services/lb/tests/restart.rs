@@ -20,7 +20,7 @@ struct LbProcess(Child);
 impl LbProcess {
     fn start(etcd: &str, handover: &std::path::Path, metrics: std::net::SocketAddr) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_rctl-lb"))
-            .args(["--etcd", etcd, "--name", "lb1", "--handover"])
+            .args(["--etcd", etcd, "--insecure", "--name", "lb1", "--handover"])
             .arg(handover)
             .args(["--metrics-addr", &metrics.to_string()])
             .stdout(Stdio::null())
