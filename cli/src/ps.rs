@@ -18,16 +18,29 @@ pub async fn run(
         node: node.unwrap_or_default(),
         all,
     };
-    let tasks = conn
+    let resp = conn
         .client
         .list_tasks(req)
         .await
         .map_err(|s| conn.err(s))?
-        .into_inner()
-        .tasks;
+        .into_inner();
     match format {
-        Format::Json => print_json(&tasks.iter().map(TaskJson::from_view).collect::<Vec<_>>()),
-        Format::Table => print_tasks(&tasks),
+        Format::Json => print_json(
+            &resp
+                .tasks
+                .iter()
+                .map(TaskJson::from_view)
+                .collect::<Vec<_>>(),
+        ),
+        Format::Table => {
+            print_tasks(&resp.tasks);
+            // Like `docker service ps`' "no suitable node": say what is missing and why.
+            let mut unplaced: Vec<_> = resp.unplaced.into_iter().collect();
+            unplaced.sort();
+            for (service, why) in unplaced {
+                println!("{service}: not placed: {why}");
+            }
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rctl_api::pb;
-use rctl_api::placement::{validate_spread, Constraint};
+use rctl_api::placement::{validate_spread, validate_strategy, Constraint};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +87,8 @@ pub struct Resources {
 #[serde(deny_unknown_fields)]
 pub struct Placement {
     pub spread: Option<String>,
+    /// "spread" (default) or "binpack".
+    pub strategy: Option<String>,
     #[serde(default)]
     pub constraints: Vec<String>,
 }
@@ -248,9 +250,13 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
             }
             let spread = p.spread.unwrap_or_default();
             validate_spread(&spread).map_err(|e| format!("key `placement.spread`: {e}"))?;
+            let strategy = p.strategy.unwrap_or_default();
+            validate_strategy(&strategy, &spread)
+                .map_err(|e| format!("key `placement.strategy`: {e}"))?;
             Some(pb::Placement {
                 spread,
                 constraints: p.constraints,
+                strategy,
             })
         }
         None => None,
@@ -385,6 +391,20 @@ memory = "128Mi"
         let p = parse("web.toml", src).unwrap().placement.unwrap();
         assert_eq!(p.spread, "zone");
         assert_eq!(p.constraints, vec!["role == web", "node.name != h2"]);
+        assert_eq!(p.strategy, "");
+        let packed = "name = \"web\"\nimage = \"x\"\n\n[placement]\nstrategy = \"binpack\"\n";
+        assert_eq!(
+            parse("web.toml", packed)
+                .unwrap()
+                .placement
+                .unwrap()
+                .strategy,
+            "binpack"
+        );
+        let e = parse("web.toml", &packed.replace("binpack", "pack"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key `placement.strategy`"), "{e}");
         let bad = src.replace("role == web", "role = web");
         let e = parse("web.toml", &bad).unwrap_err().to_string();
         assert!(

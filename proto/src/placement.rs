@@ -66,6 +66,25 @@ pub fn valid_key(k: &str) -> bool {
 }
 
 /// Checks `spread`: "", "node", or a node label name.
+/// Placement strategies ([`validate_strategy`]).
+pub const STRATEGY_SPREAD: &str = "spread";
+pub const STRATEGY_BINPACK: &str = "binpack";
+
+/// A strategy is "", "spread" or "binpack"; binpack takes no spread key (it packs, it does
+/// not spread).
+pub fn validate_strategy(strategy: &str, spread: &str) -> Result<(), String> {
+    match strategy {
+        "" | STRATEGY_SPREAD => Ok(()),
+        STRATEGY_BINPACK if spread.is_empty() => Ok(()),
+        STRATEGY_BINPACK => Err(format!(
+            "spread = {spread:?} has no effect with strategy = \"{STRATEGY_BINPACK}\"; remove one"
+        )),
+        s => Err(format!(
+            "{s:?} is not \"{STRATEGY_SPREAD}\" or \"{STRATEGY_BINPACK}\""
+        )),
+    }
+}
+
 pub fn validate_spread(s: &str) -> Result<(), String> {
     if s.is_empty() || s == SPREAD_NODE || valid_key(s) {
         Ok(())

@@ -638,6 +638,11 @@ fn a_task_that_fits_no_node_stays_unplaced_and_says_why() {
         "{inspect:#}"
     );
     assert!(c.ps(&["-a"]).is_empty(), "nothing was placed");
+    let table = c.rctl_ok(&["ps"]);
+    assert!(
+        table.contains("big: not placed: 2 tasks: 0/2 nodes: 2 insufficient memory"),
+        "{table}"
+    );
 
     let file = c.service_file(
         "picky.toml",

@@ -258,7 +258,15 @@ impl Api {
                 && (r.service.is_empty() || t.service == r.service)
                 && (r.node.is_empty() || t.node == r.node)
         });
-        Ok(ListTasksResponse { tasks })
+        let unplaced = if r.node.is_empty() {
+            unplaced(&loaded)
+                .into_iter()
+                .filter(|(svc, _)| r.service.is_empty() || *svc == r.service)
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(ListTasksResponse { tasks, unplaced })
     }
 
     async fn list_nodes(&self) -> Result<ListNodesResponse, ApiError> {

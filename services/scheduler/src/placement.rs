@@ -14,7 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
-use rctl_api::placement::{Constraint, SPREAD_NODE};
+use rctl_api::placement::{Constraint, SPREAD_NODE, STRATEGY_BINPACK};
 
 /// Why nothing is placed when there is no node at all.
 pub const NO_NODES: &str = "no nodes available";
@@ -83,6 +83,8 @@ pub struct Request {
     pub constraints: Vec<Option<Constraint>>,
     /// "" or "node", or a label name.
     pub spread: String,
+    /// Fill the fullest fitting node first instead of spreading.
+    pub binpack: bool,
 }
 
 impl Request {
@@ -96,6 +98,7 @@ impl Request {
                 .map(|c| Constraint::parse(c).ok())
                 .collect(),
             spread: p.spread,
+            binpack: p.strategy == STRATEGY_BINPACK,
         }
     }
 }
@@ -177,7 +180,7 @@ pub fn pick<'a>(candidates: &'a [Candidate], r: &Request) -> Result<&'a Candidat
             Err(why) => rejected.push(why),
         }
     }
-    let by_label = !(r.spread.is_empty() || r.spread == SPREAD_NODE);
+    let by_label = spreads_by_label(r);
     let mut group: HashMap<&str, u32> = HashMap::new();
     if by_label {
         for c in candidates {
@@ -190,11 +193,31 @@ pub fn pick<'a>(candidates: &'a [Candidate], r: &Request) -> Result<&'a Candidat
         } else {
             0
         };
-        (g, c.service_tasks, c.total_tasks, c.name.as_str())
+        (g, score(c, r), c.name.as_str())
     };
     fit.into_iter()
         .min_by_key(|c| key(c))
         .ok_or_else(|| summary(candidates.len(), &rejected))
+}
+
+/// Whether tasks spread over the values of a label (then nodes), not over nodes only.
+fn spreads_by_label(r: &Request) -> bool {
+    !(r.binpack || r.spread.is_empty() || r.spread == SPREAD_NODE)
+}
+
+/// A node's rank for one more task, lower first (the name breaks ties). Spread: fewest of
+/// the service's tasks, then fewest overall. Binpack: least memory left, then least CPU
+/// left, then most tasks, so one node fills before the next is used.
+fn score(c: &Candidate, r: &Request) -> (u64, u64, u64) {
+    if r.binpack {
+        (
+            c.capacity.memory_bytes.saturating_sub(c.used.memory_bytes),
+            c.capacity.millicpus.saturating_sub(c.used.millicpus),
+            u64::from(u32::MAX - c.total_tasks),
+        )
+    } else {
+        (u64::from(c.service_tasks), u64::from(c.total_tasks), 0)
+    }
 }
 
 /// A node without the label forms the "" group.
@@ -230,7 +253,7 @@ pub fn place(
     }
     // Spread by node is one group; by label, one group per label value, whose count of the
     // service's tasks (over every node, fitting or not) is compared first.
-    let by_label = !(r.spread.is_empty() || r.spread == SPREAD_NODE);
+    let by_label = spreads_by_label(r);
     let mut group_ids: HashMap<&str, usize> = HashMap::new();
     let mut group_of = Vec::with_capacity(candidates.len());
     let mut group_tasks: Vec<u32> = Vec::new();
@@ -251,8 +274,8 @@ pub fn place(
         group_of.push(g);
     }
     drop(group_ids);
-    type Key = Reverse<(u32, u32, usize, usize)>;
-    let key = |c: &Candidate, i: usize| Reverse((c.service_tasks, c.total_tasks, rank[i], i));
+    type Key = Reverse<((u64, u64, u64), usize, usize)>;
+    let key = |c: &Candidate, i: usize| Reverse((score(c, r), rank[i], i));
     let mut heaps: Vec<BinaryHeap<Key>> = vec![BinaryHeap::new(); group_tasks.len()];
     for (i, c) in candidates.iter().enumerate() {
         if feasible(c, r).is_ok() {
@@ -273,7 +296,7 @@ pub fn place(
                 .collect();
             return (out, Some(summary(candidates.len(), &rejected)));
         };
-        let Reverse((_, _, _, i)) = heaps[g].pop().expect("the chosen group has a top");
+        let Reverse((_, _, i)) = heaps[g].pop().expect("the chosen group has a top");
         let c = &mut candidates[i];
         c.service_tasks += 1;
         c.total_tasks += 1;
@@ -553,6 +576,32 @@ mod tests {
         assert_eq!(why.as_deref(), Some("0/1000 nodes: 1000 insufficient cpu"));
     }
 
+    #[test]
+    fn binpack_fills_the_fullest_fitting_node_first() {
+        let mut cs = vec![cand("h1", 0, 0), cand("h2", 0, 0), cand("h3", 0, 0)];
+        cs[1].used.memory_bytes = GI; // h2 is the fullest
+        cs[2].used.memory_bytes = 3 * GI + GI / 2; // h3 has no room for 1 GiB
+        let r = Request {
+            ask: Ask {
+                millicpus: 100,
+                memory_bytes: GI,
+            },
+            binpack: true,
+            ..req()
+        };
+        let (placed, why) = place(&mut cs, &r, 5);
+        // h2 takes three (4 GiB full), then h1; h3 never fits.
+        assert_eq!(placed, ["h2", "h2", "h2", "h1", "h1"]);
+        assert_eq!(why, None);
+        // Without resources asked, binpack still piles onto the busiest node.
+        let mut cs = vec![cand("a", 0, 1), cand("b", 0, 3)];
+        let r = Request {
+            binpack: true,
+            ..req()
+        };
+        assert_eq!(place(&mut cs, &r, 2).0, ["b", "b"]);
+    }
+
     mod prop {
         use super::*;
         use proptest::prelude::*;
@@ -563,12 +612,13 @@ mod tests {
 
         proptest! {
             /// The heap-based `place` chooses exactly what one `pick` per task chooses, for
-            /// spread by node and by label, with filters that start or stop passing.
+            /// spread by node, by label and binpack, with filters that start or stop passing.
             #[test]
             fn place_matches_pick_per_task(
                 nodes in proptest::collection::vec(candidate(), 0..12),
                 count in 0usize..40,
                 by_zone in any::<bool>(),
+                binpack in any::<bool>(),
                 millicpus in 0u64..800,
                 memory in 0u64..GI,
             ) {
@@ -588,7 +638,8 @@ mod tests {
                     .collect();
                 let r = Request {
                     ask: Ask { millicpus, memory_bytes: memory },
-                    spread: if by_zone { "zone".into() } else { String::new() },
+                    spread: if by_zone && !binpack { "zone".into() } else { String::new() },
+                    binpack,
                     ..req()
                 };
                 let mut reference = cs.clone();

@@ -781,6 +781,7 @@ mod tests {
         spec.placement = Some(rctl_api::pb::Placement {
             spread: spread.into(),
             constraints: constraints.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
         });
         svc
     }

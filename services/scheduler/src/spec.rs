@@ -3,7 +3,7 @@
 
 use rctl_api::keys::valid_name;
 use rctl_api::pb::ServiceSpec;
-use rctl_api::placement::{validate_spread, Constraint};
+use rctl_api::placement::{validate_spread, validate_strategy, Constraint};
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 10_000;
@@ -28,6 +28,8 @@ pub enum SpecError {
     HealthPath(String),
     #[error("placement.constraints: {0}")]
     Constraint(String),
+    #[error("placement.strategy: {0}")]
+    Strategy(String),
     #[error("placement.spread: {0}")]
     Spread(String),
 }
@@ -66,6 +68,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
             Constraint::parse(c).map_err(SpecError::Constraint)?;
         }
         validate_spread(&p.spread).map_err(SpecError::Spread)?;
+        validate_strategy(&p.strategy, &p.spread).map_err(SpecError::Strategy)?;
     }
     Ok(())
 }
@@ -154,6 +157,7 @@ mod tests {
         s.placement = Some(rctl_api::pb::Placement {
             spread: "zone".into(),
             constraints: vec!["role == web".into(), "node.name != h2".into()],
+            ..Default::default()
         });
         assert_eq!(validate(&s), Ok(()));
         s.placement
@@ -165,6 +169,17 @@ mod tests {
         assert!(matches!(e, SpecError::Constraint(_)));
         assert!(e.to_string().starts_with("placement.constraints: "), "{e}");
         s.placement.as_mut().unwrap().constraints.pop();
+        s.placement.as_mut().unwrap().strategy = "binpack".into();
+        let e = validate(&s).unwrap_err();
+        assert!(
+            matches!(e, SpecError::Strategy(_)),
+            "binpack with a spread key: {e}"
+        );
+        s.placement.as_mut().unwrap().spread.clear();
+        assert_eq!(validate(&s), Ok(()));
+        s.placement.as_mut().unwrap().strategy = "pack".into();
+        assert!(matches!(validate(&s), Err(SpecError::Strategy(_))));
+        s.placement.as_mut().unwrap().strategy.clear();
         s.placement.as_mut().unwrap().spread = "a zone".into();
         assert!(matches!(validate(&s), Err(SpecError::Spread(_))));
     }
