@@ -14,6 +14,9 @@ CLUSTER := deploy/local/cluster
 DEB_PKGS := etcd-server etcd-client docker-registry busybox-static iproute2 iptables \
 	protobuf-compiler curl jq util-linux haproxy nginx wrk umoci skopeo
 
+# The peers the benchmarks compare with (only `make bench` installs them).
+BENCH_PKGS := docker.io podman runc time
+
 .PHONY: help deps build testserver demo down test bench lint
 
 help:
@@ -59,7 +62,8 @@ test: deps build lint
 	fi
 
 bench:
-	@if [[ -x bench/run ]]; then bench/run; else echo "no benchmarks yet (bench/run is missing)"; fi
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) $(BENCH_PKGS)"
+	bench/run
 
 lint:
 	$(CARGO) fmt --all -- --check
