@@ -355,25 +355,31 @@ impl Cluster {
     }
 
     /// Polls `f` every 200 ms until it returns `Some`, or panics with `what` and the logs.
-    pub fn eventually<T>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
+    pub fn eventually<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        eventually(timeout, what, f, || self.logs())
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics with `what` and `context()`
+/// (the logs of whatever the test started).
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
         }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

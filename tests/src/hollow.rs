@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::bin_dir;
 use crate::etcd::{free_port, TestEtcd};
@@ -156,24 +156,7 @@ impl HollowCluster {
     }
 
     /// Polls `f` every 200 ms until it returns `Some`, or panics with `what` and the logs.
-    pub fn eventually<T>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn eventually<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        crate::cluster::eventually(timeout, what, f, || self.logs())
     }
 }
