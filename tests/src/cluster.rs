@@ -259,6 +259,24 @@ impl Cluster {
         format!("198.18.{}.1:{}", self.net, self.port_base + 3)
     }
 
+    /// The service file of `web`: `replicas` test servers reporting `version`, behind rctl-lb
+    /// on [`Cluster::service_port`]`(0)`.
+    pub fn web_service(&self, replicas: u32, version: &str) -> String {
+        format!(
+            r#"name = "web"
+image = "{reg}/rctl/testserver:{version}"
+replicas = {replicas}
+
+[port]
+container = 8080
+protocol = "http"
+listen = "127.0.0.1:{port}"
+"#,
+            reg = self.registry(),
+            port = self.service_port(0)
+        )
+    }
+
     /// A loopback port of this test's range for services to listen on (i in 0..10).
     pub fn service_port(&self, i: u16) -> u16 {
         assert!(i < 10);

@@ -10,22 +10,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn web_service(c: &Cluster, replicas: u32, version: &str) -> String {
-    format!(
-        r#"name = "web"
-image = "{reg}/rctl/testserver:{version}"
-replicas = {replicas}
-
-[port]
-container = 8080
-protocol = "http"
-listen = "127.0.0.1:{port}"
-"#,
-        reg = c.registry(),
-        port = c.service_port(0)
-    )
-}
-
 fn running(tasks: &[Value]) -> Vec<&Value> {
     tasks.iter().filter(|t| t["state"] == "running").collect()
 }
@@ -60,7 +44,7 @@ fn wait_for_lb(c: &Cluster) {
 #[test]
 fn scale_across_two_hosts_through_the_lb() {
     let c = Cluster::start(2);
-    let file = c.service_file("web.toml", &web_service(&c, 2, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(2, "v1"));
     c.apply_and_wait(&file);
     assert_eq!(running(&c.ps(&[])).len(), 2);
 
@@ -164,7 +148,7 @@ fn scale_across_two_hosts_through_the_lb() {
 #[test]
 fn agent_sigkill_and_restart_keeps_the_service_at_scale() {
     let c = Cluster::start(2);
-    let file = c.service_file("web.toml", &web_service(&c, 4, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(4, "v1"));
     c.apply_and_wait(&file);
     let before: BTreeSet<String> = c
         .ps(&[])
@@ -288,7 +272,7 @@ fn assert_bad_input(o: std::process::Output, needle: &str) {
 #[test]
 fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
     let c = Cluster::start(1);
-    let file = c.service_file("web.toml", &web_service(&c, 1, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(1, "v1"));
     c.rctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let inspect = || -> Value {
         serde_json::from_str(&c.rctl_ok(&["service", "inspect", "web", "-o", "json"])).unwrap()
@@ -359,7 +343,7 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_visibly() {
 #[test]
 fn applying_a_new_image_replaces_every_task_in_its_slot() {
     let c = Cluster::start(2);
-    let file = c.service_file("web.toml", &web_service(&c, 3, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(3, "v1"));
     c.apply_and_wait(&file);
     let names = |tasks: &[Value]| -> BTreeSet<String> {
         tasks
@@ -373,7 +357,7 @@ fn applying_a_new_image_replaces_every_task_in_its_slot() {
         BTreeSet::from(["web.1".into(), "web.2".into(), "web.3".into()])
     );
 
-    let file = c.service_file("web.toml", &web_service(&c, 3, "v2"));
+    let file = c.service_file("web.toml", &c.web_service(3, "v2"));
     let out = c.apply_and_wait(&file);
     assert!(out.contains("service web updated (revision 2)"), "{out}");
     let after = c.ps(&[]);
@@ -416,7 +400,7 @@ fn applying_a_new_image_replaces_every_task_in_its_slot() {
 #[test]
 fn a_lost_host_is_replaced_elsewhere_and_comes_back_without_duplicates() {
     let c = Cluster::start(3);
-    let file = c.service_file("web.toml", &web_service(&c, 6, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(6, "v1"));
     c.apply_and_wait(&file);
     let on = |tasks: &[Value], node: &str| -> BTreeSet<String> {
         tasks
@@ -590,7 +574,7 @@ fn etcd_put_raw(c: &Cluster, key: &str, value: &[u8]) {
 #[test]
 fn garbage_on_the_wire_and_in_etcd_breaks_no_server() {
     let c = Cluster::start(1);
-    let file = c.service_file("web.toml", &web_service(&c, 1, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(1, "v1"));
     c.apply_and_wait(&file);
 
     // Truncated HTTP/2 and gRPC frames, and plain noise, at every listening server.
@@ -707,7 +691,7 @@ fn node_state(c: &Cluster, node: &str) -> String {
 #[test]
 fn draining_a_node_moves_its_tasks_and_activating_takes_new_ones_again() {
     let c = Cluster::start(2);
-    let file = c.service_file("web.toml", &web_service(&c, 2, "v1"));
+    let file = c.service_file("web.toml", &c.web_service(2, "v1"));
     c.apply_and_wait(&file);
     let tasks = c.ps(&[]);
     let nodes: BTreeSet<&str> = running(&tasks)

@@ -15,22 +15,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn web_service(c: &Cluster, replicas: u32) -> String {
-    format!(
-        r#"name = "web"
-image = "{reg}/rctl/testserver:v1"
-replicas = {replicas}
-
-[port]
-container = 8080
-protocol = "http"
-listen = "127.0.0.1:{port}"
-"#,
-        reg = c.registry(),
-        port = c.service_port(0)
-    )
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -126,7 +110,7 @@ fn a_tls_cluster_serves_end_to_end_and_refuses_strangers() {
     let lb: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
 
     // The whole path over mutual TLS: CLI → scheduler → agents, everyone → etcd.
-    let file = c.service_file("web.toml", &web_service(&c, 2));
+    let file = c.service_file("web.toml", &c.web_service(2, "v1"));
     c.apply_and_wait(&file);
     let tasks = c.ps(&[]);
     assert_eq!(
@@ -318,7 +302,7 @@ fn run_rogue_agent(c: &Cluster, args: &[&str]) -> Output {
 #[test]
 fn an_agent_cannot_take_another_nodes_name() {
     let c = Cluster::start_tls(2);
-    let file = c.service_file("web.toml", &web_service(&c, 2));
+    let file = c.service_file("web.toml", &c.web_service(2, "v1"));
     c.apply_and_wait(&file);
     let on_h2 = running_on(&c, "h2");
     assert!(!on_h2.is_empty(), "a task runs on h2");
