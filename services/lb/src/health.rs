@@ -50,8 +50,7 @@ impl Outlier {
     /// Records one observation at `now`; returns true when this one ejected the backend.
     pub fn record(&mut self, ok: bool, now: Instant) -> bool {
         if ok {
-            self.failures = 0;
-            self.ejections = 0;
+            self.record_ok();
             return false;
         }
         self.failures += 1;
@@ -63,6 +62,18 @@ impl Outlier {
         self.ejections += 1;
         self.failures = 0;
         true
+    }
+
+    /// Records one success; unlike a failure it needs no clock (the per-request common case).
+    pub fn record_ok(&mut self) {
+        self.failures = 0;
+        self.ejections = 0;
+    }
+
+    /// Whether the backend was ever ejected; if not, [`Outlier::is_ejected`] is false at
+    /// any time, so callers can skip reading the clock.
+    pub fn ever_ejected(&self) -> bool {
+        self.ejected_until.is_some()
     }
 
     /// Whether the backend is out of rotation at `now`.

@@ -33,8 +33,24 @@ struct Args {
     handover: Option<std::path::PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // One worker asked for (TOKIO_WORKER_THREADS=1, as on a pinned core): the
+    // current-thread scheduler runs the same tasks without the work-stealing machinery
+    // and cross-thread wake-ups of a one-worker multi-thread runtime.
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let security = args.tls.security_or_exit();
     if let Err(e) = security.check_url(&args.etcd, "--etcd") {

@@ -134,11 +134,13 @@ impl Backend {
 
     /// Records the outcome of a request or connection attempt (see [`crate::health`]).
     pub fn record(&self, ok: bool) {
-        let ejected = self
-            .outlier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(ok, tokio::time::Instant::now());
+        let mut outlier = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            outlier.record_ok();
+            return;
+        }
+        let ejected = outlier.record(false, tokio::time::Instant::now());
+        drop(outlier);
         if ejected {
             tracing::warn!(task = self.task_id, address = %self.address, "ejected after consecutive failures");
         }
@@ -146,10 +148,8 @@ impl Backend {
 
     /// Whether passive health took this backend out of rotation for now.
     pub fn is_ejected(&self) -> bool {
-        self.outlier
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_ejected(tokio::time::Instant::now())
+        let outlier = self.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        outlier.ever_ejected() && outlier.is_ejected(tokio::time::Instant::now())
     }
 
     /// Requests or connections currently in flight to this backend.

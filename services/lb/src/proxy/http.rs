@@ -17,35 +17,25 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{CONNECT_TIMEOUT, MAX_RETRIES};
+use super::pool::{Lease, Pool};
+use super::MAX_RETRIES;
 use crate::balance;
 use crate::routes::{InFlight, RoutesRx};
 use crate::stats::{ServiceCounters, Stats};
 
 /// The body of every response the proxy sends: a backend's, streamed, or its own short one.
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum HttpError {
-    #[error("build backend request URI for {addr}")]
-    Uri {
-        addr: SocketAddr,
-        #[source]
-        source: http::uri::InvalidUri,
-    },
-}
 
 /// Headers that describe one connection, not the message, and so must not be forwarded
 /// (RFC 9110 §7.6.1), plus the widespread non-standard `Proxy-Connection`.
@@ -63,6 +53,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the few names present is cheaper than
+    // hashing nine removals (this runs on every request and every response).
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -79,14 +74,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// there) and sets `X-Forwarded-Proto`.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let mut chain: Vec<String> = headers
-        .get_all(&XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    chain.push(client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+    use std::fmt::Write as _;
+    // One buffer, no per-hop Strings: this runs on every request.
+    let mut chain = String::with_capacity(48);
+    for v in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
+        chain.push_str(v);
+        chain.push_str(", ");
+    }
+    let _ = write!(chain, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
         headers.insert(XFF, v);
     }
     headers.insert(
@@ -95,10 +91,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     );
 }
 
-/// What every HTTP listener shares: the pooled backend client and the counters.
+/// What every HTTP listener shares: the pooled backend connections and the counters.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, ReclaimBody>,
+    pool: Arc<Pool>,
     stats: Arc<Stats>,
     /// How long a client may take to send a request's head (slowloris protection).
     header_timeout: std::time::Duration,
@@ -114,15 +110,8 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 
 impl Forwarder {
     pub fn new(stats: Arc<Stats>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build(connector);
         Self {
-            client,
+            pool: Arc::default(),
             stats,
             header_timeout: HEADER_TIMEOUT,
         }
@@ -240,8 +229,8 @@ async fn route(
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let slot = Arc::new(Mutex::new(Some(body)));
 
     let mut tried = Vec::new();
@@ -267,27 +256,27 @@ async fn route(
         let inflight = backend.start();
         let addr = backend.address;
         *served = backend.revision;
-        let uri = match format!("http://{addr}{path}").parse::<Uri>() {
-            Ok(u) => u,
-            Err(source) => {
-                let e = HttpError::Uri { addr, source };
-                warn!(service, error = %crate::Chain(&e), "bad request target");
-                return short(StatusCode::BAD_REQUEST, "bad request target\n".into());
-            }
-        };
         let mut out = Request::new(ReclaimBody::new(slot.clone()));
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
+        // Origin-form: the connection already names the backend.
+        *out.uri_mut() = Uri::from(path.clone());
         // Always HTTP/1.1 upstream so backend connections are pooled even for 1.0 clients.
         *out.version_mut() = Version::HTTP_11;
         *out.headers_mut() = parts.headers.clone();
+        if !out.headers().contains_key(header::HOST) {
+            // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
+            if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+                out.headers_mut().insert(header::HOST, host);
+            }
+        }
 
-        match ctx.forwarder.client.request(out).await {
-            Ok(mut resp) => {
+        match ctx.forwarder.pool.send(addr, out).await {
+            Ok((mut resp, lease)) => {
                 backend.record(!resp.status().is_server_error());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade.take() {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        lease.discard();
                         let service = service.to_string();
                         tokio::spawn(async move {
                             splice(client, backend_upgrade, &service, addr).await;
@@ -316,6 +305,7 @@ async fn route(
                 let body = Tracked {
                     inner: rbody,
                     _inflight: inflight,
+                    _lease: lease,
                 };
                 return Response::from_parts(rparts, Either::Left(body));
             }
@@ -464,6 +454,8 @@ impl Body for ReclaimBody {
 pub struct Tracked {
     inner: Incoming,
     _inflight: InFlight,
+    /// Returns the backend connection to the pool once the body is done with.
+    _lease: Lease,
 }
 
 impl Body for Tracked {

@@ -5,6 +5,7 @@
 //! after a failure before any response byte).
 
 pub mod http;
+mod pool;
 pub mod tcp;
 
 use std::future::Future;
