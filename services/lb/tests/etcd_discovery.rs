@@ -4,12 +4,13 @@
 //!
 //! Needs Debian's `etcd-server` (installed by `make deps`); fails without it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
 use rctl_api::codec::encode;
 use rctl_api::{keys, pb};
 use rctl_tests::etcd::{free_port, TestEtcd};
@@ -17,17 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-async fn connect(url: &str) -> Client {
-    for _ in 0..100 {
-        if let Ok(mut c) = Client::connect([url], None).await {
-            if c.get("probe", None).await.is_ok() {
-                return c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("etcd at {url} did not come up");
-}
+use common::{connect, eventually};
 
 /// A tiny HTTP/1.1 backend that answers its name and counts requests.
 async fn http_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -112,21 +103,6 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let status = out.split(' ').nth(1)?.parse().ok()?;
     let body = out.split("\r\n\r\n").nth(1)?.to_string();
     Some((status, body))
-}
-
-/// Polls until `check` holds, for at most 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
