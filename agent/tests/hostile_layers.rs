@@ -2,6 +2,8 @@
 //! dir → rename): each is refused with an error naming the reason, nothing is written
 //! outside the layer, and no partial layer (or temp dir) is left behind. Runs as root.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -10,19 +12,7 @@ use flate2::Compression;
 use rctl_agent::image::unpack::{unpack_layer, Limits, UnpackError};
 use sha2::{Digest, Sha256};
 
-fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    // The raw name field, so paths tar's builder refuses ("..", "/abs") can be written.
-    let name = &mut h.as_old_mut().name;
-    name[..path.len()].copy_from_slice(path.as_bytes());
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h
-}
+use common::header;
 
 fn add(b: &mut tar::Builder<Vec<u8>>, mut h: tar::Header, data: &[u8]) {
     h.set_cksum();

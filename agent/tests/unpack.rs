@@ -2,24 +2,13 @@
 //! xattrs need it) and checks overlayfs-ready results and escape rejection.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+mod common;
+
 use std::path::Path;
 
 use rctl_agent::image::unpack::{unpack_tar, Limits};
 
-fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    // Written into the raw name field so that even paths tar's builder refuses ("..") can
-    // be tested.
-    let name = &mut h.as_old_mut().name;
-    name[..path.len()].copy_from_slice(path.as_bytes());
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h
-}
+use common::header;
 
 fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());

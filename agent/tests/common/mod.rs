@@ -1,5 +1,5 @@
 //! What the agent's image tests share: a real `docker-registry` on loopback, owned by the
-//! test and killed by pid when dropped.
+//! test and killed by pid when dropped, and raw tar headers for hand-made layers.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -418,4 +418,19 @@ pub fn plain(files: &[(&str, &[u8])]) -> LayerBlob {
         blob: raw,
         media_type: "application/vnd.oci.image.layer.v1.tar",
     }
+}
+
+/// A tar header for `path`, root-owned, mode 0644, mtime 0.
+pub fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    // The raw name field, so paths tar's builder refuses ("..", "/abs") can be written.
+    let name = &mut h.as_old_mut().name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
 }
