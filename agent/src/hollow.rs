@@ -385,6 +385,62 @@ impl pb::agent_server::Agent for HollowAgent {
         self.0.stop(&r.task_id, r.remove, false).await;
         Ok(Response::new(pb::StopTaskResponse {}))
     }
+
+    // === images: a hollow node has none and pulls none ===
+
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        Ok(Response::new(pb::ListImagesResponse::default()))
+    }
+
+    type PullImageStream = crate::image_api::PullStream;
+
+    async fn pull_image(
+        &self,
+        _req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        Err(Status::unimplemented("a hollow node does not pull images"))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        Err(Status::not_found(format!(
+            "no such image: {}",
+            req.into_inner().reference
+        )))
+    }
+
+    async fn inspect_image(
+        &self,
+        req: Request<pb::InspectImageRequest>,
+    ) -> Result<Response<pb::InspectImageResponse>, Status> {
+        Err(Status::not_found(format!(
+            "no such image: {}",
+            req.into_inner().reference
+        )))
+    }
+
+    async fn disk_usage(
+        &self,
+        _req: Request<pb::DiskUsageRequest>,
+    ) -> Result<Response<pb::DiskUsageResponse>, Status> {
+        Ok(Response::new(pb::DiskUsageResponse {
+            nodes: vec![pb::DiskUsage::default()],
+        }))
+    }
+
+    async fn prune(
+        &self,
+        _req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        Ok(Response::new(pb::PruneResponse {
+            nodes: vec![pb::PruneReport::default()],
+        }))
+    }
 }
 
 /// One orphan sweep over every node with one read of the tasks: what a real agent's sweep

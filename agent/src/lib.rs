@@ -10,13 +10,14 @@
 //! - [`store`]: etcd (lease, node, status, endpoints, desired tasks).
 //! - [`tasks`]: per-container lifecycle actors, adoption at start, orphan sweep.
 //! - [`health`]: container health probes.
-//! - [`server`]: the gRPC edge.
+//! - [`server`]: the gRPC edge; [`image_api`] converts the image lifecycle to and from it.
 //! - [`hollow`]: many simulated nodes in one process, for scale tests (no containers).
 #![deny(unsafe_code)]
 
 pub mod health;
 pub mod hollow;
 pub mod image;
+pub mod image_api;
 pub mod network;
 pub mod runtime;
 pub mod server;
@@ -57,6 +58,10 @@ pub struct AgentConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// TLS for the Agent API and etcd; or explicit plaintext.
     pub security: rctl_api::tls::Security,
+    /// Docker-style config.json with registry logins; None: the docker default.
+    pub registry_config: Option<PathBuf>,
+    /// What one image layer may cost to unpack.
+    pub layer_limits: image::unpack::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--registry-config: {0}")]
+    RegistryConfig(image::registry::RegistryError),
     #[error("TLS: {0}")]
     Tls(#[from] rctl_api::tls::TlsError),
     #[error("serve gRPC on {addr}: {source}")]
@@ -150,6 +157,21 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     if !keys::valid_name(&cfg.node_name) {
         return Err(AgentError::NodeName(cfg.node_name));
     }
+    // A login file named on the command line must exist and parse: fail before registering.
+    let credentials = match &cfg.registry_config {
+        Some(path) if !path.is_file() => {
+            return Err(AgentError::RegistryConfig(
+                image::registry::RegistryError::Credentials {
+                    path: path.display().to_string(),
+                    reason: "no such file".into(),
+                },
+            ))
+        }
+        Some(path) => {
+            Some(image::registry::Credentials::load(path).map_err(AgentError::RegistryConfig)?)
+        }
+        None => None,
+    };
     // oci-client is built without a crypto provider choice; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     for sub in ["containers", "layers", "blobs/sha256", "images"] {
@@ -234,8 +256,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             .clone()
             .run_lease(cfg.lease_ttl as i64, shutdown.child_token()),
     );
-    let images = image::ImageStore::new(&cfg.root, cfg.insecure_registries.clone());
-    let tasks = Tasks::new(cfg.root.clone(), store, images, net);
+    let mut images = image::ImageStore::new(&cfg.root, cfg.insecure_registries.clone())
+        .with_limits(cfg.layer_limits.clone());
+    if let Some(creds) = credentials {
+        images = images.with_credentials(creds);
+    }
+    let tasks = Tasks::new(cfg.root.clone(), store, images.clone(), net);
     tasks.adopt().await;
     tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 
@@ -248,7 +274,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         .security
         .server()?
         .add_service(pb::agent_server::AgentServer::with_interceptor(
-            server::AgentService::new(tasks),
+            server::AgentService::new(tasks, images),
             roles,
         ))
         .serve_with_shutdown(cfg.listen, shutdown.cancelled())

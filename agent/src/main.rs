@@ -48,6 +48,16 @@ struct Args {
     metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     tls: rctl_api::tls::TlsArgs,
+    /// Docker-style config.json with the registry logins used for service pulls
+    /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    /// Most uncompressed bytes one image layer may unpack to.
+    #[arg(long, default_value_t = rctl_agent::image::unpack::Limits::default().max_bytes)]
+    max_layer_bytes: u64,
+    /// Most entries (files, dirs, links) one image layer may hold.
+    #[arg(long, default_value_t = rctl_agent::image::unpack::Limits::default().max_entries)]
+    max_layer_files: u64,
 }
 
 /// Simulated nodes for scale tests: the real node registration, Agent API and status
@@ -181,6 +191,12 @@ fn dispatch() -> anyhow::Result<()> {
         labels,
         metrics_addr: args.metrics_addr,
         security,
+        registry_config: args.registry_config,
+        layer_limits: rctl_agent::image::unpack::Limits {
+            max_bytes: args.max_layer_bytes,
+            max_entries: args.max_layer_files,
+            ..Default::default()
+        },
     };
     serve("agent; containers keep running", |token| {
         rctl_agent::run(cfg, token)

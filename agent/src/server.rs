@@ -7,15 +7,18 @@ use rctl_api::pb;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::image::ImageStore;
 use crate::tasks::{TaskError, Tasks};
 
 pub struct AgentService {
     tasks: Tasks,
+    /// The same store the tasks pull through (clones share leases and locks).
+    images: ImageStore,
 }
 
 impl AgentService {
-    pub fn new(tasks: Tasks) -> Self {
-        Self { tasks }
+    pub fn new(tasks: Tasks, images: ImageStore) -> Self {
+        Self { tasks, images }
     }
 }
 
@@ -61,5 +64,51 @@ impl pb::agent_server::Agent for AgentService {
         let timeout = (r.timeout_ms != 0).then(|| Duration::from_millis(r.timeout_ms));
         self.tasks.stop_task(&r.task_id, timeout, r.remove);
         Ok(Response::new(pb::StopTaskResponse {}))
+    }
+
+    // === images (issue 5): the conversions live in image_api.rs ===
+
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        crate::image_api::list(&self.images, req.into_inner()).await
+    }
+
+    type PullImageStream = crate::image_api::PullStream;
+
+    async fn pull_image(
+        &self,
+        req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        crate::image_api::pull(&self.images, req.into_inner())
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        crate::image_api::remove(&self.images, req.into_inner()).await
+    }
+
+    async fn inspect_image(
+        &self,
+        req: Request<pb::InspectImageRequest>,
+    ) -> Result<Response<pb::InspectImageResponse>, Status> {
+        crate::image_api::inspect(&self.images, req.into_inner()).await
+    }
+
+    async fn disk_usage(
+        &self,
+        _req: Request<pb::DiskUsageRequest>,
+    ) -> Result<Response<pb::DiskUsageResponse>, Status> {
+        crate::image_api::disk_usage(&self.images).await
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        crate::image_api::prune(&self.images, req.into_inner()).await
     }
 }

@@ -45,6 +45,7 @@ pub fn sha256_hex(digest: &str) -> Result<&str, ContentError> {
     }
 }
 
+#[derive(Clone)]
 pub struct ContentStore {
     dir: PathBuf,
 }
@@ -101,7 +102,20 @@ impl ContentStore {
         desc: &OciDescriptor,
         tap: Option<&Tap>,
     ) -> Result<PathBuf, ContentError> {
-        let res = self.download_inner(registry, r, desc, tap).await;
+        self.download_with(registry, r, desc, tap, &|_| {}).await
+    }
+
+    /// [`download`](Self::download), telling `progress` the bytes received so far (at most
+    /// every 256 KiB, and at the end).
+    pub async fn download_with(
+        &self,
+        registry: &Registry,
+        r: &Reference,
+        desc: &OciDescriptor,
+        tap: Option<&Tap>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<PathBuf, ContentError> {
+        let res = self.download_inner(registry, r, desc, tap, progress).await;
         if let (Err(e), Some(tap)) = (&res, tap) {
             let _ = tap.send(Err(std::io::Error::other(e.to_string()))).await;
         }
@@ -114,6 +128,7 @@ impl ContentStore {
         r: &Reference,
         desc: &OciDescriptor,
         tap: Option<&Tap>,
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<PathBuf, ContentError> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
@@ -136,7 +151,7 @@ impl ContentStore {
         let result = async {
             let mut stream = registry.blob_stream(r, desc).await.map_err(fetch_err)?;
             let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
-            let (mut h, mut total) = (Sha256::new(), 0i64);
+            let (mut h, mut total, mut reported) = (Sha256::new(), 0i64, 0i64);
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
                     Ok(c) => c,
@@ -162,6 +177,10 @@ impl ContentStore {
                 }
                 h.update(&chunk);
                 file.write_all(&chunk).await.map_err(io_err(&tmp))?;
+                if total - reported >= 1 << 18 || total == desc.size {
+                    reported = total;
+                    progress(total as u64);
+                }
                 if let Some(tap) = tap {
                     // The unpacker stopped reading: its own error is the one to report.
                     if tap.send(Ok(chunk)).await.is_err() {

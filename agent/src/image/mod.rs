@@ -1,7 +1,13 @@
 //! Images: pull (registry), verify and keep (content), unpack (layers), and remember which
 //! reference resolved to what in `ROOT/images/`, so running an image twice pulls it once.
+//! The lifecycle around it: [`index`] (what is here, who uses it, sizes), [`gc`] (mark and
+//! sweep, leases that keep a pull's blobs safe) and [`lifecycle`] (list, remove, inspect,
+//! disk usage, prune).
 
 pub mod content;
+pub mod gc;
+pub mod index;
+pub mod lifecycle;
 pub mod registry;
 pub mod unpack;
 
@@ -10,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use content::{ContentError, ContentStore};
 use registry::{Registry, RegistryError};
@@ -57,6 +62,12 @@ struct ConfigFile {
     #[serde(default)]
     config: Option<RunConfig>,
     rootfs: RootFs,
+    #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,15 +84,86 @@ pub struct Image {
     /// Unpacked layer directories, bottom-first.
     pub layers: Vec<PathBuf>,
     pub config: RunConfig,
+    /// Layer blobs, bottom-first (empty in records written before the GC existed: such a
+    /// record makes the GC keep every blob).
+    #[serde(default)]
+    pub blobs: Vec<BlobRecord>,
+    /// RFC 3339, from the image config.
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub architecture: Option<String>,
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub pulled_unix_ms: i64,
 }
 
+/// One layer blob of an image as its manifest describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlobRecord {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub diff_id: String,
+}
+
+/// What happens to one layer during a pull, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerPhase {
+    Waiting,
+    Downloading,
+    Extracting,
+    Done,
+    AlreadyExists,
+}
+
+/// One progress report: layer blob `digest` is in `phase`, `done` of `total` bytes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEvent {
+    pub digest: String,
+    pub phase: LayerPhase,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Where a pull reports progress; a closed receiver is ignored (the pull goes on).
+pub type Progress = tokio::sync::mpsc::UnboundedSender<LayerEvent>;
+
+/// Per-pull options: a progress sink and credentials sent with the request (they win over
+/// the agent's own for the registries they name).
+#[derive(Default, Clone)]
+pub struct PullOptions {
+    pub progress: Option<Progress>,
+    pub credentials: Option<registry::Credentials>,
+}
+
+impl PullOptions {
+    fn report(&self, digest: &str, phase: LayerPhase, done: u64, total: u64) {
+        if let Some(p) = &self.progress {
+            let _ = p.send(LayerEvent {
+                digest: digest.to_string(),
+                phase,
+                done,
+                total,
+            });
+        }
+    }
+}
+
+/// Cheap to clone: clones share the registry client, the single-flight locks and the leases.
+#[derive(Clone)]
 pub struct ImageStore {
     root: PathBuf,
-    registry: Registry,
+    registry: Arc<Registry>,
     content: ContentStore,
     /// Single flight: one lock per blob digest, chain id or reference being worked on, so
     /// concurrent pulls of images that share layers fetch and unpack each layer once.
-    inflight: Flights,
+    inflight: Arc<Flights>,
+    /// What pulls in flight are writing; the GC leaves it alone.
+    leases: Arc<gc::Leases>,
+    /// Serialises GC runs and removals of image records.
+    gc_lock: Arc<tokio::sync::Mutex<()>>,
     /// What one layer may cost to unpack.
     limits: unpack::Limits,
 }
@@ -95,22 +177,25 @@ impl ImageStore {
         }
         Self {
             root: root.to_path_buf(),
-            registry: Registry::new(insecure).with_credentials(default_credentials()),
+            registry: Arc::new(Registry::new(insecure).with_credentials(default_credentials())),
             content: ContentStore::new(root),
-            inflight: Flights::default(),
+            inflight: Arc::default(),
+            leases: Arc::default(),
+            gc_lock: Arc::default(),
             limits: unpack::Limits::default(),
         }
     }
 
     /// Replaces the credentials found in the docker config (see [`default_credentials`]).
     pub fn with_credentials(mut self, credentials: registry::Credentials) -> Self {
-        self.registry = self.registry.with_credentials(credentials);
+        let r = Arc::make_mut(&mut self.registry);
+        r.set_credentials(credentials);
         self
     }
 
     /// Replaces the default retry policy for registry requests.
     pub fn with_retry(mut self, retry: registry::Retry) -> Self {
-        self.registry.retry = retry;
+        Arc::make_mut(&mut self.registry).retry = retry;
         self
     }
 
@@ -121,8 +206,7 @@ impl ImageStore {
     }
 
     fn record_path(&self, reference: &str) -> PathBuf {
-        let h = hex::encode(Sha256::digest(reference.as_bytes()));
-        self.root.join("images").join(format!("{h}.json"))
+        index::record_path(&self.root, reference)
     }
 
     /// The recorded image, if it was pulled before and its layers are still there.
@@ -135,17 +219,33 @@ impl ImageStore {
     /// Makes `reference` available locally, pulling only what is missing. Layers download
     /// and unpack in parallel, each unpacked while its blob streams in.
     pub async fn ensure(&self, reference: &str) -> Result<Image, ImageError> {
+        self.pull(reference, &PullOptions::default()).await
+    }
+
+    /// [`ensure`](Self::ensure) with progress reports and request credentials.
+    pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image, ImageError> {
         let _guard = self.inflight.lock(format!("ref {reference}")).await;
         if let Some(img) = self.cached(reference).await {
+            for b in &img.blobs {
+                opts.report(&b.digest, LayerPhase::AlreadyExists, b.size, b.size);
+            }
             return Ok(img);
         }
         let r = Registry::parse(reference)?;
-        let (manifest, manifest_digest) = self.registry.manifest(&r).await?;
+        let registry = self.registry.for_request(&r, opts.credentials.as_ref());
+        let (manifest, manifest_digest) = registry.manifest(&r).await?;
+        // Held until the record naming these is written: the GC must not take them first.
+        let mut lease = self.leases.lease();
+        lease.add(&manifest.config.digest);
+        for d in &manifest.layers {
+            lease.add(&d.digest);
+        }
+        for d in &manifest.layers {
+            opts.report(&d.digest, LayerPhase::Waiting, 0, desc_size(d));
+        }
         let config_path = {
             let _blob = self.inflight.lock(manifest.config.digest.clone()).await;
-            self.content
-                .fetch(&self.registry, &r, &manifest.config)
-                .await?
+            self.content.fetch(&registry, &r, &manifest.config).await?
         };
         let raw = tokio::fs::read(&config_path)
             .await
@@ -163,6 +263,9 @@ impl ImageStore {
             )));
         }
         let chain = unpack::chain_ids(&cfg.rootfs.diff_ids);
+        for c in &chain {
+            lease.add(c);
+        }
         let layers_dir = self.root.join("layers");
         tokio::fs::create_dir_all(&layers_dir)
             .await
@@ -175,15 +278,31 @@ impl ImageStore {
             manifest.layers.iter().zip(&cfg.rootfs.diff_ids).zip(&chain)
         {
             let dest = layers_dir.join(content::sha256_hex(chain_id)?);
-            jobs.push(self.layer(&r, desc, diff_id, chain_id, dest));
+            jobs.push(self.layer(&registry, &r, desc, diff_id, chain_id, dest, opts));
         }
         let layers = futures::future::try_join_all(jobs).await?;
+        let blobs = manifest
+            .layers
+            .iter()
+            .zip(&cfg.rootfs.diff_ids)
+            .map(|(d, diff_id)| BlobRecord {
+                digest: d.digest.clone(),
+                size: desc_size(d),
+                media_type: d.media_type.clone(),
+                diff_id: diff_id.clone(),
+            })
+            .collect();
         let img = Image {
             reference: reference.to_string(),
             manifest_digest,
             config_digest: manifest.config.digest.clone(),
             layers,
             config: cfg.config.unwrap_or_default(),
+            blobs,
+            created: cfg.created,
+            architecture: cfg.architecture,
+            os: cfg.os,
+            pulled_unix_ms: rctl_api::clock::now_unix_ms(),
         };
         let path = self.record_path(reference);
         let json =
@@ -196,49 +315,62 @@ impl ImageStore {
 
     /// Makes layer `desc` available unpacked at `dest`, retrying transient download
     /// failures (each retry starts the download and the unpack afresh).
+    #[allow(clippy::too_many_arguments)]
     async fn layer(
         &self,
+        registry: &Registry,
         r: &oci_client::Reference,
         desc: &oci_client::manifest::OciDescriptor,
         diff_id: &str,
         chain_id: &str,
         dest: PathBuf,
+        opts: &PullOptions,
     ) -> Result<PathBuf, ImageError> {
         let _layer = self.inflight.lock(format!("layer {chain_id}")).await;
+        let total = desc_size(desc);
         if dest.is_dir() {
+            opts.report(&desc.digest, LayerPhase::AlreadyExists, total, total);
             return Ok(dest);
         }
         let _blob = self.inflight.lock(desc.digest.clone()).await;
         let mut n = 1;
         loop {
-            match self.layer_once(r, desc, diff_id, &dest).await {
-                Err(ImageError::Content(e))
-                    if e.is_transient() && n < self.registry.retry.attempts =>
-                {
+            match self
+                .layer_once(registry, r, desc, diff_id, &dest, opts)
+                .await
+            {
+                Err(ImageError::Content(e)) if e.is_transient() && n < registry.retry.attempts => {
                     tracing::warn!(%e, attempt = n, "pull layer: retrying");
-                    tokio::time::sleep(self.registry.retry.backoff(n)).await;
+                    tokio::time::sleep(registry.retry.backoff(n)).await;
                     n += 1;
                 }
                 Err(ImageError::Content(e)) => return Err(e.gave_up(n).into()),
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(dest),
+                Ok(()) => {
+                    opts.report(&desc.digest, LayerPhase::Done, total, total);
+                    return Ok(dest);
+                }
             }
         }
     }
 
     async fn layer_once(
         &self,
+        registry: &Registry,
         r: &oci_client::Reference,
         desc: &oci_client::manifest::OciDescriptor,
         diff_id: &str,
         dest: &Path,
+        opts: &PullOptions,
     ) -> Result<(), ImageError> {
         let unpack_err = |source| ImageError::Unpack {
             digest: desc.digest.clone(),
             source,
         };
         let (d, dest2, limits) = (diff_id.to_string(), dest.to_path_buf(), self.limits.clone());
+        let total = desc_size(desc);
         if self.content.has(&desc.digest) {
+            opts.report(&desc.digest, LayerPhase::Extracting, total, total);
             let blob = self.content.path(&desc.digest)?;
             return tokio::task::spawn_blocking(move || {
                 unpack::unpack_layer(&blob, &d, &dest2, &limits)
@@ -254,11 +386,15 @@ impl ImageStore {
             let reader = std::io::BufReader::with_capacity(1 << 16, unpack::ChunkReader::new(rx));
             unpack::unpack_stream(reader, size, &d, &dest2, &limits)
         });
+        let report = |done| opts.report(&desc.digest, LayerPhase::Downloading, done, total);
         let downloaded = self
             .content
-            .download(&self.registry, r, desc, Some(&tap))
+            .download_with(registry, r, desc, Some(&tap), &report)
             .await;
         drop(tap);
+        if downloaded.is_ok() {
+            opts.report(&desc.digest, LayerPhase::Extracting, total, total);
+        }
         let unpacked = unpacking
             .await
             .map_err(|e| ImageError::Config(format!("unpack task: {e}")))?;
@@ -269,6 +405,10 @@ impl ImageStore {
             (Ok(_), Ok(())) => Ok(()),
         }
     }
+}
+
+fn desc_size(d: &oci_client::manifest::OciDescriptor) -> u64 {
+    u64::try_from(d.size).unwrap_or(0)
 }
 
 /// Keyed async locks, created on demand and dropped when nobody holds or waits for them.

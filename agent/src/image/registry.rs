@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -13,6 +14,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use sha2::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -129,6 +131,14 @@ impl Credentials {
         Self::parse(&data).map_err(err)
     }
 
+    /// Adds (or replaces) the login for `registry` (`host[:port]`).
+    pub fn insert(&mut self, registry: &str, username: &str, password: &str) {
+        self.by_host.insert(
+            host_of(registry),
+            (username.to_string(), password.to_string()),
+        );
+    }
+
     pub fn parse(data: &[u8]) -> Result<Credentials, String> {
         let cfg: DockerConfig = serde_json::from_slice(data).map_err(|e| e.to_string())?;
         let mut by_host = HashMap::new();
@@ -179,30 +189,72 @@ fn host_of(key: &str) -> String {
 }
 
 /// A pull-only registry client shared by every pull.
+#[derive(Clone)]
 pub struct Registry {
     client: Client,
     credentials: Credentials,
     pub retry: Retry,
+    insecure: Vec<String>,
+    /// One client per login sent with requests: oci-client keeps the first auth it sees
+    /// per registry (and the tokens it got with it), so a login must not share a client
+    /// with anonymous pulls or with another login.
+    by_login: Arc<std::sync::Mutex<HashMap<String, Client>>>,
+}
+
+fn new_client(insecure: &[String]) -> Client {
+    Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure.to_vec()),
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
 }
 
 impl Registry {
     pub fn new(insecure: Vec<String>) -> Self {
-        let config = oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure),
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
         Self {
-            client: Client::new(config),
+            client: new_client(&insecure),
             credentials: Credentials::default(),
             retry: Retry::default(),
+            insecure,
+            by_login: Arc::default(),
+        }
+    }
+
+    /// The registry to pull `r` with when a request carries `extra` logins: when one is
+    /// for `r`'s registry, a client of that login's own, else this one.
+    pub fn for_request(&self, r: &Reference, extra: Option<&Credentials>) -> Registry {
+        let host = r.resolve_registry();
+        let Some(RegistryAuth::Basic(user, password)) = extra.map(|c| c.auth_for(host)) else {
+            return self.clone();
+        };
+        let key = format!(
+            "{host}\0{user}\0{}",
+            hex::encode(sha2::Sha256::digest(password.as_bytes()))
+        );
+        let client = self
+            .by_login
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert_with(|| new_client(&self.insecure))
+            .clone();
+        let mut credentials = self.credentials.clone();
+        credentials.insert(host, &user, &password);
+        Registry {
+            client,
+            credentials,
+            ..self.clone()
         }
     }
 
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
         self
+    }
+
+    pub fn set_credentials(&mut self, credentials: Credentials) {
+        self.credentials = credentials;
     }
 
     pub fn parse(image: &str) -> Result<Reference, RegistryError> {
@@ -218,6 +270,7 @@ impl Registry {
         r: &Reference,
     ) -> Result<(OciImageManifest, String), RegistryError> {
         let auth = self.credentials.auth_for(r.resolve_registry());
+        let anonymous = auth == RegistryAuth::Anonymous;
         self.retry
             .run("pull manifest", || async {
                 self.client
@@ -226,6 +279,20 @@ impl Registry {
                     .map_err(registry_error)
             })
             .await
+            .map_err(|e| match e {
+                RegistryError::Registry { reason, transient } if is_unauthorized(&reason) => {
+                    let hint = if anonymous {
+                        format!("run rctl login {}", r.registry())
+                    } else {
+                        format!("check the credentials for {} (rctl login)", r.registry())
+                    };
+                    RegistryError::Registry {
+                        reason: format!("unauthorized: {hint}"),
+                        transient,
+                    }
+                }
+                e => e,
+            })
     }
 
     /// Starts downloading blob `desc` (one attempt: the caller owns the data and retries).
@@ -239,6 +306,12 @@ impl Registry {
             .await
             .map_err(registry_error)
     }
+}
+
+/// Whether a registry error reason means the registry wants (other) credentials.
+fn is_unauthorized(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("unauthorized") || r.contains("authentication required") || r.contains("http 401")
 }
 
 /// Extracts the registry's own words from a client error, falling back to the error chain,
