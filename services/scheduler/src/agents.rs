@@ -24,7 +24,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_IN_FLIGHT: usize = 256;
 
 type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
+pub type Client = AgentClient<InterceptedService<Channel, Interceptor>>;
 
 #[derive(Clone)]
 pub struct Agents {
@@ -81,6 +81,15 @@ impl Agents {
         let ch = ep.connect_lazy();
         inner.channels.insert(key, ch.clone());
         Some(ch)
+    }
+
+    /// A client for the agent of `node` at `addr`, for the image requests the API passes on.
+    pub fn client(&self, node: &str, addr: &str) -> Option<Client> {
+        let ch = self.channel(node, addr)?;
+        Some(AgentClient::with_interceptor(
+            ch,
+            rctl_api::telemetry::propagate as Interceptor,
+        ))
     }
 
     /// Claims the right to send `cmd` for `task` now; false if it was sent recently.

@@ -21,6 +21,8 @@ pub struct Api {
     pub store: Store,
     /// Writes are taken only while this replica leads; followers point the client at the leader.
     pub leadership: Leadership,
+    /// Image requests, passed on to the agents.
+    pub images: crate::images::Images,
 }
 
 fn span<T>(req: &Request<T>, name: &'static str) -> tracing::Span {
@@ -456,5 +458,71 @@ impl Scheduler for Api {
         }
         .instrument(span)
         .await
+    }
+
+    // === images (issue 5): passed on to the agents by crate::images ===
+
+    async fn list_images(
+        &self,
+        req: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let span = span(&req, "ListImages");
+        async move { Ok(Response::new(self.images.list(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    type PullImageStream = crate::images::PullStream;
+
+    async fn pull_image(
+        &self,
+        req: Request<PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        // Nothing of the request is logged: it may carry registry credentials.
+        let span = span(&req, "PullImage");
+        async move { Ok(Response::new(self.images.pull(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let span = span(&req, "RemoveImage");
+        async move { Ok(Response::new(self.images.remove(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn inspect_image(
+        &self,
+        req: Request<InspectImageRequest>,
+    ) -> Result<Response<InspectImageResponse>, Status> {
+        let span = span(&req, "InspectImage");
+        async move { Ok(Response::new(self.images.inspect(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn disk_usage(
+        &self,
+        req: Request<DiskUsageRequest>,
+    ) -> Result<Response<DiskUsageResponse>, Status> {
+        let span = span(&req, "DiskUsage");
+        async move {
+            Ok(Response::new(
+                self.images.disk_usage(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn prune(&self, req: Request<PruneRequest>) -> Result<Response<PruneResponse>, Status> {
+        let span = span(&req, "Prune");
+        async move { Ok(Response::new(self.images.prune(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
     }
 }

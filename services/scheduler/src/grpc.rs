@@ -23,6 +23,13 @@ pub enum ApiError {
         None => "no scheduler leader is elected right now; retry in a few seconds".to_string(),
     })]
     NotLeader(Option<String>),
+    /// An agent's answer to an image request, passed on with its code.
+    #[error("{node}: {message}")]
+    Agent {
+        node: String,
+        code: tonic::Code,
+        message: String,
+    },
 }
 
 impl From<ApiError> for Status {
@@ -43,6 +50,7 @@ impl From<ApiError> for Status {
                 s
             }
             ApiError::NotLeader(None) => Status::unavailable(e.to_string()),
+            ApiError::Agent { code, .. } => Status::new(*code, e.to_string()),
             // API writes are not fenced; this only appears if that ever changes.
             ApiError::Store(StoreError::NotLeader(_)) => Status::unavailable(e.to_string()),
             ApiError::Store(StoreError::Etcd { .. }) => {

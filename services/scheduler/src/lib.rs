@@ -16,6 +16,7 @@ pub mod agents;
 pub mod api;
 pub mod controller;
 pub mod grpc;
+pub mod images;
 pub mod leader;
 pub mod placement;
 pub mod reconcile;
@@ -56,6 +57,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let election = leader::Election::connect(&cfg.etcd, &cfg.security, candidate.encode()).await?;
     let leadership = election.leadership();
+    let images = images::Images {
+        store: store.clone(),
+        agents: agents.clone(),
+    };
     tasks.spawn(controller::run(
         store.clone(),
         agents,
@@ -93,7 +98,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .security
         .server()?
         .add_service(SchedulerServer::with_interceptor(
-            api::Api { store, leadership },
+            api::Api {
+                store,
+                leadership,
+                images,
+            },
             roles,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
