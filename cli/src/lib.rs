@@ -6,12 +6,18 @@ pub mod apply;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod images;
+pub mod inspect;
+pub mod login;
 pub mod nodes;
 pub mod output;
+pub mod progress;
 pub mod ps;
+pub mod registry_auth;
 pub mod scale;
 pub mod service;
 pub mod service_file;
+pub mod system;
 pub mod wait;
 
 use std::path::PathBuf;
@@ -113,6 +119,133 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    // === images (issue 5) ===
+    /// List the images on the nodes.
+    Images {
+        /// Show all images (there are no intermediate images: same as without).
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only image ids.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Pull an image onto every ready node (or --node): NAME[:TAG] or NAME@sha256:DIGEST.
+    Pull {
+        image: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Remove images (refused while a container uses one, unless -f).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Show what TARGET names (an image) as JSON.
+    Inspect {
+        target: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Disk usage and clean-up on the nodes.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Check and store credentials for a registry (in $RCTL_CONFIG/config.json).
+    Login {
+        /// HOST[:PORT]
+        registry: String,
+        #[arg(short = 'u', long = "username")]
+        username: Option<String>,
+        #[arg(short = 'p', long = "password")]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Check the login over plain HTTP (a registry the agents reach with
+        /// --insecure-registry); registries on this host always are.
+        #[arg(long)]
+        plain_http: bool,
+    },
+    /// Forget the stored credentials for a registry.
+    Logout { registry: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Show an image's config, layers and sizes as JSON.
+    Inspect {
+        image: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Same as `rctl images`.
+    Ls {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Same as `rctl pull`.
+    Pull {
+        image: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Same as `rctl rmi`.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Space used by images, containers and volumes, and what could be reclaimed.
+    Df {
+        /// Also list the images.
+        #[arg(short = 'v', long)]
+        verbose: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Remove stopped containers (not service tasks), unused data and, with -a, every
+    /// image no container uses.
+    Prune {
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Also remove volumes no container uses.
+        #[arg(long)]
+        volumes: bool,
+        /// Do not ask (required when not on a terminal).
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +346,14 @@ impl Command {
             Command::Service { .. } => "service",
             Command::Node { .. } => "node",
             Command::Cluster { .. } => "cluster",
+            Command::Images { .. } => "images",
+            Command::Pull { .. } => "pull",
+            Command::Rmi { .. } => "rmi",
+            Command::Image { .. } => "image",
+            Command::Inspect { .. } => "inspect",
+            Command::System { .. } => "system",
+            Command::Login { .. } => "login",
+            Command::Logout { .. } => "logout",
         }
     }
 }
@@ -242,6 +383,27 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Cluster { command } => return run_cluster(command, cli.tls_dir.as_deref()),
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+            plain_http,
+        } => {
+            return login::login(
+                registry,
+                username.clone(),
+                password.clone(),
+                *password_stdin,
+                *plain_http,
+            )
+            .await
+        }
+        Command::Logout { registry } => return login::logout(registry),
+        Command::Pull { image, .. }
+        | Command::Image {
+            command: ImageCommand::Pull { image, .. },
+        } => registry_auth::check_reference(image).map_err(CliError::Usage)?,
         _ => {}
     }
     let target = Target {
@@ -280,7 +442,58 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             NodeCommand::Drain { name } => nodes::drain(&mut conn, &name).await,
             NodeCommand::Activate { name } => nodes::activate(&mut conn, &name).await,
         },
-        Command::Cluster { .. } => unreachable!("handled before connecting"),
+        Command::Images {
+            all,
+            quiet,
+            node,
+            output,
+        }
+        | Command::Image {
+            command:
+                ImageCommand::Ls {
+                    all,
+                    quiet,
+                    node,
+                    output,
+                },
+        } => images::list(&mut conn, all, quiet, node, output).await,
+        Command::Pull { image, node }
+        | Command::Image {
+            command: ImageCommand::Pull { image, node },
+        } => images::pull(&mut conn, &image, node).await,
+        Command::Rmi {
+            images: list,
+            force,
+            node,
+        }
+        | Command::Image {
+            command:
+                ImageCommand::Rm {
+                    images: list,
+                    force,
+                    node,
+                },
+        } => images::rmi(&mut conn, &list, force, node).await,
+        Command::Image {
+            command: ImageCommand::Inspect { image, node },
+        } => images::inspect_image(&mut conn, &image, node).await,
+        Command::Inspect { target, node } => inspect::run(&mut conn, &target, node).await,
+        Command::System { command } => match command {
+            SystemCommand::Df {
+                verbose,
+                node,
+                output,
+            } => system::df(&mut conn, verbose, node, output).await,
+            SystemCommand::Prune {
+                all,
+                volumes,
+                force,
+                node,
+            } => system::prune(&mut conn, all, volumes, force, node).await,
+        },
+        Command::Cluster { .. } | Command::Login { .. } | Command::Logout { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
