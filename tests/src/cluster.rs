@@ -81,6 +81,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// Set once `down` has run, so drop does not run it again.
     torn_down: bool,
+    /// More registries the agents reach over plain HTTP (a test's own, e.g. with auth).
+    insecure_registries: Vec<String>,
     _slot: Slot,
 }
 
@@ -101,9 +103,24 @@ impl Cluster {
         Self::launch(hosts, 1, true)
     }
 
+    /// Starts a one-scheduler cluster whose agents also reach [`Cluster::private_registry`]
+    /// over plain HTTP, for a test that runs a registry of its own there.
+    pub fn start_with_private_registry(hosts: u32) -> Cluster {
+        Self::launch_with(hosts, 1, false, true)
+    }
+
     fn launch(hosts: u32, schedulers: u32, tls: bool) -> Cluster {
+        Self::launch_with(hosts, schedulers, tls, false)
+    }
+
+    fn launch_with(hosts: u32, schedulers: u32, tls: bool, private: bool) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
+        let insecure_registries = if private {
+            vec![format!("198.18.{n}.1:{}", slot_ports(n).start + 19)]
+        } else {
+            Vec::new()
+        };
         let c = Cluster {
             name: format!("rt{n}"),
             net: n,
@@ -114,6 +131,7 @@ impl Cluster {
             tls,
             bin: bin_dir(),
             torn_down: false,
+            insecure_registries,
             _slot: slot,
         };
         // A previous run killed hard may have left this slot's resources behind.
@@ -153,7 +171,11 @@ impl Cluster {
             .arg("--state")
             .arg(&self.state)
             .arg("--bin")
-            .arg(&self.bin);
+            .arg(&self.bin)
+            .env(
+                "RCTL_CLUSTER_INSECURE_REGISTRIES",
+                self.insecure_registries.join(","),
+            );
         cmd.output().expect("run deploy/local/cluster")
     }
 
@@ -277,6 +299,13 @@ listen = "127.0.0.1:{port}"
         )
     }
 
+    /// Where a test started with [`Cluster::start_with_private_registry`] may run a registry
+    /// of its own (on the hosts' side of the cluster network, the last service port: such a
+    /// test must not use `service_port(9)`).
+    pub fn private_registry(&self) -> String {
+        format!("198.18.{}.1:{}", self.net, self.port_base + 19)
+    }
+
     /// A loopback port of this test's range for services to listen on (i in 0..10).
     pub fn service_port(&self, i: u16) -> u16 {
         assert!(i < 10);
@@ -305,7 +334,13 @@ listen = "127.0.0.1:{port}"
 
     /// Runs `rctl ARGS` with `RCTL_ADDR=addr`, e.g. one chosen replica.
     pub fn rctl_via(&self, addr: &str, args: &[&str]) -> Output {
+        self.rctl_env(addr, args, &[])
+    }
+
+    /// Runs `rctl ARGS` with `RCTL_ADDR=addr` and more environment (e.g. `RCTL_CONFIG`).
+    pub fn rctl_env(&self, addr: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(self.bin.join("rctl"));
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .env("RCTL_ADDR", addr)
             .env_remove("RUST_LOG")
