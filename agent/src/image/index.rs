@@ -52,6 +52,8 @@ pub struct ContainerUse {
     pub layers: Vec<PathBuf>,
     /// The service of its task; empty for a container not run for a service.
     pub service: String,
+    /// The image reference its task named (empty if unknown).
+    pub image: String,
     /// Not known to have exited (a container still being set up counts as running).
     pub running: bool,
     /// The config as written, to find the volumes it names.
@@ -72,10 +74,9 @@ pub fn containers(root: &Path) -> Vec<ContainerUse> {
         let Ok(cfg) = serde_json::from_str::<crate::runtime::state::ContainerConfig>(&text) else {
             continue;
         };
-        let service = hex::decode(&cfg.task_pb)
+        let task = hex::decode(&cfg.task_pb)
             .ok()
             .and_then(|b| pb::Task::decode(b.as_slice()).ok())
-            .map(|t| t.service)
             .unwrap_or_default();
         let exited =
             d.exit().exists() || d.failed().exists() || d.read_pid().is_some_and(|p| !p.alive());
@@ -83,7 +84,8 @@ pub fn containers(root: &Path) -> Vec<ContainerUse> {
             id: cfg.id.clone(),
             dir: d.0.clone(),
             layers: cfg.layers,
-            service,
+            service: task.service,
+            image: task.image,
             running: !exited,
             config_text: text,
         });
@@ -92,9 +94,13 @@ pub fn containers(root: &Path) -> Vec<ContainerUse> {
     out
 }
 
-/// Whether `image`'s layers are exactly the layers of container `c` (it was made from it).
+/// Whether container `c` was made from `image`: its task named the image's reference and
+/// it runs the layers the reference has now (a re-pulled tag is another image). Two images
+/// with the same layers (e.g. differing only in config) are told apart by the reference; a
+/// container whose task is unknown is matched by its layers only.
 pub fn uses(c: &ContainerUse, image: &Image) -> bool {
-    !image.layers.is_empty() && c.layers == image.layers
+    let same_layers = !image.layers.is_empty() && c.layers == image.layers;
+    same_layers && (c.image.is_empty() || c.image == image.reference)
 }
 
 /// Whether a container config names volume `name` (by its host path, or as `volume:NAME`

@@ -424,6 +424,7 @@ mod tests {
             dir: PathBuf::from("/r/containers").join(id),
             layers: layers.to_vec(),
             service: String::new(),
+            image: String::new(),
             running,
             config_text: String::new(),
         }
@@ -478,6 +479,24 @@ mod tests {
                 reclaimable: 60
             }
         );
+    }
+
+    #[test]
+    fn of_two_images_with_the_same_layers_only_the_one_a_task_named_is_active() {
+        let v1 = image("ts:v1", 'c', &[('a', '1')]);
+        let v2 = image("ts:v2", 'd', &[('a', '1')]);
+        let mut c = container("x", &v1.layers, true);
+        c.image = "ts:v1".into();
+        assert!(index::uses(&c, &v1));
+        assert!(!index::uses(&c, &v2));
+        let present = [
+            item(Kind::Blob, 'a', 10),
+            item(Kind::Blob, 'c', 1),
+            item(Kind::Blob, 'd', 2),
+            item(Kind::Layer, '1', 100),
+        ];
+        let u = usage(&[v1, v2], &present, &[(c, 0)], &[], |_| false);
+        assert_eq!((u.images.active, u.images.reclaimable), (1, 2));
     }
 
     #[test]
