@@ -92,8 +92,36 @@ fn image_lifecycle_from_pull_to_prune() {
     assert_eq!(df[0]["node"], "h1");
     assert_eq!(df[0]["images"]["total"], 2);
     assert_eq!(df[0]["images"]["size"].as_u64().unwrap(), on_disk, "{df:#}");
-    let table = c.rctl_ok(&["system", "df"]);
+    let table = c.rctl_ok(&["system", "df", "-v"]);
     assert!(table.starts_with("TYPE"), "{table}");
+    assert!(table.contains("Images space usage:"), "{table}");
+    let ids = c.rctl_ok(&["images", "-q"]);
+    assert_eq!(ids.lines().count(), 2, "{ids}");
+    assert!(ids.lines().all(|l| l.len() == 12), "{ids}");
+
+    // inspect: config, layers with digests and sizes, platform; `inspect` resolves images.
+    let detail = json(&c, &["image", "inspect", &v1]);
+    let d = &detail[0];
+    assert_eq!(
+        (d["node"].as_str(), d["architecture"].as_str()),
+        (Some("h1"), Some("amd64"))
+    );
+    assert_eq!(d["os"], "linux");
+    let layers = d["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert!(layers
+        .iter()
+        .all(|l| l["digest"].as_str().unwrap().starts_with("sha256:")
+            && l["size"].as_u64().unwrap() > 0
+            && l["unpacked_size"].as_u64().unwrap() > 0));
+    assert_eq!(d["config"]["config"]["Env"][1], "VERSION=v1");
+    assert_eq!(json(&c, &["inspect", &v1]), detail);
+    let (code, err) = fail(&c, &["inspect", "nothing-by-that-name"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no such object: nothing-by-that-name"),
+        "{err}"
+    );
 
     // Pull by digest; an unknown digest and an unknown tag fail with one line and leave
     // nothing behind.
@@ -246,7 +274,7 @@ fn login_then_pull_a_private_image() {
     use std::os::unix::fs::PermissionsExt;
     let c = Cluster::start_with_private_registry(1);
     let private = c.private_registry();
-    let _registry = PrivateRegistry::start(&private);
+    let registry = PrivateRegistry::start(&private);
     let out = std::process::Command::new("skopeo")
         .args([
             "copy",
@@ -331,6 +359,34 @@ fn login_then_pull_a_private_image() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(&format!("h1: pulled {image}")), "{stdout}");
+
+    // The registry goes away: a pull fails with one line after its retries, and leaves
+    // nothing in the store.
+    let root = c.state.join("h1");
+    let records = std::fs::read_dir(root.join("images")).unwrap().count();
+    let blobs = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    drop(registry);
+    let out = rctl(&["pull", &format!("{private}/private/busybox:2")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: h1: pull "), "{err}");
+    assert_eq!(
+        std::fs::read_dir(root.join("images")).unwrap().count(),
+        records
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        blobs
+    );
+    assert!(std::fs::read_dir(root.join("layers"))
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
 
     let out = rctl(&["logout", &private]);
     assert!(out.status.success());
