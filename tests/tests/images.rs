@@ -394,3 +394,56 @@ fn login_then_pull_a_private_image() {
     assert!(stored["auths"].get(&private).is_none(), "{stored}");
     c.down_leaving_nothing();
 }
+
+#[test]
+fn image_requests_fan_out_to_every_node_or_the_one_named() {
+    let c = Cluster::start(2);
+    let busybox = format!("{}/rctl/busybox:latest", c.registry());
+    let nodes_with = |extra: &[&str]| {
+        let mut args = vec!["images", "-o", "json"];
+        args.extend_from_slice(extra);
+        let v = json(&c, &args);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["node"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    let out = c.rctl_ok(&["pull", "--node", "h2", &busybox]);
+    assert!(out.contains("h2: pulled") && !out.contains("h1:"), "{out}");
+    assert_eq!(nodes_with(&[]), ["h2"]);
+    let out = c.rctl_ok(&["pull", &busybox]);
+    assert!(
+        out.contains("h1: pulled") && out.contains("h2: pulled"),
+        "{out}"
+    );
+    assert!(
+        out.contains("h2: ") && out.contains(": already exists"),
+        "{out}"
+    );
+    assert_eq!(nodes_with(&[]), ["h1", "h2"]);
+    assert_eq!(nodes_with(&["--node", "h1"]), ["h1"]);
+    let df = json(&c, &["system", "df", "-o", "json"]);
+    let df_nodes: Vec<&str> = df
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(df_nodes, ["h1", "h2"]);
+
+    let out = c.rctl_ok(&["rmi", &busybox]);
+    assert!(
+        out.contains(&format!("Untagged: {busybox} (h1,h2)")),
+        "{out}"
+    );
+    assert_eq!(nodes_with(&[]), Vec::<String>::new());
+    let (code, err) = fail(&c, &["rmi", &busybox]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such image"), "{err}");
+    let (code, err) = fail(&c, &["pull", "--node", "h9", &busybox]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("node \"h9\" not found"), "{err}");
+    c.down_leaving_nothing();
+}
