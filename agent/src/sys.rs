@@ -100,3 +100,23 @@ pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     buf.truncate(rc as usize);
     Ok(buf)
 }
+
+/// Marks every fd from `first` up close-on-exec, so nothing the process inherited reaches
+/// the program it execs next.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on open fds; it
+    // touches no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

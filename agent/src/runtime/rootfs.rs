@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
-use super::spec;
 use super::state::{ContainerConfig, ContainerDir};
+use super::{confine, security, spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -39,6 +39,16 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroups::CgroupError),
+    #[error(transparent)]
+    Confine(#[from] super::confine::ConfineError),
+    #[error("read {path}: {source}")]
+    Profile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn do_mount(
@@ -79,29 +89,70 @@ fn put_file(path: &Path, data: &str) -> Result<(), RootfsError> {
     })
 }
 
-/// The overlayfs mount options for `cfg`: lower layers are listed top-first.
+/// The overlayfs mount options for `cfg`: lower layers are listed top-first, every path
+/// relative to the container directory (the mount is made from there). The kernel shows
+/// these strings in the container's /proc/self/mountinfo, so relative paths keep the
+/// host's directory layout out of it (as Docker's short `l/` links do).
 pub fn overlay_options(cfg: &ContainerConfig, dir: &ContainerDir) -> String {
     let lower: Vec<String> = cfg
         .layers
         .iter()
         .rev()
-        .map(|p| p.display().to_string())
+        .map(|p| relative_to(p, &dir.0).display().to_string())
         .collect();
-    format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        dir.upper().display(),
-        dir.work().display()
-    )
+    format!("lowerdir={},upperdir=upper,workdir=work", lower.join(":"),)
+}
+
+/// `path` relative to directory `base` (both absolute, already normalised).
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let p: Vec<_> = path.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Builds the container's root, enters it and execs the command. Returns only on error.
 pub fn enter_and_exec(cfg: &ContainerConfig, dir: &ContainerDir) -> RootfsError {
-    match prepare(cfg, dir) {
-        Ok(()) => {}
-        Err(e) => return e,
+    match enter(cfg, dir) {
+        Ok(env) => exec(cfg, &env).unwrap_err(),
+        Err(e) => e,
     }
-    exec(cfg).unwrap_err()
+}
+
+/// Everything up to execve; returns the environment to exec with.
+fn enter(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<Vec<String>, RootfsError> {
+    let profile = dir.read_profile().map_err(|source| RootfsError::Profile {
+        path: dir.profile(),
+        source,
+    })?;
+    if let Some(cg) = &profile.cgroup {
+        cg.join_self()?;
+        // After joining: the namespace's root is the container's own cgroup.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|source| {
+            RootfsError::Sys {
+                step: "unshare cgroup namespace",
+                source,
+            }
+        })?;
+    }
+    prepare(cfg, dir)?;
+    confine::apply_paths(&profile)?;
+    // The user is resolved after pivot_root: /etc/passwd is the container's, and any
+    // symlink in its path resolves inside the container's root.
+    let id = confine::identity(&profile)?;
+    let env = security::with_home(cfg.env.clone(), &id);
+    confine::apply_process(&profile, &id)?;
+    Ok(env)
 }
 
 fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError> {
@@ -126,6 +177,10 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         source,
     })?;
     let root = dir.rootfs();
+    nix::unistd::chdir(&dir.0).map_err(|source| RootfsError::Sys {
+        step: "chdir container dir",
+        source,
+    })?;
     do_mount(
         "overlay",
         "overlay",
@@ -192,6 +247,9 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         nodev,
         Some("mode=1777,size=65536k"),
     )?;
+    let mqueue = dev.join("mqueue");
+    mkdir(&mqueue)?;
+    do_mount("mqueue", "mqueue", &mqueue, "mqueue", nodev, None)?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -258,13 +316,13 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
     Ok(())
 }
 
-fn exec(cfg: &ContainerConfig) -> Result<std::convert::Infallible, RootfsError> {
+fn exec(cfg: &ContainerConfig, env: &[String]) -> Result<std::convert::Infallible, RootfsError> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false)
     };
-    let path = spec::find_executable(&cfg.argv[0], &cfg.env, is_exec)?;
+    let path = spec::find_executable(&cfg.argv[0], env, is_exec)?;
     let cstr =
         |s: &[u8]| CString::new(s).map_err(|_| RootfsError::Nul(String::from_utf8_lossy(s).into()));
     let prog = cstr(path.as_os_str().as_bytes())?;
@@ -273,8 +331,7 @@ fn exec(cfg: &ContainerConfig) -> Result<std::convert::Infallible, RootfsError> 
         .iter()
         .map(|a| cstr(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    let env = cfg
-        .env
+    let env = env
         .iter()
         .map(|a| cstr(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
@@ -287,4 +344,21 @@ fn exec(cfg: &ContainerConfig) -> Result<std::convert::Infallible, RootfsError> 
         step: "execve",
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_paths_are_relative_to_the_container_dir() {
+        let r = |p: &str, b: &str| relative_to(Path::new(p), Path::new(b));
+        assert_eq!(
+            r("/var/lib/rctl/layers/abc", "/var/lib/rctl/containers/c1"),
+            PathBuf::from("../../layers/abc")
+        );
+        assert_eq!(r("/a/b/c", "/a/b"), PathBuf::from("c"));
+        assert_eq!(r("/a", "/a"), PathBuf::from("."));
+        assert_eq!(r("/x/y", "/a/b"), PathBuf::from("../../x/y"));
+    }
 }

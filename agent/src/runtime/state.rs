@@ -115,6 +115,22 @@ impl ContainerDir {
     pub fn log(&self) -> PathBuf {
         self.0.join("log")
     }
+    /// How the container's processes are confined ([`super::security::Profile`]); absent
+    /// for containers created before profiles existed, which get Docker's defaults.
+    pub fn profile(&self) -> PathBuf {
+        self.0.join("profile.json")
+    }
+
+    pub fn read_profile(&self) -> io::Result<super::security::Profile> {
+        match std::fs::read(self.profile()) {
+            Ok(data) => serde_json::from_slice(&data).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Ok(super::security::Profile::docker_default(""))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn pid(&self) -> PathBuf {
         self.0.join("pid")
     }

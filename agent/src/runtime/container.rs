@@ -1,0 +1,323 @@
+//! A container on this host without the cluster around it: [`Runtime::create`] (directory,
+//! config, confinement profile, cgroup), [`Runtime::start`] (the shim, the container's
+//! PID 1), [`Runtime::wait`], [`Container::signal`] and [`Runtime::delete`] (every cgroup
+//! directory and the container directory). No network is attached: the container gets
+//! its own network namespace with only `lo`. Agent integration tests and benchmarks use
+//! this; the task actors add networking, etcd status and restart policy on top.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::cgroups::{self, Cgroup, CgroupError, Limits};
+use super::security::Profile;
+use super::spec::{self, SpecError};
+use super::state::{write_atomic, ContainerConfig, ContainerDir, PidRecord};
+use super::{RuntimeError, Shim};
+use crate::image::RunConfig;
+
+/// How long a delete waits for the container's processes to go before giving up on the
+/// cgroup directories.
+const DELETE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("bad container id {0:?}")]
+    BadId(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("container state {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("remove cgroup {path}: {source}")]
+    RemoveCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to run: an image (its unpacked layers and config) plus the task's overrides.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub id: String,
+    /// Unpacked layers, bottom-first.
+    pub layers: Vec<PathBuf>,
+    pub image: RunConfig,
+    /// Replaces Entrypoint + Cmd when not empty.
+    pub command: Vec<String>,
+    pub env: HashMap<String, String>,
+    /// Overrides the image's User.
+    pub user: Option<String>,
+    /// Overrides the image's WorkingDir.
+    pub workdir: Option<String>,
+    /// Defaults to the first 12 characters of the id.
+    pub hostname: Option<String>,
+    pub limits: Limits,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit code, or 128 + signal.
+    pub code: i32,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    /// The task status message for this exit, if it needs one ("OOMKilled: ...").
+    pub fn reason(&self, memory_limit: Option<u64>) -> Option<String> {
+        match (self.oom_killed, memory_limit) {
+            (true, Some(l)) => Some(format!("OOMKilled: memory limit {} MiB reached", l >> 20)),
+            (true, None) => Some("OOMKilled: out of memory".into()),
+            (false, _) => None,
+        }
+    }
+}
+
+/// One container made by [`Runtime::create`].
+pub struct Container {
+    pub dir: ContainerDir,
+    pub cgroup: Option<Cgroup>,
+    pub limits: Limits,
+    pid: Option<PidRecord>,
+}
+
+impl Container {
+    /// PID 1's record once started.
+    pub fn pid(&self) -> Option<PidRecord> {
+        self.pid
+    }
+
+    /// Sends `sig` to the container's PID 1.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(p) = &self.pid {
+            super::signal(p, sig);
+        }
+    }
+
+    /// CPU, memory and pids of the container now.
+    pub fn stats(&self) -> cgroups::Stats {
+        self.cgroup.as_ref().map(Cgroup::stats).unwrap_or_default()
+    }
+}
+
+/// Containers under `ROOT/containers/`.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+    /// The agent binary, re-executed as each container's shim.
+    agent_exe: PathBuf,
+}
+
+impl Runtime {
+    /// A runtime whose shims are this process's own binary (the agent).
+    pub fn new(root: PathBuf) -> Self {
+        Self::with_agent_exe(root, PathBuf::from("/proc/self/exe"))
+    }
+
+    /// A runtime whose shims are `agent_exe` (for tests and benchmarks, which are not
+    /// the agent binary themselves).
+    pub fn with_agent_exe(root: PathBuf, agent_exe: PathBuf) -> Self {
+        Self { root, agent_exe }
+    }
+
+    pub fn dir(&self, id: &str) -> ContainerDir {
+        ContainerDir(self.root.join("containers").join(id))
+    }
+
+    /// Writes the container's state and makes its cgroup. Nothing runs yet. On error
+    /// nothing is left behind.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<Container, ContainerError> {
+        if !crate::tasks::valid_id(&spec.id) {
+            return Err(ContainerError::BadId(spec.id.clone()));
+        }
+        let dir = self.dir(&spec.id);
+        if dir.0.exists() {
+            return Err(ContainerError::Exists(spec.id.clone()));
+        }
+        let argv = spec::resolve_argv(&spec.command, &spec.image)?;
+        cgroups::validate(&spec.limits, cgroups::host_memory()?)?;
+        let hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| spec.id.chars().take(12).collect());
+        let env = spec::resolve_env(
+            spec.image.env.as_deref().unwrap_or_default(),
+            &spec.env,
+            &hostname,
+        );
+        let workdir = match &spec.workdir {
+            Some(w) if !w.is_empty() => w.clone(),
+            _ => spec::resolve_workdir(&spec.image),
+        };
+        let cfg = ContainerConfig {
+            id: spec.id.clone(),
+            hostname,
+            layers: spec.layers.clone(),
+            argv,
+            env,
+            workdir,
+            ip: Ipv4Addr::LOCALHOST,
+            prefix_len: 8,
+            gateway: Ipv4Addr::LOCALHOST,
+            container_port: 0,
+            host_port: 0,
+            task_pb: String::new(),
+            created_unix_ms: rctl_api::clock::now_unix_ms(),
+        };
+        let user = spec
+            .user
+            .clone()
+            .or_else(|| spec.image.user.clone())
+            .unwrap_or_default();
+        let mut profile = Profile::docker_default(&user);
+        let cgroup = Cgroup::create(&cgroups::host_layout()?, &spec.id, &spec.limits)?;
+        profile.cgroup = Some(cgroup.clone());
+        let res = write_state(&dir, &cfg, &profile).await;
+        if let Err(e) = res {
+            cgroup.remove();
+            let _ = super::remove_dir(&dir.0).await;
+            return Err(e);
+        }
+        Ok(Container {
+            dir,
+            cgroup: Some(cgroup),
+            limits: spec.limits,
+            pid: None,
+        })
+    }
+
+    /// Starts the container's shim and PID 1. A container that cannot start (bad user,
+    /// missing executable, ...) is deleted and the error says why.
+    pub async fn start(&self, c: &mut Container) -> Result<PidRecord, ContainerError> {
+        let res = async {
+            let shim = Shim::spawn_exe(&self.agent_exe, &c.dir)?;
+            shim.release()?;
+            super::wait_started(&c.dir, Duration::from_secs(10)).await
+        }
+        .await;
+        match res {
+            Ok(p) => {
+                c.pid = Some(p);
+                Ok(p)
+            }
+            Err(e) => {
+                // Wait for the shim to record the exit so the cgroup is empty.
+                for _ in 0..100 {
+                    if c.dir.exit().exists() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = self.delete(c).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Waits for the container to exit.
+    pub async fn wait(&self, c: &Container) -> Exit {
+        loop {
+            if let Some(code) = c.dir.read_exit() {
+                return Exit {
+                    code,
+                    oom_killed: c.cgroup.as_ref().is_some_and(Cgroup::oom_killed),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Kills what still runs, then removes the cgroup and the container directory.
+    pub async fn delete(&self, c: &Container) -> Result<(), ContainerError> {
+        let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+        if let Some(p) = c.pid {
+            super::signal(&p, Signal::SIGKILL);
+            while !super::finished(&c.dir, &p) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if let Some(cg) = &c.cgroup {
+            // PID 1's death takes the pid namespace with it, but the kernel reaps the rest
+            // asynchronously: rmdir fails with EBUSY until the last one is gone.
+            loop {
+                let errs = cg.remove();
+                match errs.into_iter().next() {
+                    None => break,
+                    Some((path, source)) if tokio::time::Instant::now() >= deadline => {
+                        return Err(ContainerError::RemoveCgroup { path, source });
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+        super::remove_dir(&c.dir.0)
+            .await
+            .map_err(|source| ContainerError::State {
+                path: c.dir.0.clone(),
+                source,
+            })
+    }
+}
+
+async fn write_state(
+    dir: &ContainerDir,
+    cfg: &ContainerConfig,
+    profile: &Profile,
+) -> Result<(), ContainerError> {
+    let state_err = |path: PathBuf| move |source| ContainerError::State { path, source };
+    for d in [dir.upper(), dir.work(), dir.rootfs()] {
+        tokio::fs::create_dir_all(&d)
+            .await
+            .map_err(state_err(d.clone()))?;
+    }
+    let json = |v: serde_json::Result<Vec<u8>>, p: PathBuf| {
+        v.map_err(|e| state_err(p)(std::io::Error::other(e)))
+    };
+    let c = json(serde_json::to_vec_pretty(cfg), dir.config())?;
+    let p = json(serde_json::to_vec_pretty(profile), dir.profile())?;
+    write_atomic(&dir.profile(), &p)
+        .await
+        .map_err(state_err(dir.profile()))?;
+    // The config last: its presence is what marks a complete container.
+    write_atomic(&dir.config(), &c)
+        .await
+        .map_err(state_err(dir.config()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_exit_names_the_limit() {
+        let e = Exit {
+            code: 137,
+            oom_killed: true,
+        };
+        assert_eq!(
+            e.reason(Some(32 << 20)).unwrap(),
+            "OOMKilled: memory limit 32 MiB reached"
+        );
+        assert!(Exit {
+            code: 137,
+            oom_killed: false
+        }
+        .reason(Some(1))
+        .is_none());
+    }
+}
