@@ -162,6 +162,8 @@ pub fn limit_writes(layout: &Layout, id: &str, l: &Limits) -> Vec<(PathBuf, Stri
             );
             if let Some(m) = l.memory_bytes {
                 w.push((memory.join("memory.limit_in_bytes"), m.to_string()));
+                // No swap beyond the limit (absent when the kernel has no swap accounting).
+                w.push((memory.join("memory.memsw.limit_in_bytes"), m.to_string()));
             }
             if let Some(c) = l.cpu_millis {
                 w.push((cpu.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string()));
@@ -199,6 +201,13 @@ pub fn limit_writes(layout: &Layout, id: &str, l: &Limits) -> Vec<(PathBuf, Stri
         }
     }
     w
+}
+
+/// Swap limits are best effort: hosts without swap accounting have no such file.
+fn is_swap(file: &Path) -> bool {
+    file.file_name().is_some_and(|n| {
+        n.to_string_lossy().contains("swap") || n.to_string_lossy().contains("memsw")
+    })
 }
 
 /// Reads `key value` lines (memory.events, memory.oom_control, memory.stat, cpu.stat).
@@ -268,7 +277,10 @@ impl Cgroup {
                 std::fs::create_dir_all(d).map_err(io_err("create", d))?;
             }
             for (file, value) in limit_writes(layout, id, limits) {
-                std::fs::write(&file, &value).map_err(io_err("write", &file))?;
+                match std::fs::write(&file, &value) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_swap(&file) => {}
+                    r => r.map_err(io_err("write", &file))?,
+                }
             }
             Ok(())
         })();

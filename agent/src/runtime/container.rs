@@ -247,7 +247,9 @@ impl Runtime {
         let deadline = tokio::time::Instant::now() + DELETE_WAIT;
         if let Some(p) = c.pid {
             super::signal(&p, Signal::SIGKILL);
-            while !super::finished(&c.dir, &p) && tokio::time::Instant::now() < deadline {
+            // The shim writes the exit file after reaping PID 1: wait for it, so it does
+            // not write into a directory being removed.
+            while !c.dir.exit().exists() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

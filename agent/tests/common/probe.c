@@ -1,5 +1,6 @@
 /* probe: tries syscalls a container must not be able to make and prints NAME=ok or
- * NAME=EPERM/ENOSYS/errno-N for each argument; `fds` prints the process's open fds.
+ * NAME=EPERM/ENOSYS/errno-N for each argument; `fds` prints the process's open fds;
+ * `forkbomb` never returns.
  * Built static by the agent tests (gcc -static) and run inside test containers. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -62,7 +63,12 @@ int main(int argc, char **argv) {
             r = syscall(SYS_mount, "x", "/mnt", "tmpfs", 0, NULL);
         else if (!strcmp(n, "setns"))
             r = syscall(SYS_setns, 0, 0);
-        else if (!strcmp(n, "fds")) {
+        else if (!strcmp(n, "forkbomb")) {
+            /* Every copy forks forever and retries when refused: it holds the limit. */
+            for (;;)
+                if (fork() < 0)
+                    usleep(10000);
+        } else if (!strcmp(n, "fds")) {
             DIR *d = opendir("/proc/self/fd");
             struct dirent *e;
             printf("fds=");
