@@ -22,6 +22,8 @@ use crate::image::RunConfig;
 /// How long a delete waits for the container's processes to go before giving up on the
 /// cgroup directories.
 const DELETE_WAIT: Duration = Duration::from_secs(10);
+/// How long the shim and the container's setup may take before start gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -207,7 +209,25 @@ impl Runtime {
         let res = async {
             let shim = Shim::spawn_exe(&self.agent_exe, &c.dir)?;
             shim.release()?;
-            super::wait_started(&c.dir, Duration::from_secs(10)).await
+            let pid = super::wait_started(&c.dir, START_TIMEOUT).await?;
+            // The pid is recorded at fork; setup (user, mounts, confinement) comes after.
+            let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+            loop {
+                match c.dir.read_start() {
+                    Ok(true) => return Ok(pid),
+                    Err(why) => return Err(RuntimeError::NoStart(why)),
+                    Ok(false) if c.dir.exit().exists() => {
+                        let why = c.dir.last_log_line().unwrap_or_default();
+                        return Err(RuntimeError::NoStart(why));
+                    }
+                    Ok(false) if tokio::time::Instant::now() > deadline => {
+                        return Err(RuntimeError::NoStart(
+                            "container setup did not finish".into(),
+                        ));
+                    }
+                    Ok(false) => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
         }
         .await;
         match res {

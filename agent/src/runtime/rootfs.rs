@@ -122,11 +122,28 @@ pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
 }
 
 /// Builds the container's root, enters it and execs the command. Returns only on error.
+///
+/// The outcome goes to the container's start file (see [`ContainerDir::start`]) through
+/// an fd opened while the host's filesystem is still reachable: `exec` right before
+/// execve, or `error: WHY` when setup or execve fails.
 pub fn enter_and_exec(cfg: &ContainerConfig, dir: &ContainerDir) -> RootfsError {
-    match enter(cfg, dir) {
-        Ok(env) => exec(cfg, &env).unwrap_err(),
+    use std::io::Write;
+    let mut start = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.start())
+        .ok();
+    let mut note = |line: &str| {
+        if let Some(f) = start.as_mut() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    };
+    let err = match enter(cfg, dir) {
+        Ok(env) => exec(cfg, &env, || note("exec\n")).unwrap_err(),
         Err(e) => e,
-    }
+    };
+    note(&format!("error: {err}\n"));
+    err
 }
 
 /// Everything up to execve; returns the environment to exec with.
@@ -316,7 +333,11 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
     Ok(())
 }
 
-fn exec(cfg: &ContainerConfig, env: &[String]) -> Result<std::convert::Infallible, RootfsError> {
+fn exec(
+    cfg: &ContainerConfig,
+    env: &[String],
+    before: impl FnOnce(),
+) -> Result<std::convert::Infallible, RootfsError> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -340,6 +361,7 @@ fn exec(cfg: &ContainerConfig, env: &[String]) -> Result<std::convert::Infallibl
         path: PathBuf::new(),
         source,
     })?;
+    before();
     nix::unistd::execve(&prog, &argv, &env).map_err(|source| RootfsError::Sys {
         step: "execve",
         source,
