@@ -13,6 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::cgroups::{self, Cgroup, CgroupError, Limits};
+use super::mounts::{self, MountError, MountSpec};
 use super::security::Profile;
 use super::spec::{self, SpecError};
 use super::state::{write_atomic, ContainerConfig, ContainerDir, PidRecord};
@@ -33,6 +34,8 @@ pub enum ContainerError {
     Exists(String),
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
     #[error("cgroup: {0}")]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -68,6 +71,8 @@ pub struct ContainerSpec {
     /// Defaults to the first 12 characters of the id.
     pub hostname: Option<String>,
     pub limits: Limits,
+    /// Bind mounts, volumes and tmpfs.
+    pub mounts: Vec<MountSpec>,
 }
 
 /// How a container ended.
@@ -187,6 +192,7 @@ impl Runtime {
             .or_else(|| spec.image.user.clone())
             .unwrap_or_default();
         let mut profile = Profile::docker_default(&user);
+        profile.mounts = mounts::resolve(&spec.mounts, &self.root)?;
         let cgroup = Cgroup::create(&cgroups::host_layout()?, &spec.id, &spec.limits)?;
         profile.cgroup = Some(cgroup.clone());
         let res = write_state(&dir, &cfg, &profile).await;

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
+use super::security::Profile;
 use super::state::{ContainerConfig, ContainerDir};
-use super::{confine, security, spec};
+use super::{confine, mounts, security, spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -39,6 +40,8 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
+    #[error(transparent)]
+    UserMount(#[from] mounts::MountError),
     #[error(transparent)]
     Cgroup(#[from] super::cgroups::CgroupError),
     #[error(transparent)]
@@ -162,7 +165,7 @@ fn enter(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<Vec<String>, Rootf
             }
         })?;
     }
-    prepare(cfg, dir)?;
+    prepare(cfg, dir, &profile)?;
     confine::apply_paths(&profile)?;
     // The user is resolved after pivot_root: /etc/passwd is the container's, and any
     // symlink in its path resolves inside the container's root.
@@ -172,7 +175,11 @@ fn enter(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<Vec<String>, Rootf
     Ok(env)
 }
 
-fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError> {
+fn prepare(
+    cfg: &ContainerConfig,
+    dir: &ContainerDir,
+    profile: &Profile,
+) -> Result<(), RootfsError> {
     // A mount namespace of our own: pivot_root moves the root of every process in the
     // namespace, and the shim must keep seeing the host's filesystem to write pid and exit.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|source| {
@@ -288,18 +295,34 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         None,
     )?;
 
-    let etc = root.join("etc");
-    mkdir(&etc)?;
-    put_file(&etc.join("hostname"), &format!("{}\n", cfg.hostname))?;
-    put_file(
-        &etc.join("hosts"),
-        &format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-            cfg.ip, cfg.hostname
-        ),
-    )?;
+    for m in &profile.mounts {
+        mounts::mount_in_root(&root, m)?;
+    }
+    // The identity files live in the container directory and are bind-mounted, resolved
+    // inside the root: an image's /etc or /etc/hosts symlink cannot redirect the write
+    // to the host.
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+        cfg.ip, cfg.hostname
+    );
     // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
-    put_file(&etc.join("resolv.conf"), "")?;
+    for (name, data) in [
+        ("hostname", format!("{}\n", cfg.hostname)),
+        ("hosts", hosts),
+        ("resolv.conf", String::new()),
+    ] {
+        let host_file = dir.0.join(name);
+        put_file(&host_file, &data)?;
+        mounts::mount_in_root(
+            &root,
+            &mounts::Mount {
+                source: Some(host_file),
+                target: format!("/etc/{name}"),
+                readonly: false,
+                file: true,
+            },
+        )?;
+    }
     nix::unistd::sethostname(&cfg.hostname).map_err(|source| RootfsError::Sys {
         step: "sethostname",
         source,
@@ -323,13 +346,9 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         step: "chdir /",
         source,
     })?;
-    if nix::unistd::chdir(cfg.workdir.as_str()).is_err() {
-        mkdir(Path::new(&cfg.workdir))?;
-        nix::unistd::chdir(cfg.workdir.as_str()).map_err(|source| RootfsError::Sys {
-            step: "chdir working dir",
-            source,
-        })?;
-    }
+    // CVE-2024-21626: resolved in the new root without magic links, so a working dir
+    // like /proc/self/fd/N cannot reach an fd that still points at the host.
+    mounts::chdir_in_root(&cfg.workdir)?;
     Ok(())
 }
 

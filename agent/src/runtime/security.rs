@@ -89,6 +89,9 @@ pub struct Profile {
     /// made, so the container sees it as its root).
     #[serde(default)]
     pub cgroup: Option<super::cgroups::Cgroup>,
+    /// Bind, volume and tmpfs mounts, host sides resolved.
+    #[serde(default)]
+    pub mounts: Vec<super::mounts::Mount>,
 }
 
 impl Profile {
@@ -107,6 +110,7 @@ impl Profile {
             seccomp: true,
             user: user.to_string(),
             cgroup: None,
+            mounts: Vec::new(),
         }
     }
 }
