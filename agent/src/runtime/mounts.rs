@@ -188,9 +188,14 @@ fn in_root() -> ResolveFlag {
     ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
+/// Symlinks followed while creating a path before giving up (the kernel's own limit).
+const MAX_LINKS: u32 = 40;
+
 /// Opens `path` (absolute, inside the container) under `root` as an O_PATH fd, resolving
 /// every symlink as if `root` were `/`. Missing components are created (directories, and
-/// the last one as an empty file when `file`), each relative to its resolved parent.
+/// the last one as an empty file when `file`), each relative to its resolved parent with
+/// calls that never follow a final symlink; a dangling symlink on the way is followed
+/// inside the root and its target created there.
 pub fn open_in_root(root: &impl AsFd, path: &str, file: bool) -> Result<OwnedFd, MountError> {
     let how = || {
         OpenHow::new()
@@ -200,34 +205,60 @@ pub fn open_in_root(root: &impl AsFd, path: &str, file: bool) -> Result<OwnedFd,
     if let Ok(fd) = nix::fcntl::openat2(root.as_fd(), path, how()) {
         return Ok(fd);
     }
-    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let split = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect()
+    };
+    let mut pending: std::collections::VecDeque<String> = split(path).into();
     let mut so_far = String::new();
-    for (i, comp) in comps.iter().enumerate() {
-        let parent = if so_far.is_empty() {
-            "/".to_string()
-        } else {
-            so_far.clone()
-        };
-        so_far.push('/');
-        so_far.push_str(comp);
-        match nix::fcntl::openat2(root.as_fd(), so_far.as_str(), how()) {
-            Ok(_) => continue,
+    let mut links = 0;
+    while let Some(comp) = pending.pop_front() {
+        let candidate = format!("{so_far}/{comp}");
+        match nix::fcntl::openat2(root.as_fd(), candidate.as_str(), how()) {
+            Ok(_) => {
+                so_far = candidate;
+                continue;
+            }
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(sys("resolve", path)(e)),
         }
+        let parent = if so_far.is_empty() {
+            "/"
+        } else {
+            so_far.as_str()
+        };
         let dir = nix::fcntl::openat2(
             root.as_fd(),
-            parent.as_str(),
+            parent,
             OpenHow::new()
                 .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY)
                 .resolve(in_root()),
         )
         .map_err(sys("open parent of", path))?;
-        let last = i + 1 == comps.len();
-        if last && file {
+        if let Ok(target) = nix::fcntl::readlinkat(dir.as_fd(), comp.as_str()) {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(sys("resolve", path)(Errno::ELOOP));
+            }
+            let target = target.to_string_lossy().into_owned();
+            if target.starts_with('/') {
+                so_far.clear();
+            }
+            for c in split(&target).into_iter().rev() {
+                pending.push_front(c);
+            }
+            continue;
+        }
+        if comp == ".." {
+            // Its parent exists (we just resolved it), so ".." cannot be missing.
+            return Err(sys("resolve", path)(Errno::ENOENT));
+        }
+        if pending.is_empty() && file {
             let f = nix::fcntl::openat(
                 dir.as_fd(),
-                *comp,
+                comp.as_str(),
                 OFlag::O_CREAT
                     | OFlag::O_EXCL
                     | OFlag::O_WRONLY
@@ -240,13 +271,52 @@ pub fn open_in_root(root: &impl AsFd, path: &str, file: bool) -> Result<OwnedFd,
                 Err(e) => return Err(sys("create file", path)(e)),
             }
         } else {
-            match nix::sys::stat::mkdirat(dir.as_fd(), *comp, Mode::from_bits_truncate(0o755)) {
+            match nix::sys::stat::mkdirat(
+                dir.as_fd(),
+                comp.as_str(),
+                Mode::from_bits_truncate(0o755),
+            ) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(sys("create dir", path)(e)),
             }
         }
+        so_far = candidate;
     }
-    nix::fcntl::openat2(root.as_fd(), path, how()).map_err(sys("resolve", path))
+    let last = if so_far.is_empty() {
+        "/"
+    } else {
+        so_far.as_str()
+    };
+    nix::fcntl::openat2(root.as_fd(), last, how()).map_err(sys("resolve", path))
+}
+
+/// Writes `data` to file `name` in directory `dir` of the root, replacing whatever is
+/// there (an image's symlink included) without following it.
+pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Result<(), MountError> {
+    use std::io::Write;
+    let rp = rootfs.display().to_string();
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("open rootfs", &rp))?;
+    let d = open_in_root(&root, dir, false)?;
+    let target = format!("{dir}/{name}");
+    match nix::unistd::unlinkat(&d, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(sys("replace", &target)(e)),
+    }
+    let f = nix::fcntl::openat(
+        &d,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(sys("create", &target))?;
+    std::fs::File::from(f)
+        .write_all(data)
+        .map_err(|e| sys("write", &target)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
 }
 
 fn fd_path(fd: &OwnedFd) -> String {
@@ -417,6 +487,19 @@ mod tests {
             open_in_root(&rfd, p, false).unwrap();
         }
         open_in_root(&rfd, "/rel/f", true).unwrap();
+        // Dangling links are followed inside the root and their targets created there.
+        std::os::unix::fs::symlink(outside.join("dangling"), root.join("dabs")).unwrap();
+        std::os::unix::fs::symlink("../../gone/deeper", root.join("drel")).unwrap();
+        open_in_root(&rfd, "/dabs/q", false).unwrap();
+        open_in_root(&rfd, "/drel", true).unwrap();
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("dangling/q")
+            .is_dir());
+        assert!(root.join("gone/deeper").is_file());
+        // A loop ends with ELOOP, not a hang.
+        std::os::unix::fs::symlink("/loop", root.join("loop")).unwrap();
+        assert!(open_in_root(&rfd, "/loop/x", false).is_err());
         assert_eq!(
             std::fs::read_dir(&outside).unwrap().count(),
             0,

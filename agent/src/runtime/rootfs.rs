@@ -40,6 +40,8 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
+    #[error("the image has a symlink or file at {0}, where a directory must be")]
+    NotADir(PathBuf),
     #[error(transparent)]
     UserMount(#[from] mounts::MountError),
     #[error(transparent)]
@@ -77,19 +79,17 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
     })
 }
 
-/// Replaces whatever is at `path` (an image may ship a symlink for /etc/resolv.conf) with
-/// a plain file holding `data`.
-fn put_file(path: &Path, data: &str) -> Result<(), RootfsError> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.is_dir() {
-            let _ = std::fs::remove_file(path);
+/// Makes sure `path` (a direct child of the rootfs) is a directory and not a symlink,
+/// which would send the kernel filesystems mounted on it, and the device nodes made in
+/// it, to wherever it points on the host (CVE-2019-19921's /proc variant).
+fn real_dir(path: &Path) -> Result<(), RootfsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            Err(RootfsError::NotADir(path.to_path_buf()))
         }
+        Ok(_) => Ok(()),
+        Err(_) => mkdir(path),
     }
-    std::fs::write(path, data).map_err(|source| RootfsError::Io {
-        step: "write",
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// The overlayfs mount options for `cfg`: lower layers are listed top-first, every path
@@ -215,12 +215,33 @@ fn prepare(
     )?;
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
+    // Identity files and user mounts first, while /proc, /dev and /sys are still plain
+    // directories of the image: a symlink pointing into them cannot reach the kernel's
+    // files. Both resolve inside the root (an image's /etc/hosts -> /host/file lands in
+    // the container), and the files are written in place, so no host path shows in the
+    // container's mountinfo.
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+        cfg.ip, cfg.hostname
+    );
+    // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
+    for (name, data) in [
+        ("hostname", format!("{}\n", cfg.hostname)),
+        ("hosts", hosts),
+        ("resolv.conf", String::new()),
+    ] {
+        mounts::write_in_root(&root, "/etc", name, data.as_bytes())?;
+    }
+    for m in &profile.mounts {
+        mounts::mount_in_root(&root, m)?;
+    }
+
     let proc_dir = root.join("proc");
-    mkdir(&proc_dir)?;
+    real_dir(&proc_dir)?;
     do_mount("proc", "proc", &proc_dir, "proc", nodev, None)?;
 
     let dev = root.join("dev");
-    mkdir(&dev)?;
+    real_dir(&dev)?;
     do_mount(
         "tmpfs /dev",
         "tmpfs",
@@ -285,7 +306,7 @@ fn prepare(
     }
 
     let sys = root.join("sys");
-    mkdir(&sys)?;
+    real_dir(&sys)?;
     do_mount(
         "sysfs",
         "sysfs",
@@ -295,34 +316,6 @@ fn prepare(
         None,
     )?;
 
-    for m in &profile.mounts {
-        mounts::mount_in_root(&root, m)?;
-    }
-    // The identity files live in the container directory and are bind-mounted, resolved
-    // inside the root: an image's /etc or /etc/hosts symlink cannot redirect the write
-    // to the host.
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-        cfg.ip, cfg.hostname
-    );
-    // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
-    for (name, data) in [
-        ("hostname", format!("{}\n", cfg.hostname)),
-        ("hosts", hosts),
-        ("resolv.conf", String::new()),
-    ] {
-        let host_file = dir.0.join(name);
-        put_file(&host_file, &data)?;
-        mounts::mount_in_root(
-            &root,
-            &mounts::Mount {
-                source: Some(host_file),
-                target: format!("/etc/{name}"),
-                readonly: false,
-                file: true,
-            },
-        )?;
-    }
     nix::unistd::sethostname(&cfg.hostname).map_err(|source| RootfsError::Sys {
         step: "sethostname",
         source,
