@@ -44,10 +44,12 @@ pub enum Forked {
     Child,
 }
 
-/// Forks the current process. Only sound in a single-threaded process (the shim).
+/// Forks the current process. Only sound in a single-threaded process (the shim, the
+/// exec helper).
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the only caller is the shim, a freshly exec'd process that never starts
-    // threads, so the child cannot inherit a lock held by another thread.
+    // SAFETY: the only callers are the shim and the `__exec` helper, freshly exec'd
+    // processes that never start threads, so the child cannot inherit a lock held by
+    // another thread.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { child }),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),

@@ -142,7 +142,7 @@ pub fn enter_and_exec(cfg: &ContainerConfig, dir: &ContainerDir) -> RootfsError 
         }
     };
     let err = match enter(cfg, dir) {
-        Ok(env) => exec(cfg, &env, || note("exec\n")).unwrap_err(),
+        Ok(env) => exec(&cfg.argv, &env, || note("exec\n")).unwrap_err(),
         Err(e) => e,
     };
     note(&format!("error: {err}\n"));
@@ -345,8 +345,10 @@ fn prepare(
     Ok(())
 }
 
-fn exec(
-    cfg: &ContainerConfig,
+/// Finds `argv[0]` in the container's PATH and execs it; `before` runs right before
+/// execve. Returns only on error.
+pub(crate) fn exec(
+    argv: &[String],
     env: &[String],
     before: impl FnOnce(),
 ) -> Result<std::convert::Infallible, RootfsError> {
@@ -355,12 +357,12 @@ fn exec(
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false)
     };
-    let path = spec::find_executable(&cfg.argv[0], env, is_exec)?;
+    let first = argv.first().map(String::as_str).unwrap_or_default();
+    let path = spec::find_executable(first, env, is_exec)?;
     let cstr =
         |s: &[u8]| CString::new(s).map_err(|_| RootfsError::Nul(String::from_utf8_lossy(s).into()));
     let prog = cstr(path.as_os_str().as_bytes())?;
-    let argv = cfg
-        .argv
+    let argv = argv
         .iter()
         .map(|a| cstr(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
