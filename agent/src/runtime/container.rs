@@ -302,6 +302,65 @@ impl Runtime {
     }
 }
 
+/// The limits of a task's resources (0 means unlimited there).
+pub fn limits_of(r: Option<&rctl_api::pb::Resources>) -> Limits {
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    match r {
+        None => Limits::default(),
+        Some(r) => Limits {
+            memory_bytes: nonzero(r.memory_bytes),
+            cpu_millis: (r.cpus.is_finite() && r.cpus > 0.0)
+                .then(|| ((r.cpus * 1000.0).round() as u64).max(1)),
+            cpu_shares: None,
+            pids: nonzero(r.pids),
+        },
+    }
+}
+
+/// A task's mounts as the runtime takes them.
+pub fn mounts_of(task: &rctl_api::pb::Task) -> Result<Vec<MountSpec>, MountError> {
+    task.mounts
+        .iter()
+        .map(|m| {
+            let kind = match m.kind.as_str() {
+                "bind" => mounts::MountKind::Bind,
+                "volume" => mounts::MountKind::Volume,
+                "tmpfs" => mounts::MountKind::Tmpfs,
+                other => return Err(MountError::Kind(other.to_string())),
+            };
+            let spec = MountSpec {
+                source: m.source.clone(),
+                target: m.target.clone(),
+                readonly: m.readonly,
+                kind,
+            };
+            mounts::validate(&spec)?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// What a task asks of its container, with `image` and `layers` from the pulled image.
+pub fn spec_of(
+    task: &rctl_api::pb::Task,
+    image: &RunConfig,
+    layers: Vec<PathBuf>,
+) -> Result<ContainerSpec, MountError> {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(ContainerSpec {
+        id: task.id.clone(),
+        layers,
+        image: image.clone(),
+        command: task.command.clone(),
+        env: task.env.clone(),
+        user: some(&task.user),
+        workdir: some(&task.workdir),
+        hostname: some(&task.hostname),
+        limits: limits_of(task.resources.as_ref()),
+        mounts: mounts_of(task)?,
+    })
+}
+
 async fn write_state(
     dir: &ContainerDir,
     cfg: &ContainerConfig,
@@ -330,6 +389,60 @@ async fn write_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rctl_api::pb;
+
+    #[test]
+    fn tasks_map_to_container_specs() {
+        let task = pb::Task {
+            id: "t1".into(),
+            user: "app:video".into(),
+            workdir: "/srv".into(),
+            resources: Some(pb::Resources {
+                cpus: 1.5,
+                memory_bytes: 64 << 20,
+                pids: 0,
+            }),
+            mounts: vec![
+                pb::Mount {
+                    source: "data".into(),
+                    target: "/data".into(),
+                    readonly: true,
+                    kind: "volume".into(),
+                },
+                pb::Mount {
+                    target: "/scratch".into(),
+                    kind: "tmpfs".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let s = spec_of(&task, &RunConfig::default(), vec![]).unwrap();
+        assert_eq!(s.user.as_deref(), Some("app:video"));
+        assert_eq!(s.workdir.as_deref(), Some("/srv"));
+        assert_eq!(s.hostname, None);
+        assert_eq!(
+            s.limits,
+            Limits {
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(1500),
+                cpu_shares: None,
+                pids: None
+            }
+        );
+        assert_eq!(s.mounts[0].kind, mounts::MountKind::Volume);
+        assert!(s.mounts[0].readonly);
+        assert_eq!(s.mounts[1].kind, mounts::MountKind::Tmpfs);
+        let mut bad = task.clone();
+        bad.mounts[0].kind = "nfs".into();
+        assert!(matches!(
+            spec_of(&bad, &RunConfig::default(), vec![]),
+            Err(MountError::Kind(_))
+        ));
+        bad.mounts[0].kind = "bind".into();
+        bad.mounts[0].source = "relative".into();
+        assert!(spec_of(&bad, &RunConfig::default(), vec![]).is_err());
+    }
 
     #[test]
     fn oom_exit_names_the_limit() {

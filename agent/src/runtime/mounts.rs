@@ -69,6 +69,8 @@ pub enum MountError {
         path: String,
         errno: Errno,
     },
+    #[error("unknown mount kind {0:?}: expected bind, volume or tmpfs")]
+    Kind(String),
     #[error("create volume {0}: {1}")]
     Volume(String, String),
 }
