@@ -30,6 +30,11 @@ async fn memory_hog_is_oom_killed_with_the_reason() {
         exit.reason(cg.memory_limit()).unwrap(),
         "OOMKilled: memory limit 32 MiB reached"
     );
+    // The same reason as the task actors read it from the container directory.
+    assert_eq!(
+        rctl_agent::runtime::container::oom_reason(&running.container().dir).as_deref(),
+        Some("OOMKilled: memory limit 32 MiB reached")
+    );
     running.delete().await;
     assert!(gone(&cg.dirs), "cgroup dirs left: {:?}", cg.dirs);
 }

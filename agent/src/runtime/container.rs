@@ -157,7 +157,6 @@ impl Runtime {
             return Err(ContainerError::Exists(spec.id.clone()));
         }
         let argv = spec::resolve_argv(&spec.command, &spec.image)?;
-        cgroups::validate(&spec.limits, cgroups::host_memory()?)?;
         let hostname = spec
             .hostname
             .clone()
@@ -186,15 +185,7 @@ impl Runtime {
             task_pb: String::new(),
             created_unix_ms: rctl_api::clock::now_unix_ms(),
         };
-        let user = spec
-            .user
-            .clone()
-            .or_else(|| spec.image.user.clone())
-            .unwrap_or_default();
-        let mut profile = Profile::docker_default(&user);
-        profile.mounts = mounts::resolve(&spec.mounts, &self.root)?;
-        let cgroup = Cgroup::create(&cgroups::host_layout()?, &spec.id, &spec.limits)?;
-        profile.cgroup = Some(cgroup.clone());
+        let (profile, cgroup) = self.profile(spec)?;
         let res = write_state(&dir, &cfg, &profile).await;
         if let Err(e) = res {
             cgroup.remove();
@@ -207,6 +198,48 @@ impl Runtime {
             limits: spec.limits,
             pid: None,
         })
+    }
+
+    /// The confinement profile of `spec`, its mounts resolved and its cgroup made.
+    fn profile(&self, spec: &ContainerSpec) -> Result<(Profile, Cgroup), ContainerError> {
+        let user = spec
+            .user
+            .clone()
+            .or_else(|| spec.image.user.clone())
+            .unwrap_or_default();
+        cgroups::validate(&spec.limits, cgroups::host_memory()?)?;
+        let mut profile = Profile::docker_default(&user);
+        profile.mounts = mounts::resolve(&spec.mounts, &self.root)?;
+        let cgroup = Cgroup::create(&cgroups::host_layout()?, &spec.id, &spec.limits)?;
+        profile.cgroup = Some(cgroup.clone());
+        Ok((profile, cgroup))
+    }
+
+    /// For callers that write the container's config themselves (the task actors, which
+    /// add networking): resolves `spec`'s mounts, makes its cgroup and writes
+    /// `profile.json` into `dir`, which the shim's child then applies. Undo with
+    /// [`release_cgroup`].
+    pub async fn write_profile(
+        &self,
+        dir: &ContainerDir,
+        spec: &ContainerSpec,
+    ) -> Result<Cgroup, ContainerError> {
+        let (profile, cgroup) = self.profile(spec)?;
+        let res = serde_json::to_vec_pretty(&profile)
+            .map_err(std::io::Error::other)
+            .map(|p| (p, dir.profile()));
+        let res = match res {
+            Ok((p, path)) => write_atomic(&path, &p).await,
+            Err(e) => Err(e),
+        };
+        res.map_err(|source| {
+            cgroup.remove();
+            ContainerError::State {
+                path: dir.profile(),
+                source,
+            }
+        })?;
+        Ok(cgroup)
     }
 
     /// Starts the container's shim and PID 1. A container that cannot start (bad user,
@@ -300,6 +333,29 @@ impl Runtime {
                 source,
             })
     }
+}
+
+/// Removes the cgroup recorded in `dir`'s profile, once the container's processes are
+/// gone (EBUSY otherwise; retry after the exit is recorded).
+pub fn release_cgroup(dir: &ContainerDir) -> Result<(), ContainerError> {
+    let Ok(Some(cg)) = dir.read_profile().map(|p| p.cgroup) else {
+        return Ok(());
+    };
+    match cg.remove().into_iter().next() {
+        None => Ok(()),
+        Some((path, source)) => Err(ContainerError::RemoveCgroup { path, source }),
+    }
+}
+
+/// Why the container of `dir` ended, for the task status: "OOMKilled: ..." when the
+/// kernel's OOM killer struck, else None.
+pub fn oom_reason(dir: &ContainerDir) -> Option<String> {
+    let cg = dir.read_profile().ok()?.cgroup?;
+    Exit {
+        code: 137,
+        oom_killed: cg.oom_killed(),
+    }
+    .reason(cg.memory_limit())
 }
 
 /// The limits of a task's resources (0 means unlimited there).
