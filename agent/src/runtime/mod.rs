@@ -39,8 +39,8 @@ pub enum RuntimeError {
     NoStart(String),
 }
 
-/// Namespaces every container gets. The shim enters them at exec; its child is the
-/// container's PID 1.
+/// Namespaces the shim enters at exec; its child is the container's PID 1. The child adds
+/// a cgroup namespace of its own once it has joined the container's cgroup (`rootfs`).
 pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWUTS)
     .union(CloneFlags::CLONE_NEWIPC)

@@ -157,14 +157,15 @@ fn enter(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<Vec<String>, Rootf
     })?;
     if let Some(cg) = &profile.cgroup {
         cg.join_self()?;
-        // After joining: the namespace's root is the container's own cgroup.
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|source| {
-            RootfsError::Sys {
-                step: "unshare cgroup namespace",
-                source,
-            }
-        })?;
     }
+    // After joining (so not among the shim's NAMESPACES): the namespace's root is the
+    // container's own cgroup.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|source| {
+        RootfsError::Sys {
+            step: "unshare cgroup namespace",
+            source,
+        }
+    })?;
     prepare(cfg, dir, &profile)?;
     confine::apply_paths(&profile)?;
     // The user is resolved after pivot_root: /etc/passwd is the container's, and any
