@@ -136,7 +136,7 @@ pub fn gz(files: &[(&str, &[u8])]) -> LayerBlob {
     }
 }
 
-fn put_blob(layout: &Path, data: &[u8]) -> serde_json::Value {
+pub fn put_blob(layout: &Path, data: &[u8]) -> serde_json::Value {
     let d = sha256(data);
     let dir = layout.join("blobs/sha256");
     std::fs::create_dir_all(&dir).unwrap();
