@@ -105,6 +105,8 @@ async fn stats_show_usage_and_limits() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let s = guard.container().stats();
+    let by_dir = rctl_agent::runtime::container::stats_of(&guard.container().dir).unwrap();
+    assert_eq!(by_dir.memory_limit, s.memory_limit);
     assert_eq!(s.memory_limit, Some(64 << 20));
     assert!(s.memory_bytes > 0 && s.memory_bytes < 64 << 20, "{s:?}");
     assert!(s.cpu_usage_ns > 0, "{s:?}");

@@ -358,6 +358,12 @@ pub fn oom_reason(dir: &ContainerDir) -> Option<String> {
     .reason(cg.memory_limit())
 }
 
+/// CPU, memory and pids of the container of `dir` now (for `rctl stats`); None when it
+/// has no cgroup.
+pub fn stats_of(dir: &ContainerDir) -> Option<cgroups::Stats> {
+    Some(dir.read_profile().ok()?.cgroup?.stats())
+}
+
 /// The limits of a task's resources (0 means unlimited there).
 pub fn limits_of(r: Option<&rctl_api::pb::Resources>) -> Limits {
     let nonzero = |v: u64| (v > 0).then_some(v);
