@@ -10,9 +10,11 @@ CARGO ?= cargo
 STATIC_DIR := /var/cache/rctl/static
 TESTSERVER := $(STATIC_DIR)/x86_64-unknown-linux-gnu/release/rctl-testserver
 CLUSTER := deploy/local/cluster
-# Debian packages the build, the local cluster and the tests need.
+# Debian packages the build, the local cluster and the tests need (gcc and libc6-dev build
+# the agent tests' static syscall probe, agent/tests/common/probe.c).
 DEB_PKGS := etcd-server etcd-client docker-registry busybox-static iproute2 iptables \
-	protobuf-compiler curl jq util-linux haproxy nginx wrk umoci skopeo
+	protobuf-compiler curl jq util-linux haproxy nginx wrk umoci skopeo \
+	gcc libc6-dev
 
 # The peers the benchmarks compare with (only `make bench` installs them).
 BENCH_PKGS := docker.io podman runc time

@@ -1,6 +1,7 @@
 //! `rctl-agent`: parses flags and runs the agent library; `rctl-agent __shim DIR` is the
-//! hidden per-container shim the agent starts for itself; `rctl-agent hollow ...` runs many
-//! simulated nodes for scale tests.
+//! hidden per-container shim the agent starts for itself; `rctl-agent __exec DIR REQUEST`
+//! the hidden helper that runs one process inside a running container;
+//! `rctl-agent hollow ...` runs many simulated nodes for scale tests.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -148,6 +149,15 @@ fn dispatch() -> anyhow::Result<()> {
     if argv.get(1).is_some_and(|a| a == "__shim") {
         let dir = argv.get(2).context("usage: rctl-agent __shim DIR")?;
         std::process::exit(rctl_agent::shim::main(std::path::Path::new(dir)));
+    }
+    if argv.get(1).is_some_and(|a| a == "__exec") {
+        let (Some(dir), Some(req)) = (argv.get(2), argv.get(3)) else {
+            anyhow::bail!("usage: rctl-agent __exec DIR REQUEST");
+        };
+        std::process::exit(rctl_agent::runtime::exec::main(
+            std::path::Path::new(dir),
+            std::path::Path::new(req),
+        ));
     }
     if argv.get(1).is_some_and(|a| a == "hollow") {
         let args = HollowArgs::parse_from(&argv[1..]);

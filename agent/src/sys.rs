@@ -44,10 +44,12 @@ pub enum Forked {
     Child,
 }
 
-/// Forks the current process. Only sound in a single-threaded process (the shim).
+/// Forks the current process. Only sound in a single-threaded process (the shim, the
+/// exec helper).
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the only caller is the shim, a freshly exec'd process that never starts
-    // threads, so the child cannot inherit a lock held by another thread.
+    // SAFETY: the only callers are the shim and the `__exec` helper, freshly exec'd
+    // processes that never start threads, so the child cannot inherit a lock held by
+    // another thread.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { child }),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
@@ -99,4 +101,24 @@ pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     }
     buf.truncate(rc as usize);
     Ok(buf)
+}
+
+/// Marks every fd from `first` up close-on-exec, so nothing the process inherited reaches
+/// the program it execs next.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on open fds; it
+    // touches no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -55,6 +55,9 @@ pub struct RunConfig {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// `uid`, `uid:gid`, `name` or `name:group` (resolved in the container's /etc/passwd).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,14 @@
 //! and signalling it. The shim itself lives in `crate::shim`; what happens inside the new
 //! namespaces before exec lives in `rootfs`.
 
+pub mod cgroups;
+pub mod confine;
+pub mod container;
+pub mod exec;
+pub mod mounts;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 pub mod spec;
 pub mod state;
 
@@ -32,8 +39,8 @@ pub enum RuntimeError {
     NoStart(String),
 }
 
-/// Namespaces every container gets. The shim enters them at exec; its child is the
-/// container's PID 1.
+/// Namespaces the shim enters at exec; its child is the container's PID 1. The child adds
+/// a cgroup namespace of its own once it has joined the container's cgroup (`rootfs`).
 pub const NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
     .union(CloneFlags::CLONE_NEWUTS)
     .union(CloneFlags::CLONE_NEWIPC)
@@ -49,6 +56,12 @@ pub struct Shim {
 impl Shim {
     /// Starts `/proc/self/exe __shim DIR` in fresh namespaces with output to the log.
     pub fn spawn(dir: &ContainerDir) -> Result<Self, RuntimeError> {
+        Self::spawn_exe(Path::new("/proc/self/exe"), dir)
+    }
+
+    /// Starts `EXE __shim DIR`, `EXE` being the agent binary (tests run it from a test
+    /// binary, whose own /proc/self/exe is not the agent).
+    pub fn spawn_exe(exe: &Path, dir: &ContainerDir) -> Result<Self, RuntimeError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,7 +74,7 @@ impl Shim {
             path: dir.log(),
             source,
         })?;
-        let mut cmd = std::process::Command::new("/proc/self/exe");
+        let mut cmd = std::process::Command::new(exe);
         cmd.arg("__shim")
             .arg(&dir.0)
             // stdin is the sync pipe: one byte means "go", EOF means "give up". The shim

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{mknod, Mode, SFlag};
 
-use super::spec;
+use super::security::Profile;
 use super::state::{ContainerConfig, ContainerDir};
+use super::{confine, mounts, security, spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -39,6 +40,20 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
+    #[error("the image has a symlink or file at {0}, where a directory must be")]
+    NotADir(PathBuf),
+    #[error(transparent)]
+    UserMount(#[from] mounts::MountError),
+    #[error(transparent)]
+    Cgroup(#[from] super::cgroups::CgroupError),
+    #[error(transparent)]
+    Confine(#[from] super::confine::ConfineError),
+    #[error("read {path}: {source}")]
+    Profile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn do_mount(
@@ -64,47 +79,108 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
     })
 }
 
-/// Replaces whatever is at `path` (an image may ship a symlink for /etc/resolv.conf) with
-/// a plain file holding `data`.
-fn put_file(path: &Path, data: &str) -> Result<(), RootfsError> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.is_dir() {
-            let _ = std::fs::remove_file(path);
+/// Makes sure `path` (a direct child of the rootfs) is a directory and not a symlink,
+/// which would send the kernel filesystems mounted on it, and the device nodes made in
+/// it, to wherever it points on the host (CVE-2019-19921's /proc variant).
+fn real_dir(path: &Path) -> Result<(), RootfsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            Err(RootfsError::NotADir(path.to_path_buf()))
         }
+        Ok(_) => Ok(()),
+        Err(_) => mkdir(path),
     }
-    std::fs::write(path, data).map_err(|source| RootfsError::Io {
-        step: "write",
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
-/// The overlayfs mount options for `cfg`: lower layers are listed top-first.
+/// The overlayfs mount options for `cfg`: lower layers are listed top-first, every path
+/// relative to the container directory (the mount is made from there). The kernel shows
+/// these strings in the container's /proc/self/mountinfo, so relative paths keep the
+/// host's directory layout out of it (as Docker's short `l/` links do).
 pub fn overlay_options(cfg: &ContainerConfig, dir: &ContainerDir) -> String {
     let lower: Vec<String> = cfg
         .layers
         .iter()
         .rev()
-        .map(|p| p.display().to_string())
+        .map(|p| relative_to(p, &dir.0).display().to_string())
         .collect();
-    format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        dir.upper().display(),
-        dir.work().display()
-    )
+    format!("lowerdir={},upperdir=upper,workdir=work", lower.join(":"),)
+}
+
+/// `path` relative to directory `base` (both absolute, already normalised).
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let p: Vec<_> = path.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// Builds the container's root, enters it and execs the command. Returns only on error.
+///
+/// The outcome goes to the container's start file (see [`ContainerDir::start`]) through
+/// an fd opened while the host's filesystem is still reachable: `exec` right before
+/// execve, or `error: WHY` when setup or execve fails.
 pub fn enter_and_exec(cfg: &ContainerConfig, dir: &ContainerDir) -> RootfsError {
-    match prepare(cfg, dir) {
-        Ok(()) => {}
-        Err(e) => return e,
-    }
-    exec(cfg).unwrap_err()
+    use std::io::Write;
+    let mut start = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.start())
+        .ok();
+    let mut note = |line: &str| {
+        if let Some(f) = start.as_mut() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    };
+    let err = match enter(cfg, dir) {
+        Ok(env) => exec(&cfg.argv, &env, || note("exec\n")).unwrap_err(),
+        Err(e) => e,
+    };
+    note(&format!("error: {err}\n"));
+    err
 }
 
-fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError> {
+/// Everything up to execve; returns the environment to exec with.
+fn enter(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<Vec<String>, RootfsError> {
+    let profile = dir.read_profile().map_err(|source| RootfsError::Profile {
+        path: dir.profile(),
+        source,
+    })?;
+    if let Some(cg) = &profile.cgroup {
+        cg.join_self()?;
+    }
+    // After joining (so not among the shim's NAMESPACES): the namespace's root is the
+    // container's own cgroup.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|source| {
+        RootfsError::Sys {
+            step: "unshare cgroup namespace",
+            source,
+        }
+    })?;
+    prepare(cfg, dir, &profile)?;
+    confine::apply_paths(&profile)?;
+    // The user is resolved after pivot_root: /etc/passwd is the container's, and any
+    // symlink in its path resolves inside the container's root.
+    let id = confine::identity(&profile)?;
+    let env = security::with_home(cfg.env.clone(), &id);
+    confine::apply_process(&profile, &id)?;
+    Ok(env)
+}
+
+fn prepare(
+    cfg: &ContainerConfig,
+    dir: &ContainerDir,
+    profile: &Profile,
+) -> Result<(), RootfsError> {
     // A mount namespace of our own: pivot_root moves the root of every process in the
     // namespace, and the shim must keep seeing the host's filesystem to write pid and exit.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|source| {
@@ -126,6 +202,10 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         source,
     })?;
     let root = dir.rootfs();
+    nix::unistd::chdir(&dir.0).map_err(|source| RootfsError::Sys {
+        step: "chdir container dir",
+        source,
+    })?;
     do_mount(
         "overlay",
         "overlay",
@@ -136,12 +216,33 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
     )?;
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
+    // Identity files and user mounts first, while /proc, /dev and /sys are still plain
+    // directories of the image: a symlink pointing into them cannot reach the kernel's
+    // files. Both resolve inside the root (an image's /etc/hosts -> /host/file lands in
+    // the container), and the files are written in place, so no host path shows in the
+    // container's mountinfo.
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+        cfg.ip, cfg.hostname
+    );
+    // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
+    for (name, data) in [
+        ("hostname", format!("{}\n", cfg.hostname)),
+        ("hosts", hosts),
+        ("resolv.conf", String::new()),
+    ] {
+        mounts::write_in_root(&root, "/etc", name, data.as_bytes())?;
+    }
+    for m in &profile.mounts {
+        mounts::mount_in_root(&root, m)?;
+    }
+
     let proc_dir = root.join("proc");
-    mkdir(&proc_dir)?;
+    real_dir(&proc_dir)?;
     do_mount("proc", "proc", &proc_dir, "proc", nodev, None)?;
 
     let dev = root.join("dev");
-    mkdir(&dev)?;
+    real_dir(&dev)?;
     do_mount(
         "tmpfs /dev",
         "tmpfs",
@@ -192,6 +293,9 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         nodev,
         Some("mode=1777,size=65536k"),
     )?;
+    let mqueue = dev.join("mqueue");
+    mkdir(&mqueue)?;
+    do_mount("mqueue", "mqueue", &mqueue, "mqueue", nodev, None)?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -203,7 +307,7 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
     }
 
     let sys = root.join("sys");
-    mkdir(&sys)?;
+    real_dir(&sys)?;
     do_mount(
         "sysfs",
         "sysfs",
@@ -213,18 +317,6 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         None,
     )?;
 
-    let etc = root.join("etc");
-    mkdir(&etc)?;
-    put_file(&etc.join("hostname"), &format!("{}\n", cfg.hostname))?;
-    put_file(
-        &etc.join("hosts"),
-        &format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-            cfg.ip, cfg.hostname
-        ),
-    )?;
-    // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
-    put_file(&etc.join("resolv.conf"), "")?;
     nix::unistd::sethostname(&cfg.hostname).map_err(|source| RootfsError::Sys {
         step: "sethostname",
         source,
@@ -248,33 +340,34 @@ fn prepare(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<(), RootfsError>
         step: "chdir /",
         source,
     })?;
-    if nix::unistd::chdir(cfg.workdir.as_str()).is_err() {
-        mkdir(Path::new(&cfg.workdir))?;
-        nix::unistd::chdir(cfg.workdir.as_str()).map_err(|source| RootfsError::Sys {
-            step: "chdir working dir",
-            source,
-        })?;
-    }
+    // CVE-2024-21626: resolved in the new root without magic links, so a working dir
+    // like /proc/self/fd/N cannot reach an fd that still points at the host.
+    mounts::chdir_in_root(&cfg.workdir)?;
     Ok(())
 }
 
-fn exec(cfg: &ContainerConfig) -> Result<std::convert::Infallible, RootfsError> {
+/// Finds `argv[0]` in the container's PATH and execs it; `before` runs right before
+/// execve. Returns only on error.
+pub(crate) fn exec(
+    argv: &[String],
+    env: &[String],
+    before: impl FnOnce(),
+) -> Result<std::convert::Infallible, RootfsError> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false)
     };
-    let path = spec::find_executable(&cfg.argv[0], &cfg.env, is_exec)?;
+    let first = argv.first().map(String::as_str).unwrap_or_default();
+    let path = spec::find_executable(first, env, is_exec)?;
     let cstr =
         |s: &[u8]| CString::new(s).map_err(|_| RootfsError::Nul(String::from_utf8_lossy(s).into()));
     let prog = cstr(path.as_os_str().as_bytes())?;
-    let argv = cfg
-        .argv
+    let argv = argv
         .iter()
         .map(|a| cstr(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    let env = cfg
-        .env
+    let env = env
         .iter()
         .map(|a| cstr(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
@@ -283,8 +376,26 @@ fn exec(cfg: &ContainerConfig) -> Result<std::convert::Infallible, RootfsError> 
         path: PathBuf::new(),
         source,
     })?;
+    before();
     nix::unistd::execve(&prog, &argv, &env).map_err(|source| RootfsError::Sys {
         step: "execve",
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_paths_are_relative_to_the_container_dir() {
+        let r = |p: &str, b: &str| relative_to(Path::new(p), Path::new(b));
+        assert_eq!(
+            r("/var/lib/rctl/layers/abc", "/var/lib/rctl/containers/c1"),
+            PathBuf::from("../../layers/abc")
+        );
+        assert_eq!(r("/a/b/c", "/a/b"), PathBuf::from("c"));
+        assert_eq!(r("/a", "/a"), PathBuf::from("."));
+        assert_eq!(r("/x/y", "/a/b"), PathBuf::from("../../x/y"));
+    }
 }

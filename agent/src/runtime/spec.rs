@@ -104,6 +104,7 @@ mod tests {
             entrypoint: Some(vec!["/entry".into()]),
             cmd: Some(vec!["arg".into()]),
             working_dir: None,
+            user: None,
         }
     }
 

@@ -115,6 +115,38 @@ impl ContainerDir {
     pub fn log(&self) -> PathBuf {
         self.0.join("log")
     }
+    /// How the container's processes are confined ([`super::security::Profile`]); absent
+    /// for containers created before profiles existed, which get Docker's defaults.
+    pub fn profile(&self) -> PathBuf {
+        self.0.join("profile.json")
+    }
+
+    pub fn read_profile(&self) -> io::Result<super::security::Profile> {
+        match std::fs::read(self.profile()) {
+            Ok(data) => serde_json::from_slice(&data).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Ok(super::security::Profile::docker_default(""))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Written by the container's PID 1 while it sets up: `exec` once only execve is
+    /// left, `error: WHY` if setup failed.
+    pub fn start(&self) -> PathBuf {
+        self.0.join("start")
+    }
+
+    /// What the start file says: Ok(true) once exec is reached, Ok(false) while setting up,
+    /// Err(why) on failure.
+    pub fn read_start(&self) -> Result<bool, String> {
+        let text = std::fs::read_to_string(self.start()).unwrap_or_default();
+        match text.lines().find_map(|l| l.strip_prefix("error: ")) {
+            Some(why) => Err(why.to_string()),
+            None => Ok(text.lines().any(|l| l == "exec")),
+        }
+    }
+
     pub fn pid(&self) -> PathBuf {
         self.0.join("pid")
     }

@@ -136,7 +136,7 @@ pub fn gz(files: &[(&str, &[u8])]) -> LayerBlob {
     }
 }
 
-fn put_blob(layout: &Path, data: &[u8]) -> serde_json::Value {
+pub fn put_blob(layout: &Path, data: &[u8]) -> serde_json::Value {
     let d = sha256(data);
     let dir = layout.join("blobs/sha256");
     std::fs::create_dir_all(&dir).unwrap();
@@ -433,4 +433,135 @@ pub fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
     h.set_gid(0);
     h.set_mtime(0);
     h
+}
+
+// === containers without a cluster ===
+
+use rctl_agent::runtime::container::{Container, ContainerSpec, Exit, Runtime};
+
+/// A busybox root filesystem as one layer directory: `/bin/busybox` with its applets
+/// symlinked where `--list-full` puts them, `/bin/probe` (common/probe.c, static), an /etc/passwd and /etc/group with root, an
+/// `app` user (1000) in `wheel` and `video`, and a world-writable /tmp.
+pub fn busybox_layer(dir: &Path) -> std::path::PathBuf {
+    let layer = dir.join("busybox-layer");
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "mnt", "home/app", "root",
+    ] {
+        std::fs::create_dir_all(layer.join(d)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(layer.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", layer.join("bin/busybox")).unwrap();
+    let list = run(Command::new("/bin/busybox").arg("--list-full"));
+    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty()) {
+        if applet == "bin/busybox" || applet.contains("..") {
+            continue;
+        }
+        let p = layer.join(applet);
+        if p.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink("/bin/busybox", &p).unwrap();
+        }
+    }
+    run(Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(layer.join("bin/probe"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/probe.c")));
+    std::fs::write(
+        layer.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        layer.join("etc/group"),
+        "root:x:0:\nwheel:x:10:app\napp:x:1000:\nvideo:x:44:app\n",
+    )
+    .unwrap();
+    layer
+}
+
+/// A runtime rooted in a temp dir, running containers from the busybox layer; the shim is
+/// the real `rctl-agent` binary.
+pub struct TestRuntime {
+    pub rt: Runtime,
+    pub layer: std::path::PathBuf,
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestRuntime {
+    pub fn new() -> TestRuntime {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer = busybox_layer(tmp.path());
+        let rt = Runtime::with_agent_exe(
+            tmp.path().join("root"),
+            env!("CARGO_BIN_EXE_rctl-agent").into(),
+        );
+        TestRuntime { rt, layer, tmp }
+    }
+
+    /// A spec running `sh -c SCRIPT` in the busybox image.
+    pub fn spec(&self, id: &str, script: &str) -> ContainerSpec {
+        ContainerSpec {
+            id: id.into(),
+            layers: vec![self.layer.clone()],
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts `spec`, waits for it and returns its exit, what it wrote to
+    /// /tmp/out inside, and the container (deleted by the caller's guard).
+    pub async fn run(&self, spec: &ContainerSpec) -> (Exit, String, Running<'_>) {
+        let c = self.rt.create(spec).await.expect("create");
+        let mut guard = Running {
+            rt: &self.rt,
+            c: Some(c),
+        };
+        let c = guard.c.as_mut().unwrap();
+        self.rt.start(c).await.expect("start");
+        let exit = self.rt.wait(c).await;
+        let mut out = std::fs::read_to_string(c.dir.upper().join("tmp/out")).unwrap_or_default();
+        if exit.code != 0 {
+            // For the failure message only: the log's format belongs to the shim.
+            let log = std::fs::read_to_string(c.dir.log()).unwrap_or_default();
+            out.push_str(&format!("\n--- container log ---\n{log}"));
+        }
+        (exit, out, guard)
+    }
+}
+
+/// Deletes its container when dropped (also when the test panics).
+pub struct Running<'a> {
+    pub rt: &'a Runtime,
+    pub c: Option<Container>,
+}
+
+impl Running<'_> {
+    pub fn container(&self) -> &Container {
+        self.c.as_ref().unwrap()
+    }
+
+    /// Deletes now and reports errors (the drop only tries).
+    pub async fn delete(mut self) {
+        if let Some(c) = self.c.take() {
+            self.rt.delete(&c).await.expect("delete container");
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.c.take() {
+            let rt = self.rt.clone();
+            // Drop may run inside the test's runtime: delete on a thread of its own.
+            std::thread::spawn(move || {
+                let r = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _ = r.block_on(rt.delete(&c));
+            })
+            .join()
+            .ok();
+        }
+    }
 }

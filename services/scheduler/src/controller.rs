@@ -178,6 +178,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                     resources: spec.resources,
                     slot,
                     health: spec.health,
+                    ..Default::default()
                 };
                 pending.push(Pending {
                     task,
