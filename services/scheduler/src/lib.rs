@@ -19,6 +19,8 @@ pub mod grpc;
 pub mod leader;
 pub mod placement;
 pub mod reconcile;
+pub mod revisions;
+pub mod rollout;
 pub mod spec;
 pub mod store;
 
