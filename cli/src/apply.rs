@@ -32,7 +32,8 @@ pub async fn run(
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     println!("service {name} {} (revision {rev})", resp.outcome);
     if wait {
-        crate::wait::services(conn, &[name], timeout).await?;
+        // Exit 3 if the scheduler rolls this revision back by itself.
+        crate::wait::services_from(conn, &[name], &[rev], timeout).await?;
     }
     Ok(())
 }

@@ -209,6 +209,12 @@ pub enum NodeCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
+    /// Where the service's latest change stands: rolling, done or rolled_back (and why).
+    Status {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
     /// The kept revisions of a service (newest 10), with who made each and why.
     History {
         name: String,
@@ -296,6 +302,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             message,
         } => apply::run(&mut conn, &file, wait, timeout, message).await,
         Command::Rollout { command } => match command {
+            RolloutCommand::Status { name, output } => {
+                rollout::status(&mut conn, &name, output).await
+            }
             RolloutCommand::History { name, output } => {
                 rollout::history(&mut conn, &name, output).await
             }

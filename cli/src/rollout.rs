@@ -1,9 +1,13 @@
-//! `rctl rollout history NAME` and `rctl rollback NAME [--to N]`: a service's kept
-//! revisions, and going back to one of them through the ordinary (surge-first) update path.
+//! `rctl rollout history NAME`, `rctl rollout status NAME` and `rctl rollback NAME [--to N]`:
+//! a service's kept revisions, where its latest change stands, and going back to an earlier
+//! revision through the ordinary (surge-first) update path.
 
 use std::time::Duration;
 
-use rctl_api::pb::{Revision, RevisionHistoryRequest, RollbackRequest};
+use rctl_api::pb::{
+    InspectServiceRequest, InspectServiceResponse, Revision, RevisionHistoryRequest,
+    RollbackRequest,
+};
 use serde::Serialize;
 
 use crate::client::Conn;
@@ -34,6 +38,98 @@ pub fn revision_json(r: &Revision, current: u64) -> RevisionJson {
     }
 }
 
+/// `rollout status -o json` (PRODUCT.md's field names).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StatusJson {
+    pub service: String,
+    pub revision: u64,
+    /// "rolling", "done" or "rolled_back".
+    pub state: &'static str,
+    /// The canary step (index into `canary.steps`); null outside a canary.
+    pub step: Option<u32>,
+    pub weights: Vec<WeightJson>,
+    pub started: String,
+    pub finished: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WeightJson {
+    pub revision: u64,
+    pub weight: u32,
+}
+
+/// Where the service's latest revision stands: rolling while tasks of another revision or
+/// not yet healthy ones remain; rolled back when the scheduler made it by going back.
+pub fn status_json(resp: &InspectServiceResponse) -> StatusJson {
+    let svc = resp.service.clone().unwrap_or_default();
+    let cause = svc.cause.clone().unwrap_or_default();
+    let progress = crate::wait::progress(resp);
+    let state = match (cause.automatic, progress.done()) {
+        (true, _) => "rolled_back",
+        (false, true) => "done",
+        (false, false) => "rolling",
+    };
+    // Done when the last task of the revision came up.
+    let finished = resp
+        .tasks
+        .iter()
+        .filter(|v| v.task.as_ref().is_some_and(|t| t.revision == svc.revision))
+        .filter_map(|v| v.status.as_ref().map(|s| s.started_unix_ms))
+        .max()
+        .filter(|_| progress.done())
+        .unwrap_or(0);
+    StatusJson {
+        service: svc
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        revision: svc.revision,
+        state,
+        step: None,
+        weights: svc
+            .traffic
+            .map(|t| {
+                t.weights
+                    .into_iter()
+                    .map(|w| WeightJson {
+                        revision: w.revision,
+                        weight: w.weight,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        started: rfc3339(cause.unix_ms),
+        finished: rfc3339(finished),
+        reason: if cause.automatic {
+            cause.why
+        } else {
+            String::new()
+        },
+    }
+}
+
+pub async fn status(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
+    let resp = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let s = status_json(&resp);
+    match format {
+        Format::Json => print_json(&s),
+        Format::Table => {
+            println!("{}: revision {} {}", s.service, s.revision, s.state);
+            if !s.reason.is_empty() {
+                println!("reason: {}", s.reason);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Who the CLI says makes a change; a client certificate's CN overrides it on the server.
 pub fn who() -> String {
     std::env::var("USER").unwrap_or_default()
@@ -42,7 +138,7 @@ pub fn who() -> String {
 pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
     let svc = conn
         .client
-        .inspect_service(rctl_api::pb::InspectServiceRequest { name: name.into() })
+        .inspect_service(InspectServiceRequest { name: name.into() })
         .await
         .map_err(|s| conn.err(s))?
         .into_inner()
@@ -109,7 +205,7 @@ pub async fn rollback(
         resp.from_revision
     );
     if wait {
-        crate::wait::services(conn, &[name.to_string()], timeout).await?;
+        crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
     }
     Ok(())
 }
@@ -132,6 +228,7 @@ mod tests {
                 who: "ann".into(),
                 why: "image: web:1 → web:2".into(),
                 unix_ms: 1_700_000_000_000,
+                automatic: false,
             }),
         };
         let j = revision_json(&r, 2);
@@ -147,5 +244,66 @@ mod tests {
             }
         );
         assert!(!revision_json(&r, 3).current);
+    }
+
+    #[test]
+    fn status_says_rolling_done_or_rolled_back() {
+        use rctl_api::pb::{DesiredState, Service, Task, TaskState, TaskStatus, TaskView};
+        let view = |rev: u64, state: TaskState, started: i64| {
+            let mut t = Task {
+                id: format!("t{rev}{started}"),
+                revision: rev,
+                ..Default::default()
+            };
+            t.set_desired_state(DesiredState::Running);
+            let mut s = TaskStatus {
+                started_unix_ms: started,
+                ..Default::default()
+            };
+            s.set_state(state);
+            TaskView {
+                task: Some(t),
+                status: Some(s),
+            }
+        };
+        let mut resp = InspectServiceResponse {
+            service: Some(Service {
+                spec: Some(ServiceSpec {
+                    name: "web".into(),
+                    replicas: 2,
+                    ..Default::default()
+                }),
+                revision: 2,
+                cause: Some(RevisionCause {
+                    unix_ms: 1_700_000_000_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            tasks: vec![
+                view(1, TaskState::Running, 1),
+                view(2, TaskState::Running, 1_700_000_001_000),
+            ],
+            unplaced: String::new(),
+        };
+        let s = status_json(&resp);
+        assert_eq!((s.state, s.finished.as_str()), ("rolling", ""));
+        assert_eq!(s.started, "2023-11-14T22:13:20Z");
+        resp.tasks[0] = view(2, TaskState::Running, 1_700_000_002_000);
+        let s = status_json(&resp);
+        assert_eq!(
+            (s.state, s.finished.as_str()),
+            ("done", "2023-11-14T22:13:22Z")
+        );
+        let svc = resp.service.as_mut().unwrap();
+        svc.cause = Some(RevisionCause {
+            why: "automatic rollback to revision 1: ...".into(),
+            automatic: true,
+            ..Default::default()
+        });
+        let s = status_json(&resp);
+        assert_eq!(s.state, "rolled_back");
+        assert_eq!(s.reason, "automatic rollback to revision 1: ...");
+        assert_eq!(s.step, None);
     }
 }

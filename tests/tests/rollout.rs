@@ -114,6 +114,10 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
         &seen.failures[..seen.failures.len().min(10)],
         c.logs()
     );
+    eprintln!(
+        "rolling update under load: {} requests, all answered 200",
+        seen.versions.len()
+    );
     let first_v2 = seen
         .versions
         .iter()
@@ -182,5 +186,88 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
             "{args:?}"
         );
     }
+    c.down_leaving_nothing();
+}
+
+/// Healthy running tasks of `web` now, from `rctl ps -o json` run as a user would.
+fn healthy_now(rctl: &std::path::Path, addr: &str) -> Option<usize> {
+    let out = std::process::Command::new(rctl)
+        .args(["ps", "--service", "web", "-o", "json"])
+        .env("RCTL_ADDR", addr)
+        .env("RCTL_INSECURE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .ok()?;
+    let tasks: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        tasks
+            .iter()
+            .filter(|t| t["state"] == "running" && t["health"] == "healthy")
+            .count(),
+    )
+}
+
+#[test]
+fn a_revision_that_never_turns_healthy_is_rolled_back_by_itself() {
+    let c = Cluster::start(2);
+    let file = |v: &str| {
+        let toml = web(&c, 3, v).replace("max_unavailable = 0", "max_unavailable = 1");
+        c.service_file("web.toml", &toml)
+    };
+    c.apply_and_wait(&file("v1"));
+
+    // Sample the healthy count the whole time (bounded: at most 600 samples).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (rctl, addr, stop) = (c.bin().join("rctl"), c.addr(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) && samples.len() < 600 {
+                if let Some(n) = healthy_now(&rctl, &addr) {
+                    samples.push(n);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        })
+    };
+    let broken = file("broken");
+    let out = c.rctl(&[
+        "apply",
+        "-f",
+        broken.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}\n{}", c.logs());
+    assert!(
+        err.contains("automatic rollback to revision 1: revision 2 never became healthy"),
+        "{err}"
+    );
+    let images = images_running(&c);
+    assert_eq!(images.len(), 3, "{images:?}");
+    assert!(images.iter().all(|i| i.ends_with(":v1")), "{images:?}");
+    let h = history(&c);
+    assert_eq!(h.len(), 3, "{h:#?}");
+    assert_eq!(h[2]["who"], "rctl-scheduler");
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert_eq!(status["revision"], 3);
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("revision 2 never became healthy"),
+        "{status}"
+    );
+    assert!(h[2]["image"].as_str().unwrap().ends_with(":v1"));
+    // replicas 3 - max_unavailable 1: never fewer than 2 healthy.
+    assert!(samples.len() >= 3, "sampled while it ran: {samples:?}");
+    assert!(samples.iter().all(|n| *n >= 2), "{samples:?}");
     c.down_leaving_nothing();
 }

@@ -175,6 +175,7 @@ impl Api {
                 };
                 self.store
                     .put_service_revision_if(
+                        None,
                         &svc,
                         loaded.mod_revision(&key),
                         record.as_ref(),

@@ -142,6 +142,7 @@ pub fn record(spec: &ServiceSpec, revision: u64, who: &str, why: &str, now_ms: i
             who: who.into(),
             why: why.into(),
             unix_ms: now_ms,
+            automatic: false,
         }),
     }
 }

@@ -6,7 +6,72 @@
 
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
-use rctl_api::pb::{CanarySpec, LbStats, RevisionStats, RevisionWeight, TrafficSplit};
+use std::collections::HashMap;
+
+use rctl_api::pb::{
+    CanarySpec, DesiredState, LbStats, RevisionStats, RevisionWeight, Service, Task, TaskState,
+    TaskStatus, TrafficSplit,
+};
+
+/// Failed tasks of a new revision after which a rolling update gives up and goes back.
+pub const MAX_FAILED_STARTS: usize = 3;
+/// Who automatic rollbacks are recorded as.
+pub const SCHEDULER: &str = "rctl-scheduler";
+
+/// A rolling update to return from: the revision still running in old tasks, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    pub back_to: u64,
+    pub reason: String,
+}
+
+/// Whether `svc`'s current revision never turns healthy while an update to it runs: at
+/// least [`MAX_FAILED_STARTS`] of its tasks (active or retired) failed, and old-revision
+/// tasks are still active to return to. `tasks` are the service's.
+pub fn stalled(
+    svc: &Service,
+    tasks: &[&Task],
+    statuses: &HashMap<String, TaskStatus>,
+) -> Option<Stalled> {
+    let back_to = tasks
+        .iter()
+        .filter(|t| t.desired_state() == DesiredState::Running && t.revision < svc.revision)
+        .filter(|t| {
+            statuses
+                .get(&t.id)
+                .is_some_and(|s| s.state() == TaskState::Running)
+        })
+        .map(|t| t.revision)
+        .max()?;
+    let failed: Vec<&TaskStatus> = tasks
+        .iter()
+        .filter(|t| t.revision == svc.revision)
+        .filter_map(|t| statuses.get(&t.id))
+        .filter(|s| s.state() == TaskState::Failed)
+        .collect();
+    if failed.len() < MAX_FAILED_STARTS {
+        return None;
+    }
+    let last = failed
+        .iter()
+        .max_by_key(|s| s.finished_unix_ms)
+        .map(|s| {
+            if s.message.is_empty() {
+                format!("exit code {}", s.exit_code)
+            } else {
+                s.message.clone()
+            }
+        })
+        .unwrap_or_default();
+    Some(Stalled {
+        back_to,
+        reason: format!(
+            "revision {} never became healthy: {} tasks failed (last: {last})",
+            svc.revision,
+            failed.len()
+        ),
+    })
+}
 
 /// Below this stable p99 the latency rule compares against the floor instead: on a quiet
 /// loopback a p99 of 300 µs vs 500 µs is noise, not a regression.
@@ -287,6 +352,72 @@ mod tests {
             histogram: hist(samples),
             ..Default::default()
         }
+    }
+
+    fn task(id: &str, revision: u64, desired: DesiredState) -> Task {
+        let mut t = Task {
+            id: id.into(),
+            service: "web".into(),
+            revision,
+            ..Default::default()
+        };
+        t.set_desired_state(desired);
+        t
+    }
+
+    fn st(id: &str, state: TaskState, finished: i64, message: &str) -> (String, TaskStatus) {
+        let mut s = TaskStatus {
+            task_id: id.into(),
+            finished_unix_ms: finished,
+            message: message.into(),
+            exit_code: 1,
+            ..Default::default()
+        };
+        s.set_state(state);
+        (id.into(), s)
+    }
+
+    #[test]
+    fn an_update_whose_tasks_keep_failing_goes_back_to_the_running_revision() {
+        let svc = Service {
+            revision: 3,
+            ..Default::default()
+        };
+        let tasks = [
+            task("old1", 2, DesiredState::Running),
+            task("old2", 2, DesiredState::Running),
+            task("n1", 3, DesiredState::Shutdown),
+            task("n2", 3, DesiredState::Shutdown),
+            task("n3", 3, DesiredState::Running),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let mut statuses: HashMap<String, TaskStatus> = [
+            st("old1", TaskState::Running, 0, ""),
+            st("old2", TaskState::Running, 0, ""),
+            st("n1", TaskState::Failed, 10, ""),
+            st("n2", TaskState::Failed, 20, "exec: no such file"),
+        ]
+        .into();
+        assert_eq!(
+            stalled(&svc, &refs, &statuses),
+            None,
+            "two failures: keep trying"
+        );
+        statuses.extend([st("n3", TaskState::Failed, 15, "")]);
+        assert_eq!(
+            stalled(&svc, &refs, &statuses),
+            Some(Stalled {
+                back_to: 2,
+                reason:
+                    "revision 3 never became healthy: 3 tasks failed (last: exec: no such file)"
+                        .into()
+            })
+        );
+        // Nothing old left running: nothing to return to (restarts go on as usual).
+        for id in ["old1", "old2"] {
+            statuses.insert(id.into(), st(id, TaskState::Exited, 0, "").1);
+        }
+        assert_eq!(stalled(&svc, &refs, &statuses), None);
     }
 
     fn canary() -> CanarySpec {

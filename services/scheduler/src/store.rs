@@ -257,8 +257,10 @@ impl Store {
     /// Writes `svc` if its key is still at `expect_mod_rev` (0: must not exist), together
     /// with the record of its new revision (if any) and the removal of the records `prune`
     /// pushes out of the history: one transaction, so history never disagrees with the service.
+    /// The controller's writes pass `leader` to fence them.
     pub async fn put_service_revision_if(
         &self,
+        leader: Option<&LeaderKey>,
         svc: &Service,
         expect_mod_rev: i64,
         record: Option<&Revision>,
@@ -288,7 +290,10 @@ impl Store {
                 expect_mod_rev,
             )])
             .and_then(ops);
-        self.commit(txn, "put service", &key).await
+        match leader {
+            Some(leader) => self.commit_fenced(leader, txn, "put service", &key).await,
+            None => self.commit(txn, "put service", &key).await,
+        }
     }
 
     /// The kept revisions of `service`, oldest first.
