@@ -209,6 +209,21 @@ pub enum NodeCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
+    /// Roll the service out to another image (surge-first per [update]); exit 3 if rctl
+    /// rolls it back by itself because the new revision never turns healthy.
+    Start {
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// Why, recorded with the new revision (default: "image: OLD → NEW").
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Block until every task runs the new revision, healthy (or it is rolled back).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: Duration,
+    },
     /// Where the service's latest change stands: rolling, done or rolled_back (and why).
     Status {
         name: String,
@@ -302,6 +317,13 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             message,
         } => apply::run(&mut conn, &file, wait, timeout, message).await,
         Command::Rollout { command } => match command {
+            RolloutCommand::Start {
+                name,
+                image,
+                message,
+                wait,
+                timeout,
+            } => rollout::start(&mut conn, &name, &image, message, wait, timeout).await,
             RolloutCommand::Status { name, output } => {
                 rollout::status(&mut conn, &name, output).await
             }

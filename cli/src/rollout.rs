@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rctl_api::pb::{
-    InspectServiceRequest, InspectServiceResponse, Revision, RevisionHistoryRequest,
+    ApplyRequest, InspectServiceRequest, InspectServiceResponse, Revision, RevisionHistoryRequest,
     RollbackRequest,
 };
 use serde::Serialize;
@@ -175,6 +175,51 @@ pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
                 })
                 .collect::<Vec<_>>(),
         ),
+    }
+    Ok(())
+}
+
+/// `rollout start NAME --image IMG`: the service's current spec with another image, written
+/// like `apply` (a new revision, rolled surge-first per `[update]`).
+pub async fn start(
+    conn: &mut Conn,
+    name: &str,
+    image: &str,
+    message: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let svc = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let mut spec = svc.spec.unwrap_or_default();
+    if spec.image == image {
+        return Err(CliError::Usage(format!(
+            "service {name:?} already runs {image} (revision {}); nothing to roll out",
+            svc.revision
+        )));
+    }
+    spec.image = image.to_string();
+    let req = ApplyRequest {
+        spec: Some(spec),
+        who: who(),
+        message: message.unwrap_or_default(),
+    };
+    let resp = conn
+        .write(|mut c| {
+            let req = req.clone();
+            async move { c.apply(req).await }
+        })
+        .await?;
+    let rev = resp.service.map(|s| s.revision).unwrap_or(0);
+    println!("service {name} rolling out {image} (revision {rev})");
+    if wait {
+        crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
     }
     Ok(())
 }

@@ -161,21 +161,56 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     assert_eq!(h[2]["current"], true);
     assert!(h[2]["image"].as_str().unwrap().ends_with(":v1"));
 
+    // `rollout start --image`: the same path for an image change without a file.
+    let v2_image = format!("{}/rctl/testserver:v2", c.registry());
+    c.rctl_ok(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &v2_image,
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    let images = images_running(&c);
+    assert!(
+        images.len() == 4 && images.iter().all(|i| *i == v2_image),
+        "{images:?}"
+    );
+    let h = history(&c);
+    assert_eq!(h.len(), 4, "{h:#?}");
+    assert!(
+        h[3]["why"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("→ {v2_image}")),
+        "{h:#?}"
+    );
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["revision"], 4, "{status}");
+
     // Bad input: one line, exit 2, nothing changed.
     let out = c.rctl(&["rollback", "web", "--to", "99"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.trim()
-            == "error: service \"web\" has no revision 99 in its history (kept: 1, 2, 3; see: rctl rollout history web)",
+            == "error: service \"web\" has no revision 99 in its history (kept: 1, 2, 3, 4; see: rctl rollout history web)",
         "{err}"
     );
-    let out = c.rctl(&["rollback", "web", "--to", "3"]);
+    let out = c.rctl(&["rollback", "web", "--to", "4"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert_eq!(history(&c).len(), 3, "refused rollbacks make no revision");
+    let out = c.rctl(&["rollout", "start", "web", "--image", &v2_image]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(history(&c).len(), 4, "refused changes make no revision");
     for args in [
         &["rollback", "nope"][..],
         &["rollout", "history", "nope"][..],
+        &["rollout", "status", "nope"][..],
+        &["rollout", "start", "nope", "--image", "x:1"][..],
     ] {
         let out = c.rctl(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
