@@ -25,6 +25,7 @@ pub async fn run(
                 spec: Some(spec),
                 who: crate::rollout::who(),
                 message: message.clone().unwrap_or_default(),
+                exclusive: false,
             };
             async move { c.apply(req).await }
         })

@@ -209,6 +209,8 @@ pub async fn start(
         spec: Some(spec),
         who: who(),
         message: message.unwrap_or_default(),
+        // A second rollout while one runs is refused, naming the running revision.
+        exclusive: true,
     };
     let resp = conn
         .write(|mut c| {

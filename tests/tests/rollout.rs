@@ -64,6 +64,15 @@ fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Seen
     })
 }
 
+/// Waits (90 s at most) until `rollout status` says done.
+fn wait_done(c: &Cluster) {
+    c.eventually(WAIT, "the rollout to finish", || {
+        let s: Value =
+            serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).ok()?;
+        (s["state"] == "done").then_some(())
+    });
+}
+
 fn history(c: &Cluster) -> Vec<Value> {
     serde_json::from_str(&c.rctl_ok(&["rollout", "history", "web", "-o", "json"]))
         .expect("history -o json is JSON")
@@ -161,18 +170,18 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     assert_eq!(h[2]["current"], true);
     assert!(h[2]["image"].as_str().unwrap().ends_with(":v1"));
 
-    // `rollout start --image`: the same path for an image change without a file.
+    // `rollout start --image`: the same path for an image change without a file; a second
+    // one while it runs is refused with the running revision, and changes nothing.
     let v2_image = format!("{}/rctl/testserver:v2", c.registry());
-    c.rctl_ok(&[
-        "rollout",
-        "start",
-        "web",
-        "--image",
-        &v2_image,
-        "--wait",
-        "--timeout",
-        "90s",
-    ]);
+    let v1_image = format!("{}/rctl/testserver:v1", c.registry());
+    c.rctl_ok(&["rollout", "start", "web", "--image", &v2_image]);
+    let out = c.rctl(&["rollout", "start", "web", "--image", &v1_image]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: revision 4 of \"web\" is still rolling out; wait for it (rctl rollout status web) or change it with apply"
+    );
+    wait_done(&c);
     let images = images_running(&c);
     assert!(
         images.len() == 4 && images.iter().all(|i| *i == v2_image),

@@ -119,11 +119,25 @@ impl Api {
         spec: ServiceSpec,
         who: &str,
         message: &str,
+        exclusive: bool,
     ) -> Result<ApplyResponse, ApiError> {
         validate(&spec)?;
         self.require_leader().await?;
         retrying(|| async {
             let loaded = self.store.load().await?;
+            if let (true, Some(old)) = (exclusive, loaded.service(&spec.name)) {
+                let tasks: Vec<&Task> = loaded
+                    .tasks
+                    .iter()
+                    .filter(|t| t.service == spec.name)
+                    .collect();
+                if crate::rollout::rolling(old, &tasks, &loaded.statuses) {
+                    return Err(ApiError::RolloutRunning {
+                        service: spec.name.clone(),
+                        revision: old.revision,
+                    });
+                }
+            }
             let history = self.store.revisions(&spec.name).await?;
             let key = rctl_api::keys::service(&spec.name);
             let now = rctl_api::clock::now_unix_ms();
@@ -258,7 +272,7 @@ impl Api {
         } else {
             r.message.clone()
         };
-        let applied = self.apply(spec, who, &message).await?;
+        let applied = self.apply(spec, who, &message, false).await?;
         Ok(RollbackResponse {
             service: applied.service,
             from_revision: from,
@@ -450,7 +464,9 @@ impl Scheduler for Api {
             let spec = r
                 .spec
                 .ok_or_else(|| Status::invalid_argument("apply: missing spec"))?;
-            Ok(Response::new(self.apply(spec, &who, &r.message).await?))
+            Ok(Response::new(
+                self.apply(spec, &who, &r.message, r.exclusive).await?,
+            ))
         }
         .instrument(span)
         .await

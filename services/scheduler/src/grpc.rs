@@ -16,6 +16,8 @@ pub enum ApiError {
     Invalid(#[from] SpecError),
     #[error(transparent)]
     Revision(#[from] RevisionError),
+    #[error("revision {revision} of {service:?} is still rolling out; wait for it (rctl rollout status {service}) or change it with apply")]
+    RolloutRunning { service: String, revision: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -38,6 +40,7 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
+            ApiError::RolloutRunning { .. } => Status::failed_precondition(e.to_string()),
             ApiError::NotLeader(Some(addr)) => {
                 let mut s = Status::failed_precondition(e.to_string());
                 if let Ok(v) = addr.parse() {

@@ -25,6 +25,26 @@ pub struct Stalled {
     pub reason: String,
 }
 
+/// Whether `svc`'s current revision is still rolling out: an active task of another revision
+/// remains, or fewer than `replicas` of its own run healthy. `tasks` are the service's.
+pub fn rolling(svc: &Service, tasks: &[&Task], statuses: &HashMap<String, TaskStatus>) -> bool {
+    let want = svc.spec.as_ref().map(|s| s.replicas).unwrap_or(0) as usize;
+    let active: Vec<&&Task> = tasks
+        .iter()
+        .filter(|t| t.desired_state() == DesiredState::Running)
+        .collect();
+    let ready = active
+        .iter()
+        .filter(|t| t.revision == svc.revision)
+        .filter(|t| {
+            statuses.get(&t.id).is_some_and(|s| {
+                s.state() == TaskState::Running && (t.container_port == 0 || s.health == "healthy")
+            })
+        })
+        .count();
+    active.iter().any(|t| t.revision != svc.revision) || ready < want
+}
+
 /// Whether `svc`'s current revision never turns healthy while an update to it runs: at
 /// least [`MAX_FAILED_STARTS`] of its tasks (active or retired) failed, and old-revision
 /// tasks are still active to return to. `tasks` are the service's.
@@ -418,6 +438,41 @@ mod tests {
             statuses.insert(id.into(), st(id, TaskState::Exited, 0, "").1);
         }
         assert_eq!(stalled(&svc, &refs, &statuses), None);
+    }
+
+    #[test]
+    fn a_revision_rolls_until_all_its_tasks_are_healthy_and_no_other_is_left() {
+        let svc = Service {
+            spec: Some(rctl_api::pb::ServiceSpec {
+                replicas: 2,
+                ..Default::default()
+            }),
+            revision: 2,
+            ..Default::default()
+        };
+        let tasks = [
+            task("old", 1, DesiredState::Running),
+            task("n1", 2, DesiredState::Running),
+            task("n2", 2, DesiredState::Running),
+            task("gone", 1, DesiredState::Shutdown),
+        ];
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let mut statuses: HashMap<String, TaskStatus> = [
+            st("old", TaskState::Running, 0, ""),
+            st("n1", TaskState::Running, 0, ""),
+            st("n2", TaskState::Starting, 0, ""),
+        ]
+        .into();
+        assert!(rolling(&svc, &refs, &statuses));
+        statuses.insert("n2".into(), st("n2", TaskState::Running, 0, "").1);
+        assert!(
+            rolling(&svc, &refs, &statuses),
+            "an old task is still active"
+        );
+        assert!(
+            !rolling(&svc, &refs[1..], &statuses),
+            "retired ones do not count"
+        );
     }
 
     fn canary() -> CanarySpec {
