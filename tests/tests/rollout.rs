@@ -315,3 +315,15 @@ fn a_revision_that_never_turns_healthy_is_rolled_back_by_itself() {
     assert!(samples.iter().all(|n| *n >= 2), "{samples:?}");
     c.down_leaving_nothing();
 }
+
+#[test]
+fn over_mutual_tls_the_revision_is_made_by_the_certificates_name() {
+    let c = Cluster::start_tls(1);
+    let v1 = c.service_file("web.toml", &web(&c, 1, "v1"));
+    c.apply_and_wait(&v1);
+    let h = history(&c);
+    assert_eq!(h.len(), 1, "{h:#?}");
+    // The harness's client certificate is issued to "client"; $USER does not count.
+    assert_eq!(h[0]["who"], "client", "{h:#?}");
+    c.down_leaving_nothing();
+}
