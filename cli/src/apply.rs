@@ -1,4 +1,4 @@
-//! `rctl apply -f FILE [--wait] [--timeout DUR]`.
+//! `rctl apply -f FILE [--wait] [--timeout DUR] [-m MESSAGE]`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,19 +14,27 @@ pub async fn run(
     file: &Path,
     wait: bool,
     timeout: Duration,
+    message: Option<String>,
 ) -> Result<(), CliError> {
     let spec = service_file::load(file).map_err(|e| CliError::Usage(e.to_string()))?;
     let name = spec.name.clone();
     let resp = conn
         .write(|mut c| {
             let spec = spec.clone();
-            async move { c.apply(ApplyRequest { spec: Some(spec) }).await }
+            let req = ApplyRequest {
+                spec: Some(spec),
+                who: crate::rollout::who(),
+                message: message.clone().unwrap_or_default(),
+                exclusive: false,
+            };
+            async move { c.apply(req).await }
         })
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     println!("service {name} {} (revision {rev})", resp.outcome);
     if wait {
-        crate::wait::services(conn, &[name], timeout).await?;
+        // Exit 3 if the scheduler rolls this revision back by itself.
+        crate::wait::services_from(conn, &[name], &[rev], timeout).await?;
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! CLI errors and their exit codes (PRODUCT.md): 1 error, 2 bad usage or input, 4 timed out.
+//! CLI errors and their exit codes (PRODUCT.md): 1 error, 2 bad usage or input, 3 rolled
+//! back, 4 timed out.
 
 use tonic::Code;
 
@@ -10,6 +11,9 @@ pub enum CliError {
     /// Waiting ran out of time; the change stays in place: exit 4.
     #[error("{0}")]
     Timeout(String),
+    /// The change failed its checks and was rolled back: exit 3.
+    #[error("{0}")]
+    RolledBack(String),
     /// Anything else: exit 1.
     #[error("{0}")]
     Failed(String),
@@ -19,6 +23,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::RolledBack(_) => 3,
             CliError::Timeout(_) => 4,
             CliError::Failed(_) => 1,
         }

@@ -14,6 +14,7 @@ pub mod output;
 pub mod progress;
 pub mod ps;
 pub mod registry_auth;
+pub mod rollout;
 pub mod scale;
 pub mod service;
 pub mod service_file;
@@ -77,11 +78,35 @@ pub enum Command {
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = duration)]
         timeout: Duration,
+        /// Why, recorded with the new revision (default: a summary of the change).
+        #[arg(short = 'm', long)]
+        message: Option<String>,
     },
     /// Set the number of replicas of services: NAME=N ...
     Scale {
         #[arg(required = true, value_name = "NAME=N")]
         targets: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Revisions and rollouts of a service.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Return a service to an earlier revision (default: the previous one); it rolls out
+    /// surge-first like any change, as a new revision.
+    Rollback {
+        name: String,
+        /// The revision to return to (see: rctl rollout history NAME).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Why, recorded with the new revision.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Block until the service runs the restored spec and is healthy.
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = duration)]
@@ -316,6 +341,37 @@ pub enum NodeCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Roll the service out to another image (surge-first per [update]); exit 3 if rctl
+    /// rolls it back by itself because the new revision never turns healthy.
+    Start {
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// Why, recorded with the new revision (default: "image: OLD → NEW").
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Block until every task runs the new revision, healthy (or it is rolled back).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Where the service's latest change stands: rolling, done or rolled_back (and why).
+    Status {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// The kept revisions of a service (newest 10), with who made each and why.
+    History {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
     /// List services.
     Ls {
@@ -341,6 +397,8 @@ impl Command {
         match self {
             Command::Apply { .. } => "apply",
             Command::Scale { .. } => "scale",
+            Command::Rollout { .. } => "rollout",
+            Command::Rollback { .. } => "rollback",
             Command::Ps { .. } => "ps",
             Command::Nodes { .. } => "nodes",
             Command::Service { .. } => "service",
@@ -418,7 +476,30 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             file,
             wait,
             timeout,
-        } => apply::run(&mut conn, &file, wait, timeout).await,
+            message,
+        } => apply::run(&mut conn, &file, wait, timeout, message).await,
+        Command::Rollout { command } => match command {
+            RolloutCommand::Start {
+                name,
+                image,
+                message,
+                wait,
+                timeout,
+            } => rollout::start(&mut conn, &name, &image, message, wait, timeout).await,
+            RolloutCommand::Status { name, output } => {
+                rollout::status(&mut conn, &name, output).await
+            }
+            RolloutCommand::History { name, output } => {
+                rollout::history(&mut conn, &name, output).await
+            }
+        },
+        Command::Rollback {
+            name,
+            to,
+            message,
+            wait,
+            timeout,
+        } => rollout::rollback(&mut conn, &name, to, message, wait, timeout).await,
         Command::Scale {
             targets,
             wait,

@@ -261,17 +261,47 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         }
         None => None,
     };
-    if let Some(u) = &f.update {
-        duration_ms("update.drain", u.drain.as_deref())?;
-    }
-    if let Some(c) = &f.canary {
-        duration_ms("canary.step_duration", c.step_duration.as_deref())?;
-        if c.steps.iter().any(|s| *s == 0 || *s > 100) || c.steps.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(
-                "key `canary.steps`: must be increasing percentages between 1 and 100".into(),
-            );
+    let update = match f.update {
+        Some(u) => Some(pb::UpdateSpec {
+            max_surge: u.max_surge.unwrap_or(1),
+            max_unavailable: u.max_unavailable.unwrap_or(0),
+            drain_ms: duration_ms("update.drain", u.drain.as_deref())?,
+        }),
+        None => None,
+    };
+    let canary = match f.canary {
+        Some(c) => {
+            let step_duration_ms = duration_ms("canary.step_duration", c.step_duration.as_deref())?;
+            if c.steps.iter().any(|s| *s == 0 || *s > 100)
+                || c.steps.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(
+                    "key `canary.steps`: must be increasing percentages between 1 and 100".into(),
+                );
+            }
+            let max_error_rate = c.max_error_rate.unwrap_or(0.01);
+            if !(0.0..=1.0).contains(&max_error_rate) {
+                return Err(format!(
+                    "key `canary.max_error_rate`: must be between 0 and 1, got {max_error_rate}"
+                ));
+            }
+            let max_p99_ratio = c.max_p99_ratio.unwrap_or(1.5);
+            if !(max_p99_ratio.is_finite() && max_p99_ratio > 0.0) {
+                return Err(format!(
+                    "key `canary.max_p99_ratio`: must be a positive number, got {max_p99_ratio}"
+                ));
+            }
+            Some(pb::CanarySpec {
+                replicas: c.replicas.unwrap_or(1),
+                steps: c.steps,
+                step_duration_ms,
+                min_requests: c.min_requests.unwrap_or(200),
+                max_error_rate,
+                max_p99_ratio,
+            })
         }
-    }
+        None => None,
+    };
     Ok(pb::ServiceSpec {
         name: f.name,
         image: f.image,
@@ -282,6 +312,8 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         health,
         resources,
         placement,
+        update,
+        canary,
     })
 }
 
@@ -352,6 +384,37 @@ memory = "128Mi"
         assert_eq!(s.health.unwrap().interval_ms, 2000);
         assert_eq!(s.resources.unwrap().memory_bytes, 128 << 20);
         assert_eq!(s.env.get("GREETING").map(String::as_str), Some("hello"));
+    }
+
+    #[test]
+    fn update_and_canary_are_carried_with_defaults_and_checked() {
+        let src = format!(
+            "{GOOD}\n[update]\nmax_surge = 2\ndrain = \"5s\"\n\n[canary]\nsteps = [10, 50, 100]\nstep_duration = \"1s\"\n"
+        );
+        let s = parse("web.toml", &src).unwrap();
+        assert_eq!(
+            s.update,
+            Some(pb::UpdateSpec {
+                max_surge: 2,
+                max_unavailable: 0,
+                drain_ms: 5000
+            })
+        );
+        let c = s.canary.unwrap();
+        assert_eq!(c.steps, vec![10, 50, 100]);
+        assert_eq!(c.step_duration_ms, 1000);
+        assert_eq!((c.replicas, c.min_requests), (1, 200));
+        assert_eq!((c.max_error_rate, c.max_p99_ratio), (0.01, 1.5));
+
+        for (bad, key) in [
+            ("steps = [50, 10]", "canary.steps"),
+            ("max_error_rate = 2.0", "canary.max_error_rate"),
+            ("max_p99_ratio = -1.0", "canary.max_p99_ratio"),
+        ] {
+            let src = format!("{GOOD}\n[canary]\n{bad}\n");
+            let e = parse("web.toml", &src).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -86,6 +86,26 @@ pub async fn services(
     names: &[String],
     timeout: Duration,
 ) -> Result<(), CliError> {
+    services_from(conn, names, &[], timeout).await
+}
+
+/// Why the scheduler rolled `svc` back by itself after revision `from` (the one the caller
+/// wrote), if it did.
+pub fn rolled_back(svc: &rctl_api::pb::Service, from: u64) -> Option<String> {
+    let cause = svc.cause.as_ref()?;
+    (cause.automatic && svc.revision > from).then(|| cause.why.clone())
+}
+
+/// Like [`services`], for changes that made revisions `from[i]` of `names[i]`: if the
+/// scheduler rolls one back by itself, waits for the restored revision, then fails with
+/// exit 3 and the reason.
+pub async fn services_from(
+    conn: &mut Conn,
+    names: &[String],
+    from: &[u64],
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let mut rollbacks: Vec<Option<String>> = vec![None; names.len()];
     let tty = std::io::stderr().is_terminal();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last: Vec<Option<Progress>> = vec![None; names.len()];
@@ -100,6 +120,17 @@ pub async fn services(
                 .map_err(|s| conn.err(s))?
                 .into_inner();
             let p = progress(&resp);
+            if let (Some(svc), Some(from)) = (resp.service.as_ref(), from.get(i)) {
+                if rollbacks[i].is_none() {
+                    if let Some(why) = rolled_back(svc, *from) {
+                        if tty {
+                            eprintln!();
+                        }
+                        eprintln!("{name}: {why}");
+                        rollbacks[i] = Some(format!("{name}: {why}"));
+                    }
+                }
+            }
             for (task, msg) in &p.failures {
                 if reported.insert(format!("{task}{msg}")) {
                     if tty {
@@ -123,6 +154,10 @@ pub async fn services(
         if all_done {
             if tty {
                 eprintln!();
+            }
+            let rolled: Vec<String> = rollbacks.into_iter().flatten().collect();
+            if !rolled.is_empty() {
+                return Err(CliError::RolledBack(rolled.join("; ")));
             }
             return Ok(());
         }
@@ -153,6 +188,27 @@ pub async fn services(
 mod tests {
     use super::*;
     use rctl_api::pb::*;
+
+    #[test]
+    fn only_an_automatic_revision_after_ours_is_a_rollback() {
+        let mut svc = Service {
+            revision: 3,
+            cause: Some(RevisionCause {
+                who: "rctl-scheduler".into(),
+                why: "automatic rollback to revision 1: ...".into(),
+                unix_ms: 0,
+                automatic: true,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            rolled_back(&svc, 2).as_deref(),
+            Some("automatic rollback to revision 1: ...")
+        );
+        assert_eq!(rolled_back(&svc, 3), None, "our own revision");
+        svc.cause.as_mut().unwrap().automatic = false;
+        assert_eq!(rolled_back(&svc, 2), None, "a person's newer change");
+    }
 
     fn view(id: &str, rev: u64, desired: DesiredState, state: TaskState, health: &str) -> TaskView {
         let mut t = Task {

@@ -83,6 +83,17 @@ pub fn stats(service: &str, lb: &str) -> String {
     format!("{ROOT}stats/{service}/{lb}")
 }
 
+pub fn revisions_prefix() -> String {
+    format!("{ROOT}revisions/")
+}
+pub fn service_revisions_prefix(service: &str) -> String {
+    format!("{ROOT}revisions/{service}/")
+}
+/// One kept revision of `service`; zero-padded so that key order is revision order.
+pub fn revision(service: &str, revision: u64) -> String {
+    format!("{ROOT}revisions/{service}/{revision:020}")
+}
+
 /// The key of the scheduler's leader election.
 pub fn leader() -> String {
     format!("{ROOT}leader")
@@ -116,6 +127,12 @@ mod tests {
         assert!(status("h1", "t1").starts_with(&node_status_prefix("h1")));
         assert!(endpoint("web", "t1").starts_with(&service_endpoints_prefix("web")));
         assert_eq!(leaf(&task("web", "t1")), "t1");
+        assert!(revision("web", 9).starts_with(&service_revisions_prefix("web")));
+        assert!(
+            revision("web", 9) < revision("web", 10),
+            "key order is revision order"
+        );
+        assert!(!revision("web", 1).starts_with(&service_revisions_prefix("we")));
         assert!(node_drain("h1").starts_with(&drain_prefix()));
         assert!(!node_drain("h1").starts_with(&nodes_prefix()));
     }

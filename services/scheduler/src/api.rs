@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::grpc::ApiError;
 use crate::leader::Leadership;
 use crate::reconcile::reconcile;
+use crate::revisions::{self, change_summary, rollback_spec, rollback_target, to_prune};
 use crate::spec::{changes_revision, validate, validate_replicas};
 use crate::store::{Loaded, Store, StoreError};
 
@@ -29,6 +30,21 @@ fn span<T>(req: &Request<T>, name: &'static str) -> tracing::Span {
     let span = tracing::info_span!("api", method = name);
     rctl_api::telemetry::accept(req, &span);
     span
+}
+
+/// Who makes a change: the client certificate's CN when the call came over mutual TLS,
+/// else what the client says (the CLI sends $USER), else "unknown".
+fn caller<T>(req: &Request<T>, claimed: &str) -> String {
+    let cn = req
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .and_then(|c| rctl_api::tls::identity_of(c.as_ref()).ok())
+        .map(|p| p.name);
+    match cn {
+        Some(name) => name,
+        None if !claimed.trim().is_empty() => claimed.trim().to_string(),
+        None => "unknown".into(),
+    }
 }
 
 /// Runs `f` again while it loses optimistic-concurrency races.
@@ -100,11 +116,31 @@ impl Api {
         Err(ApiError::NotLeader(leader))
     }
 
-    async fn apply(&self, spec: ServiceSpec) -> Result<ApplyResponse, ApiError> {
+    async fn apply(
+        &self,
+        spec: ServiceSpec,
+        who: &str,
+        message: &str,
+        exclusive: bool,
+    ) -> Result<ApplyResponse, ApiError> {
         validate(&spec)?;
         self.require_leader().await?;
         retrying(|| async {
             let loaded = self.store.load().await?;
+            if let (true, Some(old)) = (exclusive, loaded.service(&spec.name)) {
+                let tasks: Vec<&Task> = loaded
+                    .tasks
+                    .iter()
+                    .filter(|t| t.service == spec.name)
+                    .collect();
+                if crate::rollout::rolling(old, &tasks, &loaded.statuses) {
+                    return Err(ApiError::RolloutRunning {
+                        service: spec.name.clone(),
+                        revision: old.revision,
+                    });
+                }
+            }
+            let history = self.store.revisions(&spec.name).await?;
             let key = rctl_api::keys::service(&spec.name);
             let now = rctl_api::clock::now_unix_ms();
             let (svc, outcome) = match loaded.service(&spec.name) {
@@ -130,14 +166,37 @@ impl Api {
                             // A new revision starts with all traffic on it (no split);
                             // scaling alone keeps a running split.
                             traffic: if bump { None } else { old.traffic.clone() },
+                            cause: old.cause.clone(),
                         },
                         "updated",
                     )
                 }
             };
+            let mut svc = svc;
+            let previous = loaded.service(&spec.name);
+            let new_revision = previous.is_none_or(|p| p.revision != svc.revision);
             if outcome != "unchanged" {
+                let (record, prune) = if new_revision {
+                    let why = if message.is_empty() {
+                        change_summary(previous.and_then(|p| p.spec.as_ref()), &spec)
+                    } else {
+                        message.to_string()
+                    };
+                    let record = revisions::record(&spec, svc.revision, who, &why, now);
+                    svc.cause = record.cause.clone();
+                    let kept: Vec<u64> = history.iter().map(|r| r.revision).collect();
+                    (Some(record), to_prune(&kept, svc.revision))
+                } else {
+                    (None, Vec::new())
+                };
                 self.store
-                    .put_service_if(&svc, loaded.mod_revision(&key))
+                    .put_service_revision_if(
+                        None,
+                        &svc,
+                        loaded.mod_revision(&key),
+                        record.as_ref(),
+                        &prune,
+                    )
                     .await?;
             }
             tracing::info!(service = %spec.name, revision = svc.revision, outcome, "apply");
@@ -183,6 +242,43 @@ impl Api {
             })
         })
         .await
+    }
+
+    async fn history(&self, name: &str) -> Result<RevisionHistoryResponse, ApiError> {
+        let loaded = self.store.load().await?;
+        if loaded.service(name).is_none() {
+            return Err(ApiError::ServiceNotFound(name.into()));
+        }
+        Ok(RevisionHistoryResponse {
+            revisions: self.store.revisions(name).await?,
+        })
+    }
+
+    /// A new revision with an earlier one's spec, written exactly as `apply` writes a change,
+    /// so it rolls out through the same path.
+    async fn rollback(&self, r: RollbackRequest, who: &str) -> Result<RollbackResponse, ApiError> {
+        self.require_leader().await?;
+        let (spec, from) = {
+            let loaded = self.store.load().await?;
+            let svc = loaded
+                .service(&r.service)
+                .ok_or_else(|| ApiError::ServiceNotFound(r.service.clone()))?;
+            let history = self.store.revisions(&r.service).await?;
+            let target = rollback_target(&r.service, &history, svc.revision, r.to)?;
+            let current = svc.spec.clone().unwrap_or_default();
+            let spec = rollback_spec(&current, target.spec.as_ref().unwrap_or(&current));
+            (spec, target.revision)
+        };
+        let message = if r.message.is_empty() {
+            format!("rollback to revision {from}")
+        } else {
+            r.message.clone()
+        };
+        let applied = self.apply(spec, who, &message, false).await?;
+        Ok(RollbackResponse {
+            service: applied.service,
+            from_revision: from,
+        })
     }
 
     async fn list_services(&self) -> Result<ListServicesResponse, ApiError> {
@@ -365,11 +461,14 @@ impl Scheduler for Api {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         let span = span(&req, "Apply");
         async move {
-            let spec = req
-                .into_inner()
+            let who = caller(&req, &req.get_ref().who);
+            let r = req.into_inner();
+            let spec = r
                 .spec
                 .ok_or_else(|| Status::invalid_argument("apply: missing spec"))?;
-            Ok(Response::new(self.apply(spec).await?))
+            Ok(Response::new(
+                self.apply(spec, &who, &r.message, r.exclusive).await?,
+            ))
         }
         .instrument(span)
         .await
@@ -524,5 +623,28 @@ impl Scheduler for Api {
         async move { Ok(Response::new(self.images.prune(req.into_inner()).await?)) }
             .instrument(span)
             .await
+    }
+
+    async fn revision_history(
+        &self,
+        req: Request<RevisionHistoryRequest>,
+    ) -> Result<Response<RevisionHistoryResponse>, Status> {
+        let span = span(&req, "RevisionHistory");
+        async move { Ok(Response::new(self.history(&req.get_ref().service).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        let span = span(&req, "Rollback");
+        async move {
+            let who = caller(&req, &req.get_ref().who);
+            Ok(Response::new(self.rollback(req.into_inner(), &who).await?))
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -23,6 +23,7 @@ use crate::agents::Agents;
 use crate::leader::{Election, Term};
 use crate::reconcile::{reconcile, Action};
 use crate::store::{split, Change, Store, StoreError};
+use crate::{revisions, rollout};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -132,6 +133,76 @@ fn commit<'a>(store: &'a Store, leader: &'a LeaderKey, chunk: &'a [Pending]) -> 
     })
 }
 
+/// Rolling updates whose new revision never turns healthy ([`rollout::stalled`]) go back:
+/// a new revision with the spec of the one still running, written like `rollback` (with
+/// its history record) but fenced by `leader`. True if anything was written.
+async fn roll_back_stalled(
+    store: &Store,
+    leader: &LeaderKey,
+    loaded: &crate::store::Loaded,
+) -> Result<bool, StoreError> {
+    let mut wrote = false;
+    for svc in &loaded.services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let tasks: Vec<&Task> = loaded
+            .tasks
+            .iter()
+            .filter(|t| t.service == spec.name)
+            .collect();
+        let Some(stalled) = rollout::stalled(svc, &tasks, &loaded.statuses) else {
+            continue;
+        };
+        let history = store.revisions(&spec.name).await?;
+        let Ok(target) =
+            revisions::rollback_target(&spec.name, &history, svc.revision, stalled.back_to)
+        else {
+            tracing::warn!(service = %spec.name, back_to = stalled.back_to, "revision to roll back to is not kept");
+            continue;
+        };
+        let restored = revisions::rollback_spec(spec, target.spec.as_ref().unwrap_or(spec));
+        let now = rctl_api::clock::now_unix_ms();
+        let why = format!(
+            "automatic rollback to revision {}: {}",
+            stalled.back_to, stalled.reason
+        );
+        let mut record =
+            revisions::record(&restored, svc.revision + 1, rollout::SCHEDULER, &why, now);
+        if let Some(c) = record.cause.as_mut() {
+            c.automatic = true;
+        }
+        let next = rctl_api::pb::Service {
+            spec: Some(restored),
+            revision: svc.revision + 1,
+            created_unix_ms: svc.created_unix_ms,
+            updated_unix_ms: now,
+            traffic: None,
+            cause: record.cause.clone(),
+        };
+        let kept: Vec<u64> = history.iter().map(|r| r.revision).collect();
+        let key = rctl_api::keys::service(&spec.name);
+        match store
+            .put_service_revision_if(
+                Some(leader),
+                &next,
+                loaded.mod_revision(&key),
+                Some(&record),
+                &revisions::to_prune(&kept, next.revision),
+            )
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(service = %spec.name, revision = next.revision, reason = %why, "rolled back");
+                wrote = true;
+            }
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(wrote)
+}
+
 /// One read → decide → act pass, every write fenced by `leader`. Task changes are written in
 /// batches ([`Store::commit_changes`]), a few transactions at a time, and each batch's
 /// agents are told as soon as it is written. Returns once etcd writes are done (RPCs run
@@ -139,6 +210,10 @@ fn commit<'a>(store: &'a Store, leader: &'a LeaderKey, chunk: &'a [Pending]) -> 
 pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<(), StoreError> {
     let started = Instant::now();
     let loaded = store.load().await?;
+    if roll_back_stalled(store, leader, &loaded).await? {
+        // The next pass reconciles towards the restored revision.
+        return Ok(());
+    }
     let read = started.elapsed();
     let plan = reconcile(&loaded.snapshot(rctl_api::clock::now_unix_ms()));
     let decided = started.elapsed();

@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::revisions::RevisionError;
 use crate::spec::SpecError;
 use crate::store::StoreError;
 
@@ -13,6 +14,10 @@ pub enum ApiError {
     NodeNotFound(String),
     #[error("{0}")]
     Invalid(#[from] SpecError),
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
+    #[error("revision {revision} of {service:?} is still rolling out; wait for it (rctl rollout status {service}) or change it with apply")]
+    RolloutRunning { service: String, revision: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -38,10 +43,11 @@ impl From<ApiError> for Status {
             ApiError::ServiceNotFound(_) | ApiError::NodeNotFound(_) => {
                 Status::not_found(e.to_string())
             }
-            ApiError::Invalid(_) | ApiError::BadRequest(_) => {
+            ApiError::Invalid(_) | ApiError::BadRequest(_) | ApiError::Revision(_) => {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
+            ApiError::RolloutRunning { .. } => Status::failed_precondition(e.to_string()),
             ApiError::NotLeader(Some(addr)) => {
                 let mut s = Status::failed_precondition(e.to_string());
                 if let Ok(v) = addr.parse() {

@@ -20,6 +20,8 @@ pub mod images;
 pub mod leader;
 pub mod placement;
 pub mod reconcile;
+pub mod revisions;
+pub mod rollout;
 pub mod spec;
 pub mod store;
 

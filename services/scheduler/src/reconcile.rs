@@ -255,22 +255,36 @@ fn reconcile_service(
             );
         }
     } else {
-        // Rolling replacement, surge first: one new task beyond the desired count at a
-        // time, and an old task goes only once a new one is ready in its place.
+        // Rolling replacement per [update], surge first: at most `surge` new tasks beyond
+        // the desired count at a time; an old task goes once a new one is ready in its
+        // place, or earlier only while `unavailable` allows (never below
+        // replicas - max_unavailable ready tasks).
+        let (surge, unavailable) = update_limits(spec);
         let total = current.len() + old.len();
-        if current.len() < want && total < want + 1 {
-            to_place = (want - current.len()).min(want + 1 - total);
+        if current.len() < want && total < want + surge {
+            to_place = (want - current.len()).min(want + surge - total);
         }
         let ready_new = current.iter().filter(|t| is_ready(s, t)).count();
         let excess = (ready_new + old.len()).saturating_sub(want);
-        to_retire.extend(scale_down_order(s, &old).into_iter().take(excess).map(|t| {
+        let min_ready = want.saturating_sub(unavailable);
+        let mut ready_now = ready_new + old.iter().filter(|t| is_ready(s, t)).count();
+        let mut total_now = total;
+        for (i, t) in scale_down_order(s, &old).into_iter().enumerate() {
+            let ready = is_ready(s, t);
+            let by_budget =
+                unavailable > 0 && total_now > min_ready && (!ready || ready_now > min_ready);
+            if i >= excess && !by_budget {
+                break;
+            }
+            total_now -= 1;
+            ready_now -= usize::from(ready);
             let reason = if t.revision == svc.revision {
                 REASON_DRAINED
             } else {
                 REASON_REPLACED
             };
-            (t, reason)
-        }));
+            to_retire.push((t, reason));
+        }
         if current.len() > want {
             let extra = current.len() - want;
             to_retire.extend(
@@ -353,6 +367,21 @@ fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, 
             reason: REASON_HISTORY,
         });
     }
+}
+
+/// (max_surge, max_unavailable) of a service's `[update]`: default 1 and 0; when both are
+/// 0 nothing could ever move, so surge is 1.
+pub fn update_limits(spec: &rctl_api::pb::ServiceSpec) -> (usize, usize) {
+    let u = spec.update.unwrap_or(rctl_api::pb::UpdateSpec {
+        max_surge: 1,
+        ..Default::default()
+    });
+    let surge = if u.max_surge == 0 && u.max_unavailable == 0 {
+        1
+    } else {
+        u.max_surge as usize
+    };
+    (surge, u.max_unavailable as usize)
 }
 
 /// Which tasks to stop first when there are too many: those not yet running, then those on
@@ -656,6 +685,78 @@ mod tests {
             retired(&p).is_empty(),
             "a new task that is not ready replaces nothing"
         );
+    }
+
+    fn with_update(mut svc: Service, max_surge: u32, max_unavailable: u32) -> Service {
+        svc.spec.as_mut().unwrap().update = Some(rctl_api::pb::UpdateSpec {
+            max_surge,
+            max_unavailable,
+            drain_ms: 0,
+        });
+        svc
+    }
+
+    #[test]
+    fn update_limits_default_to_surge_one_and_never_stall() {
+        let mut spec = service("web", 4, 1).spec.unwrap();
+        assert_eq!(update_limits(&spec), (1, 0));
+        spec.update = Some(Default::default());
+        assert_eq!(update_limits(&spec), (1, 0), "0/0 would never move");
+        spec.update = Some(rctl_api::pb::UpdateSpec {
+            max_surge: 0,
+            max_unavailable: 2,
+            drain_ms: 0,
+        });
+        assert_eq!(update_limits(&spec), (0, 2));
+    }
+
+    #[test]
+    fn max_surge_starts_that_many_new_tasks_at_once() {
+        let svcs = [with_update(service("web", 4, 2), 2, 0)];
+        let tasks: Vec<Task> = (1..=4)
+            .map(|i| task(&format!("o{i}"), "web", "h1", i))
+            .collect();
+        let nodes = [node("h1")];
+        let p = plan(&svcs, &tasks, &running(&tasks), &nodes, 0);
+        assert_eq!(places(&p).len(), 2);
+        assert!(
+            retired(&p).is_empty(),
+            "max_unavailable 0 keeps every old task"
+        );
+    }
+
+    #[test]
+    fn max_unavailable_stops_old_tasks_early_but_never_below_the_floor() {
+        // replicas 4, surge 0, unavailable 1: one old task goes at once, the others wait.
+        let svcs = [with_update(service("web", 4, 2), 0, 1)];
+        let tasks: Vec<Task> = (1..=4)
+            .map(|i| task(&format!("o{i}"), "web", "h1", i))
+            .collect();
+        let nodes = [node("h1")];
+        let st = running(&tasks);
+        let p = plan(&svcs, &tasks, &st, &nodes, 0);
+        assert_eq!(retired(&p).len(), 1, "{p:?}");
+        assert!(places(&p).is_empty(), "no surge: the slot frees first");
+
+        // One old task already retired (gone from the active set) and its replacement
+        // starting: 3 ready = the floor, so nothing else goes.
+        let mut new = task("n1", "web", "h1", 1);
+        new.revision = 2;
+        let all = [
+            tasks[1].clone(),
+            tasks[2].clone(),
+            tasks[3].clone(),
+            new.clone(),
+        ];
+        let mut st = running(&all);
+        st.get_mut("n1").unwrap().set_state(TaskState::Starting);
+        let p = plan(&svcs, &all, &st, &nodes, 0);
+        assert!(retired(&p).is_empty(), "{p:?}");
+
+        // An old task that is not ready costs nothing to stop.
+        st.get_mut("o2").unwrap().set_state(TaskState::Starting);
+        let p = plan(&svcs, &all, &st, &nodes, 0);
+        assert_eq!(retired(&p), vec!["o2".to_string()]);
     }
 
     #[test]

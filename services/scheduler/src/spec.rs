@@ -94,10 +94,12 @@ fn valid_image(r: &str) -> bool {
 }
 
 /// Whether going from `old` to `new` changes what runs (a new revision), rather than only
-/// how many replicas run.
+/// how many replicas run or how the next rollout goes (`[update]`, `[canary]`).
 pub fn changes_revision(old: &ServiceSpec, new: &ServiceSpec) -> bool {
     let strip = |s: &ServiceSpec| ServiceSpec {
         replicas: 0,
+        update: None,
+        canary: None,
         ..s.clone()
     };
     strip(old) != strip(new)
@@ -190,6 +192,15 @@ mod tests {
         let mut b = spec();
         b.replicas = 9;
         assert!(!changes_revision(&a, &b));
+        b.update = Some(rctl_api::pb::UpdateSpec {
+            max_surge: 2,
+            ..Default::default()
+        });
+        b.canary = Some(Default::default());
+        assert!(
+            !changes_revision(&a, &b),
+            "rollout settings are not a revision"
+        );
         b.image = "x:2".into();
         assert!(changes_revision(&a, &b));
     }

@@ -10,7 +10,7 @@ use etcd_client::{
 };
 use rctl_api::codec::{decode, encode};
 use rctl_api::keys;
-use rctl_api::pb::{Node, NodeDrain, Service, Task, TaskStatus};
+use rctl_api::pb::{Node, NodeDrain, Revision, Service, Task, TaskStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -254,6 +254,70 @@ impl Store {
         self.commit(txn, "put service", &key).await
     }
 
+    /// Writes `svc` if its key is still at `expect_mod_rev` (0: must not exist), together
+    /// with the record of its new revision (if any) and the removal of the records `prune`
+    /// pushes out of the history: one transaction, so history never disagrees with the service.
+    /// The controller's writes pass `leader` to fence them.
+    pub async fn put_service_revision_if(
+        &self,
+        leader: Option<&LeaderKey>,
+        svc: &Service,
+        expect_mod_rev: i64,
+        record: Option<&Revision>,
+        prune: &[u64],
+    ) -> Result<(), StoreError> {
+        let name = svc
+            .spec
+            .as_ref()
+            .map(|s| s.name.as_str())
+            .unwrap_or_default();
+        let key = keys::service(name);
+        let mut ops = vec![TxnOp::put(key.as_str(), encode(svc), None)];
+        if let Some(r) = record {
+            ops.push(TxnOp::put(
+                keys::revision(name, r.revision),
+                encode(r),
+                None,
+            ));
+        }
+        for n in prune {
+            ops.push(TxnOp::delete(keys::revision(name, *n), None));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                expect_mod_rev,
+            )])
+            .and_then(ops);
+        match leader {
+            Some(leader) => self.commit_fenced(leader, txn, "put service", &key).await,
+            None => self.commit(txn, "put service", &key).await,
+        }
+    }
+
+    /// The kept revisions of `service`, oldest first.
+    pub async fn revisions(&self, service: &str) -> Result<Vec<Revision>, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                keys::service_revisions_prefix(service),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd("read revisions"))?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            match decode::<Revision>(kv.key(), kv.value()) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(error = %e, "skipping undecodable revision"),
+            }
+        }
+        out.sort_by_key(|r| r.revision);
+        Ok(out)
+    }
+
     /// Writes several services at once, each guarded by its mod revision.
     pub async fn put_services_if(&self, updates: &[(Service, i64)]) -> Result<(), StoreError> {
         let mut cmps = Vec::new();
@@ -295,14 +359,28 @@ impl Store {
         Ok(resp.deleted() > 0)
     }
 
+    /// Removes the service and its revision history (a service created again under the
+    /// same name starts a new history at revision 1).
     pub async fn delete_service(&self, name: &str) -> Result<bool, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .delete(keys::service(name), None)
-            .await
-            .map_err(etcd("delete service"))?;
-        Ok(resp.deleted() > 0)
+        let key = keys::service(name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then([
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(
+                    keys::service_revisions_prefix(name),
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                ),
+            ]);
+        match self.commit(txn, "delete service", &key).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates `task` if its service is still at `service_mod_rev`, the task key is new and

@@ -1,0 +1,356 @@
+//! `rctl rollout history NAME`, `rctl rollout status NAME` and `rctl rollback NAME [--to N]`:
+//! a service's kept revisions, where its latest change stands, and going back to an earlier
+//! revision through the ordinary (surge-first) update path.
+
+use std::time::Duration;
+
+use rctl_api::pb::{
+    ApplyRequest, InspectServiceRequest, InspectServiceResponse, Revision, RevisionHistoryRequest,
+    RollbackRequest,
+};
+use serde::Serialize;
+
+use crate::client::Conn;
+use crate::error::CliError;
+use crate::output::{print_json, print_table, rfc3339, Format};
+
+/// One entry of `rollout history -o json` (stable field names).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RevisionJson {
+    pub revision: u64,
+    pub image: String,
+    pub who: String,
+    pub why: String,
+    pub created: String,
+    /// True for the revision the service runs (or rolls to) now.
+    pub current: bool,
+}
+
+pub fn revision_json(r: &Revision, current: u64) -> RevisionJson {
+    let cause = r.cause.clone().unwrap_or_default();
+    RevisionJson {
+        revision: r.revision,
+        image: r.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
+        who: cause.who,
+        why: cause.why,
+        created: rfc3339(cause.unix_ms),
+        current: r.revision == current,
+    }
+}
+
+/// `rollout status -o json` (PRODUCT.md's field names).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StatusJson {
+    pub service: String,
+    pub revision: u64,
+    /// "rolling", "done" or "rolled_back".
+    pub state: &'static str,
+    /// The canary step (index into `canary.steps`); null outside a canary.
+    pub step: Option<u32>,
+    pub weights: Vec<WeightJson>,
+    pub started: String,
+    pub finished: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WeightJson {
+    pub revision: u64,
+    pub weight: u32,
+}
+
+/// Where the service's latest revision stands: rolling while tasks of another revision or
+/// not yet healthy ones remain; rolled back when the scheduler made it by going back.
+pub fn status_json(resp: &InspectServiceResponse) -> StatusJson {
+    let svc = resp.service.clone().unwrap_or_default();
+    let cause = svc.cause.clone().unwrap_or_default();
+    let progress = crate::wait::progress(resp);
+    let state = match (cause.automatic, progress.done()) {
+        (true, _) => "rolled_back",
+        (false, true) => "done",
+        (false, false) => "rolling",
+    };
+    // Done when the last task of the revision came up.
+    let finished = resp
+        .tasks
+        .iter()
+        .filter(|v| v.task.as_ref().is_some_and(|t| t.revision == svc.revision))
+        .filter_map(|v| v.status.as_ref().map(|s| s.started_unix_ms))
+        .max()
+        .filter(|_| progress.done())
+        .unwrap_or(0);
+    StatusJson {
+        service: svc
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        revision: svc.revision,
+        state,
+        step: None,
+        weights: svc
+            .traffic
+            .map(|t| {
+                t.weights
+                    .into_iter()
+                    .map(|w| WeightJson {
+                        revision: w.revision,
+                        weight: w.weight,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        started: rfc3339(cause.unix_ms),
+        finished: rfc3339(finished),
+        reason: if cause.automatic {
+            cause.why
+        } else {
+            String::new()
+        },
+    }
+}
+
+pub async fn status(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
+    let resp = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let s = status_json(&resp);
+    match format {
+        Format::Json => print_json(&s),
+        Format::Table => {
+            println!("{}: revision {} {}", s.service, s.revision, s.state);
+            if !s.reason.is_empty() {
+                println!("reason: {}", s.reason);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Who the CLI says makes a change; a client certificate's CN overrides it on the server.
+pub fn who() -> String {
+    std::env::var("USER").unwrap_or_default()
+}
+
+pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
+    let svc = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let revisions = conn
+        .client
+        .revision_history(RevisionHistoryRequest {
+            service: name.into(),
+        })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .revisions;
+    let rows: Vec<RevisionJson> = revisions
+        .iter()
+        .map(|r| revision_json(r, svc.revision))
+        .collect();
+    match format {
+        Format::Json => print_json(&rows),
+        Format::Table => print_table(
+            &["REVISION", "IMAGE", "CREATED", "BY", "CHANGE"],
+            &rows
+                .iter()
+                .map(|r| {
+                    let mark = if r.current { " *" } else { "" };
+                    vec![
+                        format!("{}{mark}", r.revision),
+                        r.image.clone(),
+                        r.created.clone(),
+                        r.who.clone(),
+                        r.why.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
+}
+
+/// `rollout start NAME --image IMG`: the service's current spec with another image, written
+/// like `apply` (a new revision, rolled surge-first per `[update]`).
+pub async fn start(
+    conn: &mut Conn,
+    name: &str,
+    image: &str,
+    message: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let svc = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let mut spec = svc.spec.unwrap_or_default();
+    if spec.image == image {
+        return Err(CliError::Usage(format!(
+            "service {name:?} already runs {image} (revision {}); nothing to roll out",
+            svc.revision
+        )));
+    }
+    spec.image = image.to_string();
+    let req = ApplyRequest {
+        spec: Some(spec),
+        who: who(),
+        message: message.unwrap_or_default(),
+        // A second rollout while one runs is refused, naming the running revision.
+        exclusive: true,
+    };
+    let resp = conn
+        .write(|mut c| {
+            let req = req.clone();
+            async move { c.apply(req).await }
+        })
+        .await?;
+    let rev = resp.service.map(|s| s.revision).unwrap_or(0);
+    println!("service {name} rolling out {image} (revision {rev})");
+    if wait {
+        crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
+    }
+    Ok(())
+}
+
+pub async fn rollback(
+    conn: &mut Conn,
+    name: &str,
+    to: Option<u64>,
+    message: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let req = RollbackRequest {
+        service: name.into(),
+        to: to.unwrap_or(0),
+        who: who(),
+        message: message.unwrap_or_default(),
+    };
+    let resp = conn
+        .write(|mut c| {
+            let req = req.clone();
+            async move { c.rollback(req).await }
+        })
+        .await?;
+    let rev = resp.service.map(|s| s.revision).unwrap_or(0);
+    println!(
+        "service {name} rolled back to revision {} (as revision {rev})",
+        resp.from_revision
+    );
+    if wait {
+        crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rctl_api::pb::{RevisionCause, ServiceSpec};
+
+    #[test]
+    fn history_rows_carry_who_why_and_the_current_mark() {
+        let r = Revision {
+            service: "web".into(),
+            revision: 2,
+            spec: Some(ServiceSpec {
+                image: "web:2".into(),
+                ..Default::default()
+            }),
+            cause: Some(RevisionCause {
+                who: "ann".into(),
+                why: "image: web:1 → web:2".into(),
+                unix_ms: 1_700_000_000_000,
+                automatic: false,
+            }),
+        };
+        let j = revision_json(&r, 2);
+        assert_eq!(
+            j,
+            RevisionJson {
+                revision: 2,
+                image: "web:2".into(),
+                who: "ann".into(),
+                why: "image: web:1 → web:2".into(),
+                created: "2023-11-14T22:13:20Z".into(),
+                current: true,
+            }
+        );
+        assert!(!revision_json(&r, 3).current);
+    }
+
+    #[test]
+    fn status_says_rolling_done_or_rolled_back() {
+        use rctl_api::pb::{DesiredState, Service, Task, TaskState, TaskStatus, TaskView};
+        let view = |rev: u64, state: TaskState, started: i64| {
+            let mut t = Task {
+                id: format!("t{rev}{started}"),
+                revision: rev,
+                ..Default::default()
+            };
+            t.set_desired_state(DesiredState::Running);
+            let mut s = TaskStatus {
+                started_unix_ms: started,
+                ..Default::default()
+            };
+            s.set_state(state);
+            TaskView {
+                task: Some(t),
+                status: Some(s),
+            }
+        };
+        let mut resp = InspectServiceResponse {
+            service: Some(Service {
+                spec: Some(ServiceSpec {
+                    name: "web".into(),
+                    replicas: 2,
+                    ..Default::default()
+                }),
+                revision: 2,
+                cause: Some(RevisionCause {
+                    unix_ms: 1_700_000_000_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            tasks: vec![
+                view(1, TaskState::Running, 1),
+                view(2, TaskState::Running, 1_700_000_001_000),
+            ],
+            unplaced: String::new(),
+        };
+        let s = status_json(&resp);
+        assert_eq!((s.state, s.finished.as_str()), ("rolling", ""));
+        assert_eq!(s.started, "2023-11-14T22:13:20Z");
+        resp.tasks[0] = view(2, TaskState::Running, 1_700_000_002_000);
+        let s = status_json(&resp);
+        assert_eq!(
+            (s.state, s.finished.as_str()),
+            ("done", "2023-11-14T22:13:22Z")
+        );
+        let svc = resp.service.as_mut().unwrap();
+        svc.cause = Some(RevisionCause {
+            why: "automatic rollback to revision 1: ...".into(),
+            automatic: true,
+            ..Default::default()
+        });
+        let s = status_json(&resp);
+        assert_eq!(s.state, "rolled_back");
+        assert_eq!(s.reason, "automatic rollback to revision 1: ...");
+        assert_eq!(s.step, None);
+    }
+}

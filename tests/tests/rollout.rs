@@ -1,0 +1,329 @@
+//! Rollouts end to end (issue 8): a rolling update under constant load through rctl-lb,
+//! revision history with who/why, rollback through the same path, and bad input.
+//! Each test owns its cluster (namespaces, etcd, registry, scheduler, agents, rctl-lb).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rctl_tests::cluster::{http_get, Cluster};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+/// Bounds of the load loop: at most this many requests, and at most this long.
+const LOAD_MAX_REQUESTS: usize = 12_000;
+const LOAD_MAX_TIME: Duration = Duration::from_secs(120);
+
+/// `web` with `[update]` and quick health checks, so the rollout is short.
+fn web(c: &Cluster, replicas: u32, version: &str) -> String {
+    format!(
+        "{}\n[health]\nhttp = \"/\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n\n[update]\nmax_surge = 1\nmax_unavailable = 0\ndrain = \"5s\"\n",
+        c.web_service(replicas, version)
+    )
+}
+
+/// What the load loop saw: the version of every answer in order, and every failure.
+#[derive(Default)]
+struct Seen {
+    versions: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// Sends about 100 requests a second through rctl-lb until `stop` (or the bounds).
+fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Seen> {
+    std::thread::spawn(move || {
+        let mut seen = Seen::default();
+        let started = Instant::now();
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed)
+            && seen.versions.len() + seen.failures.len() < LOAD_MAX_REQUESTS
+            && started.elapsed() < LOAD_MAX_TIME
+        {
+            match http_get(addr, "/") {
+                Ok(r) if r.status == 200 => {
+                    let v = r
+                        .body
+                        .strip_prefix("version=")
+                        .and_then(|b| b.split_whitespace().next())
+                        .unwrap_or("?")
+                        .to_string();
+                    seen.versions.push(v);
+                }
+                Ok(r) => seen
+                    .failures
+                    .push(format!("{} {}", r.status, r.body.trim())),
+                Err(e) => seen.failures.push(e.to_string()),
+            }
+            next += Duration::from_millis(10);
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        seen
+    })
+}
+
+/// Waits (90 s at most) until `rollout status` says done.
+fn wait_done(c: &Cluster) {
+    c.eventually(WAIT, "the rollout to finish", || {
+        let s: Value =
+            serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).ok()?;
+        (s["state"] == "done").then_some(())
+    });
+}
+
+fn history(c: &Cluster) -> Vec<Value> {
+    serde_json::from_str(&c.rctl_ok(&["rollout", "history", "web", "-o", "json"]))
+        .expect("history -o json is JSON")
+}
+
+fn images_running(c: &Cluster) -> Vec<String> {
+    c.ps(&["--service", "web"])
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .map(|t| t["image"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same_path() {
+    let c = Cluster::start(2);
+    let v1 = c.service_file("web.toml", &web(&c, 4, "v1"));
+    c.apply_and_wait(&v1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
+
+    // v1 → v2 under ~100 rps.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = c.service_file("web.toml", &web(&c, 4, "v2"));
+    let v2 = v2.to_str().unwrap();
+    c.rctl_ok(&[
+        "apply",
+        "-f",
+        v2,
+        "--wait",
+        "--timeout",
+        "90s",
+        "-m",
+        "ship v2",
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.join().expect("load thread");
+    assert!(
+        seen.failures.is_empty(),
+        "{} of {} requests failed during the rolling update: {:?}\n{}",
+        seen.failures.len(),
+        seen.failures.len() + seen.versions.len(),
+        &seen.failures[..seen.failures.len().min(10)],
+        c.logs()
+    );
+    eprintln!(
+        "rolling update under load: {} requests, all answered 200",
+        seen.versions.len()
+    );
+    let first_v2 = seen
+        .versions
+        .iter()
+        .position(|v| v == "v2")
+        .expect("some answers from v2");
+    assert!(
+        seen.versions[..first_v2].iter().all(|v| v == "v1"),
+        "before v2, only v1 answered"
+    );
+    assert_eq!(
+        seen.versions.last().map(String::as_str),
+        Some("v2"),
+        "v2 answers at the end"
+    );
+    let images = images_running(&c);
+    assert_eq!(images.len(), 4, "{images:?}");
+    assert!(images.iter().all(|i| i.ends_with(":v2")), "{images:?}");
+
+    // History: two revisions, who and why recorded, the current one marked.
+    let h = history(&c);
+    assert_eq!(h.len(), 2, "{h:#?}");
+    assert_eq!(h[0]["revision"], 1);
+    assert_eq!(h[0]["why"], "created");
+    assert_eq!(h[1]["revision"], 2);
+    assert_eq!(h[1]["why"], "ship v2");
+    assert_eq!(h[1]["current"], true);
+    assert!(!h[1]["who"].as_str().unwrap().is_empty(), "{h:#?}");
+
+    // Rollback: a new revision 3 with revision 1's spec, rolled out surge-first.
+    let out = c.rctl_ok(&["rollback", "web", "--wait", "--timeout", "90s"]);
+    assert!(
+        out.contains("rolled back to revision 1 (as revision 3)"),
+        "{out}"
+    );
+    let images = images_running(&c);
+    assert_eq!(images.len(), 4, "{images:?}");
+    assert!(images.iter().all(|i| i.ends_with(":v1")), "{images:?}");
+    let h = history(&c);
+    assert_eq!(h.len(), 3, "{h:#?}");
+    assert_eq!(h[2]["why"], "rollback to revision 1");
+    assert_eq!(h[2]["current"], true);
+    assert!(h[2]["image"].as_str().unwrap().ends_with(":v1"));
+
+    // `rollout start --image`: the same path for an image change without a file; a second
+    // one while it runs is refused with the running revision, and changes nothing.
+    let v2_image = format!("{}/rctl/testserver:v2", c.registry());
+    let v1_image = format!("{}/rctl/testserver:v1", c.registry());
+    c.rctl_ok(&["rollout", "start", "web", "--image", &v2_image]);
+    let out = c.rctl(&["rollout", "start", "web", "--image", &v1_image]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: revision 4 of \"web\" is still rolling out; wait for it (rctl rollout status web) or change it with apply"
+    );
+    wait_done(&c);
+    let images = images_running(&c);
+    assert!(
+        images.len() == 4 && images.iter().all(|i| *i == v2_image),
+        "{images:?}"
+    );
+    let h = history(&c);
+    assert_eq!(h.len(), 4, "{h:#?}");
+    assert!(
+        h[3]["why"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("→ {v2_image}")),
+        "{h:#?}"
+    );
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["revision"], 4, "{status}");
+
+    // Bad input: one line, exit 2, nothing changed.
+    let out = c.rctl(&["rollback", "web", "--to", "99"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim()
+            == "error: service \"web\" has no revision 99 in its history (kept: 1, 2, 3, 4; see: rctl rollout history web)",
+        "{err}"
+    );
+    let out = c.rctl(&["rollback", "web", "--to", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = c.rctl(&["rollout", "start", "web", "--image", &v2_image]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(history(&c).len(), 4, "refused changes make no revision");
+    for args in [
+        &["rollback", "nope"][..],
+        &["rollout", "history", "nope"][..],
+        &["rollout", "status", "nope"][..],
+        &["rollout", "start", "nope", "--image", "x:1"][..],
+    ] {
+        let out = c.rctl(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim(),
+            "error: service \"nope\" not found (see: rctl service ls)",
+            "{args:?}"
+        );
+    }
+    c.down_leaving_nothing();
+}
+
+/// Healthy running tasks of `web` now, from `rctl ps -o json` run as a user would.
+fn healthy_now(rctl: &std::path::Path, addr: &str) -> Option<usize> {
+    let out = std::process::Command::new(rctl)
+        .args(["ps", "--service", "web", "-o", "json"])
+        .env("RCTL_ADDR", addr)
+        .env("RCTL_INSECURE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .ok()?;
+    let tasks: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        tasks
+            .iter()
+            .filter(|t| t["state"] == "running" && t["health"] == "healthy")
+            .count(),
+    )
+}
+
+#[test]
+fn a_revision_that_never_turns_healthy_is_rolled_back_by_itself() {
+    let c = Cluster::start(2);
+    let file = |v: &str| {
+        let toml = web(&c, 3, v).replace("max_unavailable = 0", "max_unavailable = 1");
+        c.service_file("web.toml", &toml)
+    };
+    c.apply_and_wait(&file("v1"));
+
+    // Sample the healthy count the whole time (bounded: at most 600 samples).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (rctl, addr, stop) = (c.bin().join("rctl"), c.addr(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) && samples.len() < 600 {
+                if let Some(n) = healthy_now(&rctl, &addr) {
+                    samples.push(n);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        })
+    };
+    let broken = file("broken");
+    let out = c.rctl(&[
+        "apply",
+        "-f",
+        broken.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}\n{}", c.logs());
+    assert!(
+        err.contains("automatic rollback to revision 1: revision 2 never became healthy"),
+        "{err}"
+    );
+    let images = images_running(&c);
+    assert_eq!(images.len(), 3, "{images:?}");
+    assert!(images.iter().all(|i| i.ends_with(":v1")), "{images:?}");
+    let h = history(&c);
+    assert_eq!(h.len(), 3, "{h:#?}");
+    assert_eq!(h[2]["who"], "rctl-scheduler");
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert_eq!(status["revision"], 3);
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("revision 2 never became healthy"),
+        "{status}"
+    );
+    assert!(h[2]["image"].as_str().unwrap().ends_with(":v1"));
+    // replicas 3 - max_unavailable 1: never fewer than 2 healthy.
+    assert!(samples.len() >= 3, "sampled while it ran: {samples:?}");
+    assert!(samples.iter().all(|n| *n >= 2), "{samples:?}");
+    c.down_leaving_nothing();
+}
+
+#[test]
+fn over_mutual_tls_the_revision_is_made_by_the_certificates_name() {
+    let c = Cluster::start_tls(1);
+    let v1 = c.service_file("web.toml", &web(&c, 1, "v1"));
+    c.apply_and_wait(&v1);
+    let h = history(&c);
+    assert_eq!(h.len(), 1, "{h:#?}");
+    // The harness's client certificate is issued to "client"; $USER does not count.
+    assert_eq!(h[0]["who"], "client", "{h:#?}");
+    c.down_leaving_nothing();
+}
