@@ -47,21 +47,28 @@ pub struct Shim {
 }
 
 impl Shim {
-    /// Starts `/proc/self/exe __shim DIR` in fresh namespaces with output to the log.
+    /// Starts `/proc/self/exe __shim DIR` in fresh namespaces, its own diagnostics going to
+    /// `shim.log` (the container's output goes to `log.json`, written by the shim).
     pub fn spawn(dir: &ContainerDir) -> Result<Self, RuntimeError> {
+        Self::spawn_with(Path::new("/proc/self/exe"), dir)
+    }
+
+    /// [`Shim::spawn`] with an explicit agent binary: for tests and benchmarks, whose own
+    /// executable is not the agent.
+    pub fn spawn_with(agent: &Path, dir: &ContainerDir) -> Result<Self, RuntimeError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.log())
+            .open(dir.shim_log())
             .map_err(|source| RuntimeError::Log {
-                path: dir.log(),
+                path: dir.shim_log(),
                 source,
             })?;
         let log2 = log.try_clone().map_err(|source| RuntimeError::Log {
-            path: dir.log(),
+            path: dir.shim_log(),
             source,
         })?;
-        let mut cmd = std::process::Command::new("/proc/self/exe");
+        let mut cmd = std::process::Command::new(agent);
         cmd.arg("__shim")
             .arg(&dir.0)
             // stdin is the sync pipe: one byte means "go", EOF means "give up". The shim
