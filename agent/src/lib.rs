@@ -7,6 +7,7 @@
 //! - [`runtime`]: container state on disk, the shim launch, rootfs and exec inside.
 //! - [`shim`]: the `__shim` subcommand that parents each container and owns its output.
 //! - [`attach`]: the attach socket protocol and its client (`attach::connect`).
+//! - [`lifecycle`]: stop signal and timeout, restart policy and backoff (pure decisions).
 //! - [`logs`]: the json-file container log: encoding, rotation, reading and following.
 //! - [`network`]: bridge, veth, address/port allocation, published ports.
 //! - [`store`]: etcd (lease, node, status, endpoints, desired tasks).
@@ -20,6 +21,7 @@ pub mod attach;
 pub mod health;
 pub mod hollow;
 pub mod image;
+pub mod lifecycle;
 pub mod logs;
 pub mod network;
 pub mod runtime;

@@ -51,6 +51,7 @@ impl Container {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/bin".into(), "HOME=/".into()],
             workdir: "/".into(),
+            stop_signal: String::new(),
             ip: "198.18.0.2".parse().unwrap(),
             prefix_len: 24,
             gateway: "198.18.0.1".parse().unwrap(),

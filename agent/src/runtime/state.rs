@@ -19,6 +19,9 @@ pub struct ContainerConfig {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub workdir: String,
+    /// The image's StopSignal (may be empty); the task's own takes precedence.
+    #[serde(default)]
+    pub stop_signal: String,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
