@@ -119,6 +119,9 @@ pub async fn wait_started(
     timeout: Duration,
 ) -> Result<PidRecord, RuntimeError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // The shim usually records the pid within a millisecond or two: poll fast at first,
+    // then back off, so a start is not rounded up to a fixed poll interval.
+    let mut pause = Duration::from_micros(100);
     loop {
         if let Some(p) = dir.read_pid() {
             return Ok(p);
@@ -130,7 +133,8 @@ pub async fn wait_started(
         if tokio::time::Instant::now() > deadline {
             return Err(RuntimeError::NoStart("shim did not report a pid".into()));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
