@@ -51,7 +51,10 @@ pub fn main(dir: &Path) -> i32 {
     match run(&dir) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("rctl-shim: {e}");
+            // Empty: already reported where it happened.
+            if !e.is_empty() {
+                eprintln!("rctl-shim: {e}");
+            }
             1
         }
     }
@@ -90,11 +93,29 @@ fn run(dir: &ContainerDir) -> Result<(), String> {
         return Err("agent did not release the container; not starting it".into());
     }
     // The sync pipe is the agent's: drop it for /dev/null (also PID 1's stdin when closed).
+    let Err(e) = start_and_serve(dir, &cfg, &opts) else {
+        return Ok(());
+    };
+    // Released but failed: say why (shim.log), then record an exit the way a container
+    // that failed to exec does, so the agent reports the reason at once instead of timing
+    // out waiting for a pid.
+    eprintln!("rctl-shim: {e}");
+    if !dir.exit().exists() {
+        let _ = write_atomic_sync(&dir.exit(), b"127\n");
+    }
+    Err(String::new())
+}
+
+fn start_and_serve(
+    dir: &ContainerDir,
+    cfg: &crate::runtime::state::ContainerConfig,
+    opts: &Stdio,
+) -> Result<(), String> {
     File::open("/dev/null")
         .and_then(|f| nix::unistd::dup2_stdin(f).map_err(Into::into))
         .map_err(|e| format!("cannot point stdin at /dev/null: {e}"))?;
 
-    let wiring = Wiring::new(&opts).map_err(|e| format!("create container stdio: {e}"))?;
+    let wiring = Wiring::new(opts).map_err(|e| format!("create container stdio: {e}"))?;
     // SIGCHLD arrives on a signalfd so one poll covers output, clients and the exit.
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
@@ -113,7 +134,7 @@ fn run(dir: &ContainerDir) -> Result<(), String> {
                 eprintln!("rctl-shim: container stdio: {e}");
                 std::process::exit(127);
             }
-            let e = rootfs::enter_and_exec(&cfg, dir);
+            let e = rootfs::enter_and_exec(cfg, dir);
             eprintln!("rctl-shim: start container: {e}");
             std::process::exit(127);
         }
