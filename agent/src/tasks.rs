@@ -210,6 +210,7 @@ impl Tasks {
     /// finished ones.
     pub async fn adopt(&self) {
         let dir = self.inner.root.join("containers");
+        runtime::empty_trash(&dir).await;
         let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
             return;
         };

@@ -150,11 +150,49 @@ pub fn finished(dir: &ContainerDir, p: &PidRecord) -> bool {
     dir.exit().exists() || !p.alive()
 }
 
+/// Where removed container directories wait to be deleted: `.trash` under the directory
+/// that holds the containers (not a valid container id, so adoption skips it).
+pub fn trash_dir(dir: &Path) -> Option<std::path::PathBuf> {
+    Some(dir.parent()?.join(".trash"))
+}
+
 /// Removes the container directory (the mounts lived in the container's own mount
-/// namespace and vanished with it).
+/// namespace and vanished with it). The directory is renamed away at once, so its id is
+/// free and nothing of it is visible; its files are deleted in the background, since
+/// unlinking a writable layer can take tens of milliseconds on a disk mounted with
+/// `discard`.
 pub async fn remove_dir(dir: &Path) -> std::io::Result<()> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    let gone = match trash_dir(dir) {
+        Some(trash) => {
+            let name = format!(
+                "{}-{}",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
+                rand::random::<u64>()
+            );
+            let to = trash.join(name);
+            match tokio::fs::create_dir_all(&trash).await {
+                Ok(()) => tokio::fs::rename(dir, &to).await.map(|()| to),
+                Err(e) => Err(e),
+            }
+        }
+        None => Err(std::io::Error::other("no parent")),
+    };
+    match gone {
+        Ok(to) => {
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(to));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // Another filesystem or no room for the trash: delete in place.
+        Err(_) => match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
     }
+}
+
+/// Deletes whatever an earlier agent left in the trash (it died mid-delete).
+pub async fn empty_trash(containers: &Path) {
+    let trash = containers.join(".trash");
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
 }
