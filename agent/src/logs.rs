@@ -565,6 +565,17 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_drops_and_counts_entries() {
+        // /dev/full fails every write with ENOSPC.
+        let mut w = LogWriter::open(PathBuf::from("/dev/full"), Rotation::default());
+        for i in 0..3 {
+            w.write(&entry(i));
+        }
+        assert_eq!(w.dropped, 3);
+        assert!(Path::new("/dev/full").exists(), "never rotated away");
+    }
+
+    #[test]
     fn a_torn_line_is_skipped_and_the_next_entry_survives() {
         let mut data = entry(1);
         data.extend_from_slice(b"{\"log\":\"half");
