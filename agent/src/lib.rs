@@ -5,7 +5,10 @@
 //! # Layout
 //! - [`image`]: registry client, verified content store, layer unpacking.
 //! - [`runtime`]: container state on disk, the shim launch, rootfs and exec inside.
-//! - [`shim`]: the `__shim` subcommand that parents each container.
+//! - [`shim`]: the `__shim` subcommand that parents each container and owns its output.
+//! - [`attach`]: the attach socket protocol and its client (`attach::connect`).
+//! - [`lifecycle`]: stop signal and timeout, restart policy and backoff (pure decisions).
+//! - [`logs`]: the json-file container log: encoding, rotation, reading and following.
 //! - [`network`]: bridge, veth, address/port allocation, published ports.
 //! - [`store`]: etcd (lease, node, status, endpoints, desired tasks).
 //! - [`tasks`]: per-container lifecycle actors, adoption at start, orphan sweep.
@@ -14,10 +17,13 @@
 //! - [`hollow`]: many simulated nodes in one process, for scale tests (no containers).
 #![deny(unsafe_code)]
 
+pub mod attach;
 pub mod health;
 pub mod hollow;
 pub mod image;
 pub mod image_api;
+pub mod lifecycle;
+pub mod logs;
 pub mod network;
 pub mod runtime;
 pub mod server;

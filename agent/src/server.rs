@@ -25,7 +25,7 @@ impl AgentService {
 /// The one mapping of task errors to gRPC status, shared with the hollow nodes.
 pub(crate) fn to_status(e: TaskError) -> Status {
     match e {
-        TaskError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        TaskError::Invalid(_) | TaskError::Lifecycle(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

@@ -21,14 +21,14 @@ use tracing::{info, warn};
 
 use crate::health::{self, Health, Transition};
 use crate::image::{ImageError, ImageStore};
+use crate::lifecycle::{self, LifecycleError, RestartPolicy, Restarts};
 use crate::network::{ipam, Network, NetworkError};
 use crate::runtime::spec::{self, SpecError};
 use crate::runtime::state::{write_atomic, ContainerConfig, ContainerDir, PidRecord};
 use crate::runtime::{self, RuntimeError, Shim};
 use crate::store::Store;
 
-/// Grace period between SIGTERM and SIGKILL when the caller does not give one.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::lifecycle::DEFAULT_STOP_TIMEOUT;
 /// How often the orphan sweep compares local containers with desired tasks.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// A task accepted this recently is never swept: its key may not be visible to us yet.
@@ -48,11 +48,17 @@ pub enum TaskError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
     Ipam(#[from] ipam::IpamError),
     #[error("network: {0}")]
     Network(#[from] NetworkError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Container(#[from] runtime::container::ContainerError),
+    #[error(transparent)]
+    Mount(#[from] runtime::mounts::MountError),
     #[error("container state {path}: {source}")]
     State {
         path: PathBuf,
@@ -64,7 +70,8 @@ pub enum TaskError {
 /// A request to stop a container.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stop {
-    pub timeout: Duration,
+    /// None: the task's stop timeout, else [`DEFAULT_STOP_TIMEOUT`].
+    pub timeout: Option<Duration>,
     /// Delete the container directory once stopped.
     pub remove: bool,
     /// Also delete the task's status key (the task no longer belongs to this node).
@@ -74,7 +81,7 @@ pub struct Stop {
 /// What the orphan sweep does with a local container, given its task in etcd (if any).
 pub fn sweep_decision(task: Option<&pb::Task>, node: &str) -> Option<Stop> {
     let stop = |forget| Stop {
-        timeout: DEFAULT_STOP_TIMEOUT,
+        timeout: None,
         remove: true,
         forget,
     };
@@ -106,6 +113,8 @@ pub fn validate(task: &pb::Task) -> Result<(), TaskError> {
     if task.container_port > u16::MAX as u32 {
         return Err(TaskError::Invalid("container port out of range".into()));
     }
+    lifecycle::stop_signal(&task.stop_signal, "")?;
+    RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts)?;
     Ok(())
 }
 
@@ -194,7 +203,7 @@ impl Tasks {
         self.inner.stop(
             task_id,
             Stop {
-                timeout: timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+                timeout,
                 remove,
                 forget: false,
             },
@@ -205,6 +214,7 @@ impl Tasks {
     /// finished ones.
     pub async fn adopt(&self) {
         let dir = self.inner.root.join("containers");
+        runtime::empty_trash(&dir).await;
         let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
             return;
         };
@@ -395,7 +405,11 @@ impl Inner {
         status.message = "creating container".into();
         self.report(status).await;
 
-        let hostname: String = task.id.chars().take(12).collect();
+        let confinement = runtime::container::spec_of(task, &image.config, image.layers.clone())?;
+        let hostname: String = match task.hostname.as_str() {
+            "" => task.id.chars().take(12).collect(),
+            h => h.to_string(),
+        };
         let argv = spec::resolve_argv(&task.command, &image.config)?;
         let env = spec::resolve_env(
             image.config.env.as_deref().unwrap_or_default(),
@@ -419,7 +433,11 @@ impl Inner {
                 layers: image.layers.clone(),
                 argv,
                 env,
-                workdir: spec::resolve_workdir(&image.config),
+                workdir: match task.workdir.as_str() {
+                    "" => spec::resolve_workdir(&image.config),
+                    w => w.to_string(),
+                },
+                stop_signal: image.config.stop_signal.clone().unwrap_or_default(),
                 ip,
                 prefix_len: self.net.subnet.prefix_len,
                 gateway: self.net.subnet.gateway(),
@@ -440,8 +458,31 @@ impl Inner {
                 .map_err(state_err(dir.config()))?;
             cfg
         };
+        // Capabilities, seccomp, masked paths, user, mounts and the cgroup with the task's
+        // limits: written for the shim's child to apply before exec.
+        runtime::container::Runtime::new(self.root.clone())
+            .write_profile(&dir, &confinement)
+            .await?;
+        let pid = self.launch(&dir, &cfg).await?;
+        Ok((cfg, pid))
+    }
 
-        let shim = Shim::spawn(&dir)?;
+    /// Starts the container of `cfg` through a new shim: first start, or a restart of an
+    /// exited container (same directory, same writable layer, the log continues).
+    async fn launch(
+        &self,
+        dir: &ContainerDir,
+        cfg: &ContainerConfig,
+    ) -> Result<PidRecord, TaskError> {
+        for f in [dir.pid(), dir.exit(), dir.stopped()] {
+            match tokio::fs::remove_file(&f).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(TaskError::State { path: f, source: e })
+                }
+                _ => {}
+            }
+        }
+        let shim = Shim::spawn(dir)?;
         self.net.attach(&cfg.id, shim.pid(), cfg.ip).await?;
         if cfg.host_port != 0 {
             self.net
@@ -449,15 +490,16 @@ impl Inner {
                 .await?;
         }
         shim.release()?;
-        let pid = runtime::wait_started(&dir, Duration::from_secs(10)).await?;
-        Ok((cfg, pid))
+        Ok(runtime::wait_started(dir, Duration::from_secs(10)).await?)
     }
 
-    /// SIGTERM, then SIGKILL after `timeout`; returns the exit status once known.
+    /// `sig` (the stop signal), then SIGKILL after `timeout`; returns the exit status once
+    /// known.
     async fn kill(
         &self,
         dir: &ContainerDir,
         pid: Option<PidRecord>,
+        sig: nix::sys::signal::Signal,
         timeout: Duration,
     ) -> Option<i32> {
         let wait = |limit: Duration| async move {
@@ -471,7 +513,7 @@ impl Inner {
             }
         };
         if let Some(p) = pid {
-            runtime::signal(&p, nix::sys::signal::Signal::SIGTERM);
+            runtime::signal(&p, sig);
             wait(timeout).await;
             runtime::signal(&p, nix::sys::signal::Signal::SIGKILL);
             wait(Duration::from_secs(5)).await;
@@ -502,6 +544,9 @@ impl Inner {
 
 /// The failure message of a container that exited by itself: its code and last log line.
 fn exit_reason(dir: &ContainerDir, code: Option<i32>) -> String {
+    if let Some(oom) = runtime::container::oom_reason(dir) {
+        return oom;
+    }
     match code {
         Some(0) | None => String::new(),
         Some(c) => match dir.last_log_line() {
@@ -566,7 +611,9 @@ async fn actor(
                 Err(stop) => {
                     // Stopped while being created: undo whatever got done.
                     let pid = dir.read_pid();
-                    let code = inner.kill(&dir, pid, Duration::ZERO).await;
+                    let code = inner
+                        .kill(&dir, pid, nix::sys::signal::Signal::SIGKILL, Duration::ZERO)
+                        .await;
                     cleanup_failed_start(&inner, &dir).await;
                     finish(&mut status, code, true, String::new());
                     inner.report(&mut status).await;
@@ -591,11 +638,64 @@ async fn actor(
             None
         }
     };
-    if let Some((cfg, pid)) = running {
-        if let Some(stop) = supervise(&inner, &task, &mut status, &dir, &cfg, pid, &mut rx).await {
-            if stop.remove {
+    // Validated when the task was accepted; a task from an older agent has no policy.
+    let policy =
+        RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts).unwrap_or_default();
+    let mut restarts = Restarts::default();
+    let mut running = running;
+    while let Some((cfg, pid)) = running.take() {
+        let since = Instant::now();
+        let code = match supervise(&inner, &task, &mut status, &dir, &cfg, pid, &mut rx).await {
+            Ended::Stopped(stop) if stop.remove => {
                 remove(&inner, &task, &dir, stop).await;
                 return;
+            }
+            Ended::Stopped(_) => break,
+            Ended::Exited(code) => code,
+        };
+        let why = exit_reason(&dir, code);
+        let Some(delay) = lifecycle::after_exit(policy, code, since.elapsed(), &mut restarts)
+        else {
+            finish(&mut status, code, false, why);
+            inner.report(&mut status).await;
+            break;
+        };
+        // Not failed: the task is still meant to run here, the agent restarts it.
+        status.state = pb::TaskState::Starting as i32;
+        status.exit_code = code.unwrap_or(-1);
+        status.message = format!(
+            "restart {} in {delay:?} after exit code {}",
+            restarts.streak,
+            code.unwrap_or(-1)
+        );
+        inner.report(&mut status).await;
+        info!(task = %task.id, ?delay, "restarting container");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            stop = rx.recv() => {
+                let _ = write_atomic(&dir.stopped(), b"").await;
+                finish(&mut status, code, true, String::new());
+                inner.report(&mut status).await;
+                match stop {
+                    Some(stop) if stop.remove => {
+                        remove(&inner, &task, &dir, stop).await;
+                        return;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        match inner.launch(&dir, &cfg).await {
+            Ok(pid) => {
+                status.started_unix_ms = 0;
+                status.finished_unix_ms = 0;
+                running = Some((cfg, pid));
+            }
+            Err(e) => {
+                warn!(task = %task.id, error = %e, "restart failed");
+                inner.teardown(&cfg).await;
+                finish(&mut status, code, false, format!("restart failed: {e}"));
+                inner.report(&mut status).await;
             }
         }
     }
@@ -639,8 +739,16 @@ async fn remove(inner: &Inner, task: &pb::Task, dir: &ContainerDir, stop: Stop) 
     info!(task = %task.id, "container removed");
 }
 
-/// Watches a running container until it exits or is stopped; returns the stop request if
-/// it was stopped.
+/// How supervision of a running container ended.
+enum Ended {
+    /// Stopped on request (status reported).
+    Stopped(Stop),
+    /// Exited by itself with this status (network torn down, status not yet reported: the
+    /// restart policy decides what to report).
+    Exited(Option<i32>),
+}
+
+/// Watches a running container until it exits or is stopped.
 async fn supervise(
     inner: &Inner,
     task: &pb::Task,
@@ -649,7 +757,7 @@ async fn supervise(
     cfg: &ContainerConfig,
     pid: PidRecord,
     rx: &mut mpsc::UnboundedReceiver<Stop>,
-) -> Option<Stop> {
+) -> Ended {
     status.state = pb::TaskState::Running as i32;
     status.pid = pid.pid as u32;
     status.message = String::new();
@@ -687,17 +795,23 @@ async fn supervise(
         let mut probed = None;
         tokio::select! {
             stop = rx.recv() => {
-                let stop = stop?;
+                // Every sender gone means the agent is shutting down: leave it running.
+                let Some(stop) = stop else {
+                    return Ended::Exited(None);
+                };
                 let _ = write_atomic(&dir.stopped(), b"").await;
                 // The load balancer must stop sending before the container is signalled.
                 inner.drop_endpoint(task).await;
                 status.state = pb::TaskState::Stopping as i32;
                 inner.report(status).await;
-                let code = inner.kill(dir, Some(pid), stop.timeout).await;
+                let sig = lifecycle::stop_signal(&task.stop_signal, &cfg.stop_signal)
+                    .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+                let timeout = lifecycle::stop_timeout(stop.timeout, task.stop_timeout_ms);
+                let code = inner.kill(dir, Some(pid), sig, timeout).await;
                 inner.teardown(cfg).await;
                 finish(status, code, true, String::new());
                 inner.report(status).await;
-                return Some(stop);
+                return Ended::Stopped(stop);
             }
             ok = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                 probed = Some(ok);
@@ -708,10 +822,8 @@ async fn supervise(
             inner.drop_endpoint(task).await;
             let code = inner.exit_code(dir).await;
             inner.teardown(cfg).await;
-            finish(status, code, false, exit_reason(dir, code));
-            inner.report(status).await;
             info!(task = %task.id, code = ?code, "container exited");
-            return None;
+            return Ended::Exited(code);
         }
         let Some(ok) = probed else { continue };
         inflight = None;

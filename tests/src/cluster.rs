@@ -317,6 +317,42 @@ listen = "127.0.0.1:{port}"
         self.pid_file(&format!("agent-{host}"))
     }
 
+    /// SIGKILLs host `host`'s agent and waits until it is gone; returns its pid. Its
+    /// containers (children of their shims) keep running.
+    pub fn kill_agent(&self, host: &str) -> i32 {
+        let pid = self.agent_pid(host);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill agent");
+        self.eventually(
+            Duration::from_secs(10),
+            "the killed agent to be gone",
+            || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next());
+                matches!(state, None | Some("Z") | Some("X")).then_some(())
+            },
+        );
+        pid
+    }
+
+    /// Starts host `host`'s agent again (after [`Cluster::kill_agent`]) and waits until it
+    /// registered its node; returns the new pid.
+    pub fn restart_agent(&self, host: &str) -> i32 {
+        self.cluster(&["start-agent", host]);
+        self.agent_pid(host)
+    }
+
+    /// Host `host`'s container directory for task `task_id` (`STATE/HOST/containers/ID`).
+    pub fn container_dir(&self, host: &str, task_id: &str) -> PathBuf {
+        self.state.join(host).join("containers").join(task_id)
+    }
+
     /// The pid in the cluster's pid file `NAME.pid` (e.g. `etcd`, `scheduler-2`).
     pub fn pid_file(&self, name: &str) -> i32 {
         let p = self.state.join("pids").join(format!("{name}.pid"));

@@ -58,6 +58,9 @@ pub struct RunConfig {
     /// `uid`, `uid:gid`, `name` or `name:group` (resolved in the container's /etc/passwd).
     #[serde(default)]
     pub user: Option<String>,
+    /// Signal name or number sent first on stop (Dockerfile `STOPSIGNAL`).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

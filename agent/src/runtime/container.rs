@@ -177,6 +177,7 @@ impl Runtime {
             argv,
             env,
             workdir,
+            stop_signal: spec.image.stop_signal.clone().unwrap_or_default(),
             ip: Ipv4Addr::LOCALHOST,
             prefix_len: 8,
             gateway: Ipv4Addr::LOCALHOST,
@@ -246,7 +247,7 @@ impl Runtime {
     /// missing executable, ...) is deleted and the error says why.
     pub async fn start(&self, c: &mut Container) -> Result<PidRecord, ContainerError> {
         let res = async {
-            let shim = Shim::spawn_exe(&self.agent_exe, &c.dir)?;
+            let shim = Shim::spawn_with(&self.agent_exe, &c.dir)?;
             shim.release()?;
             let pid = super::wait_started(&c.dir, START_TIMEOUT).await?;
             // The pid is recorded at fork; setup (user, mounts, confinement) comes after.

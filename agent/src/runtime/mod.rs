@@ -54,27 +54,28 @@ pub struct Shim {
 }
 
 impl Shim {
-    /// Starts `/proc/self/exe __shim DIR` in fresh namespaces with output to the log.
+    /// Starts `/proc/self/exe __shim DIR` in fresh namespaces, its own diagnostics going to
+    /// `shim.log` (the container's output goes to `log.json`, written by the shim).
     pub fn spawn(dir: &ContainerDir) -> Result<Self, RuntimeError> {
-        Self::spawn_exe(Path::new("/proc/self/exe"), dir)
+        Self::spawn_with(Path::new("/proc/self/exe"), dir)
     }
 
-    /// Starts `EXE __shim DIR`, `EXE` being the agent binary (tests run it from a test
-    /// binary, whose own /proc/self/exe is not the agent).
-    pub fn spawn_exe(exe: &Path, dir: &ContainerDir) -> Result<Self, RuntimeError> {
+    /// [`Shim::spawn`] with an explicit agent binary: for tests and benchmarks, whose own
+    /// executable is not the agent.
+    pub fn spawn_with(agent: &Path, dir: &ContainerDir) -> Result<Self, RuntimeError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.log())
+            .open(dir.shim_log())
             .map_err(|source| RuntimeError::Log {
-                path: dir.log(),
+                path: dir.shim_log(),
                 source,
             })?;
         let log2 = log.try_clone().map_err(|source| RuntimeError::Log {
-            path: dir.log(),
+            path: dir.shim_log(),
             source,
         })?;
-        let mut cmd = std::process::Command::new(exe);
+        let mut cmd = std::process::Command::new(agent);
         cmd.arg("__shim")
             .arg(&dir.0)
             // stdin is the sync pipe: one byte means "go", EOF means "give up". The shim
@@ -125,6 +126,9 @@ pub async fn wait_started(
     timeout: Duration,
 ) -> Result<PidRecord, RuntimeError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // The shim usually records the pid within a millisecond or two: poll fast at first,
+    // then back off, so a start is not rounded up to a fixed poll interval.
+    let mut pause = Duration::from_micros(100);
     loop {
         if let Some(p) = dir.read_pid() {
             return Ok(p);
@@ -136,7 +140,8 @@ pub async fn wait_started(
         if tokio::time::Instant::now() > deadline {
             return Err(RuntimeError::NoStart("shim did not report a pid".into()));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
@@ -152,11 +157,53 @@ pub fn finished(dir: &ContainerDir, p: &PidRecord) -> bool {
     dir.exit().exists() || !p.alive()
 }
 
+/// Where removed container directories wait to be deleted: `.trash` under the directory
+/// that holds the containers (not a valid container id, so adoption skips it).
+pub fn trash_dir(dir: &Path) -> Option<std::path::PathBuf> {
+    Some(dir.parent()?.join(".trash"))
+}
+
 /// Removes the container directory (the mounts lived in the container's own mount
-/// namespace and vanished with it).
+/// namespace and vanished with it). The directory is renamed away at once, so its id is
+/// free and nothing of it is visible; its files are deleted in the background, since
+/// unlinking a writable layer can take tens of milliseconds on a disk mounted with
+/// `discard`.
 pub async fn remove_dir(dir: &Path) -> std::io::Result<()> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    // The cgroup outlives the processes in it: it goes with the directory that names it.
+    if let Err(e) = container::release_cgroup(&ContainerDir(dir.to_path_buf())) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove container cgroup");
     }
+    let gone = match trash_dir(dir) {
+        Some(trash) => {
+            let name = format!(
+                "{}-{}",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
+                rand::random::<u64>()
+            );
+            let to = trash.join(name);
+            match tokio::fs::create_dir_all(&trash).await {
+                Ok(()) => tokio::fs::rename(dir, &to).await.map(|()| to),
+                Err(e) => Err(e),
+            }
+        }
+        None => Err(std::io::Error::other("no parent")),
+    };
+    match gone {
+        Ok(to) => {
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(to));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // Another filesystem or no room for the trash: delete in place.
+        Err(_) => match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Deletes whatever an earlier agent left in the trash (it died mid-delete).
+pub async fn empty_trash(containers: &Path) {
+    let trash = containers.join(".trash");
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
 }

@@ -105,6 +105,7 @@ mod tests {
             cmd: Some(vec!["arg".into()]),
             working_dir: None,
             user: None,
+            stop_signal: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! A container's on-disk state under `ROOT/containers/<id>/`: `config.json` (what to run),
-//! `upper/`, `work/`, `rootfs/` (overlayfs), `log`, `pid` and `exit` (written by the shim).
+//! `upper/`, `work/`, `rootfs/` (overlayfs), and from the shim: `log.json` (+ rotated
+//! `log.json.N`), `shim.log`, `attach.sock`, `pid` and `exit`.
 //! Every file is written to a temp name and renamed, so readers never see half a file.
 
 use std::io;
@@ -18,6 +19,9 @@ pub struct ContainerConfig {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub workdir: String,
+    /// The image's StopSignal (may be empty); the task's own takes precedence.
+    #[serde(default)]
+    pub stop_signal: String,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
@@ -112,8 +116,17 @@ impl ContainerDir {
     pub fn work(&self) -> PathBuf {
         self.0.join("work")
     }
-    pub fn log(&self) -> PathBuf {
-        self.0.join("log")
+    /// The container's output in Docker's json-file format (see `crate::logs`).
+    pub fn log_json(&self) -> PathBuf {
+        self.0.join(crate::logs::LOG_FILE)
+    }
+    /// The shim's own diagnostics (it could not start, read its config, ...).
+    pub fn shim_log(&self) -> PathBuf {
+        self.0.join("shim.log")
+    }
+    /// The shim's attach socket (0600): stdin in, output out, window size changes.
+    pub fn attach_sock(&self) -> PathBuf {
+        self.0.join("attach.sock")
     }
     /// How the container's processes are confined ([`super::security::Profile`]); absent
     /// for containers created before profiles existed, which get Docker's defaults.
@@ -192,13 +205,16 @@ impl ContainerDir {
             .ok()
     }
 
-    /// The last non-empty line of the log, for failure messages.
+    /// The last non-empty line the container wrote, else the shim's own last complaint:
+    /// for failure messages.
     pub fn last_log_line(&self) -> Option<String> {
-        let data = std::fs::read(self.log()).ok()?;
-        let tail = &data[data.len().saturating_sub(4096)..];
-        let text = String::from_utf8_lossy(tail);
-        let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-        Some(line.trim().chars().take(200).collect())
+        crate::logs::last_line(&self.log_json()).or_else(|| {
+            let data = std::fs::read(self.shim_log()).ok()?;
+            let tail = &data[data.len().saturating_sub(4096)..];
+            let text = String::from_utf8_lossy(tail);
+            let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+            Some(line.trim().chars().take(200).collect())
+        })
     }
 }
 

@@ -521,8 +521,12 @@ impl TestRuntime {
         let exit = self.rt.wait(c).await;
         let mut out = std::fs::read_to_string(c.dir.upper().join("tmp/out")).unwrap_or_default();
         if exit.code != 0 {
-            // For the failure message only: the log's format belongs to the shim.
-            let log = std::fs::read_to_string(c.dir.log()).unwrap_or_default();
+            // For the failure message only: the container's json-file log and the shim's own.
+            let log = [c.dir.log_json(), c.dir.shim_log()]
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n");
             out.push_str(&format!("\n--- container log ---\n{log}"));
         }
         (exit, out, guard)

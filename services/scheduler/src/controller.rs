@@ -253,6 +253,8 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                     resources: spec.resources,
                     slot,
                     health: spec.health,
+                    // tty, stdin, restart policy, stop signal and log rotation: the
+                    // agent's defaults until service specs carry them.
                     ..Default::default()
                 };
                 pending.push(Pending {
