@@ -463,6 +463,7 @@ mod tests {
                     container: 8080,
                     protocol: protocol.into(),
                     listen: listen.into(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

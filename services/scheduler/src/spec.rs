@@ -117,6 +117,7 @@ mod tests {
                 container: 8080,
                 protocol: "http".into(),
                 listen: "127.0.0.1:8080".into(),
+                ..Default::default()
             }),
             ..Default::default()
         }
