@@ -289,7 +289,12 @@ async fn serve_connection(
         let Ok(acceptor) = ctx.acceptor(&certs) else {
             return;
         };
-        let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+        let handshake = tokio::select! {
+            res = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => res,
+            // Shutting down: a connection that sent no request yet has nothing to finish.
+            _ = shutdown.cancelled() => return,
+        };
+        let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "TLS handshake failed");
@@ -309,7 +314,11 @@ async fn serve_connection(
         }
         return;
     }
-    match sniff(&stream, header_timeout).await {
+    let sniffed = tokio::select! {
+        p = sniff(&stream, header_timeout) => p,
+        _ = shutdown.cancelled() => return,
+    };
+    match sniffed {
         Some(Preface::Http2) => serve_h2(stream, info, ctx, header_timeout, shutdown).await,
         Some(_) => serve_h1(stream, info, ctx, header_timeout, shutdown).await,
         None => debug!(%peer, "client sent no request"),
