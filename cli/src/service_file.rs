@@ -40,6 +40,9 @@ pub struct ServiceFile {
     pub placement: Option<Placement>,
     pub update: Option<Update>,
     pub canary: Option<Canary>,
+    /// More certificates for `[port]`'s TLS, chosen by SNI (`[[tls]]` tables).
+    #[serde(default)]
+    pub tls: Vec<Tls>,
 }
 
 fn one() -> u32 {
@@ -54,6 +57,27 @@ pub struct Port {
     pub protocol: String,
     #[serde(default)]
     pub listen: String,
+    /// PEM certificate chain: rctl-lb terminates TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// "v2": send a PROXY protocol v2 header to the backend on each connection.
+    pub proxy_protocol: Option<String>,
+    /// How long the backend has to answer with headers before the client gets 504.
+    pub request_timeout: Option<String>,
+    /// How long an idle client connection is kept open.
+    pub idle_timeout: Option<String>,
+}
+
+/// One more certificate for the service's TLS port, served to clients asking for one of
+/// `server_names` by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 fn http() -> String {
@@ -113,6 +137,8 @@ pub struct Canary {
     pub min_requests: Option<u64>,
     pub max_error_rate: Option<f64>,
     pub max_p99_ratio: Option<f64>,
+    /// "header:NAME" or "cookie:NAME": requests with that key stick to one revision.
+    pub sticky: Option<String>,
 }
 
 /// Reads and converts the file at `path` into the API's spec.
@@ -203,11 +229,73 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
                     p.listen
                 ));
             }
+            let mut tls = Vec::new();
+            match (p.tls_cert, p.tls_key) {
+                (Some(cert), Some(key)) => tls.push(pb::TlsCertificate {
+                    cert,
+                    key,
+                    server_names: Vec::new(),
+                }),
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err("key `port.tls_key`: needed with `port.tls_cert`".into())
+                }
+                (None, Some(_)) => {
+                    return Err("key `port.tls_cert`: needed with `port.tls_key`".into())
+                }
+            }
+            for (i, t) in f.tls.into_iter().enumerate() {
+                if t.cert.trim().is_empty() || t.key.trim().is_empty() {
+                    return Err(format!(
+                        "key `tls[{i}]`: `cert` and `key` must not be empty"
+                    ));
+                }
+                if t.server_names.is_empty() {
+                    return Err(format!(
+                        "key `tls[{i}].server_names`: must name at least one host (the default certificate is `port.tls_cert`)"
+                    ));
+                }
+                if let Some(bad) = t.server_names.iter().find(|n| !valid_server_name(n)) {
+                    return Err(format!(
+                        "key `tls[{i}].server_names`: {bad:?} is not a host name (e.g. \"www.example.com\" or \"*.example.com\")"
+                    ));
+                }
+                tls.push(pb::TlsCertificate {
+                    cert: t.cert,
+                    key: t.key,
+                    server_names: t.server_names,
+                });
+            }
+            if !tls.is_empty() && p.protocol != "http" {
+                return Err("key `port.tls_cert`: TLS termination needs protocol \"http\"".into());
+            }
+            if !tls.is_empty() && tls.iter().all(|t| !t.server_names.is_empty()) {
+                return Err(
+                    "key `port.tls_cert`: needed as the default certificate when `[[tls]]` is used"
+                        .into(),
+                );
+            }
+            let proxy_protocol = p.proxy_protocol.unwrap_or_default();
+            if !matches!(proxy_protocol.as_str(), "" | "v2") {
+                return Err(format!(
+                    "key `port.proxy_protocol`: must be \"v2\", got {proxy_protocol:?}"
+                ));
+            }
             Some(pb::PortSpec {
                 container: p.container.into(),
                 protocol: p.protocol,
                 listen: p.listen,
+                tls,
+                proxy_protocol,
+                request_timeout_ms: duration_ms(
+                    "port.request_timeout",
+                    p.request_timeout.as_deref(),
+                )?,
+                idle_timeout_ms: duration_ms("port.idle_timeout", p.idle_timeout.as_deref())?,
             })
+        }
+        None if !f.tls.is_empty() => {
+            return Err("key `tls`: needs a `[port]` with `tls_cert`".into())
         }
         None => None,
     };
@@ -261,6 +349,16 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         }
         None => None,
     };
+    let sticky = f
+        .canary
+        .as_ref()
+        .and_then(|c| c.sticky.clone())
+        .unwrap_or_default();
+    if !sticky.is_empty() && !valid_sticky(&sticky) {
+        return Err(format!(
+            "key `canary.sticky`: must be \"header:NAME\" or \"cookie:NAME\", got {sticky:?}"
+        ));
+    }
     let update = match f.update {
         Some(u) => Some(pb::UpdateSpec {
             max_surge: u.max_surge.unwrap_or(1),
@@ -314,7 +412,32 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         placement,
         update,
         canary,
+        sticky,
     })
+}
+
+/// A DNS name or a `*.` wildcard over one, as SNI carries them.
+fn valid_server_name(n: &str) -> bool {
+    let n = n.strip_prefix("*.").unwrap_or(n);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `header:NAME` (an HTTP header name) or `cookie:NAME` (a cookie name).
+fn valid_sticky(s: &str) -> bool {
+    let Some((kind, name)) = s.split_once(':') else {
+        return false;
+    };
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    matches!(kind, "header" | "cookie") && token
 }
 
 fn duration_ms(key: &str, v: Option<&str>) -> Result<u64, String> {
@@ -483,5 +606,59 @@ memory = "128Mi"
         assert_eq!(parse_bytes("lots"), None);
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn lb_keys_are_carried_and_checked() {
+        let base = "name = \"web\"\nimage = \"x\"\n\n[port]\ncontainer = 8080\nlisten = \"127.0.0.1:8443\"\n";
+        let good = format!(
+            "{base}tls_cert = \"/etc/rctl/web.pem\"\ntls_key = \"/etc/rctl/web.key\"\nproxy_protocol = \"v2\"\nrequest_timeout = \"5s\"\nidle_timeout = \"1m\"\n\n[[tls]]\ncert = \"/etc/rctl/api.pem\"\nkey = \"/etc/rctl/api.key\"\nserver_names = [\"api.example.com\", \"*.api.example.com\"]\n\n[canary]\nsticky = \"header:X-Canary-Key\"\n"
+        );
+        let spec = parse("web.toml", &good).unwrap();
+        let port = spec.port.unwrap();
+        assert_eq!(port.tls.len(), 2);
+        assert!(port.tls[0].server_names.is_empty());
+        assert_eq!(
+            port.tls[1].server_names,
+            ["api.example.com", "*.api.example.com"]
+        );
+        assert_eq!(port.proxy_protocol, "v2");
+        assert_eq!(port.request_timeout_ms, 5_000);
+        assert_eq!(port.idle_timeout_ms, 60_000);
+        assert_eq!(spec.sticky, "header:X-Canary-Key");
+
+        let bad = |extra: &str| {
+            parse("web.toml", &format!("{base}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("tls_cert = \"/c.pem\"\n");
+        assert_eq!(
+            e,
+            "web.toml: key `port.tls_key`: needed with `port.tls_cert`"
+        );
+        let e = bad("proxy_protocol = \"v1\"\n");
+        assert!(
+            e.contains("key `port.proxy_protocol`: must be \"v2\""),
+            "{e}"
+        );
+        let e = bad("request_timeout = \"soon\"\n");
+        assert!(e.contains("key `port.request_timeout`: cannot read"), "{e}");
+        let e = bad("protocol = \"tcp\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n");
+        assert!(e.contains("TLS termination needs protocol \"http\""), "{e}");
+        let e = bad("tls_cert = \"/c\"\ntls_key = \"/k\"\n[[tls]]\ncert = \"/c2\"\nkey = \"/k2\"\nserver_names = [\"no spaces\"]\n");
+        assert!(
+            e.contains("key `tls[0].server_names`: \"no spaces\" is not a host name"),
+            "{e}"
+        );
+        let e = bad("[[tls]]\ncert = \"/c2\"\nkey = \"/k2\"\nserver_names = [\"a.example\"]\n");
+        assert!(e.contains("needed as the default certificate"), "{e}");
+        let e = bad("[canary]\nsticky = \"query:k\"\n");
+        assert!(
+            e.contains("key `canary.sticky`: must be \"header:NAME\" or \"cookie:NAME\""),
+            "{e}"
+        );
+        let e = bad("[canary]\nsticky = \"cookie:\"\n");
+        assert!(e.contains("key `canary.sticky`"), "{e}");
     }
 }

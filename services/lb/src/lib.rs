@@ -2,8 +2,9 @@
 //!
 //! It watches services and endpoints in etcd, keeps an immutable routing table that it
 //! rebuilds and swaps whole on every change, opens one listener per exposed service, and
-//! proxies HTTP/1.1 (L7) or raw TCP (L4) to the healthy endpoints of that service, picking
-//! one per request by power-of-two-choices on least outstanding requests.
+//! proxies HTTP/1.1 and HTTP/2, optionally over TLS (L7), or raw TCP (L4) to the healthy
+//! endpoints of that service, picking one per request by power-of-two-choices on least
+//! outstanding requests.
 //!
 //! # Layout
 //! - [`routes`]: the routing table ([`Routes`]) built from etcd values, and its channel.

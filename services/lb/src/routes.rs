@@ -12,14 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rctl_api::{codec, keys, pb};
 use tokio::sync::watch;
 
 use crate::health::{Check, Outlier};
-use crate::split::{Split, SplitError, Weights};
+use crate::split::{Split, SplitError, Sticky, StickyError, Weights};
 
 /// Sends new routing tables to every listener and proxy.
 pub type RoutesTx = watch::Sender<Arc<Routes>>;
@@ -56,8 +58,31 @@ pub enum RoutesError {
         #[source]
         source: SplitError,
     },
+    #[error("service {service:?}: unknown proxy_protocol {value:?} (want \"v2\")")]
+    UnknownProxyProtocol { service: String, value: String },
+    #[error("service {service:?}: ignoring its sticky setting")]
+    Sticky {
+        service: String,
+        #[source]
+        source: StickyError,
+    },
     #[error(transparent)]
     Decode(#[from] codec::DecodeError),
+}
+
+/// Default time a backend has to send response headers (HAProxy's usual `timeout server`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default idle time of a TCP (L4) connection before it is closed (HAProxy's usual
+/// `timeout client`/`server` pair is 30–60 s; long enough for chatty protocols' pauses).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One certificate to serve, as files on this host; see [`crate::proxy::tls`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names it answers; none: the default certificate.
+    pub server_names: Vec<String>,
 }
 
 /// How the load balancer speaks to clients and endpoints of a service.
@@ -193,6 +218,17 @@ pub struct ServiceRoute {
     split: Option<Arc<Mutex<Split>>>,
     /// How the LB probes the backends.
     pub check: Check,
+    /// Certificates when the LB terminates TLS (HTTP only); empty: plaintext.
+    pub tls: Vec<TlsCert>,
+    /// Whether each backend connection opens with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
+    /// Time a backend has to answer with headers (HTTP) before the client gets 504.
+    pub request_timeout: Duration,
+    /// Idle time before a client connection is closed; `None`: the protocol's default
+    /// (HTTP: the header timeout; TCP: [`TCP_IDLE_TIMEOUT`]).
+    pub idle_timeout: Option<Duration>,
+    /// Where a sticky canary finds a request's key, if the service has one.
+    pub sticky: Option<Sticky>,
 }
 
 impl ServiceRoute {
@@ -205,6 +241,11 @@ impl ServiceRoute {
             revision: 0,
             split: None,
             check: Check::default(),
+            tls: Vec::new(),
+            proxy_protocol: false,
+            request_timeout: REQUEST_TIMEOUT,
+            idle_timeout: None,
+            sticky: None,
         }
     }
 
@@ -230,6 +271,21 @@ impl ServiceRoute {
             Some(split) => split.lock().unwrap_or_else(|e| e.into_inner()).pick(),
             None => self.revision,
         }
+    }
+
+    /// The revision a request goes to: by the hash of its sticky key when the service has
+    /// a sticky canary, a split, and the request carries the key; else [`Self::next_revision`].
+    pub fn revision_for(&self, headers: &http::HeaderMap) -> u64 {
+        if let (Some(sticky), Some(split)) = (&self.sticky, &self.split) {
+            if let Some(h) = sticky.key_hash(headers) {
+                return split
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .weights()
+                    .by_hash(h);
+            }
+        }
+        self.next_revision()
     }
 
     /// Whether `revision` has a share of the split (false when there is no split).
@@ -309,9 +365,46 @@ impl Routes {
                     }
                 }
             };
+            let proxy_protocol = match port.proxy_protocol.as_str() {
+                "" => false,
+                "v2" => true,
+                other => {
+                    // Sending plain connections to backends that expect a PROXY header
+                    // (or the reverse) would fail every request: leave the service out.
+                    errors.push(RoutesError::UnknownProxyProtocol {
+                        service: spec.name.clone(),
+                        value: other.to_string(),
+                    });
+                    continue;
+                }
+            };
             let mut route =
                 ServiceRoute::new(spec.name.clone(), protocol, listen).with_revision(svc.revision);
             route.check = Check::from_spec(spec.health.as_ref());
+            route.proxy_protocol = proxy_protocol;
+            route.tls = port
+                .tls
+                .iter()
+                .map(|t| TlsCert {
+                    cert: t.cert.clone().into(),
+                    key: t.key.clone().into(),
+                    server_names: t.server_names.clone(),
+                })
+                .collect();
+            if port.request_timeout_ms > 0 {
+                route.request_timeout = Duration::from_millis(port.request_timeout_ms);
+            }
+            route.idle_timeout =
+                (port.idle_timeout_ms > 0).then(|| Duration::from_millis(port.idle_timeout_ms));
+            if !spec.sticky.is_empty() {
+                match Sticky::parse(&spec.sticky) {
+                    Ok(s) => route.sticky = Some(s),
+                    Err(source) => errors.push(RoutesError::Sticky {
+                        service: spec.name.clone(),
+                        source,
+                    }),
+                }
+            }
             let pairs = svc
                 .traffic
                 .iter()
@@ -463,6 +556,7 @@ mod tests {
                     container: 8080,
                     protocol: protocol.into(),
                     listen: listen.into(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

@@ -6,6 +6,14 @@
 //! credit and charges it the total. Over any window of `total` picks each revision gets
 //! exactly its weight, and picks of a small revision are spread out rather than bunched, so
 //! 95/5 over 10,000 requests is 9,500/500 exactly — no RNG, no "roughly".
+//!
+//! A sticky canary ([`Sticky`]) maps a request that carries the service's key (a header or
+//! a cookie) to a revision by a hash of the key instead ([`Weights::by_hash`]): the same key
+//! always lands on the same revision (on every LB, the hash is fixed), and over many
+//! distinct keys the shares follow the weights. Requests without the key keep the exact
+//! round robin.
+
+use http::header::{self, HeaderMap, HeaderName};
 
 /// A validated split: at least one revision, each once, every weight positive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +57,82 @@ impl Weights {
     pub fn entries(&self) -> &[(u64, u32)] {
         &self.entries
     }
+
+    /// The revision whose share of `[0, total)` the hash falls in, the hash read as a
+    /// point in `[0, 1)` scaled to the total weight (integer maths, so every LB agrees).
+    pub fn by_hash(&self, hash: u64) -> u64 {
+        let total: u64 = self.entries.iter().map(|(_, w)| u64::from(*w)).sum();
+        let point = ((u128::from(hash) * u128::from(total)) >> 64) as u64;
+        let mut upto = 0;
+        for (revision, weight) in &self.entries {
+            upto += u64::from(*weight);
+            if point < upto {
+                return *revision;
+            }
+        }
+        // Unreachable: point < total; the last revision is the safe answer anyway.
+        self.entries[self.entries.len() - 1].0
+    }
+}
+
+/// Where a sticky canary finds a request's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("sticky {0:?}: want \"header:NAME\" or \"cookie:NAME\"")]
+pub struct StickyError(pub String);
+
+impl Sticky {
+    /// Parses `header:NAME` or `cookie:NAME` (`ServiceSpec.sticky`).
+    pub fn parse(s: &str) -> Result<Self, StickyError> {
+        let bad = || StickyError(s.to_string());
+        match s.split_once(':') {
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(Self::Header)
+                .map_err(|_| bad()),
+            Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ', ',']) => {
+                Ok(Self::Cookie(name.to_string()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// The hash of the request's key, if it carries one (a non-empty value).
+    pub fn key_hash(&self, headers: &HeaderMap) -> Option<u64> {
+        let value = match self {
+            Self::Header(name) => headers.get(name).map(|v| v.as_bytes())?,
+            Self::Cookie(name) => headers
+                .get_all(header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+                .find_map(|pair| {
+                    let pair = pair.trim_ascii_start();
+                    let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+                    (k == name.as_bytes()).then(|| &v[1..])
+                })?,
+        };
+        (!value.is_empty()).then(|| hash(value))
+    }
+}
+
+/// FNV-1a, then a splitmix64 finaliser so the high bits [`Weights::by_hash`] reads are
+/// well mixed even for short, similar keys. Fixed, unlike std's hasher: every LB and every
+/// version must send a key to the same revision.
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// The running state of smooth weighted round robin over [`Weights`].
@@ -175,5 +259,71 @@ mod tests {
             Weights::new([(2, 5), (1, 95)]).unwrap(),
             Weights::new([(1, 95), (2, 5), (3, 0)]).unwrap()
         );
+    }
+
+    #[test]
+    fn sticky_keys_follow_the_weights_over_many_keys() {
+        let w = Weights::new([(1, 95), (2, 5)]).unwrap();
+        let mut canary = 0;
+        for i in 0..100_000 {
+            if w.by_hash(hash(format!("user-{i}").as_bytes())) == 2 {
+                canary += 1;
+            }
+        }
+        // 5% of 100,000 keys; a fair hash stays well within ±0.5 points.
+        assert!((4_500..=5_500).contains(&canary), "{canary}");
+        let even = Weights::new([(7, 1), (8, 1)]).unwrap();
+        let sevens = (0..10_000)
+            .filter(|i| even.by_hash(hash(format!("k{i}").as_bytes())) == 7)
+            .count();
+        assert!((4_800..=5_200).contains(&sevens), "{sevens}");
+    }
+
+    #[test]
+    fn by_hash_covers_the_ends_of_the_range() {
+        let w = Weights::new([(1, 1), (2, 1), (3, 2)]).unwrap();
+        assert_eq!(w.by_hash(0), 1);
+        assert_eq!(w.by_hash(u64::MAX / 4 - 1), 1);
+        assert_eq!(w.by_hash(u64::MAX / 4 + 1), 2);
+        assert_eq!(w.by_hash(u64::MAX / 2 + 1), 3);
+        assert_eq!(w.by_hash(u64::MAX), 3);
+    }
+
+    #[test]
+    fn a_key_maps_to_the_same_revision_every_time() {
+        let w = Weights::new([(1, 50), (2, 50)]).unwrap();
+        let first = w.by_hash(hash(b"alice"));
+        assert!((0..100).all(|_| w.by_hash(hash(b"alice")) == first));
+        // The hash is fixed across builds, versions and LBs (FNV-1a + splitmix64 of
+        // "alice", computed independently).
+        assert_eq!(hash(b"alice"), 0xc5d1_556d_6677_4a5c);
+    }
+
+    #[test]
+    fn sticky_keys_come_from_a_header_or_a_cookie() {
+        use http::HeaderValue;
+        let by_header = Sticky::parse("header:X-Canary-Key").unwrap();
+        let by_cookie = Sticky::parse("cookie:uid").unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(by_header.key_hash(&h), None);
+        h.insert("x-canary-key", HeaderValue::from_static("alice"));
+        assert_eq!(by_header.key_hash(&h), Some(hash(b"alice")));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; uid=bob; z=2"),
+        );
+        assert_eq!(by_cookie.key_hash(&h), Some(hash(b"bob")));
+        h.insert(header::COOKIE, HeaderValue::from_static("xuid=bob; uid="));
+        assert_eq!(by_cookie.key_hash(&h), None);
+        for bad in [
+            "",
+            "header:",
+            "header:bad name",
+            "cookie:",
+            "query:k",
+            "cookie:a=b",
+        ] {
+            assert!(Sticky::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -74,6 +74,7 @@ fn service(name: &str, protocol: &str, listen: SocketAddr) -> Vec<u8> {
                 container: 8080,
                 protocol: protocol.into(),
                 listen: listen.to_string(),
+                ..Default::default()
             }),
             ..Default::default()
         }),

@@ -96,10 +96,20 @@ fn valid_image(r: &str) -> bool {
 /// Whether going from `old` to `new` changes what runs (a new revision), rather than only
 /// how many replicas run or how the next rollout goes (`[update]`, `[canary]`).
 pub fn changes_revision(old: &ServiceSpec, new: &ServiceSpec) -> bool {
+    // What only rctl-lb acts on (TLS, PROXY protocol, timeouts, sticky canary) changes no
+    // container: applying it must not roll every task.
     let strip = |s: &ServiceSpec| ServiceSpec {
         replicas: 0,
         update: None,
         canary: None,
+        sticky: String::new(),
+        port: s.port.clone().map(|p| rctl_api::pb::PortSpec {
+            tls: Vec::new(),
+            proxy_protocol: String::new(),
+            request_timeout_ms: 0,
+            idle_timeout_ms: 0,
+            ..p
+        }),
         ..s.clone()
     };
     strip(old) != strip(new)
@@ -119,6 +129,7 @@ mod tests {
                 container: 8080,
                 protocol: "http".into(),
                 listen: "127.0.0.1:8080".into(),
+                ..Default::default()
             }),
             ..Default::default()
         }
@@ -203,5 +214,19 @@ mod tests {
         );
         b.image = "x:2".into();
         assert!(changes_revision(&a, &b));
+    }
+
+    #[test]
+    fn load_balancer_settings_make_no_revision() {
+        let old = spec();
+        let mut new = spec();
+        new.sticky = "header:X-User".into();
+        let port = new.port.as_mut().unwrap();
+        port.proxy_protocol = "v2".into();
+        port.request_timeout_ms = 5_000;
+        port.idle_timeout_ms = 9_000;
+        assert!(!changes_revision(&old, &new));
+        new.port.as_mut().unwrap().container = 9090;
+        assert!(changes_revision(&old, &new));
     }
 }

@@ -1,4 +1,9 @@
-//! The L7 proxy: HTTP/1.1 with keep-alive on both sides, one backend chosen per request.
+//! The L7 proxy: HTTP/1.1 and HTTP/2 from clients (h2c by prior knowledge, or over TLS
+//! by ALPN, see [`super::tls`]), HTTP/1.1 with keep-alive to backends, one backend chosen
+//! per request. A plaintext connection is HTTP/2 when it opens with the h2 preface, which
+//! is told by peeking at the socket, so HTTP/1.1 connections are served by hyper's own
+//! HTTP/1.1 server with nothing in between. `Upgrade: h2c` is not honoured (the request is
+//! served as HTTP/1.1, as RFC 9113 allows); CONNECT is answered 405 (not a forward proxy).
 //! `Connection: upgrade` requests (WebSocket and the like) go through with their Upgrade
 //! header; after the backend's 101 the two connections are spliced byte for byte.
 //!
@@ -9,11 +14,16 @@
 //! through [`ReclaimBody`], which takes it out of a shared slot only when first polled, so
 //! while the body is still in the slot it can go to the next backend. Every outcome feeds
 //! the backend's passive health ([`crate::health`]).
+//!
+//! Timeouts: a backend has the service's request timeout to send response headers, else
+//! the client gets 504 (not retried); a client has the header timeout to send a request
+//! head, which is also how long an idle keep-alive connection stays open.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,17 +31,19 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::pool::{Lease, Pool};
 use super::MAX_RETRIES;
 use crate::balance;
-use crate::routes::{InFlight, RoutesRx};
+use crate::routes::{InFlight, RoutesRx, TlsCert};
 use crate::stats::{ServiceCounters, Stats};
 
 /// The body of every response the proxy sends: a backend's, streamed, or its own short one.
@@ -71,8 +83,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client's address to `X-Forwarded-For` (keeping what earlier proxies put
-/// there) and sets `X-Forwarded-Proto`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// there) and sets `X-Forwarded-Proto` (`"http"` or `"https"`).
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     use std::fmt::Write as _;
     // One buffer, no per-hop Strings: this runs on every request.
@@ -87,7 +99,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(proto),
     );
 }
 
@@ -130,6 +142,94 @@ struct Listener {
     routes: RoutesRx,
     forwarder: Forwarder,
     counters: Arc<ServiceCounters>,
+    /// The TLS acceptor and the certificates it was built from, rebuilt when the
+    /// service's certificates change (`None` inside: they failed to load).
+    tls: Mutex<Option<(Vec<TlsCert>, Option<TlsAcceptor>)>>,
+}
+
+impl Listener {
+    /// The acceptor for `certs`, loading them if they are new. `Err` when they cannot be
+    /// loaded (logged once per change): such a service's connections are closed rather
+    /// than served in plaintext on a port meant for TLS.
+    fn acceptor(&self, certs: &[TlsCert]) -> Result<TlsAcceptor, ()> {
+        let mut cache = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((loaded, acceptor)) = cache.as_ref() {
+            if loaded == certs {
+                return acceptor.clone().ok_or(());
+            }
+        }
+        let acceptor = match super::tls::acceptor(certs) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!(service = self.service, error = %crate::Chain(&e), "cannot load TLS certificates; closing TLS connections");
+                None
+            }
+        };
+        *cache = Some((certs.to_vec(), acceptor.clone()));
+        acceptor.ok_or(())
+    }
+}
+
+/// What a request's handling needs to know about its client connection.
+#[derive(Debug, Clone, Copy)]
+struct ConnInfo {
+    peer: SocketAddr,
+    /// `"https"` when the LB terminated TLS.
+    proto: &'static str,
+    /// The address the client connected to, for PROXY protocol headers (read only when
+    /// the service sends them).
+    local: Option<SocketAddr>,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How the first bytes of a plaintext connection read.
+#[derive(Debug, PartialEq, Eq)]
+enum Preface {
+    Http2,
+    Http1,
+    /// A prefix of the h2 preface so far: wait for more.
+    Undecided,
+}
+
+/// Tells h2c prior knowledge from HTTP/1.x by the bytes received so far.
+fn preface(peeked: &[u8]) -> Preface {
+    let n = peeked.len().min(H2_PREFACE.len());
+    if peeked[..n] != H2_PREFACE[..n] {
+        Preface::Http1
+    } else if n == H2_PREFACE.len() {
+        Preface::Http2
+    } else {
+        Preface::Undecided
+    }
+}
+
+/// Waits until the connection's first bytes tell its protocol; `None` if it closed or
+/// sent nothing telling within `limit`.
+async fn sniff(stream: &TcpStream, limit: Duration) -> Option<Preface> {
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        match preface(&buf[..n]) {
+            Preface::Undecided => {
+                // peek returns at once while bytes wait unread: pause instead of spinning
+                // until the rest of a preface split over packets arrives.
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            decided => return Some(decided),
+        }
+    }
 }
 
 /// Serves HTTP/1.1 for `service` on `listener` until `shutdown`, then lets each connection
@@ -146,6 +246,7 @@ pub async fn serve(
         service,
         routes,
         forwarder,
+        tls: Mutex::new(None),
     });
     let service = ctx.service.clone();
     super::accept_loop(listener, &service, &shutdown, |stream, peer| {
@@ -161,17 +262,88 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let header_timeout = ctx.forwarder.header_timeout;
+    // What this connection needs from the service, read once (TLS, idle, PROXY header).
+    let (certs, idle, proxied) = {
+        let routes = ctx.routes.borrow();
+        match routes.service(&ctx.service) {
+            Some(r) => (
+                (!r.tls.is_empty()).then(|| r.tls.clone()),
+                r.idle_timeout,
+                r.proxy_protocol,
+            ),
+            None => (None, None, false),
+        }
+    };
+    let header_timeout = idle.unwrap_or(ctx.forwarder.header_timeout);
+    let local = if proxied {
+        stream.local_addr().ok()
+    } else {
+        None
+    };
+    let mut info = ConnInfo {
+        peer,
+        proto: "http",
+        local,
+    };
+    if let Some(certs) = certs {
+        let Ok(acceptor) = ctx.acceptor(&certs) else {
+            return;
+        };
+        let handshake = tokio::select! {
+            res = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => res,
+            // Shutting down: a connection that sent no request yet has nothing to finish.
+            _ = shutdown.cancelled() => return,
+        };
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        info.proto = "https";
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            serve_h2(tls, info, ctx, header_timeout, shutdown).await;
+        } else {
+            serve_h1(tls, info, ctx, header_timeout, shutdown).await;
+        }
+        return;
+    }
+    let sniffed = tokio::select! {
+        p = sniff(&stream, header_timeout) => p,
+        _ = shutdown.cancelled() => return,
+    };
+    match sniffed {
+        Some(Preface::Http2) => serve_h2(stream, info, ctx, header_timeout, shutdown).await,
+        Some(_) => serve_h1(stream, info, ctx, header_timeout, shutdown).await,
+        None => debug!(%peer, "client sent no request"),
+    }
+}
+
+async fn serve_h1<I>(
+    io: I,
+    info: ConnInfo,
+    ctx: Arc<Listener>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, peer, &ctx).await) }
+        async move { Ok::<_, std::convert::Infallible>(forward(req, info, &ctx).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
         .max_header_size(MAX_HEADER_SIZE)
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let res = tokio::select! {
@@ -183,15 +355,50 @@ async fn serve_connection(
         }
     };
     if let Err(e) = res {
-        debug!(%peer, error = %e, "client connection ended");
+        debug!(peer = %info.peer, error = %e, "client connection ended");
+    }
+}
+
+async fn serve_h2<I>(
+    io: I,
+    info: ConnInfo,
+    ctx: Arc<Listener>,
+    idle: Duration,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, info, &ctx).await) }
+    });
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_SIZE as u32)
+        // A client that stops answering pings is gone: close its connection within the
+        // idle timeout rather than keep its streams forever.
+        .keep_alive_interval(idle)
+        .keep_alive_timeout(Duration::from_secs(20).min(idle))
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = shutdown.cancelled() => {
+            // GOAWAY: finish the streams in progress, take no new ones.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        debug!(peer = %info.peer, error = %e, "HTTP/2 client connection ended");
     }
 }
 
 /// Proxies one request to a backend of the listener's service.
-async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Response<ProxyBody> {
+async fn forward(req: Request<Incoming>, info: ConnInfo, ctx: &Listener) -> Response<ProxyBody> {
     let start = tokio::time::Instant::now();
     let mut revision = 0;
-    let resp = route(req, peer, ctx, &mut revision).await;
+    let resp = route(req, info, ctx, start, &mut revision).await;
     ctx.counters
         .record_request(revision, resp.status(), start.elapsed());
     resp
@@ -201,16 +408,42 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, ctx: &Listener) -> Re
 /// that answered, else the one the request was meant for.
 async fn route(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    info: ConnInfo,
     ctx: &Listener,
+    start: tokio::time::Instant,
     served: &mut u64,
 ) -> Response<ProxyBody> {
     let service = ctx.service.as_str();
+    if req.method() == http::Method::CONNECT {
+        // Not a forward proxy: tunnelling to whatever the client names is not ours to do
+        // (HAProxy answers such requests with an error too).
+        let mut resp = short(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported\n".into(),
+        );
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
+        if req.version() < Version::HTTP_2 {
+            // What follows a CONNECT may be tunnel bytes, not a request: close.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
     let mut current = ctx.routes.borrow().clone();
     let Some(route) = current.service(service) else {
         return no_endpoint(service);
     };
-    let revision = route.next_revision();
+    let revision = route.revision_for(req.headers());
+    let request_timeout = route.request_timeout;
+    // From the request's start (already read for the latency stats: no second clock read).
+    let deadline = start + request_timeout;
+    let proxied = info
+        .local
+        .filter(|_| route.proxy_protocol)
+        .map(|local| (info.peer, local));
     *served = revision;
     // An Upgrade (WebSocket, …) is the one hop-by-hop exchange passed through: the
     // backend must see it, and after its 101 the two connections are spliced.
@@ -224,7 +457,7 @@ async fn route(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    set_forwarded(&mut parts.headers, peer.ip());
+    set_forwarded(&mut parts.headers, info.peer.ip(), info.proto);
     let mut client_upgrade = client_upgrade; // taken on the 101
     let path = parts
         .uri
@@ -264,13 +497,26 @@ async fn route(
         *out.version_mut() = Version::HTTP_11;
         *out.headers_mut() = parts.headers.clone();
         if !out.headers().contains_key(header::HOST) {
-            // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
-            if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+            // HTTP/2 carries the host as :authority; an HTTP/1.0 client may send none;
+            // HTTP/1.1 requires one.
+            let host = match parts.uri.authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()),
+                None => HeaderValue::from_str(&addr.to_string()),
+            };
+            if let Ok(host) = host {
                 out.headers_mut().insert(header::HOST, host);
             }
         }
 
-        match ctx.forwarder.pool.send(addr, out).await {
+        let sent =
+            tokio::time::timeout_at(deadline, ctx.forwarder.pool.send(addr, proxied, out)).await;
+        let Ok(sent) = sent else {
+            // Not retried: the backend may be working on it (and a POST must not run twice).
+            backend.record(false);
+            warn!(service, %addr, task = backend.task_id, timeout = ?request_timeout, "backend sent no response headers in time");
+            return short(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n".into());
+        };
+        match sent {
             Ok((mut resp, lease)) => {
                 backend.record(!resp.status().is_server_error());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -511,10 +757,25 @@ mod tests {
     #[test]
     fn forwarded_headers_append_to_the_chain() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "198.18.0.1".parse().unwrap());
+        set_forwarded(&mut h, "198.18.0.1".parse().unwrap(), "http");
         assert_eq!(h["x-forwarded-for"], "198.18.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "https");
         assert_eq!(h["x-forwarded-for"], "198.18.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn h2_prior_knowledge_is_told_from_http1_by_the_first_bytes() {
+        assert_eq!(preface(H2_PREFACE), Preface::Http2);
+        assert_eq!(
+            preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Preface::Http2
+        );
+        assert_eq!(preface(b"PRI * HT"), Preface::Undecided);
+        assert_eq!(preface(b"P"), Preface::Undecided);
+        assert_eq!(preface(b"POST / HTTP/1.1\r\n"), Preface::Http1);
+        assert_eq!(preface(b"GET / HTTP/1.1\r\n"), Preface::Http1);
+        assert_eq!(preface(b"PRI * HTTP/1.1\r\n"), Preface::Http1);
     }
 }

@@ -1,12 +1,15 @@
-//! The data paths: [`http`] proxies HTTP/1.1 per request (L7), [`tcp`] proxies raw TCP per
-//! connection (L4). Both pick backends with [`crate::balance`] from the current
+//! The data paths: [`http`] proxies HTTP/1.1 and HTTP/2 per request (L7, TLS termination
+//! in [`tls`]), [`tcp`] proxies raw TCP per connection (L4); either may open backend
+//! connections with a PROXY protocol v2 header ([`proxy_protocol`]). Both pick backends with [`crate::balance`] from the current
 //! [`crate::Routes`] and retry another backend when the connection was refused, i.e.
 //! before anything of the client's was sent (HTTP also retries a GET or HEAD once more
 //! after a failure before any response byte).
 
 pub mod http;
 mod pool;
+pub mod proxy_protocol;
 pub mod tcp;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

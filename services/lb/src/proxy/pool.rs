@@ -6,6 +6,10 @@
 //! and puts the connection back when the body is dropped (a connection whose answer was not
 //! read to the end is closed by hyper and so is not reused).
 //!
+//! A service that sends PROXY protocol headers gets connections private to one client
+//! connection: the header, written first, names the client, so the pool key holds the
+//! client's address pair too ([`Key`]).
+//!
 //! Vocabulary: an *idle* connection is one in the pool, not lent; a *ready* one can take a
 //! request now; a *closed* one can take none ever again.
 
@@ -18,6 +22,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
@@ -41,6 +46,12 @@ pub enum PoolError {
     },
     #[error("connect to {addr}: timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimeout { addr: SocketAddr },
+    #[error("send PROXY protocol header to {addr}")]
+    ProxyHeader {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP/1.1 handshake with {addr}")]
     Handshake {
         addr: SocketAddr,
@@ -60,9 +71,20 @@ impl PoolError {
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. }
+            Self::Connect { .. }
+                | Self::ConnectTimeout { .. }
+                | Self::ProxyHeader { .. }
+                | Self::Handshake { .. }
         )
     }
+}
+
+/// Which connections can serve a request: to this backend, and (PROXY protocol) for this
+/// client connection, `(client, address it connected to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    backend: SocketAddr,
+    client: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// A connection waiting in the pool.
@@ -76,21 +98,27 @@ struct Idle {
 #[derive(Default)]
 pub struct Pool {
     /// Idle connections per backend address, most recently used last.
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     /// When expired connections were last swept from every backend's list.
     last_sweep: Mutex<Option<Instant>>,
 }
 
 impl Pool {
-    /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one.
+    /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one; with
+    /// `client`, on a connection opened with a PROXY v2 header for that client.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        client: Option<(SocketAddr, SocketAddr)>,
         mut req: Request<ReclaimBody>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
-        if let Some(mut sender) = self.checkout(addr).await {
+        let key = Key {
+            backend: addr,
+            client,
+        };
+        if let Some(mut sender) = self.checkout(key).await {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(addr, sender))),
+                Ok(resp) => return Ok((resp, self.lease(key, sender))),
                 Err(mut e) => match e.take_message() {
                     // The connection closed before the request went out: use a new one,
                     // as the legacy client did.
@@ -107,27 +135,27 @@ impl Pool {
                 },
             }
         }
-        let mut sender = connect(addr).await?;
+        let mut sender = connect(addr, client).await?;
         match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(addr, sender))),
+            Ok(resp) => Ok((resp, self.lease(key, sender))),
             Err(source) => Err(PoolError::Request { addr, source }),
         }
     }
 
-    fn lease(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<ReclaimBody>) -> Lease {
+    fn lease(self: &Arc<Self>, key: Key, sender: SendRequest<ReclaimBody>) -> Lease {
         Lease {
             pool: self.clone(),
-            addr,
+            key,
             sender: Some(sender),
         }
     }
 
     /// The most recently used live idle connection to `addr`, ready for a request.
-    async fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<ReclaimBody>> {
+    async fn checkout(&self, key: Key) -> Option<SendRequest<ReclaimBody>> {
         loop {
             let mut idle = {
                 let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = map.get_mut(&addr)?;
+                let list = map.get_mut(&key)?;
                 let now = Instant::now();
                 loop {
                     let i = list.pop()?;
@@ -147,10 +175,10 @@ impl Pool {
         }
     }
 
-    fn checkin(&self, addr: SocketAddr, sender: SendRequest<ReclaimBody>) {
+    fn checkin(&self, key: Key, sender: SendRequest<ReclaimBody>) {
         let now = Instant::now();
         let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(addr).or_default();
+        let list = map.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(Idle { sender, since: now });
         }
@@ -168,14 +196,25 @@ impl Pool {
     }
 }
 
-/// Opens a connection to `addr` and runs it on its own task.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<ReclaimBody>, PoolError> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+/// Opens a connection to `addr` (first sending the PROXY header for `client`, if any) and
+/// runs it on its own task.
+async fn connect(
+    addr: SocketAddr,
+    client: Option<(SocketAddr, SocketAddr)>,
+) -> Result<SendRequest<ReclaimBody>, PoolError> {
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(PoolError::Connect { addr, source }),
         Err(_) => return Err(PoolError::ConnectTimeout { addr }),
     };
     let _ = stream.set_nodelay(true);
+    if let Some((source, destination)) = client {
+        let header = super::proxy_protocol::encode(source, destination);
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|source| PoolError::ProxyHeader { addr, source })?;
+    }
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| PoolError::Handshake { addr, source })?;
@@ -192,7 +231,7 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<ReclaimBody>, PoolError
 /// A pooled connection lent to one request; it goes back to the pool on drop.
 pub struct Lease {
     pool: Arc<Pool>,
-    addr: SocketAddr,
+    key: Key,
     sender: Option<SendRequest<ReclaimBody>>,
 }
 
@@ -207,7 +246,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {
             if !sender.is_closed() {
-                self.pool.checkin(self.addr, sender);
+                self.pool.checkin(self.key, sender);
             }
         }
     }

@@ -51,6 +51,7 @@ pub fn service(name: &str, listen: SocketAddr, revision: u64, split: &[(u64, u32
                 container: 8080,
                 protocol: "http".into(),
                 listen: listen.to_string(),
+                ..Default::default()
             }),
             ..Default::default()
         }),
