@@ -24,7 +24,7 @@ pub mod wait;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing::Instrument;
 
 use crate::client::{Conn, Target};
@@ -146,33 +146,11 @@ pub enum Command {
     },
     // === images (issue 5) ===
     /// List the images on the nodes.
-    Images {
-        /// Show all images (there are no intermediate images: same as without).
-        #[arg(short = 'a', long)]
-        all: bool,
-        /// Only image ids.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        #[arg(long)]
-        node: Option<String>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-        output: Format,
-    },
+    Images(ImagesArgs),
     /// Pull an image onto every ready node (or --node): NAME[:TAG] or NAME@sha256:DIGEST.
-    Pull {
-        image: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
+    Pull(PullArgs),
     /// Remove images (refused while a container uses one, unless -f).
-    Rmi {
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[arg(short = 'f', long)]
-        force: bool,
-        #[arg(long)]
-        node: Option<String>,
-    },
+    Rmi(RmiArgs),
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -218,31 +196,45 @@ pub enum ImageCommand {
         node: Option<String>,
     },
     /// Same as `rctl images`.
-    Ls {
-        #[arg(short = 'a', long)]
-        all: bool,
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        #[arg(long)]
-        node: Option<String>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-        output: Format,
-    },
+    Ls(ImagesArgs),
     /// Same as `rctl pull`.
-    Pull {
-        image: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
+    Pull(PullArgs),
     /// Same as `rctl rmi`.
-    Rm {
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[arg(short = 'f', long)]
-        force: bool,
-        #[arg(long)]
-        node: Option<String>,
-    },
+    Rm(RmiArgs),
+}
+
+/// `rctl images` and `rctl image ls`.
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Show all images (there are no intermediate images: same as without).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only image ids.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+}
+
+/// `rctl pull` and `rctl image pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    image: String,
+    #[arg(long)]
+    node: Option<String>,
+}
+
+/// `rctl rmi` and `rctl image rm`.
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    #[arg(required = true)]
+    images: Vec<String>,
+    #[arg(short = 'f', long)]
+    force: bool,
+    #[arg(long)]
+    node: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -404,9 +396,9 @@ impl Command {
             Command::Service { .. } => "service",
             Command::Node { .. } => "node",
             Command::Cluster { .. } => "cluster",
-            Command::Images { .. } => "images",
-            Command::Pull { .. } => "pull",
-            Command::Rmi { .. } => "rmi",
+            Command::Images(_) => "images",
+            Command::Pull(_) => "pull",
+            Command::Rmi(_) => "rmi",
             Command::Image { .. } => "image",
             Command::Inspect { .. } => "inspect",
             Command::System { .. } => "system",
@@ -458,9 +450,9 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             .await
         }
         Command::Logout { registry } => return login::logout(registry),
-        Command::Pull { image, .. }
+        Command::Pull(PullArgs { image, .. })
         | Command::Image {
-            command: ImageCommand::Pull { image, .. },
+            command: ImageCommand::Pull(PullArgs { image, .. }),
         } => registry_auth::check_reference(image).map_err(CliError::Usage)?,
         _ => {}
     }
@@ -523,38 +515,18 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             NodeCommand::Drain { name } => nodes::drain(&mut conn, &name).await,
             NodeCommand::Activate { name } => nodes::activate(&mut conn, &name).await,
         },
-        Command::Images {
-            all,
-            quiet,
-            node,
-            output,
-        }
+        Command::Images(a)
         | Command::Image {
-            command:
-                ImageCommand::Ls {
-                    all,
-                    quiet,
-                    node,
-                    output,
-                },
-        } => images::list(&mut conn, all, quiet, node, output).await,
-        Command::Pull { image, node }
+            command: ImageCommand::Ls(a),
+        } => images::list(&mut conn, a.all, a.quiet, a.node, a.output).await,
+        Command::Pull(a)
         | Command::Image {
-            command: ImageCommand::Pull { image, node },
-        } => images::pull(&mut conn, &image, node).await,
-        Command::Rmi {
-            images: list,
-            force,
-            node,
-        }
+            command: ImageCommand::Pull(a),
+        } => images::pull(&mut conn, &a.image, a.node).await,
+        Command::Rmi(a)
         | Command::Image {
-            command:
-                ImageCommand::Rm {
-                    images: list,
-                    force,
-                    node,
-                },
-        } => images::rmi(&mut conn, &list, force, node).await,
+            command: ImageCommand::Rm(a),
+        } => images::rmi(&mut conn, &a.images, a.force, a.node).await,
         Command::Image {
             command: ImageCommand::Inspect { image, node },
         } => images::inspect_image(&mut conn, &image, node).await,

@@ -177,23 +177,32 @@ pub fn sweep(root: &Path, victims: &[Item], leases: &Leases) -> GcReport {
     report
 }
 
+/// Image records made of single-character digests, for the GC's and the lifecycle's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::image::{BlobRecord, RunConfig};
+pub(crate) mod fixtures {
+    use std::path::PathBuf;
 
-    fn h(c: char) -> String {
+    use crate::image::{BlobRecord, Image, RunConfig};
+
+    /// A 64-character digest of one repeated character.
+    pub fn h(c: char) -> String {
         c.to_string().repeat(64)
     }
 
-    fn image(config: char, layers: &[(char, char)]) -> Image {
+    /// An image with config digest `config` and `(blob, chain id)` layers under `layer_root`.
+    pub fn image(
+        reference: &str,
+        layer_root: &str,
+        config: char,
+        layers: &[(char, char)],
+    ) -> Image {
         Image {
-            reference: format!("r/{config}"),
+            reference: reference.into(),
             manifest_digest: String::new(),
             config_digest: format!("sha256:{}", h(config)),
             layers: layers
                 .iter()
-                .map(|(_, chain)| PathBuf::from("/root/layers").join(h(*chain)))
+                .map(|(_, chain)| PathBuf::from(layer_root).join(h(*chain)))
                 .collect(),
             config: RunConfig::default(),
             blobs: layers
@@ -210,6 +219,17 @@ mod tests {
             os: None,
             pulled_unix_ms: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::fixtures::h;
+
+    fn image(config: char, layers: &[(char, char)]) -> Image {
+        super::fixtures::image(&format!("r/{config}"), "/root/layers", config, layers)
     }
 
     fn item(kind: Kind, c: char) -> Item {

@@ -377,37 +377,12 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{BlobRecord, RunConfig};
     use std::path::PathBuf;
 
-    fn h(c: char) -> String {
-        c.to_string().repeat(64)
-    }
+    use crate::image::gc::fixtures::h;
 
     fn image(reference: &str, config: char, layers: &[(char, char)]) -> Image {
-        Image {
-            reference: reference.into(),
-            manifest_digest: String::new(),
-            config_digest: format!("sha256:{}", h(config)),
-            layers: layers
-                .iter()
-                .map(|(_, c)| PathBuf::from("/r/layers").join(h(*c)))
-                .collect(),
-            config: RunConfig::default(),
-            blobs: layers
-                .iter()
-                .map(|(b, _)| BlobRecord {
-                    digest: format!("sha256:{}", h(*b)),
-                    size: 1,
-                    media_type: String::new(),
-                    diff_id: String::new(),
-                })
-                .collect(),
-            created: None,
-            architecture: None,
-            os: None,
-            pulled_unix_ms: 0,
-        }
+        crate::image::gc::fixtures::image(reference, "/r/layers", config, layers)
     }
 
     fn item(kind: Kind, c: char, bytes: u64) -> Item {
