@@ -3,10 +3,13 @@
 //! Each test owns its cluster (namespaces, etcd, registry, scheduler, agents, rctl-lb).
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use rctl_api::{codec, keys, pb};
 use rctl_tests::cluster::{http_get, Cluster};
 use serde_json::Value;
 
@@ -64,6 +67,136 @@ fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Seen
     })
 }
 
+/// Every etcd change under `/rctl/v1/` while it lives, recorded by an `etcdctl watch` child
+/// (stopped by its pid on drop, so a failing test leaves no watcher behind).
+struct EtcdEvents {
+    child: Child,
+    out: tempfile::NamedTempFile,
+}
+
+/// One recorded change: etcd revision, key, value (empty for a delete).
+struct Event {
+    rev: i64,
+    key: String,
+    value: Vec<u8>,
+}
+
+impl EtcdEvents {
+    fn start(c: &Cluster) -> EtcdEvents {
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let child = Command::new("etcdctl")
+            .args([
+                "--endpoints",
+                &c.etcd_url(),
+                "watch",
+                "--prefix",
+                keys::ROOT,
+            ])
+            .args(["-w", "json"])
+            .stdout(out.reopen().expect("reopen"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl watch");
+        // Wait until the watch is established: it prints the change we make next.
+        let mark = format!("{}test-mark", keys::ROOT);
+        let mut ev = EtcdEvents { child, out };
+        c.eventually(WAIT, "etcdctl watch to be ready", || {
+            Command::new("etcdctl")
+                .args(["--endpoints", &c.etcd_url(), "put", &mark, "x"])
+                .output()
+                .ok()?;
+            ev.events().iter().any(|e| e.key == mark).then_some(())
+        });
+        Command::new("etcdctl")
+            .args(["--endpoints", &c.etcd_url(), "del", &mark])
+            .output()
+            .expect("etcdctl del");
+        ev
+    }
+
+    /// The changes recorded so far, in etcd revision order.
+    fn events(&mut self) -> Vec<Event> {
+        let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut out = Vec::new();
+        for resp in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
+            // A partly written last response is read again next time.
+            let Ok(resp) = resp else { break };
+            for e in resp["Events"].as_array().into_iter().flatten() {
+                let kv = &e["kv"];
+                let field = |f: &str| {
+                    b64.decode(kv[f].as_str().unwrap_or_default())
+                        .unwrap_or_default()
+                };
+                out.push(Event {
+                    rev: kv["mod_revision"].as_i64().unwrap_or(0),
+                    key: String::from_utf8_lossy(&field("key")).into_owned(),
+                    value: field("value"),
+                });
+            }
+        }
+        out.sort_by_key(|e| e.rev);
+        out
+    }
+}
+
+impl Drop for EtcdEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Names of the rctl-lbs registered in etcd (`lbs/{name}`).
+fn live_lbs(c: &Cluster) -> Vec<String> {
+    let out = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &c.etcd_url(),
+            "get",
+            "--prefix",
+            "--keys-only",
+        ])
+        .arg(keys::lbs_prefix())
+        .output()
+        .expect("etcdctl get");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix(&keys::lbs_prefix()).map(str::to_string))
+        .collect()
+}
+
+/// Tasks of `web` the agents were told to stop, each checked to have been reported drained
+/// by the LB `lb` in etcd BEFORE its agent marked it stopping (drain gating); returns them.
+fn stopped_only_after_drained(events: &[Event], lb: &str) -> Vec<String> {
+    let mut stopped = Vec::new();
+    for e in events {
+        if !e.key.starts_with(&keys::status_prefix()) || e.value.is_empty() {
+            continue;
+        }
+        let Ok(st) = codec::decode::<pb::TaskStatus>(e.key.as_bytes(), &e.value) else {
+            continue;
+        };
+        if st.service != "web"
+            || st.state() != pb::TaskState::Stopping
+            || stopped.contains(&st.task_id)
+        {
+            continue;
+        }
+        let drained = keys::drained("web", &st.task_id, lb);
+        assert!(
+            events
+                .iter()
+                .any(|d| d.key == drained && d.rev < e.rev && !d.value.is_empty()),
+            "task {} was stopped (etcd rev {}) before {lb} reported it drained",
+            st.task_id,
+            e.rev
+        );
+        stopped.push(st.task_id);
+    }
+    stopped
+}
+
 /// Waits (90 s at most) until `rollout status` says done.
 fn wait_done(c: &Cluster) {
     c.eventually(WAIT, "the rollout to finish", || {
@@ -99,6 +232,7 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     // v1 → v2 under ~100 rps.
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(addr, stop.clone());
+    let mut watch = EtcdEvents::start(&c);
     std::thread::sleep(Duration::from_secs(1));
     let v2 = c.service_file("web.toml", &web(&c, 4, "v2"));
     let v2 = v2.to_str().unwrap();
@@ -115,6 +249,12 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let seen = loader.join().expect("load thread");
+    // Every v1 task was drained by the LB before its agent was told to stop it.
+    let lbs = live_lbs(&c);
+    assert_eq!(lbs.len(), 1, "one rctl-lb: {lbs:?}");
+    let stopped = stopped_only_after_drained(&watch.events(), &lbs[0]);
+    assert_eq!(stopped.len(), 4, "the 4 v1 tasks stopped: {stopped:?}");
+    drop(watch);
     assert!(
         seen.failures.is_empty(),
         "{} of {} requests failed during the rolling update: {:?}\n{}",

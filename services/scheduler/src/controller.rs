@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::Agents;
 use crate::leader::{Election, Term};
-use crate::reconcile::{reconcile, Action};
+use crate::reconcile::{self, reconcile, Action};
 use crate::store::{split, Change, Store, StoreError};
 use crate::{revisions, rollout};
 
@@ -215,7 +215,8 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
         return Ok(());
     }
     let read = started.elapsed();
-    let plan = reconcile(&loaded.snapshot(rctl_api::clock::now_unix_ms()));
+    let now_ms = rctl_api::clock::now_unix_ms();
+    let plan = reconcile(&loaded.snapshot(now_ms));
     let decided = started.elapsed();
     for u in &plan.unplaced {
         tracing::debug!(service = %u.service, missing = u.missing, reason = %u.reason, "cannot place");
@@ -253,6 +254,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                     resources: spec.resources,
                     slot,
                     health: spec.health,
+                    retired_unix_ms: 0,
                 };
                 pending.push(Pending {
                     task,
@@ -263,6 +265,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
             Action::Retire { mut task, reason } => {
                 let mod_rev = loaded.mod_revision(&rctl_api::keys::task(&task.service, &task.id));
                 task.set_desired_state(DesiredState::Shutdown);
+                task.retired_unix_ms = now_ms;
                 pending.push(Pending {
                     task,
                     kind: Kind::Retire { mod_rev },
@@ -284,6 +287,13 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                     agents.stop(a, &task, false);
                 }
             }
+            Action::Withdraw { task } => match store.withdraw_endpoint(leader, &task).await {
+                Ok(()) => {
+                    tracing::debug!(service = %task.service, task = %task.id, "endpoint withdrawn for drain")
+                }
+                Err(e @ StoreError::NotLeader(_)) => return Err(e),
+                Err(e) => tracing::warn!(error = %e, task = %task.id, "cannot withdraw endpoint"),
+            },
         }
     }
 
@@ -325,7 +335,10 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
             }
             Kind::Retire { .. } => {
                 retired += 1;
-                if let Some(a) = a {
+                // One serving traffic is stopped by a later pass, once drained (reconcile's
+                // drain gate); the write wakes that pass.
+                let serving = reconcile::needs_drain(t, loaded.statuses.get(&t.id));
+                if let (Some(a), false) = (a, serving) {
                     agents.stop(a, t, true);
                 }
             }

@@ -11,6 +11,9 @@
 //! - *draining* node: marked by an operator; nothing new is placed there and its tasks are
 //!   replaced elsewhere exactly like old-revision tasks (surge first, retired once a
 //!   replacement is ready).
+//! - *drain gate*: a retired task that serves traffic is stopped only after its endpoint is
+//!   withdrawn and every live rctl-lb reported it drained, or `[update] drain` passed
+//!   ([`drain_gate`]), so no request in flight through an LB meets a SIGTERM.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -36,6 +39,12 @@ pub struct Snapshot<'a> {
     pub nodes: &'a [Node],
     /// Names of the nodes being drained.
     pub draining: &'a HashSet<String>,
+    /// Names of the live load balancers (`lbs/{name}`).
+    pub lbs: &'a HashSet<String>,
+    /// LBs that reported a task drained (`drained/{svc}/{task}/{lb}`), by task id.
+    pub drained: &'a HashMap<String, HashSet<String>>,
+    /// Ids of the tasks with an endpoint in etcd (`endpoints/{svc}/{task}`).
+    pub endpoints: &'a HashSet<String>,
     pub now_ms: i64,
 }
 
@@ -57,6 +66,9 @@ pub enum Action {
     EnsureRunning { task: Task },
     /// The task is retired but its node still reports it alive: (re)send StopTask.
     EnsureStopped { task: Task },
+    /// The task is retired but still has an endpoint: delete it so the LBs drain the task
+    /// before it is stopped.
+    Withdraw { task: Task },
 }
 
 /// Why a service has fewer tasks than it wants.
@@ -102,6 +114,85 @@ pub const REASON_FINISHED: &str = "task finished; restarting";
 pub const REASON_SERVICE_REMOVED: &str = "service removed";
 pub const REASON_HISTORY: &str = "history limit";
 pub const REASON_NO_NODES: &str = placement::NO_NODES;
+/// How long a retired task waits for the LBs to drain it when `[update] drain` is unset.
+pub const DEFAULT_DRAIN_MS: i64 = 5_000;
+
+/// The next step for a retired task that is still alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Delete its endpoint first.
+    Withdraw,
+    /// Endpoint gone; LBs still draining it.
+    Wait,
+    /// Send StopTask (SIGTERM).
+    Stop,
+}
+
+/// Whether a task must be drained by the LBs before it stops: it serves traffic (a port
+/// and a healthy, running status). Others stop at once.
+pub fn needs_drain(task: &Task, status: Option<&TaskStatus>) -> bool {
+    task.container_port != 0
+        && status.is_some_and(|st| st.state() == TaskState::Running && st.health == "healthy")
+}
+
+/// Decides the drain step of a retired task that needs draining: withdraw its endpoint,
+/// then wait until every live LB in `lbs` reported it drained (`drained_by`) or `drain_ms`
+/// passed since it was retired. A task retired with no time recorded does not wait.
+pub fn drain_gate(
+    has_endpoint: bool,
+    lbs: &HashSet<String>,
+    drained_by: Option<&HashSet<String>>,
+    retired_unix_ms: i64,
+    drain_ms: i64,
+    now_ms: i64,
+) -> Drain {
+    let timed_out = retired_unix_ms <= 0 || now_ms - retired_unix_ms >= drain_ms;
+    if timed_out {
+        // The agent withdraws the endpoint itself when it stops the task.
+        return Drain::Stop;
+    }
+    if has_endpoint {
+        return Drain::Withdraw;
+    }
+    let all_drained = lbs
+        .iter()
+        .all(|lb| drained_by.is_some_and(|d| d.contains(lb)));
+    if all_drained {
+        Drain::Stop
+    } else {
+        Drain::Wait
+    }
+}
+
+/// `[update] drain` of a service in ms, or the default.
+pub fn drain_ms(svc: Option<&Service>) -> i64 {
+    svc.and_then(|s| s.spec.as_ref())
+        .and_then(|sp| sp.update.as_ref())
+        .map(|u| u.drain_ms as i64)
+        .filter(|&ms| ms > 0)
+        .unwrap_or(DEFAULT_DRAIN_MS)
+}
+
+/// The action for a retired task still alive on its node, through the drain gate.
+fn stop_retired(s: &Snapshot<'_>, t: &Task, drain_ms: i64, plan: &mut Plan) {
+    let step = if needs_drain(t, s.statuses.get(&t.id)) {
+        drain_gate(
+            s.endpoints.contains(&t.id),
+            s.lbs,
+            s.drained.get(&t.id),
+            t.retired_unix_ms,
+            drain_ms,
+            s.now_ms,
+        )
+    } else {
+        Drain::Stop
+    };
+    match step {
+        Drain::Withdraw => plan.actions.push(Action::Withdraw { task: t.clone() }),
+        Drain::Wait => {}
+        Drain::Stop => plan.actions.push(Action::EnsureStopped { task: t.clone() }),
+    }
+}
 
 fn state_of(s: &Snapshot<'_>, t: &Task) -> Option<TaskState> {
     s.statuses.get(&t.id).map(|st| st.state())
@@ -175,8 +266,7 @@ fn reconcile_removed(s: &Snapshot<'_>, tasks: &[&Task], live: &HashSet<&str>, pl
                 reason: REASON_SERVICE_REMOVED,
             });
         } else {
-            plan.actions
-                .push(Action::EnsureStopped { task: (*t).clone() });
+            stop_retired(s, t, DEFAULT_DRAIN_MS, plan);
         }
     }
 }
@@ -343,11 +433,18 @@ fn reconcile_service(
         }
     }
 
-    reconcile_history(s, &retired, live_nodes, plan);
+    reconcile_history(s, svc, &retired, live_nodes, plan);
 }
 
-/// Retired tasks: make sure they stop, and keep only the newest few finished ones.
-fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, plan: &mut Plan) {
+/// Retired tasks: make sure they stop (drained first), and keep only the newest few
+/// finished ones.
+fn reconcile_history(
+    s: &Snapshot<'_>,
+    svc: &Service,
+    retired: &[&Task],
+    live: &HashSet<&str>,
+    plan: &mut Plan,
+) {
     let mut done: Vec<&Task> = Vec::new();
     for t in retired {
         if !live.contains(t.node.as_str())
@@ -356,8 +453,7 @@ fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, 
         {
             done.push(t);
         } else {
-            plan.actions
-                .push(Action::EnsureStopped { task: (*t).clone() });
+            stop_retired(s, t, drain_ms(Some(svc)), plan);
         }
     }
     done.sort_by_key(|t| std::cmp::Reverse((t.created_unix_ms, t.id.clone())));
@@ -432,6 +528,9 @@ mod tests {
             statuses,
             nodes,
             draining: &draining.iter().map(|n| n.to_string()).collect(),
+            lbs: &HashSet::new(),
+            drained: &HashMap::new(),
+            endpoints: &HashSet::new(),
             now_ms,
         })
     }
@@ -655,6 +754,77 @@ mod tests {
                 reason: REASON_SERVICE_REMOVED
             }]
         );
+    }
+
+    fn set(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn drain_gate_withdraws_then_waits_for_every_lb_or_the_timeout() {
+        let lbs = set(&["lb1", "lb2"]);
+        let one = set(&["lb1"]);
+        let both = set(&["lb1", "lb2", "gone-lb"]);
+        // Retired at 1 s with a 5 s drain.
+        let gate = |ep, by, now| drain_gate(ep, &lbs, by, 1_000, 5_000, now);
+        assert_eq!(gate(true, None, 1_000), Drain::Withdraw);
+        assert_eq!(gate(false, None, 2_000), Drain::Wait);
+        assert_eq!(gate(false, Some(&one), 2_000), Drain::Wait);
+        assert_eq!(gate(false, Some(&both), 2_000), Drain::Stop);
+        // Timed out: stop whatever the LBs said (an LB may have died mid-drain).
+        assert_eq!(gate(false, Some(&one), 6_000), Drain::Stop);
+        assert_eq!(gate(true, None, 6_000), Drain::Stop);
+        // No LB running: nothing to wait for once the endpoint is gone.
+        assert_eq!(
+            drain_gate(false, &HashSet::new(), None, 1_000, 5_000, 1_000),
+            Drain::Stop
+        );
+        // Retired before retirement times were recorded: no wait.
+        assert_eq!(drain_gate(true, &lbs, None, 0, 5_000, 1_000), Drain::Stop);
+    }
+
+    #[test]
+    fn a_retired_serving_task_is_stopped_only_after_its_drain() {
+        let svcs = [service("web", 0, 1)];
+        let mut t = task("a", "web", "h1", 1);
+        t.container_port = 80;
+        t.set_desired_state(DesiredState::Shutdown);
+        t.retired_unix_ms = 1_000;
+        let mut st = running(std::slice::from_ref(&t));
+        st.get_mut("a").unwrap().health = "healthy".into();
+        let nodes = [node("h1")];
+        let (lbs, endpoints) = (set(&["lb1"]), set(&["a"]));
+        let mut drained = HashMap::new();
+        let tasks = [t.clone()];
+        let at = |endpoints: &HashSet<String>, drained: &HashMap<String, HashSet<String>>, now| {
+            reconcile(&Snapshot {
+                services: &svcs,
+                tasks: &tasks,
+                statuses: &st,
+                nodes: &nodes,
+                draining: &HashSet::new(),
+                lbs: &lbs,
+                drained,
+                endpoints,
+                now_ms: now,
+            })
+            .actions
+        };
+        assert_eq!(
+            at(&endpoints, &drained, 1_100),
+            vec![Action::Withdraw { task: t.clone() }]
+        );
+        assert_eq!(at(&HashSet::new(), &drained, 1_200), vec![]);
+        drained.insert("a".to_string(), set(&["lb1"]));
+        assert_eq!(
+            at(&HashSet::new(), &drained, 1_300),
+            vec![Action::EnsureStopped { task: t.clone() }]
+        );
+        // Not serving (no port): stopped at once, no drain.
+        let mut plain = t.clone();
+        plain.container_port = 0;
+        assert!(!needs_drain(&plain, st.get("a")));
+        assert!(needs_drain(&t, st.get("a")));
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct Loaded {
     pub node_leases: HashMap<String, i64>,
     /// Names of the nodes with a drain mark (`drain/{name}`), live or not.
     pub draining: HashSet<String>,
+    /// Names of the live load balancers (`lbs/{name}`).
+    pub lbs: HashSet<String>,
+    /// LBs that reported a task drained, by task id (`drained/{svc}/{task}/{lb}`).
+    pub drained: HashMap<String, HashSet<String>>,
+    /// Ids of the tasks with an endpoint (`endpoints/{svc}/{task}`).
+    pub endpoints: HashSet<String>,
     /// Mod revision of every key read, for guarded writes.
     pub mod_revisions: HashMap<String, i64>,
 }
@@ -63,6 +69,9 @@ impl Loaded {
             statuses: &self.statuses,
             nodes: &self.nodes,
             draining: &self.draining,
+            lbs: &self.lbs,
+            drained: &self.drained,
+            endpoints: &self.endpoints,
             now_ms,
         }
     }
@@ -201,6 +210,11 @@ impl Store {
             keys::nodes_prefix(),
             keys::drain_prefix(),
         );
+        let (lbs_p, drained_p, endpoints_p) = (
+            keys::lbs_prefix(),
+            keys::drained_prefix(),
+            keys::endpoints_prefix(),
+        );
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             out.mod_revisions.insert(key.to_string(), kv.mod_revision());
@@ -218,6 +232,23 @@ impl Store {
                     out.node_leases.insert(n.name.clone(), kv.lease());
                     out.nodes.push(n)
                 })
+            } else if key.starts_with(&lbs_p) {
+                out.lbs.insert(keys::leaf(key).to_string());
+                Ok(())
+            } else if let Some(rest) = key.strip_prefix(&drained_p) {
+                // {svc}/{task}/{lb}: the report's presence is what counts.
+                let mut parts = rest.split('/');
+                if let (Some(_), Some(task), Some(lb)) = (parts.next(), parts.next(), parts.next())
+                {
+                    out.drained
+                        .entry(task.to_string())
+                        .or_default()
+                        .insert(lb.to_string());
+                }
+                Ok(())
+            } else if key.starts_with(&endpoints_p) {
+                out.endpoints.insert(keys::leaf(key).to_string());
+                Ok(())
             } else if key.starts_with(&drain_p) {
                 decode::<NodeDrain>(kv.key(), v).map(|_| {
                     out.draining.insert(keys::leaf(key).to_string());
@@ -421,6 +452,18 @@ impl Store {
     /// Removes a task and its last status, together, if `leader` still holds the election.
     pub async fn delete_task(&self, leader: &LeaderKey, task: &Task) -> Result<(), StoreError> {
         self.commit_changes(leader, &[Change::Delete { task }])
+            .await
+    }
+
+    /// Deletes `task`'s endpoint so the LBs drain it, if `leader` still holds the election.
+    pub async fn withdraw_endpoint(
+        &self,
+        leader: &LeaderKey,
+        task: &Task,
+    ) -> Result<(), StoreError> {
+        let key = keys::endpoint(&task.service, &task.id);
+        let txn = Txn::new().and_then([TxnOp::delete(key.as_str(), None)]);
+        self.commit_fenced(leader, txn, "withdraw endpoint", &key)
             .await
     }
 
