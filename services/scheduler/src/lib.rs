@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod canary;
 pub mod controller;
 pub mod grpc;
 pub mod leader;
