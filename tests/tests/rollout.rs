@@ -467,3 +467,141 @@ fn over_mutual_tls_the_revision_is_made_by_the_certificates_name() {
     assert_eq!(h[0]["who"], "client", "{h:#?}");
     c.down_leaving_nothing();
 }
+
+/// `web` with quick health checks, a short drain and a fast `[canary]`: steps 10/50/100 %,
+/// judged after 1 s and 100 canary requests.
+fn canary_web(c: &Cluster, replicas: u32, version: &str) -> String {
+    format!(
+        "{}\n[health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n\n[update]\nmax_surge = 1\ndrain = \"2s\"\n\n[canary]\nreplicas = 1\nsteps = [10, 50, 100]\nstep_duration = \"1s\"\nmin_requests = 100\nmax_error_rate = 0.05\nmax_p99_ratio = 2.0\n",
+        c.web_service(replicas, version)
+    )
+}
+
+/// Ids of the running tasks of `web`.
+fn running_ids(c: &Cluster) -> Vec<String> {
+    let mut ids: Vec<String> = c
+        .ps(&["--service", "web"])
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .map(|t| t["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_bad_canary_is_rolled_back_by_its_error_rate_having_had_only_its_first_share() {
+    let c = Cluster::start(2);
+    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
+    c.apply_and_wait(&v1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
+    let stable = running_ids(&c);
+    assert_eq!(stable.len(), 2, "{stable:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    let bad = format!("{}/rctl/testserver:bad", c.registry());
+    let out = c.rctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &bad,
+        "--canary",
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.join().expect("load thread");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "rolled back: exit 3\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+
+    // Every answer in order: which ones the canary gave (its 200s and its injected 500s).
+    let answers: Vec<bool> = seen
+        .versions
+        .iter()
+        .map(|v| v == "bad")
+        .chain(seen.failures.iter().map(|f| f.contains("version=bad")))
+        .collect();
+    let from_canary = answers.iter().filter(|b| **b).count();
+    assert!(from_canary > 0, "the canary got traffic");
+    // Only the failures come from the canary: stable answered every other request.
+    assert!(
+        seen.failures.iter().all(|f| f.contains("version=bad")),
+        "only the canary failed: {:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+    // The versions list holds the 200s in order; the canary's 200s are ~half its share.
+    // Its whole share (200s + 500s) over the span it was in the split stays at the first
+    // step's 10 % (smooth weighted round robin: one in ten, give or take one request).
+    let first = seen.versions.iter().position(|v| v == "bad");
+    let last = seen.versions.iter().rposition(|v| v == "bad");
+    if let (Some(first), Some(last)) = (first, last) {
+        let span = &seen.versions[first..=last];
+        let ok_bad = span.iter().filter(|v| *v == "bad").count();
+        let total = span.len() + seen.failures.len();
+        assert!(
+            (ok_bad + seen.failures.len()) * 100 <= total * 10 + 200,
+            "canary share {} of {total} exceeds the first step's 10 %",
+            ok_bad + seen.failures.len()
+        );
+    }
+
+    // Stable untouched: the same two tasks run, and all traffic is back on them.
+    c.eventually(WAIT, "the canary task to stop", || {
+        (running_ids(&c) == stable).then_some(())
+    });
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert_eq!(status["revision"], 1, "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("error rate"),
+        "{status}"
+    );
+    for _ in 0..20 {
+        let r = http_get(addr, "/").expect("answer after the rollback");
+        assert!(
+            r.status == 200 && r.body.starts_with("version=v1"),
+            "{}",
+            r.body
+        );
+    }
+
+    // explain: the step's figures and the rule that decided.
+    let steps: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "explain", "web", "-o", "json"])).unwrap();
+    let last = steps.last().expect("a judged step");
+    assert_eq!(
+        (last["percent"].as_u64(), last["verdict"].as_str()),
+        (Some(10), Some("fail")),
+        "{steps:#?}"
+    );
+    assert!(
+        last["canary_error_rate"].as_f64().unwrap() > 0.05,
+        "{steps:#?}"
+    );
+    assert!(
+        last["canary_requests"].as_u64().unwrap() >= 100,
+        "{steps:#?}"
+    );
+    assert!(
+        last["rule"].as_str().unwrap().contains("max_error_rate"),
+        "{steps:#?}"
+    );
+    let table = c.rctl_ok(&["rollout", "explain", "web"]);
+    assert!(
+        table.contains("ERROR RATE") && table.contains("fail"),
+        "{table}"
+    );
+    c.down_leaving_nothing();
+}

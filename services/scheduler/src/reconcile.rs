@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rctl_api::pb::{DesiredState, Node, Service, Task, TaskState, TaskStatus};
+use rctl_api::pb::{
+    CanaryRollout, CanaryState, DesiredState, Node, Service, Task, TaskState, TaskStatus,
+};
 
 use crate::placement;
 
@@ -45,6 +47,8 @@ pub struct Snapshot<'a> {
     pub drained: &'a HashMap<String, HashSet<String>>,
     /// Ids of the tasks with an endpoint in etcd (`endpoints/{svc}/{task}`).
     pub endpoints: &'a HashSet<String>,
+    /// Canary rollouts (`rollouts/{svc}`), by service name.
+    pub rollouts: &'a HashMap<String, CanaryRollout>,
     pub now_ms: i64,
 }
 
@@ -114,6 +118,26 @@ pub const REASON_FINISHED: &str = "task finished; restarting";
 pub const REASON_SERVICE_REMOVED: &str = "service removed";
 pub const REASON_HISTORY: &str = "history limit";
 pub const REASON_NO_NODES: &str = placement::NO_NODES;
+pub const REASON_CANARY: &str = "a canary rollout runs: lost stable tasks are replaced after it";
+
+/// While a canary runs (starting, stepping, rolling back), the service's stable tasks stay as
+/// they are and `[canary] replicas` tasks of the canary revision run next to them: returns
+/// (stable revision, canary revision, canary tasks wanted). Finishing is an ordinary
+/// surge-first update to the canary revision.
+fn canary_of(s: &Snapshot<'_>, svc: &Service) -> Option<(u64, u64, usize)> {
+    let spec = svc.spec.as_ref()?;
+    let r = s.rollouts.get(&spec.name)?;
+    let running = matches!(
+        r.state(),
+        CanaryState::Starting | CanaryState::Stepping | CanaryState::RollingBack
+    );
+    let replicas = spec.canary.as_ref().map(|c| c.replicas).unwrap_or(1).max(1);
+    (running && r.canary_revision == svc.revision && r.stable_revision != svc.revision).then_some((
+        r.stable_revision,
+        r.canary_revision,
+        replicas as usize,
+    ))
+}
 /// How long a retired task waits for the LBs to drain it when `[update] drain` is unset.
 pub const DEFAULT_DRAIN_MS: i64 = 5_000;
 
@@ -325,11 +349,23 @@ fn reconcile_service(
         holding.push(t);
     }
 
+    let canary = canary_of(s, svc);
+    let current_revision = canary.map(|(stable, _, _)| stable).unwrap_or(svc.revision);
+    let canary_tasks: Vec<&Task> = match canary {
+        Some((_, c, _)) => {
+            let (c_tasks, rest): (Vec<&Task>, Vec<&Task>) =
+                holding.iter().partition(|t| t.revision == c);
+            holding = rest;
+            c_tasks
+        }
+        None => Vec::new(),
+    };
+
     // Tasks on a draining node are outdated just like old-revision ones: the same rolling
     // replacement moves them.
     let (current, old): (Vec<&Task>, Vec<&Task>) = holding
         .iter()
-        .partition(|t| t.revision == svc.revision && !s.draining.contains(&t.node));
+        .partition(|t| t.revision == current_revision && !s.draining.contains(&t.node));
     let mut to_place = 0usize;
     let mut to_retire: Vec<(&Task, &'static str)> = Vec::new();
     if old.is_empty() {
@@ -368,7 +404,7 @@ fn reconcile_service(
             }
             total_now -= 1;
             ready_now -= usize::from(ready);
-            let reason = if t.revision == svc.revision {
+            let reason = if t.revision == current_revision {
                 REASON_DRAINED
             } else {
                 REASON_REPLACED
@@ -391,6 +427,30 @@ fn reconcile_service(
             task: t.clone(),
             reason,
         });
+    }
+
+    let mut place_revision = svc.revision;
+    if let Some((_, canary_revision, canary_want)) = canary {
+        // The stable revision's spec is not the service's any more: its lost tasks wait.
+        if to_place > 0 {
+            plan.unplaced.push(Unplaced {
+                service: spec.name.clone(),
+                missing: to_place as u32,
+                reason: REASON_CANARY.into(),
+            });
+        }
+        for t in scale_down_order(s, &canary_tasks)
+            .into_iter()
+            .skip(canary_want)
+        {
+            plan.actions.push(Action::Retire {
+                task: t.clone(),
+                reason: REASON_SCALED_DOWN,
+            });
+        }
+        to_place = canary_want.saturating_sub(canary_tasks.len());
+        place_revision = canary_revision;
+        holding.extend(canary_tasks.iter().copied());
     }
 
     if to_place > 0 {
@@ -428,7 +488,7 @@ fn reconcile_service(
                 service: spec.name.clone(),
                 node,
                 slot,
-                revision: svc.revision,
+                revision: place_revision,
             });
         }
     }
@@ -531,6 +591,7 @@ mod tests {
             lbs: &HashSet::new(),
             drained: &HashMap::new(),
             endpoints: &HashSet::new(),
+            rollouts: &HashMap::new(),
             now_ms,
         })
     }
@@ -806,6 +867,7 @@ mod tests {
                 lbs: &lbs,
                 drained,
                 endpoints,
+                rollouts: &HashMap::new(),
                 now_ms: now,
             })
             .actions
@@ -825,6 +887,66 @@ mod tests {
         plain.container_port = 0;
         assert!(!needs_drain(&plain, st.get("a")));
         assert!(needs_drain(&t, st.get("a")));
+    }
+
+    #[test]
+    fn a_canary_runs_next_to_untouched_stable_tasks_and_leaves_after_a_rollback() {
+        let mut svc = service("web", 2, 2);
+        svc.spec.as_mut().unwrap().canary = Some(rctl_api::pb::CanarySpec {
+            replicas: 1,
+            ..Default::default()
+        });
+        let stable = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&stable);
+        let nodes = [node("h1"), node("h2")];
+        let mut r = CanaryRollout {
+            stable_revision: 1,
+            canary_revision: 2,
+            ..Default::default()
+        };
+        r.set_state(CanaryState::Starting);
+        let rollouts: HashMap<String, CanaryRollout> = [("web".to_string(), r.clone())].into();
+        let at = |svcs: &[Service], tasks: &[Task], st: &HashMap<String, TaskStatus>, rollouts| {
+            reconcile(&Snapshot {
+                services: svcs,
+                tasks,
+                statuses: st,
+                nodes: &nodes,
+                draining: &HashSet::new(),
+                lbs: &HashSet::new(),
+                drained: &HashMap::new(),
+                endpoints: &HashSet::new(),
+                rollouts,
+                now_ms: 0,
+            })
+        };
+        let p = at(std::slice::from_ref(&svc), &stable, &st, &rollouts);
+        assert_eq!(retired(&p), Vec::<String>::new(), "stable tasks stay");
+        let placed: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { revision, slot, .. } => Some((*revision, *slot)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, vec![(2, 3)], "one canary task, in a fresh slot");
+
+        // With the canary task running, nothing changes.
+        let mut c = task("c", "web", "h1", 3);
+        c.revision = 2;
+        let all = [stable[0].clone(), stable[1].clone(), c.clone()];
+        let p = at(std::slice::from_ref(&svc), &all, &running(&all), &rollouts);
+        assert_eq!(p.actions, vec![]);
+
+        // Rolled back: the service is on revision 1 again; the canary task retires.
+        let mut back = service("web", 2, 1);
+        back.spec.as_mut().unwrap().canary = svc.spec.as_ref().unwrap().canary.clone();
+        r.set_state(CanaryState::RolledBack);
+        let rollouts: HashMap<String, CanaryRollout> = [("web".to_string(), r)].into();
+        let p = at(&[back], &all, &running(&all), &rollouts);
+        assert_eq!(retired(&p), vec!["c".to_string()]);
+        assert_eq!(places(&p), vec![]);
     }
 
     #[test]
