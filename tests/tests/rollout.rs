@@ -605,3 +605,133 @@ fn a_bad_canary_is_rolled_back_by_its_error_rate_having_had_only_its_first_share
     );
     c.down_leaving_nothing();
 }
+
+#[test]
+fn a_good_canary_steps_through_every_weight_with_matching_shares_and_finishes() {
+    let c = Cluster::start(2);
+    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
+    c.apply_and_wait(&v1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    let v2 = format!("{}/rctl/testserver:v2", c.registry());
+    let out = c.rctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &v2,
+        "--canary",
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.join().expect("load thread");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "finished: exit 0\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    assert!(
+        seen.failures.is_empty(),
+        "no request failed: {:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+
+    // Each step's window, as the LBs counted it, split requests as the weights said.
+    let steps: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "explain", "web", "-o", "json"])).unwrap();
+    let percents: Vec<u64> = steps
+        .iter()
+        .map(|s| s["percent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(percents, vec![10, 50, 100], "{steps:#?}");
+    for s in &steps {
+        assert_eq!(s["verdict"], "pass", "{s}");
+        let canary = s["canary_requests"].as_f64().unwrap();
+        let stable = s["stable_requests"].as_f64().unwrap();
+        let share = 100.0 * canary / (canary + stable);
+        let want = s["percent"].as_f64().unwrap();
+        assert!(
+            (share - want).abs() <= 1.0,
+            "step at {want}%: canary share {share:.2}% of {} requests\n{steps:#?}",
+            canary + stable
+        );
+        eprintln!("step {want}%: canary {canary} / stable {stable} requests = {share:.2}%");
+    }
+
+    // Finished: every task runs v2, the split is gone, v2 answers.
+    let images = images_running(&c);
+    assert!(
+        images.len() == 2 && images.iter().all(|i| *i == v2),
+        "{images:?}"
+    );
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["weights"], serde_json::json!([]), "{status}");
+    assert_eq!(seen.versions.last().map(String::as_str), Some("v2"));
+    c.down_leaving_nothing();
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back_by_the_p99_rule() {
+    let c = Cluster::start(2);
+    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
+    c.apply_and_wait(&v1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
+    let stable = running_ids(&c);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    let slow = format!("{}/rctl/testserver:slow", c.registry());
+    let out = c.rctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &slow,
+        "--canary",
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.join().expect("load thread");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "rolled back: exit 3\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    let steps: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "explain", "web", "-o", "json"])).unwrap();
+    let last = steps.last().expect("a judged step");
+    assert_eq!(last["verdict"], "fail", "{steps:#?}");
+    assert!(
+        last["rule"].as_str().unwrap().contains("max_p99_ratio"),
+        "{steps:#?}"
+    );
+    // 200 ms added: far past twice stable's p99 (floored at 5 ms).
+    assert!(
+        last["canary_p99_us"].as_u64().unwrap() >= 200_000,
+        "{steps:#?}"
+    );
+    c.eventually(WAIT, "the canary task to stop", || {
+        (running_ids(&c) == stable).then_some(())
+    });
+    c.down_leaving_nothing();
+}

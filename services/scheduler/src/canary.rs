@@ -10,6 +10,10 @@ use rctl_api::pb::{
 
 use crate::rollout::{self, AnalysisError, Figures, Next, Verdict};
 
+/// Time an LB is given to apply a new split after it is written: stats published later than
+/// this count only requests sent at the step's weight.
+pub const APPLY_MARGIN_MS: i64 = 200;
+
 /// What the leader sees of a canary rollout's service this pass.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -87,6 +91,22 @@ pub fn advance(
             next.step = 0;
             Ok(Some(enter_step(next, &steps, 0, o)))
         }
+        CanaryState::Stepping if !window_is_clean(r) && !r.abort && !r.promote => {
+            // The snapshot taken when the step began may predate the new weight reaching
+            // the LBs: start the window again at the first stats every LB published after.
+            let fresh = !o.stats.is_empty()
+                && o.stats
+                    .iter()
+                    .all(|s| s.unix_ms > r.step_started_unix_ms + APPLY_MARGIN_MS);
+            if !fresh {
+                return Ok(None);
+            }
+            next.window_start = o.stats.to_vec();
+            Ok(Some(Advance {
+                rollout: next,
+                traffic: Traffic::Keep,
+            }))
+        }
         CanaryState::Stepping => {
             let step = r.step as usize;
             let percent = steps.get(step).copied().unwrap_or(100);
@@ -154,6 +174,14 @@ pub fn figures(r: &CanaryRollout, o: &Observed<'_>) -> Result<Figures, AnalysisE
     let stable = rollout::window(&r.window_start, o.stats, r.stable_revision)?;
     let elapsed = (o.now_ms - r.step_started_unix_ms).max(0) as u64;
     Ok(Figures::of(&canary, &stable, elapsed))
+}
+
+/// Whether the window start snapshot holds only stats published after the step's weight
+/// reached the LBs (none at all: no LB saw the service yet, nothing to exclude).
+fn window_is_clean(r: &CanaryRollout) -> bool {
+    r.window_start
+        .iter()
+        .all(|s| s.unix_ms > r.step_started_unix_ms + APPLY_MARGIN_MS)
 }
 
 /// Weight 0 counts as seen once every LB has published stats after it was written: an LB
@@ -261,6 +289,22 @@ mod tests {
         assert_eq!(weights(&a.traffic), vec![(1, 90), (2, 10)]);
         assert_eq!(a.rollout.window_start, s0);
 
+        // The step's window starts again at the first stats published after the LBs had
+        // time to apply the weight: what came before was sent at the old weight.
+        let early = stats(1_150, (100, 0), (0, 0));
+        assert_eq!(
+            advance(&a.rollout, &spec(), &obs(&early, 1_150, 1)),
+            Ok(None)
+        );
+        let clean = stats(1_300, (100, 0), (0, 0));
+        let a = advance(&a.rollout, &spec(), &obs(&clean, 1_300, 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.rollout.window_start.clone(), a.traffic),
+            (clean, Traffic::Keep)
+        );
+
         // Enough requests but not enough time: wait; then pass to 50 %.
         let s1 = stats(1_500, (1_000, 0), (150, 0));
         assert_eq!(advance(&a.rollout, &spec(), &obs(&s1, 1_500, 1)), Ok(None));
@@ -302,6 +346,10 @@ mod tests {
     fn a_failing_canary_goes_to_weight_zero_first_then_rolled_back_once_lbs_saw_it() {
         let s0 = stats(1_000, (0, 0), (0, 0));
         let a = advance(&starting(), &spec(), &obs(&s0, 1_000, 1))
+            .unwrap()
+            .unwrap();
+        let clean = stats(1_300, (0, 0), (0, 0));
+        let a = advance(&a.rollout, &spec(), &obs(&clean, 1_300, 1))
             .unwrap()
             .unwrap();
         let bad = stats(1_200, (900, 0), (100, 50));
