@@ -735,3 +735,67 @@ fn a_slow_canary_is_rolled_back_by_the_p99_rule() {
     });
     c.down_leaving_nothing();
 }
+
+#[test]
+fn a_leader_killed_mid_step_leaves_the_canary_to_the_next_which_ends_it_the_same_way() {
+    let c = Cluster::start_with(2, 2);
+    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
+    c.apply_and_wait(&v1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
+    let stable = running_ids(&c);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    let bad = format!("{}/rctl/testserver:bad", c.registry());
+    c.rctl_ok(&["rollout", "start", "web", "--image", &bad, "--canary"]);
+    let status = |c: &Cluster| -> Option<Value> {
+        let out = c.rctl(&["rollout", "status", "web", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    // Mid-step: the canary has its first weight and has had some, not yet enough, requests.
+    c.eventually(WAIT, "the canary's first step", || {
+        status(&c).filter(|s| s["state"] == "canary" && s["step"] == 0)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = c.eventually(WAIT, "a scheduler leader", || c.leader());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.scheduler_pid(first)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the leader");
+    c.eventually(WAIT, "a new leader", || c.leader().filter(|&j| j != first));
+
+    let end = c.eventually(WAIT, "the canary to end", || {
+        status(&c).filter(|s| s["state"] == "rolled_back" || s["state"] == "done")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.join().expect("load thread");
+    assert_eq!(end["state"], "rolled_back", "{end}\n{}", c.logs());
+    assert!(
+        end["reason"].as_str().unwrap().contains("error rate"),
+        "{end}"
+    );
+    let steps: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "explain", "web", "-o", "json"])).unwrap();
+    assert_eq!(steps.len(), 1, "one judged step, not restarted: {steps:#?}");
+    assert_eq!(
+        (steps[0]["percent"].as_u64(), steps[0]["verdict"].as_str()),
+        (Some(10), Some("fail")),
+        "{steps:#?}"
+    );
+    // Only the canary ever failed a request, and never above its first step's share.
+    assert!(seen.failures.iter().all(|f| f.contains("version=bad")));
+    let canary = seen.versions.iter().filter(|v| *v == "bad").count() + seen.failures.len();
+    let total = seen.versions.len() + seen.failures.len();
+    assert!(
+        canary > 0 && canary * 100 <= total * 10 + 200,
+        "{canary} of {total}"
+    );
+    c.eventually(WAIT, "the canary task to stop", || {
+        (running_ids(&c) == stable).then_some(())
+    });
+    c.down_leaving_nothing();
+}
