@@ -799,3 +799,77 @@ fn a_leader_killed_mid_step_leaves_the_canary_to_the_next_which_ends_it_the_same
     });
     c.down_leaving_nothing();
 }
+
+#[test]
+fn a_canary_that_cannot_start_is_rolled_back_and_bad_canary_input_is_refused() {
+    let c = Cluster::start(2);
+    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
+    c.apply_and_wait(&v1);
+    let stable = running_ids(&c);
+
+    // Nothing to promote, abort or explain yet: one line each, nothing changed.
+    let out = c.rctl(&["rollout", "promote", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: service \"web\" has no canary rollout running (see: rctl rollout status web)"
+    );
+    let out = c.rctl(&["rollout", "explain", "web"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = c.rctl(&["rollout", "abort", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = c.rctl(&["rollout", "start", "nope", "--image", "x:1", "--canary"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(history(&c).len(), 1, "refused requests make no revision");
+
+    // A canary whose tasks exit at start: rolled back by itself, stable untouched.
+    let broken = format!("{}/rctl/testserver:broken", c.registry());
+    let out = c.rctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &broken,
+        "--canary",
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(
+        (&status["state"], &status["revision"]),
+        (&"rolled_back".into(), &1.into()),
+        "{status}"
+    );
+    c.eventually(WAIT, "only the stable tasks to run", || {
+        (running_ids(&c) == stable).then_some(())
+    });
+    // The next change gets a number past the rolled-back canary's.
+    c.rctl_ok(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &format!("{}/rctl/testserver:v2", c.registry()),
+        "--wait",
+        "--timeout",
+        "90s",
+    ]);
+    let h = history(&c);
+    assert_eq!(
+        h.iter()
+            .map(|r| r["revision"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "{h:#?}"
+    );
+    c.down_leaving_nothing();
+}

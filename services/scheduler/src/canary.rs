@@ -23,6 +23,8 @@ pub struct Observed<'a> {
     pub replaced: bool,
     /// Every LB's current `stats/{svc}/{lb}`.
     pub stats: &'a [LbStats],
+    /// Why the canary's tasks cannot start, when they keep failing.
+    pub failed: Option<&'a str>,
     pub now_ms: i64,
 }
 
@@ -83,6 +85,9 @@ pub fn advance(
         CanaryState::Starting => {
             if r.abort {
                 return Ok(Some(roll_back(next, "aborted".into())));
+            }
+            if let Some(why) = o.failed {
+                return Ok(Some(roll_back(next, why.into())));
             }
             if o.canary_ready < spec.replicas.max(1) as usize {
                 return Ok(None);
@@ -267,6 +272,7 @@ mod tests {
             canary_ready,
             replaced: false,
             stats,
+            failed: None,
             now_ms,
         }
     }
@@ -384,6 +390,18 @@ mod tests {
         assert_eq!(a.rollout.state(), CanaryState::RollingBack);
         assert_eq!(a.rollout.reason, "aborted");
         assert!(!a.rollout.abort, "the request is consumed");
+        // Canary tasks that keep failing to start roll it back too, with why.
+        let failing = Observed {
+            failed: Some("3 tasks of revision 2 failed: exited with code 1"),
+            ..obs(&s0, 1_000, 0)
+        };
+        let b = advance(&starting(), &spec(), &failing).unwrap().unwrap();
+        assert_eq!(b.rollout.state(), CanaryState::RollingBack);
+        assert!(
+            b.rollout.reason.starts_with("3 tasks"),
+            "{}",
+            b.rollout.reason
+        );
     }
 
     #[test]

@@ -151,6 +151,15 @@ async fn roll_back_stalled(
             .iter()
             .filter(|t| t.service == spec.name)
             .collect();
+        // A canary that cannot start is rolled back by its own controller, stable untouched;
+        // once finishing it is an ordinary update.
+        if loaded.rollouts.get(&spec.name).is_some_and(|r| {
+            canary::in_progress(r)
+                && r.state() != rctl_api::pb::CanaryState::Finishing
+                && r.canary_revision == svc.revision
+        }) {
+            continue;
+        }
         let Some(stalled) = rollout::stalled(svc, &tasks, &loaded.statuses) else {
             continue;
         };
@@ -246,10 +255,12 @@ async fn advance_canaries(
                 })
                 .count();
             let stats = loaded.stats.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let stalled = rollout::stalled(svc, &tasks, &loaded.statuses);
             let observed = canary::Observed {
                 canary_ready: ready,
                 replaced: !rollout::rolling(svc, &tasks, &loaded.statuses),
                 stats,
+                failed: stalled.as_ref().map(|s| s.reason.as_str()),
                 now_ms,
             };
             match canary::advance(r, &spec.canary.clone().unwrap_or_default(), &observed) {
