@@ -873,3 +873,60 @@ fn a_canary_that_cannot_start_is_rolled_back_and_bad_canary_input_is_refused() {
     );
     c.down_leaving_nothing();
 }
+
+#[test]
+fn a_canary_waiting_for_requests_times_out_with_exit_4_and_is_promoted_by_hand() {
+    let c = Cluster::start(2);
+    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
+    c.apply_and_wait(&v1);
+    let stable = running_ids(&c);
+    // No load: the first step never gets its 100 requests.
+    let v2 = format!("{}/rctl/testserver:v2", c.registry());
+    let out = c.rctl(&[
+        "rollout",
+        "start",
+        "web",
+        "--image",
+        &v2,
+        "--canary",
+        "--wait",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let status = |c: &Cluster| -> Value {
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap()
+    };
+    let s = c.eventually(WAIT, "the first step", || {
+        Some(status(&c)).filter(|s| s["step"] == 0)
+    });
+    assert_eq!(s["state"], "canary", "{s}");
+    assert_eq!(
+        s["weights"],
+        serde_json::json!([{"revision": 1, "weight": 90}, {"revision": 2, "weight": 10}]),
+        "{s}"
+    );
+    // Each promote passes one step by hand; the last one finishes the rollout.
+    for next in [1, 2] {
+        c.rctl_ok(&["rollout", "promote", "web"]);
+        c.eventually(WAIT, "the next step", || {
+            Some(status(&c)).filter(|s| s["step"] == next)
+        });
+    }
+    c.rctl_ok(&["rollout", "promote", "web"]);
+    c.eventually(WAIT, "the canary to finish", || {
+        Some(status(&c)).filter(|s| s["state"] == "done")
+    });
+    let steps: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "explain", "web", "-o", "json"])).unwrap();
+    assert!(
+        steps.len() == 3 && steps.iter().all(|s| s["verdict"] == "promoted"),
+        "{steps:#?}"
+    );
+    c.eventually(WAIT, "v2 everywhere", || {
+        let images = images_running(&c);
+        (images.len() == 2 && images.iter().all(|i| *i == v2)).then_some(())
+    });
+    assert!(running_ids(&c).iter().all(|id| !stable.contains(id)));
+    c.down_leaving_nothing();
+}
