@@ -1,5 +1,7 @@
-//! Rollouts end to end (issue 8): a rolling update under constant load through rctl-lb,
-//! revision history with who/why, rollback through the same path, and bad input.
+//! Rollouts end to end (issue 8): a rolling update under constant load through rctl-lb (old
+//! tasks drained by the LB before they are stopped), revision history with who/why, rollback
+//! through the same path, canaries (bad, good, slow, starved, unstartable, leader killed
+//! mid-step), and bad input.
 //! Each test owns its cluster (namespaces, etcd, registry, scheduler, agents, rctl-lb).
 
 use std::net::SocketAddr;
