@@ -454,7 +454,9 @@ async fn sweep(nodes: &[Arc<Node>], store: &Store) -> Result<(), StoreError> {
             if task.is_none() && accepted.elapsed() < SWEEP_GRACE {
                 continue;
             }
-            if let Some(stop) = tasks::sweep_decision(task, node.name()) {
+            if let Some(stop) =
+                tasks::sweep_decision(task, node.name(), rctl_api::clock::now_unix_ms())
+            {
                 node.stop(&id, stop.remove, stop.forget).await;
             }
         }

@@ -33,6 +33,9 @@ pub use crate::lifecycle::DEFAULT_STOP_TIMEOUT;
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// A task accepted this recently is never swept: its key may not be visible to us yet.
 const SWEEP_GRACE: Duration = Duration::from_secs(10);
+/// A task retired this recently is left to the scheduler, which stops it only once the load
+/// balancers drained it (`[update] drain`); the sweep is the fallback if it never does.
+pub const SWEEP_DRAIN_GRACE_MS: i64 = 120_000;
 const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +81,9 @@ pub struct Stop {
     pub forget: bool,
 }
 
-/// What the orphan sweep does with a local container, given its task in etcd (if any).
-pub fn sweep_decision(task: Option<&pb::Task>, node: &str) -> Option<Stop> {
+/// What the orphan sweep does with a local container, given its task in etcd (if any), at
+/// wall-clock time `now_ms`.
+pub fn sweep_decision(task: Option<&pb::Task>, node: &str, now_ms: i64) -> Option<Stop> {
     let stop = |forget| Stop {
         timeout: None,
         remove: true,
@@ -88,7 +92,11 @@ pub fn sweep_decision(task: Option<&pb::Task>, node: &str) -> Option<Stop> {
     match task {
         None => Some(stop(true)),
         Some(t) if t.node != node => Some(stop(true)),
-        Some(t) if t.desired_state != pb::DesiredState::Running as i32 => Some(stop(false)),
+        Some(t) if t.desired_state != pb::DesiredState::Running as i32 => {
+            let draining =
+                t.retired_unix_ms > 0 && now_ms - t.retired_unix_ms < SWEEP_DRAIN_GRACE_MS;
+            (!draining).then(|| stop(false))
+        }
         Some(_) => None,
     }
 }
@@ -288,7 +296,8 @@ impl Tasks {
             if task.is_none() && accepted.is_some_and(|t| t.elapsed() < SWEEP_GRACE) {
                 continue;
             }
-            if let Some(stop) = sweep_decision(task, self.inner.store.node()) {
+            if let Some(stop) = sweep_decision(task, self.inner.store.node(), clock::now_unix_ms())
+            {
                 info!(container = %id, remove = stop.remove, "orphan sweep stops container");
                 self.inner.stop(&id, stop);
             }
@@ -875,15 +884,25 @@ mod tests {
     #[test]
     fn sweep_keeps_only_tasks_desired_here() {
         assert_eq!(
-            sweep_decision(Some(&task("h1", pb::DesiredState::Running)), "h1"),
+            sweep_decision(Some(&task("h1", pb::DesiredState::Running)), "h1", 0),
             None
         );
-        let gone = sweep_decision(None, "h1").unwrap();
+        let gone = sweep_decision(None, "h1", 0).unwrap();
         assert!(gone.remove && gone.forget);
-        let moved = sweep_decision(Some(&task("h2", pb::DesiredState::Running)), "h1").unwrap();
+        let moved = sweep_decision(Some(&task("h2", pb::DesiredState::Running)), "h1", 0).unwrap();
         assert!(moved.remove && moved.forget);
-        let retired = sweep_decision(Some(&task("h1", pb::DesiredState::Shutdown)), "h1").unwrap();
+        let retired =
+            sweep_decision(Some(&task("h1", pb::DesiredState::Shutdown)), "h1", 0).unwrap();
         assert!(retired.remove && !retired.forget);
+    }
+
+    #[test]
+    fn sweep_leaves_a_freshly_retired_task_to_the_schedulers_drain() {
+        let mut t = task("h1", pb::DesiredState::Shutdown);
+        t.retired_unix_ms = 1_000;
+        assert_eq!(sweep_decision(Some(&t), "h1", 1_000 + 5_000), None);
+        let late = sweep_decision(Some(&t), "h1", 1_000 + SWEEP_DRAIN_GRACE_MS).unwrap();
+        assert!(late.remove && !late.forget);
     }
 
     #[test]

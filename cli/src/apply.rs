@@ -26,6 +26,7 @@ pub async fn run(
                 who: crate::rollout::who(),
                 message: message.clone().unwrap_or_default(),
                 exclusive: false,
+                canary: false,
             };
             async move { c.apply(req).await }
         })

@@ -348,6 +348,22 @@ pub enum RolloutCommand {
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = duration)]
         timeout: Duration,
+        /// Roll out as a canary per [canary]: canary.replicas new tasks next to the stable
+        /// ones, traffic moved step by step while the LB's figures pass the rules, then
+        /// finished (exit 0) or rolled back by itself (exit 3).
+        #[arg(long)]
+        canary: bool,
+    },
+    /// Pass the running canary's current step now (at the last step: finish it).
+    Promote { name: String },
+    /// Roll the running canary back (its weight to 0 first, then its tasks stop).
+    Abort { name: String },
+    /// Each judged canary step's figures (requests, 5xx, error rate, p99 canary vs stable)
+    /// and the rule that decided.
+    Explain {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
     },
     /// Where the service's latest change stands: rolling, done or rolled_back (and why).
     Status {
@@ -477,7 +493,19 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 message,
                 wait,
                 timeout,
-            } => rollout::start(&mut conn, &name, &image, message, wait, timeout).await,
+                canary,
+            } => {
+                if canary {
+                    rollout::start_canary(&mut conn, &name, &image, message, wait, timeout).await
+                } else {
+                    rollout::start(&mut conn, &name, &image, message, wait, timeout).await
+                }
+            }
+            RolloutCommand::Promote { name } => rollout::control(&mut conn, &name, "promote").await,
+            RolloutCommand::Abort { name } => rollout::control(&mut conn, &name, "abort").await,
+            RolloutCommand::Explain { name, output } => {
+                rollout::explain(&mut conn, &name, output).await
+            }
             RolloutCommand::Status { name, output } => {
                 rollout::status(&mut conn, &name, output).await
             }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use rctl_api::pb::{
-    ApplyRequest, InspectServiceRequest, InspectServiceResponse, Revision, RevisionHistoryRequest,
-    RollbackRequest,
+    ApplyRequest, CanaryRollout, CanaryState, ControlRolloutRequest, InspectServiceRequest,
+    InspectServiceResponse, Revision, RevisionHistoryRequest, RollbackRequest,
 };
 use serde::Serialize;
 
@@ -65,10 +65,21 @@ pub fn status_json(resp: &InspectServiceResponse) -> StatusJson {
     let svc = resp.service.clone().unwrap_or_default();
     let cause = svc.cause.clone().unwrap_or_default();
     let progress = crate::wait::progress(resp);
-    let state = match (cause.automatic, progress.done()) {
-        (true, _) => "rolled_back",
-        (false, true) => "done",
-        (false, false) => "rolling",
+    // The service's canary, while it runs or when it decided the revision it is on now.
+    let canary = resp.canary.as_ref().filter(|r| {
+        r.canary_revision == svc.revision
+            || (r.stable_revision == svc.revision && r.state() == CanaryState::RolledBack)
+    });
+    let state = match canary.map(|r| r.state()) {
+        Some(CanaryState::RolledBack) => "rolled_back",
+        Some(CanaryState::Starting | CanaryState::Stepping) => "canary",
+        Some(CanaryState::RollingBack) => "rolling_back",
+        Some(CanaryState::Finishing) => "rolling",
+        _ => match (cause.automatic, progress.done()) {
+            (true, _) => "rolled_back",
+            (false, true) => "done",
+            (false, false) => "rolling",
+        },
     };
     // Done when the last task of the revision came up.
     let finished = resp
@@ -87,7 +98,9 @@ pub fn status_json(resp: &InspectServiceResponse) -> StatusJson {
             .unwrap_or_default(),
         revision: svc.revision,
         state,
-        step: None,
+        step: canary
+            .filter(|r| r.state() == CanaryState::Stepping)
+            .map(|r| r.step),
         weights: svc
             .traffic
             .map(|t| {
@@ -102,10 +115,10 @@ pub fn status_json(resp: &InspectServiceResponse) -> StatusJson {
             .unwrap_or_default(),
         started: rfc3339(cause.unix_ms),
         finished: rfc3339(finished),
-        reason: if cause.automatic {
-            cause.why
-        } else {
-            String::new()
+        reason: match canary {
+            Some(r) if !r.reason.is_empty() => r.reason.clone(),
+            _ if cause.automatic => cause.why,
+            _ => String::new(),
         },
     }
 }
@@ -211,6 +224,7 @@ pub async fn start(
         message: message.unwrap_or_default(),
         // A second rollout while one runs is refused, naming the running revision.
         exclusive: true,
+        canary: false,
     };
     let resp = conn
         .write(|mut c| {
@@ -222,6 +236,245 @@ pub async fn start(
     println!("service {name} rolling out {image} (revision {rev})");
     if wait {
         crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
+    }
+    Ok(())
+}
+
+/// `rollout start NAME --image IMG --canary`: the new revision as a canary next to the
+/// stable tasks; the scheduler leader steps it (see `rollout status`/`explain`).
+pub async fn start_canary(
+    conn: &mut Conn,
+    name: &str,
+    image: &str,
+    message: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let svc = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let stable = svc.revision;
+    let mut spec = svc.spec.unwrap_or_default();
+    if spec.image == image {
+        return Err(CliError::Usage(format!(
+            "service {name:?} already runs {image} (revision {stable}); nothing to roll out"
+        )));
+    }
+    spec.image = image.to_string();
+    let req = ApplyRequest {
+        spec: Some(spec),
+        who: who(),
+        message: message.unwrap_or_default(),
+        exclusive: true,
+        canary: true,
+    };
+    let resp = conn
+        .write(|mut c| {
+            let req = req.clone();
+            async move { c.apply(req).await }
+        })
+        .await?;
+    let rev = resp.service.map(|s| s.revision).unwrap_or(0);
+    println!("service {name}: canary of {image} (revision {rev}) next to revision {stable}");
+    if wait {
+        wait_canary(conn, name, rev, timeout).await?;
+    }
+    Ok(())
+}
+
+/// Polls until the canary of revision `canary` is done (Ok), rolled back (exit 3) or
+/// `timeout` passed (exit 4), printing each state or step change.
+async fn wait_canary(
+    conn: &mut Conn,
+    name: &str,
+    canary: u64,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let resp = conn
+            .client
+            .inspect_service(InspectServiceRequest { name: name.into() })
+            .await
+            .map_err(|s| conn.err(s))?
+            .into_inner();
+        let r = resp.canary.unwrap_or_default();
+        if r.canary_revision == canary {
+            let line = canary_line(name, &r);
+            if line != last {
+                eprintln!("{line}");
+                last = line;
+            }
+            match r.state() {
+                CanaryState::Done => return Ok(()),
+                CanaryState::RolledBack => {
+                    return Err(CliError::RolledBack(format!(
+                        "{name}: canary revision {canary} rolled back: {}",
+                        r.reason
+                    )))
+                }
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::Timeout(format!(
+                "{name}: canary revision {canary} still running after {}s ({last}); it goes on (rctl rollout status {name})",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One progress line of a canary: its state, step and weight.
+pub fn canary_line(name: &str, r: &CanaryRollout) -> String {
+    let state = canary_state(r.state());
+    match r.state() {
+        CanaryState::Stepping => format!(
+            "{name}: canary revision {} step {} ({} judged)",
+            r.canary_revision,
+            r.step + 1,
+            r.steps.len()
+        ),
+        CanaryState::RollingBack | CanaryState::RolledBack => format!(
+            "{name}: canary revision {} {state}: {}",
+            r.canary_revision, r.reason
+        ),
+        _ => format!("{name}: canary revision {} {state}", r.canary_revision),
+    }
+}
+
+/// The words `rollout status` uses for a canary's state.
+pub fn canary_state(s: CanaryState) -> &'static str {
+    match s {
+        CanaryState::Unspecified => "unknown",
+        CanaryState::Starting => "canary starting",
+        CanaryState::Stepping => "canary",
+        CanaryState::Finishing => "finishing",
+        CanaryState::Done => "done",
+        CanaryState::RollingBack => "rolling_back",
+        CanaryState::RolledBack => "rolled_back",
+    }
+}
+
+/// `rollout promote|abort NAME`.
+pub async fn control(conn: &mut Conn, name: &str, action: &str) -> Result<(), CliError> {
+    let req = ControlRolloutRequest {
+        service: name.into(),
+        action: action.into(),
+    };
+    conn.write(|mut c| {
+        let req = req.clone();
+        async move { c.control_rollout(req).await }
+    })
+    .await?;
+    let done = if action == "promote" {
+        "promoted"
+    } else {
+        "aborted"
+    };
+    println!("service {name}: canary {done} (the scheduler acts within a second)");
+    Ok(())
+}
+
+/// One judged step of `rollout explain -o json`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StepJson {
+    pub step: usize,
+    pub percent: u32,
+    pub canary_requests: u64,
+    pub canary_5xx: u64,
+    pub canary_error_rate: f64,
+    pub stable_requests: u64,
+    pub stable_5xx: u64,
+    pub canary_p99_us: u64,
+    pub stable_p99_us: u64,
+    /// Canary p99 / stable p99; null without stable traffic.
+    pub p99_ratio: Option<f64>,
+    pub verdict: String,
+    pub rule: String,
+}
+
+pub fn steps_json(r: &CanaryRollout) -> Vec<StepJson> {
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    r.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StepJson {
+            step: i + 1,
+            percent: s.percent,
+            canary_requests: s.canary_requests,
+            canary_5xx: s.canary_errors,
+            canary_error_rate: ratio(s.canary_errors, s.canary_requests),
+            stable_requests: s.stable_requests,
+            stable_5xx: s.stable_errors,
+            canary_p99_us: s.canary_p99_us,
+            stable_p99_us: s.stable_p99_us,
+            p99_ratio: (s.stable_requests > 0 && s.stable_p99_us > 0)
+                .then(|| ratio(s.canary_p99_us, s.stable_p99_us)),
+            verdict: s.verdict.clone(),
+            rule: s.rule.clone(),
+        })
+        .collect()
+}
+
+pub async fn explain(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
+    let resp = conn
+        .client
+        .inspect_service(InspectServiceRequest { name: name.into() })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let Some(r) = resp.canary else {
+        return Err(CliError::Usage(format!(
+            "service {name:?} never had a canary rollout (see: rctl rollout start {name} --image IMG --canary)"
+        )));
+    };
+    let steps = steps_json(&r);
+    match format {
+        Format::Json => print_json(&steps),
+        Format::Table => {
+            println!("{}", canary_line(name, &r));
+            print_table(
+                &[
+                    "STEP",
+                    "WEIGHT",
+                    "CANARY REQ",
+                    "5XX",
+                    "ERROR RATE",
+                    "P99 CANARY",
+                    "P99 STABLE",
+                    "RATIO",
+                    "VERDICT",
+                    "RULE",
+                ],
+                &steps
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.step.to_string(),
+                            format!("{}%", s.percent),
+                            s.canary_requests.to_string(),
+                            s.canary_5xx.to_string(),
+                            format!("{:.2}%", s.canary_error_rate * 100.0),
+                            format!("{} µs", s.canary_p99_us),
+                            format!("{} µs", s.stable_p99_us),
+                            s.p99_ratio
+                                .map(|r| format!("{r:.2}"))
+                                .unwrap_or_else(|| "n/a".into()),
+                            s.verdict.clone(),
+                            s.rule.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
     }
     Ok(())
 }
@@ -332,6 +585,7 @@ mod tests {
                 view(2, TaskState::Running, 1_700_000_001_000),
             ],
             unplaced: String::new(),
+            canary: None,
         };
         let s = status_json(&resp);
         assert_eq!((s.state, s.finished.as_str()), ("rolling", ""));
@@ -352,5 +606,47 @@ mod tests {
         assert_eq!(s.state, "rolled_back");
         assert_eq!(s.reason, "automatic rollback to revision 1: ...");
         assert_eq!(s.step, None);
+    }
+
+    #[test]
+    fn a_canary_shows_its_state_step_and_reason() {
+        let mut r = CanaryRollout {
+            stable_revision: 1,
+            canary_revision: 2,
+            step: 1,
+            ..Default::default()
+        };
+        r.set_state(CanaryState::Stepping);
+        let mut resp = InspectServiceResponse {
+            service: Some(rctl_api::pb::Service {
+                revision: 2,
+                traffic: Some(rctl_api::pb::TrafficSplit {
+                    weights: vec![rctl_api::pb::RevisionWeight {
+                        revision: 2,
+                        weight: 50,
+                    }],
+                }),
+                ..Default::default()
+            }),
+            canary: Some(r.clone()),
+            ..Default::default()
+        };
+        let s = status_json(&resp);
+        assert_eq!((s.state, s.step), ("canary", Some(1)));
+        assert_eq!(
+            s.weights,
+            vec![WeightJson {
+                revision: 2,
+                weight: 50
+            }]
+        );
+        // Rolled back: the service is on its stable revision again, with the reason.
+        r.set_state(CanaryState::RolledBack);
+        r.reason = "error rate 50.00% > max_error_rate 5.00%".into();
+        resp.canary = Some(r);
+        resp.service.as_mut().unwrap().revision = 1;
+        let s = status_json(&resp);
+        assert_eq!((s.state, s.step), ("rolled_back", None));
+        assert!(s.reason.starts_with("error rate 50.00%"), "{}", s.reason);
     }
 }

@@ -242,6 +242,7 @@ mod tests {
             }),
             tasks,
             unplaced: String::new(),
+            canary: None,
         }
     }
 

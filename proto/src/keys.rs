@@ -94,6 +94,14 @@ pub fn revision(service: &str, revision: u64) -> String {
     format!("{ROOT}revisions/{service}/{revision:020}")
 }
 
+pub fn rollouts_prefix() -> String {
+    format!("{ROOT}rollouts/")
+}
+/// `service`'s canary rollout state ([`crate::pb::CanaryRollout`]), written by the leader.
+pub fn rollout(service: &str) -> String {
+    format!("{ROOT}rollouts/{service}")
+}
+
 /// The key of the scheduler's leader election.
 pub fn leader() -> String {
     format!("{ROOT}leader")

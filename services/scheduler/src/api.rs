@@ -122,8 +122,10 @@ impl Api {
         who: &str,
         message: &str,
         exclusive: bool,
+        canary: bool,
     ) -> Result<ApplyResponse, ApiError> {
         validate(&spec)?;
+        let exclusive = exclusive || canary;
         self.require_leader().await?;
         retrying(|| async {
             let loaded = self.store.load().await?;
@@ -160,7 +162,14 @@ impl Api {
                     (
                         Service {
                             spec: Some(spec.clone()),
-                            revision: old.revision + u64::from(bump),
+                            // Past every kept revision: a rolled-back canary's number is
+                            // not reused.
+                            revision: if bump {
+                                old.revision.max(history.iter().map(|r| r.revision).max().unwrap_or(0))
+                                    + 1
+                            } else {
+                                old.revision
+                            },
                             created_unix_ms: old.created_unix_ms,
                             updated_unix_ms: now,
                             // A new revision starts with all traffic on it (no split);
@@ -175,6 +184,23 @@ impl Api {
             let mut svc = svc;
             let previous = loaded.service(&spec.name);
             let new_revision = previous.is_none_or(|p| p.revision != svc.revision);
+            // A canary starts with the new revision at weight 0; the leader takes it on.
+            let rollout = match (canary, previous) {
+                (false, _) => None,
+                (true, Some(p)) if new_revision => {
+                    let r = canary_start(p.revision, svc.revision, now);
+                    svc.traffic = Some(crate::rollout::split(p.revision, svc.revision, 0));
+                    let rkey = rctl_api::keys::rollout(&spec.name);
+                    Some((r, loaded.mod_revision(&rkey)))
+                }
+                (true, _) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "a canary needs a running service whose image, command or env changes; \"{}\" {}",
+                        spec.name,
+                        if previous.is_none() { "does not exist" } else { "would not change revision" }
+                    )))
+                }
+            };
             if outcome != "unchanged" {
                 let (record, prune) = if new_revision {
                     let why = if message.is_empty() {
@@ -196,10 +222,11 @@ impl Api {
                         loaded.mod_revision(&key),
                         record.as_ref(),
                         &prune,
+                        rollout.as_ref().map(|(r, m)| (r, *m)),
                     )
                     .await?;
             }
-            tracing::info!(service = %spec.name, revision = svc.revision, outcome, "apply");
+            tracing::info!(service = %spec.name, revision = svc.revision, outcome, canary, "apply");
             Ok(ApplyResponse {
                 service: Some(svc),
                 outcome: outcome.into(),
@@ -274,7 +301,7 @@ impl Api {
         } else {
             r.message.clone()
         };
-        let applied = self.apply(spec, who, &message, false).await?;
+        let applied = self.apply(spec, who, &message, false, false).await?;
         Ok(RollbackResponse {
             service: applied.service,
             from_revision: from,
@@ -331,7 +358,43 @@ impl Api {
             service: Some(svc),
             tasks,
             unplaced: unplaced(&loaded).remove(name).unwrap_or_default(),
+            canary: loaded.rollouts.get(name).cloned(),
         })
+    }
+
+    /// Marks the running canary of `name` to be promoted or aborted by the leader.
+    async fn control_rollout(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<ControlRolloutResponse, ApiError> {
+        if !matches!(action, "promote" | "abort") {
+            return Err(ApiError::BadRequest(format!(
+                "unknown rollout action {action:?} (promote or abort)"
+            )));
+        }
+        self.require_leader().await?;
+        retrying(|| async {
+            let loaded = self.store.load().await?;
+            if loaded.service(name).is_none() {
+                return Err(ApiError::ServiceNotFound(name.into()));
+            }
+            let key = rctl_api::keys::rollout(name);
+            let mut r = match loaded.rollouts.get(name) {
+                Some(r) if crate::canary::in_progress(r) => r.clone(),
+                _ => return Err(ApiError::NoCanary(name.into())),
+            };
+            match action {
+                "promote" => r.promote = true,
+                _ => r.abort = true,
+            }
+            self.store
+                .put_rollout_if(&r, name, loaded.mod_revision(&key))
+                .await?;
+            tracing::info!(service = %name, action, "rollout control");
+            Ok(ControlRolloutResponse { rollout: Some(r) })
+        })
+        .await
     }
 
     async fn remove(&self, name: &str) -> Result<RemoveServiceResponse, ApiError> {
@@ -467,7 +530,8 @@ impl Scheduler for Api {
                 .spec
                 .ok_or_else(|| Status::invalid_argument("apply: missing spec"))?;
             Ok(Response::new(
-                self.apply(spec, &who, &r.message, r.exclusive).await?,
+                self.apply(spec, &who, &r.message, r.exclusive, r.canary)
+                    .await?,
             ))
         }
         .instrument(span)
@@ -489,6 +553,21 @@ impl Scheduler for Api {
         async move { Ok(Response::new(self.list_services().await?)) }
             .instrument(span)
             .await
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<ControlRolloutRequest>,
+    ) -> Result<Response<ControlRolloutResponse>, Status> {
+        let span = span(&req, "ControlRollout");
+        async move {
+            let r = req.into_inner();
+            Ok(Response::new(
+                self.control_rollout(&r.service, &r.action).await?,
+            ))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn inspect_service(
@@ -647,4 +726,17 @@ impl Scheduler for Api {
         .instrument(span)
         .await
     }
+}
+
+/// The record of a canary of `canary` next to `stable`, started at `now_ms`.
+fn canary_start(stable: u64, canary: u64, now_ms: i64) -> rctl_api::pb::CanaryRollout {
+    let mut r = rctl_api::pb::CanaryRollout {
+        stable_revision: stable,
+        canary_revision: canary,
+        step_started_unix_ms: now_ms,
+        started_unix_ms: now_ms,
+        ..Default::default()
+    };
+    r.set_state(rctl_api::pb::CanaryState::Starting);
+    r
 }

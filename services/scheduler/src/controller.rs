@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::Agents;
 use crate::leader::{Election, Term};
-use crate::reconcile::{reconcile, Action};
+use crate::reconcile::{self, reconcile, Action};
 use crate::store::{split, Change, Store, StoreError};
-use crate::{revisions, rollout};
+use crate::{canary, revisions, rollout};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -151,6 +151,15 @@ async fn roll_back_stalled(
             .iter()
             .filter(|t| t.service == spec.name)
             .collect();
+        // A canary that cannot start is rolled back by its own controller, stable untouched;
+        // once finishing it is an ordinary update.
+        if loaded.rollouts.get(&spec.name).is_some_and(|r| {
+            canary::in_progress(r)
+                && r.state() != rctl_api::pb::CanaryState::Finishing
+                && r.canary_revision == svc.revision
+        }) {
+            continue;
+        }
         let Some(stalled) = rollout::stalled(svc, &tasks, &loaded.statuses) else {
             continue;
         };
@@ -189,11 +198,128 @@ async fn roll_back_stalled(
                 loaded.mod_revision(&key),
                 Some(&record),
                 &revisions::to_prune(&kept, next.revision),
+                None,
             )
             .await
         {
             Ok(()) => {
                 tracing::warn!(service = %spec.name, revision = next.revision, reason = %why, "rolled back");
+                wrote = true;
+            }
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(wrote)
+}
+
+/// Advances every running canary one transition ([`canary::advance`]): the record and the
+/// service's split in one transaction fenced by `leader` and guarded by both keys' mod
+/// revisions, so a failover or a concurrent `promote`/`abort` can neither skip nor repeat a
+/// step. A canary rolled back returns the service to its stable revision (same spec, same
+/// tasks). True if anything was written.
+async fn advance_canaries(
+    store: &Store,
+    leader: &LeaderKey,
+    loaded: &crate::store::Loaded,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let mut wrote = false;
+    for (name, r) in &loaded.rollouts {
+        if !canary::in_progress(r) {
+            continue;
+        }
+        let Some(svc) = loaded.service(name) else {
+            continue;
+        };
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let tasks: Vec<&Task> = loaded.tasks.iter().filter(|t| &t.service == name).collect();
+        let step = if svc.revision != r.canary_revision && svc.revision != r.stable_revision {
+            // Another apply took over: the canary is over, its tasks go with the update.
+            let mut next = r.clone();
+            next.set_state(rctl_api::pb::CanaryState::RolledBack);
+            next.reason = format!("superseded by revision {}", svc.revision);
+            Some(canary::Advance {
+                rollout: next,
+                traffic: canary::Traffic::Keep,
+            })
+        } else {
+            let ready = tasks
+                .iter()
+                .filter(|t| {
+                    t.revision == r.canary_revision
+                        && t.desired_state() == DesiredState::Running
+                        && reconcile::needs_drain(t, loaded.statuses.get(&t.id))
+                })
+                .count();
+            let stats = loaded.stats.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let stalled = rollout::stalled(svc, &tasks, &loaded.statuses);
+            let observed = canary::Observed {
+                canary_ready: ready,
+                replaced: !rollout::rolling(svc, &tasks, &loaded.statuses),
+                stats,
+                failed: stalled.as_ref().map(|s| s.reason.as_str()),
+                now_ms,
+            };
+            match canary::advance(r, &spec.canary.clone().unwrap_or_default(), &observed) {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "canary window unreadable");
+                    None
+                }
+            }
+        };
+        let Some(step) = step else { continue };
+        let mut next_svc = svc.clone();
+        match &step.traffic {
+            canary::Traffic::Keep => {}
+            canary::Traffic::Set(t) => next_svc.traffic = Some(t.clone()),
+            canary::Traffic::Clear => next_svc.traffic = None,
+        }
+        if step.rollout.state() == rctl_api::pb::CanaryState::RolledBack
+            && svc.revision == r.canary_revision
+        {
+            // Back to the stable revision itself: its tasks stay, the canary's retire
+            // (drained first), and all traffic goes to stable again.
+            let history = store.revisions(name).await?;
+            let Some(stable) = history.iter().find(|h| h.revision == r.stable_revision) else {
+                tracing::warn!(service = %name, revision = r.stable_revision, "stable revision not kept; cannot roll back");
+                continue;
+            };
+            let mut restored = stable.spec.clone().unwrap_or_default();
+            // Scaling and rollout settings made during the canary stay.
+            restored.replicas = spec.replicas;
+            restored.update = spec.update;
+            restored.canary = spec.canary.clone();
+            next_svc.spec = Some(restored);
+            next_svc.revision = r.stable_revision;
+            next_svc.traffic = None;
+            next_svc.cause = stable.cause.clone();
+            next_svc.updated_unix_ms = now_ms;
+        }
+        let key = rctl_api::keys::service(name);
+        let rkey = rctl_api::keys::rollout(name);
+        match store
+            .put_service_revision_if(
+                Some(leader),
+                &next_svc,
+                loaded.mod_revision(&key),
+                None,
+                &[],
+                Some((&step.rollout, loaded.mod_revision(&rkey))),
+            )
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    service = %name,
+                    state = ?step.rollout.state(),
+                    step = step.rollout.step,
+                    reason = %step.rollout.reason,
+                    "canary advanced"
+                );
                 wrote = true;
             }
             Err(StoreError::Conflict(_)) => {}
@@ -214,8 +340,13 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
         // The next pass reconciles towards the restored revision.
         return Ok(());
     }
+    if advance_canaries(store, leader, &loaded, rctl_api::clock::now_unix_ms()).await? {
+        // The next pass reconciles with the new record and split.
+        return Ok(());
+    }
     let read = started.elapsed();
-    let plan = reconcile(&loaded.snapshot(rctl_api::clock::now_unix_ms()));
+    let now_ms = rctl_api::clock::now_unix_ms();
+    let plan = reconcile(&loaded.snapshot(now_ms));
     let decided = started.elapsed();
     for u in &plan.unplaced {
         tracing::debug!(service = %u.service, missing = u.missing, reason = %u.reason, "cannot place");
@@ -266,6 +397,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
             Action::Retire { mut task, reason } => {
                 let mod_rev = loaded.mod_revision(&rctl_api::keys::task(&task.service, &task.id));
                 task.set_desired_state(DesiredState::Shutdown);
+                task.retired_unix_ms = now_ms;
                 pending.push(Pending {
                     task,
                     kind: Kind::Retire { mod_rev },
@@ -287,6 +419,13 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                     agents.stop(a, &task, false);
                 }
             }
+            Action::Withdraw { task } => match store.withdraw_endpoint(leader, &task).await {
+                Ok(()) => {
+                    tracing::debug!(service = %task.service, task = %task.id, "endpoint withdrawn for drain")
+                }
+                Err(e @ StoreError::NotLeader(_)) => return Err(e),
+                Err(e) => tracing::warn!(error = %e, task = %task.id, "cannot withdraw endpoint"),
+            },
         }
     }
 
@@ -328,7 +467,10 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
             }
             Kind::Retire { .. } => {
                 retired += 1;
-                if let Some(a) = a {
+                // One serving traffic is stopped by a later pass, once drained (reconcile's
+                // drain gate); the write wakes that pass.
+                let serving = reconcile::needs_drain(t, loaded.statuses.get(&t.id));
+                if let (Some(a), false) = (a, serving) {
                     agents.stop(a, t, true);
                 }
             }

@@ -20,6 +20,8 @@ pub enum ApiError {
     RolloutRunning { service: String, revision: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("service {0:?} has no canary rollout running (see: rctl rollout status {0})")]
+    NoCanary(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A write reached a follower; carries the leader's API address when one is known.
@@ -47,7 +49,9 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
-            ApiError::RolloutRunning { .. } => Status::failed_precondition(e.to_string()),
+            ApiError::RolloutRunning { .. } | ApiError::NoCanary(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             ApiError::NotLeader(Some(addr)) => {
                 let mut s = Status::failed_precondition(e.to_string());
                 if let Ok(v) = addr.parse() {

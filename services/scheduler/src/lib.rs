@@ -6,7 +6,8 @@
 //! - [`grpc`]: error → `tonic::Status`, once.
 //! - [`spec`]: validation of service specs and revisions.
 //! - [`store`]: etcd reads and guarded writes.
-//! - [`reconcile`] and [`placement`]: pure decisions.
+//! - [`reconcile`] and [`placement`]: pure decisions (drain gating of retired tasks included).
+//! - [`rollout`] and [`canary`]: pure rollout judgement and the canary step machine.
 //! - [`leader`]: election among replicas; only the leader runs the controller.
 //! - [`controller`]: the loop that reads, decides and acts.
 //! - [`agents`]: the gRPC edge towards agents.
@@ -14,6 +15,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod canary;
 pub mod controller;
 pub mod grpc;
 pub mod images;

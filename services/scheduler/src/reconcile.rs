@@ -11,10 +11,15 @@
 //! - *draining* node: marked by an operator; nothing new is placed there and its tasks are
 //!   replaced elsewhere exactly like old-revision tasks (surge first, retired once a
 //!   replacement is ready).
+//! - *drain gate*: a retired task that serves traffic is stopped only after its endpoint is
+//!   withdrawn and every live rctl-lb reported it drained, or `[update] drain` passed
+//!   ([`drain_gate`]), so no request in flight through an LB meets a SIGTERM.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rctl_api::pb::{DesiredState, Node, Service, Task, TaskState, TaskStatus};
+use rctl_api::pb::{
+    CanaryRollout, CanaryState, DesiredState, Node, Service, Task, TaskState, TaskStatus,
+};
 
 use crate::placement;
 
@@ -36,6 +41,14 @@ pub struct Snapshot<'a> {
     pub nodes: &'a [Node],
     /// Names of the nodes being drained.
     pub draining: &'a HashSet<String>,
+    /// Names of the live load balancers (`lbs/{name}`).
+    pub lbs: &'a HashSet<String>,
+    /// LBs that reported a task drained (`drained/{svc}/{task}/{lb}`), by task id.
+    pub drained: &'a HashMap<String, HashSet<String>>,
+    /// Ids of the tasks with an endpoint in etcd (`endpoints/{svc}/{task}`).
+    pub endpoints: &'a HashSet<String>,
+    /// Canary rollouts (`rollouts/{svc}`), by service name.
+    pub rollouts: &'a HashMap<String, CanaryRollout>,
     pub now_ms: i64,
 }
 
@@ -57,6 +70,9 @@ pub enum Action {
     EnsureRunning { task: Task },
     /// The task is retired but its node still reports it alive: (re)send StopTask.
     EnsureStopped { task: Task },
+    /// The task is retired but still has an endpoint: delete it so the LBs drain the task
+    /// before it is stopped.
+    Withdraw { task: Task },
 }
 
 /// Why a service has fewer tasks than it wants.
@@ -102,6 +118,105 @@ pub const REASON_FINISHED: &str = "task finished; restarting";
 pub const REASON_SERVICE_REMOVED: &str = "service removed";
 pub const REASON_HISTORY: &str = "history limit";
 pub const REASON_NO_NODES: &str = placement::NO_NODES;
+pub const REASON_CANARY: &str = "a canary rollout runs: lost stable tasks are replaced after it";
+
+/// While a canary runs (starting, stepping, rolling back), the service's stable tasks stay as
+/// they are and `[canary] replicas` tasks of the canary revision run next to them: returns
+/// (stable revision, canary revision, canary tasks wanted). Finishing is an ordinary
+/// surge-first update to the canary revision.
+fn canary_of(s: &Snapshot<'_>, svc: &Service) -> Option<(u64, u64, usize)> {
+    let spec = svc.spec.as_ref()?;
+    let r = s.rollouts.get(&spec.name)?;
+    let running = matches!(
+        r.state(),
+        CanaryState::Starting | CanaryState::Stepping | CanaryState::RollingBack
+    );
+    let replicas = spec.canary.as_ref().map(|c| c.replicas).unwrap_or(1).max(1);
+    (running && r.canary_revision == svc.revision && r.stable_revision != svc.revision).then_some((
+        r.stable_revision,
+        r.canary_revision,
+        replicas as usize,
+    ))
+}
+/// How long a retired task waits for the LBs to drain it when `[update] drain` is unset.
+pub const DEFAULT_DRAIN_MS: i64 = 5_000;
+
+/// The next step for a retired task that is still alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Delete its endpoint first.
+    Withdraw,
+    /// Endpoint gone; LBs still draining it.
+    Wait,
+    /// Send StopTask (SIGTERM).
+    Stop,
+}
+
+/// Whether a task must be drained by the LBs before it stops: it serves traffic (a port
+/// and a healthy, running status). Others stop at once.
+pub fn needs_drain(task: &Task, status: Option<&TaskStatus>) -> bool {
+    task.container_port != 0
+        && status.is_some_and(|st| st.state() == TaskState::Running && st.health == "healthy")
+}
+
+/// Decides the drain step of a retired task that needs draining: withdraw its endpoint,
+/// then wait until every live LB in `lbs` reported it drained (`drained_by`) or `drain_ms`
+/// passed since it was retired. A task retired with no time recorded does not wait.
+pub fn drain_gate(
+    has_endpoint: bool,
+    lbs: &HashSet<String>,
+    drained_by: Option<&HashSet<String>>,
+    retired_unix_ms: i64,
+    drain_ms: i64,
+    now_ms: i64,
+) -> Drain {
+    let timed_out = retired_unix_ms <= 0 || now_ms - retired_unix_ms >= drain_ms;
+    if timed_out {
+        // The agent withdraws the endpoint itself when it stops the task.
+        return Drain::Stop;
+    }
+    if has_endpoint {
+        return Drain::Withdraw;
+    }
+    let all_drained = lbs
+        .iter()
+        .all(|lb| drained_by.is_some_and(|d| d.contains(lb)));
+    if all_drained {
+        Drain::Stop
+    } else {
+        Drain::Wait
+    }
+}
+
+/// `[update] drain` of a service in ms, or the default.
+pub fn drain_ms(svc: Option<&Service>) -> i64 {
+    svc.and_then(|s| s.spec.as_ref())
+        .and_then(|sp| sp.update.as_ref())
+        .map(|u| u.drain_ms as i64)
+        .filter(|&ms| ms > 0)
+        .unwrap_or(DEFAULT_DRAIN_MS)
+}
+
+/// The action for a retired task still alive on its node, through the drain gate.
+fn stop_retired(s: &Snapshot<'_>, t: &Task, drain_ms: i64, plan: &mut Plan) {
+    let step = if needs_drain(t, s.statuses.get(&t.id)) {
+        drain_gate(
+            s.endpoints.contains(&t.id),
+            s.lbs,
+            s.drained.get(&t.id),
+            t.retired_unix_ms,
+            drain_ms,
+            s.now_ms,
+        )
+    } else {
+        Drain::Stop
+    };
+    match step {
+        Drain::Withdraw => plan.actions.push(Action::Withdraw { task: t.clone() }),
+        Drain::Wait => {}
+        Drain::Stop => plan.actions.push(Action::EnsureStopped { task: t.clone() }),
+    }
+}
 
 fn state_of(s: &Snapshot<'_>, t: &Task) -> Option<TaskState> {
     s.statuses.get(&t.id).map(|st| st.state())
@@ -175,8 +290,7 @@ fn reconcile_removed(s: &Snapshot<'_>, tasks: &[&Task], live: &HashSet<&str>, pl
                 reason: REASON_SERVICE_REMOVED,
             });
         } else {
-            plan.actions
-                .push(Action::EnsureStopped { task: (*t).clone() });
+            stop_retired(s, t, DEFAULT_DRAIN_MS, plan);
         }
     }
 }
@@ -235,11 +349,23 @@ fn reconcile_service(
         holding.push(t);
     }
 
+    let canary = canary_of(s, svc);
+    let current_revision = canary.map(|(stable, _, _)| stable).unwrap_or(svc.revision);
+    let canary_tasks: Vec<&Task> = match canary {
+        Some((_, c, _)) => {
+            let (c_tasks, rest): (Vec<&Task>, Vec<&Task>) =
+                holding.iter().partition(|t| t.revision == c);
+            holding = rest;
+            c_tasks
+        }
+        None => Vec::new(),
+    };
+
     // Tasks on a draining node are outdated just like old-revision ones: the same rolling
     // replacement moves them.
     let (current, old): (Vec<&Task>, Vec<&Task>) = holding
         .iter()
-        .partition(|t| t.revision == svc.revision && !s.draining.contains(&t.node));
+        .partition(|t| t.revision == current_revision && !s.draining.contains(&t.node));
     let mut to_place = 0usize;
     let mut to_retire: Vec<(&Task, &'static str)> = Vec::new();
     if old.is_empty() {
@@ -278,7 +404,7 @@ fn reconcile_service(
             }
             total_now -= 1;
             ready_now -= usize::from(ready);
-            let reason = if t.revision == svc.revision {
+            let reason = if t.revision == current_revision {
                 REASON_DRAINED
             } else {
                 REASON_REPLACED
@@ -301,6 +427,30 @@ fn reconcile_service(
             task: t.clone(),
             reason,
         });
+    }
+
+    let mut place_revision = svc.revision;
+    if let Some((_, canary_revision, canary_want)) = canary {
+        // The stable revision's spec is not the service's any more: its lost tasks wait.
+        if to_place > 0 {
+            plan.unplaced.push(Unplaced {
+                service: spec.name.clone(),
+                missing: to_place as u32,
+                reason: REASON_CANARY.into(),
+            });
+        }
+        for t in scale_down_order(s, &canary_tasks)
+            .into_iter()
+            .skip(canary_want)
+        {
+            plan.actions.push(Action::Retire {
+                task: t.clone(),
+                reason: REASON_SCALED_DOWN,
+            });
+        }
+        to_place = canary_want.saturating_sub(canary_tasks.len());
+        place_revision = canary_revision;
+        holding.extend(canary_tasks.iter().copied());
     }
 
     if to_place > 0 {
@@ -338,16 +488,23 @@ fn reconcile_service(
                 service: spec.name.clone(),
                 node,
                 slot,
-                revision: svc.revision,
+                revision: place_revision,
             });
         }
     }
 
-    reconcile_history(s, &retired, live_nodes, plan);
+    reconcile_history(s, svc, &retired, live_nodes, plan);
 }
 
-/// Retired tasks: make sure they stop, and keep only the newest few finished ones.
-fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, plan: &mut Plan) {
+/// Retired tasks: make sure they stop (drained first), and keep only the newest few
+/// finished ones.
+fn reconcile_history(
+    s: &Snapshot<'_>,
+    svc: &Service,
+    retired: &[&Task],
+    live: &HashSet<&str>,
+    plan: &mut Plan,
+) {
     let mut done: Vec<&Task> = Vec::new();
     for t in retired {
         if !live.contains(t.node.as_str())
@@ -356,8 +513,7 @@ fn reconcile_history(s: &Snapshot<'_>, retired: &[&Task], live: &HashSet<&str>, 
         {
             done.push(t);
         } else {
-            plan.actions
-                .push(Action::EnsureStopped { task: (*t).clone() });
+            stop_retired(s, t, drain_ms(Some(svc)), plan);
         }
     }
     done.sort_by_key(|t| std::cmp::Reverse((t.created_unix_ms, t.id.clone())));
@@ -432,6 +588,10 @@ mod tests {
             statuses,
             nodes,
             draining: &draining.iter().map(|n| n.to_string()).collect(),
+            lbs: &HashSet::new(),
+            drained: &HashMap::new(),
+            endpoints: &HashSet::new(),
+            rollouts: &HashMap::new(),
             now_ms,
         })
     }
@@ -655,6 +815,138 @@ mod tests {
                 reason: REASON_SERVICE_REMOVED
             }]
         );
+    }
+
+    fn set(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn drain_gate_withdraws_then_waits_for_every_lb_or_the_timeout() {
+        let lbs = set(&["lb1", "lb2"]);
+        let one = set(&["lb1"]);
+        let both = set(&["lb1", "lb2", "gone-lb"]);
+        // Retired at 1 s with a 5 s drain.
+        let gate = |ep, by, now| drain_gate(ep, &lbs, by, 1_000, 5_000, now);
+        assert_eq!(gate(true, None, 1_000), Drain::Withdraw);
+        assert_eq!(gate(false, None, 2_000), Drain::Wait);
+        assert_eq!(gate(false, Some(&one), 2_000), Drain::Wait);
+        assert_eq!(gate(false, Some(&both), 2_000), Drain::Stop);
+        // Timed out: stop whatever the LBs said (an LB may have died mid-drain).
+        assert_eq!(gate(false, Some(&one), 6_000), Drain::Stop);
+        assert_eq!(gate(true, None, 6_000), Drain::Stop);
+        // No LB running: nothing to wait for once the endpoint is gone.
+        assert_eq!(
+            drain_gate(false, &HashSet::new(), None, 1_000, 5_000, 1_000),
+            Drain::Stop
+        );
+        // Retired before retirement times were recorded: no wait.
+        assert_eq!(drain_gate(true, &lbs, None, 0, 5_000, 1_000), Drain::Stop);
+    }
+
+    #[test]
+    fn a_retired_serving_task_is_stopped_only_after_its_drain() {
+        let svcs = [service("web", 0, 1)];
+        let mut t = task("a", "web", "h1", 1);
+        t.container_port = 80;
+        t.set_desired_state(DesiredState::Shutdown);
+        t.retired_unix_ms = 1_000;
+        let mut st = running(std::slice::from_ref(&t));
+        st.get_mut("a").unwrap().health = "healthy".into();
+        let nodes = [node("h1")];
+        let (lbs, endpoints) = (set(&["lb1"]), set(&["a"]));
+        let mut drained = HashMap::new();
+        let tasks = [t.clone()];
+        let at = |endpoints: &HashSet<String>, drained: &HashMap<String, HashSet<String>>, now| {
+            reconcile(&Snapshot {
+                services: &svcs,
+                tasks: &tasks,
+                statuses: &st,
+                nodes: &nodes,
+                draining: &HashSet::new(),
+                lbs: &lbs,
+                drained,
+                endpoints,
+                rollouts: &HashMap::new(),
+                now_ms: now,
+            })
+            .actions
+        };
+        assert_eq!(
+            at(&endpoints, &drained, 1_100),
+            vec![Action::Withdraw { task: t.clone() }]
+        );
+        assert_eq!(at(&HashSet::new(), &drained, 1_200), vec![]);
+        drained.insert("a".to_string(), set(&["lb1"]));
+        assert_eq!(
+            at(&HashSet::new(), &drained, 1_300),
+            vec![Action::EnsureStopped { task: t.clone() }]
+        );
+        // Not serving (no port): stopped at once, no drain.
+        let mut plain = t.clone();
+        plain.container_port = 0;
+        assert!(!needs_drain(&plain, st.get("a")));
+        assert!(needs_drain(&t, st.get("a")));
+    }
+
+    #[test]
+    fn a_canary_runs_next_to_untouched_stable_tasks_and_leaves_after_a_rollback() {
+        let mut svc = service("web", 2, 2);
+        svc.spec.as_mut().unwrap().canary = Some(rctl_api::pb::CanarySpec {
+            replicas: 1,
+            ..Default::default()
+        });
+        let stable = [task("a", "web", "h1", 1), task("b", "web", "h2", 2)];
+        let st = running(&stable);
+        let nodes = [node("h1"), node("h2")];
+        let mut r = CanaryRollout {
+            stable_revision: 1,
+            canary_revision: 2,
+            ..Default::default()
+        };
+        r.set_state(CanaryState::Starting);
+        let rollouts: HashMap<String, CanaryRollout> = [("web".to_string(), r.clone())].into();
+        let at = |svcs: &[Service], tasks: &[Task], st: &HashMap<String, TaskStatus>, rollouts| {
+            reconcile(&Snapshot {
+                services: svcs,
+                tasks,
+                statuses: st,
+                nodes: &nodes,
+                draining: &HashSet::new(),
+                lbs: &HashSet::new(),
+                drained: &HashMap::new(),
+                endpoints: &HashSet::new(),
+                rollouts,
+                now_ms: 0,
+            })
+        };
+        let p = at(std::slice::from_ref(&svc), &stable, &st, &rollouts);
+        assert_eq!(retired(&p), Vec::<String>::new(), "stable tasks stay");
+        let placed: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { revision, slot, .. } => Some((*revision, *slot)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, vec![(2, 3)], "one canary task, in a fresh slot");
+
+        // With the canary task running, nothing changes.
+        let mut c = task("c", "web", "h1", 3);
+        c.revision = 2;
+        let all = [stable[0].clone(), stable[1].clone(), c.clone()];
+        let p = at(std::slice::from_ref(&svc), &all, &running(&all), &rollouts);
+        assert_eq!(p.actions, vec![]);
+
+        // Rolled back: the service is on revision 1 again; the canary task retires.
+        let mut back = service("web", 2, 1);
+        back.spec.as_mut().unwrap().canary = svc.spec.as_ref().unwrap().canary.clone();
+        r.set_state(CanaryState::RolledBack);
+        let rollouts: HashMap<String, CanaryRollout> = [("web".to_string(), r)].into();
+        let p = at(&[back], &all, &running(&all), &rollouts);
+        assert_eq!(retired(&p), vec!["c".to_string()]);
+        assert_eq!(places(&p), vec![]);
     }
 
     #[test]

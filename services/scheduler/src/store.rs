@@ -46,6 +46,16 @@ pub struct Loaded {
     pub node_leases: HashMap<String, i64>,
     /// Names of the nodes with a drain mark (`drain/{name}`), live or not.
     pub draining: HashSet<String>,
+    /// Names of the live load balancers (`lbs/{name}`).
+    pub lbs: HashSet<String>,
+    /// LBs that reported a task drained, by task id (`drained/{svc}/{task}/{lb}`).
+    pub drained: HashMap<String, HashSet<String>>,
+    /// Ids of the tasks with an endpoint (`endpoints/{svc}/{task}`).
+    pub endpoints: HashSet<String>,
+    /// Canary rollouts (`rollouts/{svc}`), by service.
+    pub rollouts: HashMap<String, rctl_api::pb::CanaryRollout>,
+    /// Every LB's stats of each service (`stats/{svc}/{lb}`), by service.
+    pub stats: HashMap<String, Vec<rctl_api::pb::LbStats>>,
     /// Mod revision of every key read, for guarded writes.
     pub mod_revisions: HashMap<String, i64>,
 }
@@ -63,6 +73,10 @@ impl Loaded {
             statuses: &self.statuses,
             nodes: &self.nodes,
             draining: &self.draining,
+            lbs: &self.lbs,
+            drained: &self.drained,
+            endpoints: &self.endpoints,
+            rollouts: &self.rollouts,
             now_ms,
         }
     }
@@ -201,6 +215,12 @@ impl Store {
             keys::nodes_prefix(),
             keys::drain_prefix(),
         );
+        let (lbs_p, drained_p, endpoints_p) = (
+            keys::lbs_prefix(),
+            keys::drained_prefix(),
+            keys::endpoints_prefix(),
+        );
+        let (rollouts_p, stats_p) = (keys::rollouts_prefix(), keys::stats_prefix());
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             out.mod_revisions.insert(key.to_string(), kv.mod_revision());
@@ -218,6 +238,31 @@ impl Store {
                     out.node_leases.insert(n.name.clone(), kv.lease());
                     out.nodes.push(n)
                 })
+            } else if key.starts_with(&rollouts_p) {
+                decode::<rctl_api::pb::CanaryRollout>(kv.key(), v).map(|r| {
+                    out.rollouts.insert(keys::leaf(key).to_string(), r);
+                })
+            } else if key.starts_with(&stats_p) {
+                decode::<rctl_api::pb::LbStats>(kv.key(), v).map(|st| {
+                    out.stats.entry(st.service.clone()).or_default().push(st);
+                })
+            } else if key.starts_with(&lbs_p) {
+                out.lbs.insert(keys::leaf(key).to_string());
+                Ok(())
+            } else if let Some(rest) = key.strip_prefix(&drained_p) {
+                // {svc}/{task}/{lb}: the report's presence is what counts.
+                let mut parts = rest.split('/');
+                if let (Some(_), Some(task), Some(lb)) = (parts.next(), parts.next(), parts.next())
+                {
+                    out.drained
+                        .entry(task.to_string())
+                        .or_default()
+                        .insert(lb.to_string());
+                }
+                Ok(())
+            } else if key.starts_with(&endpoints_p) {
+                out.endpoints.insert(keys::leaf(key).to_string());
+                Ok(())
             } else if key.starts_with(&drain_p) {
                 decode::<NodeDrain>(kv.key(), v).map(|_| {
                     out.draining.insert(keys::leaf(key).to_string());
@@ -265,6 +310,7 @@ impl Store {
         expect_mod_rev: i64,
         record: Option<&Revision>,
         prune: &[u64],
+        rollout: Option<(&rctl_api::pb::CanaryRollout, i64)>,
     ) -> Result<(), StoreError> {
         let name = svc
             .spec
@@ -283,17 +329,44 @@ impl Store {
         for n in prune {
             ops.push(TxnOp::delete(keys::revision(name, *n), None));
         }
+        let mut cmps = vec![Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            expect_mod_rev,
+        )];
+        // A canary's record (rollouts/{svc}) goes with the service it steers, guarded too.
+        if let Some((r, rollout_mod_rev)) = rollout {
+            let rkey = keys::rollout(name);
+            cmps.push(Compare::mod_revision(
+                rkey.as_str(),
+                CompareOp::Equal,
+                rollout_mod_rev,
+            ));
+            ops.push(TxnOp::put(rkey, encode(r), None));
+        }
+        let txn = Txn::new().when(cmps).and_then(ops);
+        match leader {
+            Some(leader) => self.commit_fenced(leader, txn, "put service", &key).await,
+            None => self.commit(txn, "put service", &key).await,
+        }
+    }
+
+    /// Writes `service`'s canary record if its key is still at `expect_mod_rev`.
+    pub async fn put_rollout_if(
+        &self,
+        r: &rctl_api::pb::CanaryRollout,
+        service: &str,
+        expect_mod_rev: i64,
+    ) -> Result<(), StoreError> {
+        let key = keys::rollout(service);
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.as_str(),
                 CompareOp::Equal,
                 expect_mod_rev,
             )])
-            .and_then(ops);
-        match leader {
-            Some(leader) => self.commit_fenced(leader, txn, "put service", &key).await,
-            None => self.commit(txn, "put service", &key).await,
-        }
+            .and_then([TxnOp::put(key.as_str(), encode(r), None)]);
+        self.commit(txn, "put rollout", &key).await
     }
 
     /// The kept revisions of `service`, oldest first.
@@ -421,6 +494,18 @@ impl Store {
     /// Removes a task and its last status, together, if `leader` still holds the election.
     pub async fn delete_task(&self, leader: &LeaderKey, task: &Task) -> Result<(), StoreError> {
         self.commit_changes(leader, &[Change::Delete { task }])
+            .await
+    }
+
+    /// Deletes `task`'s endpoint so the LBs drain it, if `leader` still holds the election.
+    pub async fn withdraw_endpoint(
+        &self,
+        leader: &LeaderKey,
+        task: &Task,
+    ) -> Result<(), StoreError> {
+        let key = keys::endpoint(&task.service, &task.id);
+        let txn = Txn::new().and_then([TxnOp::delete(key.as_str(), None)]);
+        self.commit_fenced(leader, txn, "withdraw endpoint", &key)
             .await
     }
 
