@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub registry_config: Option<PathBuf>,
     /// What one image layer may cost to unpack.
     pub layer_limits: image::unpack::Limits,
+    /// Where container cgroups go, relative to each cgroup hierarchy's root.
+    pub cgroup_parent: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +269,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     if let Some(creds) = credentials {
         images = images.with_credentials(creds);
     }
-    let tasks = Tasks::new(cfg.root.clone(), store, images.clone(), net);
+    let tasks = Tasks::new(
+        cfg.root.clone(),
+        cfg.cgroup_parent.clone(),
+        store,
+        images.clone(),
+        net,
+    );
     tasks.adopt().await;
     tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 

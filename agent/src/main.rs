@@ -53,6 +53,11 @@ struct Args {
     /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
+    /// Parent of the containers' cgroups, relative to each hierarchy's root (Docker's
+    /// `--cgroup-parent`). The local cluster puts each host's containers under the host's
+    /// own cgroup.
+    #[arg(long, default_value = rctl_agent::runtime::cgroups::PARENT)]
+    cgroup_parent: PathBuf,
     /// Most uncompressed bytes one image layer may unpack to.
     #[arg(long, default_value_t = rctl_agent::image::unpack::Limits::default().max_bytes)]
     max_layer_bytes: u64,
@@ -202,6 +207,7 @@ fn dispatch() -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         security,
         registry_config: args.registry_config,
+        cgroup_parent: args.cgroup_parent,
         layer_limits: rctl_agent::image::unpack::Limits {
             max_bytes: args.max_layer_bytes,
             max_entries: args.max_layer_files,

@@ -152,6 +152,8 @@ enum Start {
 
 struct Inner {
     root: PathBuf,
+    /// Where container cgroups go (the agent's `--cgroup-parent`).
+    cgroup_parent: PathBuf,
     store: Store,
     images: ImageStore,
     net: Network,
@@ -167,10 +169,18 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    pub fn new(root: PathBuf, store: Store, images: ImageStore, net: Network) -> Self {
+    /// Containers under `root`, their cgroups under `cgroup_parent` in each hierarchy.
+    pub fn new(
+        root: PathBuf,
+        cgroup_parent: PathBuf,
+        store: Store,
+        images: ImageStore,
+        net: Network,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 root,
+                cgroup_parent,
                 store,
                 images,
                 net,
@@ -470,6 +480,7 @@ impl Inner {
         // Capabilities, seccomp, masked paths, user, mounts and the cgroup with the task's
         // limits: written for the shim's child to apply before exec.
         runtime::container::Runtime::new(self.root.clone())
+            .with_cgroup_parent(self.cgroup_parent.clone())
             .write_profile(&dir, &confinement)
             .await?;
         let pid = self.launch(&dir, &cfg).await?;

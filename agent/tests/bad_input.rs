@@ -11,7 +11,7 @@ use rctl_agent::runtime::container::ContainerSpec;
 fn assert_nothing_left(t: &TestRuntime, id: &str) {
     assert!(!t.rt.dir(id).0.exists(), "container dir of {id} left");
     let layout = cgroups::host_layout().unwrap();
-    for d in cgroups::dirs(&layout, id) {
+    for d in cgroups::dirs(&layout, std::path::Path::new(cgroups::PARENT), id) {
         assert!(!d.exists(), "cgroup {} left", d.display());
     }
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

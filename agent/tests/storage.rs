@@ -95,7 +95,11 @@ async fn missing_bind_source_is_refused_and_leaves_nothing() {
     );
     assert!(!t.rt.dir("nosrc").0.exists());
     let layout = rctl_agent::runtime::cgroups::host_layout().unwrap();
-    for d in rctl_agent::runtime::cgroups::dirs(&layout, "nosrc") {
+    for d in rctl_agent::runtime::cgroups::dirs(
+        &layout,
+        std::path::Path::new(rctl_agent::runtime::cgroups::PARENT),
+        "nosrc",
+    ) {
         assert!(!d.exists());
     }
 }

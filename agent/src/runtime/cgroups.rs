@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The parent of every container's cgroup.
+/// The default parent of every container's cgroup (the agent's `--cgroup-parent`), relative
+/// to each hierarchy's root. A local cluster nests each host's containers under that host's
+/// own cgroup instead, so tearing the host down removes them.
 pub const PARENT: &str = "rctl";
 /// Below this Docker refuses a memory limit too (the runtime itself needs some).
 pub const MIN_MEMORY: u64 = 6 << 20;
@@ -126,8 +128,8 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((s - 2) * 9999) / 262_142
 }
 
-/// The container's cgroup directories for `id` under `layout`.
-pub fn dirs(layout: &Layout, id: &str) -> Vec<PathBuf> {
+/// The container's cgroup directories for `id` under `parent` in `layout`.
+pub fn dirs(layout: &Layout, parent: &Path, id: &str) -> Vec<PathBuf> {
     match layout {
         Layout::V1 {
             memory,
@@ -137,28 +139,33 @@ pub fn dirs(layout: &Layout, id: &str) -> Vec<PathBuf> {
         } => {
             let mut v: Vec<PathBuf> = Vec::new();
             for m in [memory, cpu, cpuacct, pids] {
-                let d = m.join(PARENT).join(id);
+                let d = m.join(parent).join(id);
                 if !v.contains(&d) {
                     v.push(d);
                 }
             }
             v
         }
-        Layout::V2(root) => vec![root.join(PARENT).join(id)],
+        Layout::V2(root) => vec![root.join(parent).join(id)],
     }
 }
 
 /// `(file, value)` pairs to write for `limits`, files as absolute paths.
-pub fn limit_writes(layout: &Layout, id: &str, l: &Limits) -> Vec<(PathBuf, String)> {
+pub fn limit_writes(
+    layout: &Layout,
+    parent: &Path,
+    id: &str,
+    l: &Limits,
+) -> Vec<(PathBuf, String)> {
     let mut w = Vec::new();
     match layout {
         Layout::V1 {
             memory, cpu, pids, ..
         } => {
             let (memory, cpu, pids) = (
-                memory.join(PARENT).join(id),
-                cpu.join(PARENT).join(id),
-                pids.join(PARENT).join(id),
+                memory.join(parent).join(id),
+                cpu.join(parent).join(id),
+                pids.join(parent).join(id),
             );
             if let Some(m) = l.memory_bytes {
                 w.push((memory.join("memory.limit_in_bytes"), m.to_string()));
@@ -180,7 +187,7 @@ pub fn limit_writes(layout: &Layout, id: &str, l: &Limits) -> Vec<(PathBuf, Stri
             }
         }
         Layout::V2(root) => {
-            let d = root.join(PARENT).join(id);
+            let d = root.join(parent).join(id);
             if let Some(m) = l.memory_bytes {
                 w.push((d.join("memory.max"), m.to_string()));
                 // Docker leaves swap at the memory limit on v2 too: no swap beyond it.
@@ -255,28 +262,36 @@ fn io_err<'a>(
 impl Cgroup {
     /// Creates the directories and writes the limits; on any failure removes what it
     /// made, so a refused limit leaves nothing behind.
-    pub fn create(layout: &Layout, id: &str, limits: &Limits) -> Result<Self, CgroupError> {
+    pub fn create(
+        layout: &Layout,
+        parent: &Path,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<Self, CgroupError> {
         let cg = Cgroup {
             v2: matches!(layout, Layout::V2(_)),
-            dirs: dirs(layout, id),
+            dirs: dirs(layout, parent, id),
         };
         let res = (|| {
             if let Layout::V2(root) = layout {
-                // Children only get the controllers their parent enables for them.
-                let parent = root.join(PARENT);
-                std::fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
-                for (dir, ctl) in [
-                    (root.as_path(), "+memory +cpu +pids"),
-                    (&parent, "+memory +cpu +pids"),
-                ] {
+                // Children only get the controllers their parent enables for them: enable
+                // them on every level from the root down to the parent.
+                let top = root.join(parent);
+                std::fs::create_dir_all(&top).map_err(io_err("create", &top))?;
+                let mut dir = root.clone();
+                for level in std::iter::once(None).chain(parent.components().map(Some)) {
+                    if let Some(c) = level {
+                        dir.push(c);
+                    }
                     let f = dir.join("cgroup.subtree_control");
-                    std::fs::write(&f, ctl).map_err(io_err("enable controllers", &f))?;
+                    std::fs::write(&f, "+memory +cpu +pids")
+                        .map_err(io_err("enable controllers", &f))?;
                 }
             }
             for d in &cg.dirs {
                 std::fs::create_dir_all(d).map_err(io_err("create", d))?;
             }
-            for (file, value) in limit_writes(layout, id, limits) {
+            for (file, value) in limit_writes(layout, parent, id, limits) {
                 match std::fs::write(&file, &value) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_swap(&file) => {}
                     r => r.map_err(io_err("write", &file))?,
@@ -443,7 +458,11 @@ mod tests {
             }
         );
         let joined = detect(JOINED).unwrap();
-        assert_eq!(dirs(&joined, "c").len(), 3, "cpu,cpuacct is one hierarchy");
+        assert_eq!(
+            dirs(&joined, Path::new(PARENT), "c").len(),
+            3,
+            "cpu,cpuacct is one hierarchy"
+        );
         assert_eq!(detect(V2), Some(Layout::V2("/sys/fs/cgroup".into())));
         assert_eq!(detect("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
     }
@@ -456,7 +475,7 @@ mod tests {
             cpu_shares: Some(512),
             pids: Some(64),
         };
-        let w = limit_writes(&v1(), "c1", &l);
+        let w = limit_writes(&v1(), Path::new(PARENT), "c1", &l);
         let get = |f: &str| {
             w.iter()
                 .find(|(p, _)| p == Path::new(f))
@@ -476,7 +495,7 @@ mod tests {
         );
         assert_eq!(get("/sys/fs/cgroup/cpu/rctl/c1/cpu.shares"), Some("512"));
         assert_eq!(get("/sys/fs/cgroup/pids/rctl/c1/pids.max"), Some("64"));
-        assert!(limit_writes(&v1(), "c1", &Limits::default()).is_empty());
+        assert!(limit_writes(&v1(), Path::new(PARENT), "c1", &Limits::default()).is_empty());
     }
 
     #[test]
@@ -488,8 +507,11 @@ mod tests {
             pids: Some(100),
         };
         let layout = detect(V2).unwrap();
-        assert_eq!(dirs(&layout, "c"), [PathBuf::from("/sys/fs/cgroup/rctl/c")]);
-        let w: Vec<(String, String)> = limit_writes(&layout, "c", &l)
+        assert_eq!(
+            dirs(&layout, Path::new(PARENT), "c"),
+            [PathBuf::from("/sys/fs/cgroup/rctl/c")]
+        );
+        let w: Vec<(String, String)> = limit_writes(&layout, Path::new(PARENT), "c", &l)
             .into_iter()
             .map(|(p, v)| (p.file_name().unwrap().to_string_lossy().into_owned(), v))
             .collect();
@@ -548,7 +570,7 @@ mod tests {
     fn files_are_found_per_controller_on_v1() {
         let cg = Cgroup {
             v2: false,
-            dirs: dirs(&detect(JOINED).unwrap(), "c"),
+            dirs: dirs(&detect(JOINED).unwrap(), Path::new(PARENT), "c"),
         };
         assert_eq!(
             cg.file("cpuacct", "cpuacct.usage"),

@@ -128,6 +128,8 @@ pub struct Runtime {
     root: PathBuf,
     /// The agent binary, re-executed as each container's shim.
     agent_exe: PathBuf,
+    /// Where container cgroups go, relative to each hierarchy's root.
+    cgroup_parent: PathBuf,
 }
 
 impl Runtime {
@@ -139,7 +141,18 @@ impl Runtime {
     /// A runtime whose shims are `agent_exe` (for tests and benchmarks, which are not
     /// the agent binary themselves).
     pub fn with_agent_exe(root: PathBuf, agent_exe: PathBuf) -> Self {
-        Self { root, agent_exe }
+        Self {
+            root,
+            agent_exe,
+            cgroup_parent: PathBuf::from(cgroups::PARENT),
+        }
+    }
+
+    /// Container cgroups under `parent` (relative to each hierarchy's root) instead of
+    /// [`cgroups::PARENT`].
+    pub fn with_cgroup_parent(mut self, parent: PathBuf) -> Self {
+        self.cgroup_parent = parent;
+        self
     }
 
     pub fn dir(&self, id: &str) -> ContainerDir {
@@ -211,7 +224,12 @@ impl Runtime {
         cgroups::validate(&spec.limits, cgroups::host_memory()?)?;
         let mut profile = Profile::docker_default(&user);
         profile.mounts = mounts::resolve(&spec.mounts, &self.root)?;
-        let cgroup = Cgroup::create(&cgroups::host_layout()?, &spec.id, &spec.limits)?;
+        let cgroup = Cgroup::create(
+            &cgroups::host_layout()?,
+            &self.cgroup_parent,
+            &spec.id,
+            &spec.limits,
+        )?;
         profile.cgroup = Some(cgroup.clone());
         Ok((profile, cgroup))
     }
