@@ -7,6 +7,7 @@ use rctl_api::pb::ApplyRequest;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::output::Format;
 use crate::service_file;
 
 pub async fn run(
@@ -15,6 +16,7 @@ pub async fn run(
     wait: bool,
     timeout: Duration,
     message: Option<String>,
+    format: Format,
 ) -> Result<(), CliError> {
     let spec = service_file::load(file).map_err(|e| CliError::Usage(e.to_string()))?;
     let name = spec.name.clone();
@@ -32,10 +34,16 @@ pub async fn run(
         })
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    println!("service {name} {} (revision {rev})", resp.outcome);
-    if wait {
+    crate::rollout::confirm(
+        format,
+        &format!("service {name} {} (revision {rev})", resp.outcome),
+    );
+    let res = match wait {
         // Exit 3 if the scheduler rolls this revision back by itself.
-        crate::wait::services_from(conn, &[name], &[rev], timeout).await?;
-    }
-    Ok(())
+        true => {
+            crate::wait::services_from(conn, std::slice::from_ref(&name), &[rev], timeout).await
+        }
+        false => Ok(()),
+    };
+    crate::rollout::report(conn, &name, format, res).await
 }

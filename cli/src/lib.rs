@@ -81,6 +81,10 @@ pub enum Command {
         /// Why, recorded with the new revision (default: a summary of the change).
         #[arg(short = 'm', long)]
         message: Option<String>,
+        /// `json`: the result as `rollout status -o json` prints it, once the change is
+        /// written (or, with --wait, once it ended); progress goes to stderr.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
     },
     /// Set the number of replicas of services: NAME=N ...
     Scale {
@@ -111,6 +115,10 @@ pub enum Command {
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = duration)]
         timeout: Duration,
+        /// `json`: the result as `rollout status -o json` prints it, once the change is
+        /// written (or, with --wait, once it ended); progress goes to stderr.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
     },
     /// List tasks.
     Ps {
@@ -353,6 +361,10 @@ pub enum RolloutCommand {
         /// finished (exit 0) or rolled back by itself (exit 3).
         #[arg(long)]
         canary: bool,
+        /// `json`: the result as `rollout status -o json` prints it, once the change is
+        /// written (or, with --wait, once it ended); progress goes to stderr.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
     },
     /// Pass the running canary's current step now (at the last step: finish it).
     Promote { name: String },
@@ -485,7 +497,8 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             wait,
             timeout,
             message,
-        } => apply::run(&mut conn, &file, wait, timeout, message).await,
+            output,
+        } => apply::run(&mut conn, &file, wait, timeout, message, output).await,
         Command::Rollout { command } => match command {
             RolloutCommand::Start {
                 name,
@@ -494,12 +507,15 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 wait,
                 timeout,
                 canary,
+                output,
             } => {
-                if canary {
-                    rollout::start_canary(&mut conn, &name, &image, message, wait, timeout).await
+                let res = if canary {
+                    rollout::start_canary(&mut conn, &name, &image, message, wait, timeout, output)
+                        .await
                 } else {
-                    rollout::start(&mut conn, &name, &image, message, wait, timeout).await
-                }
+                    rollout::start(&mut conn, &name, &image, message, wait, timeout, output).await
+                };
+                rollout::report(&mut conn, &name, output, res).await
             }
             RolloutCommand::Promote { name } => rollout::control(&mut conn, &name, "promote").await,
             RolloutCommand::Abort { name } => rollout::control(&mut conn, &name, "abort").await,
@@ -519,7 +535,11 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             message,
             wait,
             timeout,
-        } => rollout::rollback(&mut conn, &name, to, message, wait, timeout).await,
+            output,
+        } => {
+            let res = rollout::rollback(&mut conn, &name, to, message, wait, timeout, output).await;
+            rollout::report(&mut conn, &name, output, res).await
+        }
         Command::Scale {
             targets,
             wait,

@@ -201,6 +201,7 @@ pub async fn start(
     message: Option<String>,
     wait: bool,
     timeout: Duration,
+    format: Format,
 ) -> Result<(), CliError> {
     let svc = conn
         .client
@@ -233,7 +234,10 @@ pub async fn start(
         })
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    println!("service {name} rolling out {image} (revision {rev})");
+    confirm(
+        format,
+        &format!("service {name} rolling out {image} (revision {rev})"),
+    );
     if wait {
         crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
     }
@@ -249,6 +253,7 @@ pub async fn start_canary(
     message: Option<String>,
     wait: bool,
     timeout: Duration,
+    format: Format,
 ) -> Result<(), CliError> {
     let svc = conn
         .client
@@ -280,7 +285,10 @@ pub async fn start_canary(
         })
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    println!("service {name}: canary of {image} (revision {rev}) next to revision {stable}");
+    confirm(
+        format,
+        &format!("service {name}: canary of {image} (revision {rev}) next to revision {stable}"),
+    );
     if wait {
         wait_canary(conn, name, rev, timeout).await?;
     }
@@ -479,6 +487,39 @@ pub async fn explain(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
     Ok(())
 }
 
+/// The line saying what a change did: on stdout, or on stderr when stdout is the JSON
+/// document's alone (`-o json`).
+pub fn confirm(format: Format, line: &str) {
+    match format {
+        Format::Json => eprintln!("{line}"),
+        Format::Table => println!("{line}"),
+    }
+}
+
+/// After a change (and its wait, if any) ended with `res`: with `-o json`, the service's
+/// rollout status as one JSON document on stdout — also when the wait failed, so a CI job
+/// reads the state next to the exit code (3 rolled back, 4 timed out).
+pub async fn report(
+    conn: &mut Conn,
+    name: &str,
+    format: Format,
+    res: Result<(), CliError>,
+) -> Result<(), CliError> {
+    if format == Format::Json {
+        let shown = conn
+            .client
+            .inspect_service(InspectServiceRequest { name: name.into() })
+            .await
+            .map(|r| print_json(&status_json(&r.into_inner())));
+        // The change's own outcome decides the exit code; a failed status read only
+        // matters when the change itself went through.
+        if let (Err(s), Ok(())) = (shown, &res) {
+            return Err(conn.err(s));
+        }
+    }
+    res
+}
+
 pub async fn rollback(
     conn: &mut Conn,
     name: &str,
@@ -486,6 +527,7 @@ pub async fn rollback(
     message: Option<String>,
     wait: bool,
     timeout: Duration,
+    format: Format,
 ) -> Result<(), CliError> {
     let req = RollbackRequest {
         service: name.into(),
@@ -500,9 +542,12 @@ pub async fn rollback(
         })
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    println!(
-        "service {name} rolled back to revision {} (as revision {rev})",
-        resp.from_revision
+    confirm(
+        format,
+        &format!(
+            "service {name} rolled back to revision {} (as revision {rev})",
+            resp.from_revision
+        ),
     );
     if wait {
         crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;

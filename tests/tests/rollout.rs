@@ -425,11 +425,18 @@ fn a_revision_that_never_turns_healthy_is_rolled_back_by_itself() {
         "--wait",
         "--timeout",
         "120s",
+        "-o",
+        "json",
     ]);
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().expect("sampler");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}\n{}", c.logs());
+    // A CI job reads the outcome from stdout, one JSON document, next to exit code 3.
+    let result: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(result["state"], "rolled_back", "{result}");
+    assert_eq!(result["service"], "web", "{result}");
     assert!(
         err.contains("automatic rollback to revision 1: revision 2 never became healthy"),
         "{err}"
