@@ -235,6 +235,18 @@ impl Conn {
     pub fn err(&self, s: tonic::Status) -> CliError {
         CliError::from_status(s, &self.addr)
     }
+
+    /// The service `name` with its tasks and rollout, as `service inspect` shows it.
+    pub async fn inspect_service(
+        &mut self,
+        name: &str,
+    ) -> Result<rctl_api::pb::InspectServiceResponse, CliError> {
+        let req = rctl_api::pb::InspectServiceRequest { name: name.into() };
+        match self.client.inspect_service(req).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.err(s)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -509,12 +509,10 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 canary,
                 output,
             } => {
-                let res = if canary {
-                    rollout::start_canary(&mut conn, &name, &image, message, wait, timeout, output)
-                        .await
-                } else {
-                    rollout::start(&mut conn, &name, &image, message, wait, timeout, output).await
-                };
+                let res = rollout::start(
+                    &mut conn, &name, &image, message, canary, wait, timeout, output,
+                )
+                .await;
                 rollout::report(&mut conn, &name, output, res).await
             }
             RolloutCommand::Promote { name } => rollout::control(&mut conn, &name, "promote").await,

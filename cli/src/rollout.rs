@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use rctl_api::pb::{
-    ApplyRequest, CanaryRollout, CanaryState, ControlRolloutRequest, InspectServiceRequest,
-    InspectServiceResponse, Revision, RevisionHistoryRequest, RollbackRequest,
+    ApplyRequest, CanaryRollout, CanaryState, ControlRolloutRequest, InspectServiceResponse,
+    Revision, RevisionHistoryRequest, RollbackRequest,
 };
 use serde::Serialize;
 
@@ -124,12 +124,7 @@ pub fn status_json(resp: &InspectServiceResponse) -> StatusJson {
 }
 
 pub async fn status(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
-    let resp = conn
-        .client
-        .inspect_service(InspectServiceRequest { name: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner();
+    let resp = conn.inspect_service(name).await?;
     let s = status_json(&resp);
     match format {
         Format::Json => print_json(&s),
@@ -150,11 +145,8 @@ pub fn who() -> String {
 
 pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
     let svc = conn
-        .client
-        .inspect_service(InspectServiceRequest { name: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner()
+        .inspect_service(name)
+        .await?
         .service
         .unwrap_or_default();
     let revisions = conn
@@ -192,75 +184,24 @@ pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
     Ok(())
 }
 
-/// `rollout start NAME --image IMG`: the service's current spec with another image, written
-/// like `apply` (a new revision, rolled surge-first per `[update]`).
+/// `rollout start NAME --image IMG [--canary]`: the service's current spec with another
+/// image, written like `apply`. Rolling: a new revision, rolled surge-first per `[update]`.
+/// Canary: the new revision next to the stable tasks; the scheduler leader steps it (see
+/// `rollout status`/`explain`).
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     conn: &mut Conn,
     name: &str,
     image: &str,
     message: Option<String>,
+    canary: bool,
     wait: bool,
     timeout: Duration,
     format: Format,
 ) -> Result<(), CliError> {
     let svc = conn
-        .client
-        .inspect_service(InspectServiceRequest { name: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner()
-        .service
-        .unwrap_or_default();
-    let mut spec = svc.spec.unwrap_or_default();
-    if spec.image == image {
-        return Err(CliError::Usage(format!(
-            "service {name:?} already runs {image} (revision {}); nothing to roll out",
-            svc.revision
-        )));
-    }
-    spec.image = image.to_string();
-    let req = ApplyRequest {
-        spec: Some(spec),
-        who: who(),
-        message: message.unwrap_or_default(),
-        // A second rollout while one runs is refused, naming the running revision.
-        exclusive: true,
-        canary: false,
-    };
-    let resp = conn
-        .write(|mut c| {
-            let req = req.clone();
-            async move { c.apply(req).await }
-        })
-        .await?;
-    let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    confirm(
-        format,
-        &format!("service {name} rolling out {image} (revision {rev})"),
-    );
-    if wait {
-        crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
-    }
-    Ok(())
-}
-
-/// `rollout start NAME --image IMG --canary`: the new revision as a canary next to the
-/// stable tasks; the scheduler leader steps it (see `rollout status`/`explain`).
-pub async fn start_canary(
-    conn: &mut Conn,
-    name: &str,
-    image: &str,
-    message: Option<String>,
-    wait: bool,
-    timeout: Duration,
-    format: Format,
-) -> Result<(), CliError> {
-    let svc = conn
-        .client
-        .inspect_service(InspectServiceRequest { name: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner()
+        .inspect_service(name)
+        .await?
         .service
         .unwrap_or_default();
     let stable = svc.revision;
@@ -275,8 +216,9 @@ pub async fn start_canary(
         spec: Some(spec),
         who: who(),
         message: message.unwrap_or_default(),
+        // A second rollout while one runs is refused, naming the running revision.
         exclusive: true,
-        canary: true,
+        canary,
     };
     let resp = conn
         .write(|mut c| {
@@ -285,12 +227,24 @@ pub async fn start_canary(
         })
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    confirm(
-        format,
-        &format!("service {name}: canary of {image} (revision {rev}) next to revision {stable}"),
-    );
-    if wait {
-        wait_canary(conn, name, rev, timeout).await?;
+    if canary {
+        confirm(
+            format,
+            &format!(
+                "service {name}: canary of {image} (revision {rev}) next to revision {stable}"
+            ),
+        );
+        if wait {
+            wait_canary(conn, name, rev, timeout).await?;
+        }
+    } else {
+        confirm(
+            format,
+            &format!("service {name} rolling out {image} (revision {rev})"),
+        );
+        if wait {
+            crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
+        }
     }
     Ok(())
 }
@@ -306,12 +260,7 @@ async fn wait_canary(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let resp = conn
-            .client
-            .inspect_service(InspectServiceRequest { name: name.into() })
-            .await
-            .map_err(|s| conn.err(s))?
-            .into_inner();
+        let resp = conn.inspect_service(name).await?;
         let r = resp.canary.unwrap_or_default();
         if r.canary_revision == canary {
             let line = canary_line(name, &r);
@@ -433,12 +382,7 @@ pub fn steps_json(r: &CanaryRollout) -> Vec<StepJson> {
 }
 
 pub async fn explain(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
-    let resp = conn
-        .client
-        .inspect_service(InspectServiceRequest { name: name.into() })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner();
+    let resp = conn.inspect_service(name).await?;
     let Some(r) = resp.canary else {
         return Err(CliError::Usage(format!(
             "service {name:?} never had a canary rollout (see: rctl rollout start {name} --image IMG --canary)"
@@ -506,15 +450,12 @@ pub async fn report(
     res: Result<(), CliError>,
 ) -> Result<(), CliError> {
     if format == Format::Json {
-        let shown = conn
-            .client
-            .inspect_service(InspectServiceRequest { name: name.into() })
-            .await
-            .map(|r| print_json(&status_json(&r.into_inner())));
         // The change's own outcome decides the exit code; a failed status read only
         // matters when the change itself went through.
-        if let (Err(s), Ok(())) = (shown, &res) {
-            return Err(conn.err(s));
+        match (conn.inspect_service(name).await, &res) {
+            (Ok(r), _) => print_json(&status_json(&r)),
+            (Err(e), Ok(())) => return Err(e),
+            (Err(_), Err(_)) => {}
         }
     }
     res

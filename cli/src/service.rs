@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rctl_api::pb::{self, InspectServiceRequest, ListServicesRequest, RemoveServiceRequest};
+use rctl_api::pb::{self, ListServicesRequest, RemoveServiceRequest};
 use serde::Serialize;
 
 use crate::client::Conn;
@@ -104,14 +104,7 @@ struct InspectJson {
 }
 
 pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
-    let resp = conn
-        .client
-        .inspect_service(InspectServiceRequest {
-            name: name.to_string(),
-        })
-        .await
-        .map_err(|s| conn.err(s))?
-        .into_inner();
+    let resp = conn.inspect_service(name).await?;
     let progress = crate::wait::progress(&resp);
     let svc = service_json(
         resp.service.as_ref().unwrap_or(&Default::default()),

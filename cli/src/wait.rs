@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use rctl_api::pb::{DesiredState, InspectServiceRequest, TaskState};
+use rctl_api::pb::{DesiredState, TaskState};
 
 use crate::client::Conn;
 use crate::error::CliError;
@@ -113,12 +113,7 @@ pub async fn services_from(
     loop {
         let mut all_done = true;
         for (i, name) in names.iter().enumerate() {
-            let resp = conn
-                .client
-                .inspect_service(InspectServiceRequest { name: name.clone() })
-                .await
-                .map_err(|s| conn.err(s))?
-                .into_inner();
+            let resp = conn.inspect_service(name).await?;
             let p = progress(&resp);
             if let (Some(svc), Some(from)) = (resp.service.as_ref(), from.get(i)) {
                 if rollbacks[i].is_none() {
