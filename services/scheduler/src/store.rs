@@ -288,15 +288,27 @@ impl Store {
             .as_ref()
             .map(|s| s.name.as_str())
             .unwrap_or_default();
-        let key = keys::service(name);
+        self.put_if(
+            &keys::service(name),
+            encode(svc),
+            expect_mod_rev,
+            "put service",
+        )
+        .await
+    }
+
+    /// Writes `value` at `key` if the key is still at `expect_mod_rev` (0: must not exist).
+    async fn put_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect_mod_rev: i64,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                expect_mod_rev,
-            )])
-            .and_then([TxnOp::put(key.as_str(), encode(svc), None)]);
-        self.commit(txn, "put service", &key).await
+            .when([Compare::mod_revision(key, CompareOp::Equal, expect_mod_rev)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.commit(txn, op, key).await
     }
 
     /// Writes `svc` if its key is still at `expect_mod_rev` (0: must not exist), together
@@ -358,15 +370,13 @@ impl Store {
         service: &str,
         expect_mod_rev: i64,
     ) -> Result<(), StoreError> {
-        let key = keys::rollout(service);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                expect_mod_rev,
-            )])
-            .and_then([TxnOp::put(key.as_str(), encode(r), None)]);
-        self.commit(txn, "put rollout", &key).await
+        self.put_if(
+            &keys::rollout(service),
+            encode(r),
+            expect_mod_rev,
+            "put rollout",
+        )
+        .await
     }
 
     /// The kept revisions of `service`, oldest first.
