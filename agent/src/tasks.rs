@@ -152,8 +152,9 @@ enum Start {
 
 struct Inner {
     root: PathBuf,
-    /// Where container cgroups go (the agent's `--cgroup-parent`).
-    cgroup_parent: PathBuf,
+    /// Writes each container's confinement profile and makes its cgroup (under the
+    /// agent's `--cgroup-parent`).
+    runtime: runtime::container::Runtime,
     store: Store,
     images: ImageStore,
     net: Network,
@@ -179,8 +180,9 @@ impl Tasks {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                runtime: runtime::container::Runtime::new(root.clone())
+                    .with_cgroup_parent(cgroup_parent),
                 root,
-                cgroup_parent,
                 store,
                 images,
                 net,
@@ -479,10 +481,7 @@ impl Inner {
         };
         // Capabilities, seccomp, masked paths, user, mounts and the cgroup with the task's
         // limits: written for the shim's child to apply before exec.
-        runtime::container::Runtime::new(self.root.clone())
-            .with_cgroup_parent(self.cgroup_parent.clone())
-            .write_profile(&dir, &confinement)
-            .await?;
+        self.runtime.write_profile(&dir, &confinement).await?;
         let pid = self.launch(&dir, &cfg).await?;
         Ok((cfg, pid))
     }

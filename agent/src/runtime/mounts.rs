@@ -296,13 +296,7 @@ pub fn open_in_root(root: &impl AsFd, path: &str, file: bool) -> Result<OwnedFd,
 /// there (an image's symlink included) without following it.
 pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Result<(), MountError> {
     use std::io::Write;
-    let rp = rootfs.display().to_string();
-    let root = nix::fcntl::open(
-        rootfs,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys("open rootfs", &rp))?;
+    let root = open_root(rootfs)?;
     let d = open_in_root(&root, dir, false)?;
     let target = format!("{dir}/{name}");
     match nix::unistd::unlinkat(&d, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
@@ -321,19 +315,24 @@ pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Resul
         .map_err(|e| sys("write", &target)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
 }
 
+/// An `O_PATH` handle on the directory `rootfs`, the anchor every in-root resolution
+/// starts from.
+fn open_root(rootfs: &Path) -> Result<OwnedFd, MountError> {
+    nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("open rootfs", &rootfs.display().to_string()))
+}
+
 fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// Mounts `m` in the container whose root directory is `rootfs` (before pivot_root).
 pub fn mount_in_root(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
-    let rp = rootfs.display().to_string();
-    let root = nix::fcntl::open(
-        rootfs,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys("open rootfs", &rp))?;
+    let root = open_root(rootfs)?;
     let target = open_in_root(&root, &m.target, m.file)?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     match &m.source {
@@ -372,12 +371,7 @@ pub fn mount_in_root(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
 /// Changes to `dir` (made if missing, as Docker does), resolved inside the current root
 /// with no magic links.
 pub fn chdir_in_root(dir: &str) -> Result<(), MountError> {
-    let root = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys("open", "/"))?;
+    let root = open_root(Path::new("/"))?;
     let abs = if dir.starts_with('/') {
         dir.to_string()
     } else {
