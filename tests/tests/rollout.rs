@@ -213,6 +213,18 @@ fn history(c: &Cluster) -> Vec<Value> {
         .expect("history -o json is JSON")
 }
 
+/// Applies `file` (revision 1 of web) as web.toml, waits for it, and returns the LB address
+/// once rctl-lb serves it.
+fn serve_v1(c: &Cluster, file: &str) -> SocketAddr {
+    let v1 = c.service_file("web.toml", file);
+    c.apply_and_wait(&v1);
+    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
+    c.eventually(WAIT, "rctl-lb to serve web", || {
+        http_get(addr, "/").ok().filter(|r| r.status == 200)
+    });
+    addr
+}
+
 fn images_running(c: &Cluster) -> Vec<String> {
     c.ps(&["--service", "web"])
         .iter()
@@ -224,12 +236,7 @@ fn images_running(c: &Cluster) -> Vec<String> {
 #[test]
 fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same_path() {
     let c = Cluster::start(2);
-    let v1 = c.service_file("web.toml", &web(&c, 4, "v1"));
-    c.apply_and_wait(&v1);
-    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
-    c.eventually(WAIT, "rctl-lb to serve web", || {
-        http_get(addr, "/").ok().filter(|r| r.status == 200)
-    });
+    let addr = serve_v1(&c, &web(&c, 4, "v1"));
 
     // v1 → v2 under ~100 rps.
     let stop = Arc::new(AtomicBool::new(false));
@@ -501,12 +508,7 @@ fn running_ids(c: &Cluster) -> Vec<String> {
 #[test]
 fn a_bad_canary_is_rolled_back_by_its_error_rate_having_had_only_its_first_share() {
     let c = Cluster::start(2);
-    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
-    c.apply_and_wait(&v1);
-    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
-    c.eventually(WAIT, "rctl-lb to serve web", || {
-        http_get(addr, "/").ok().filter(|r| r.status == 200)
-    });
+    let addr = serve_v1(&c, &canary_web(&c, 2, "v1"));
     let stable = running_ids(&c);
     assert_eq!(stable.len(), 2, "{stable:?}");
 
@@ -618,12 +620,7 @@ fn a_bad_canary_is_rolled_back_by_its_error_rate_having_had_only_its_first_share
 #[test]
 fn a_good_canary_steps_through_every_weight_with_matching_shares_and_finishes() {
     let c = Cluster::start(2);
-    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
-    c.apply_and_wait(&v1);
-    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
-    c.eventually(WAIT, "rctl-lb to serve web", || {
-        http_get(addr, "/").ok().filter(|r| r.status == 200)
-    });
+    let addr = serve_v1(&c, &canary_web(&c, 2, "v1"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let loader = load(addr, stop.clone());
@@ -694,12 +691,7 @@ fn a_good_canary_steps_through_every_weight_with_matching_shares_and_finishes() 
 #[test]
 fn a_slow_canary_is_rolled_back_by_the_p99_rule() {
     let c = Cluster::start(2);
-    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
-    c.apply_and_wait(&v1);
-    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
-    c.eventually(WAIT, "rctl-lb to serve web", || {
-        http_get(addr, "/").ok().filter(|r| r.status == 200)
-    });
+    let addr = serve_v1(&c, &canary_web(&c, 2, "v1"));
     let stable = running_ids(&c);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -748,12 +740,7 @@ fn a_slow_canary_is_rolled_back_by_the_p99_rule() {
 #[test]
 fn a_leader_killed_mid_step_leaves_the_canary_to_the_next_which_ends_it_the_same_way() {
     let c = Cluster::start_with(2, 2);
-    let v1 = c.service_file("web.toml", &canary_web(&c, 2, "v1"));
-    c.apply_and_wait(&v1);
-    let addr: SocketAddr = format!("127.0.0.1:{}", c.service_port(0)).parse().unwrap();
-    c.eventually(WAIT, "rctl-lb to serve web", || {
-        http_get(addr, "/").ok().filter(|r| r.status == 200)
-    });
+    let addr = serve_v1(&c, &canary_web(&c, 2, "v1"));
     let stable = running_ids(&c);
 
     let stop = Arc::new(AtomicBool::new(false));
