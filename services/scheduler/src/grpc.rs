@@ -5,6 +5,7 @@ use tonic::Status;
 use crate::revisions::RevisionError;
 use crate::spec::SpecError;
 use crate::store::StoreError;
+use crate::targets::TargetError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,6 +25,9 @@ pub enum ApiError {
     NoCanary(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A container/task/service target that names nothing, or more than one thing.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// A write reached a follower; carries the leader's API address when one is known.
     #[error("{}", match .0 {
         Some(addr) => format!("this scheduler is not the leader; the leader is at {addr}"),
@@ -42,9 +46,10 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match &e {
-            ApiError::ServiceNotFound(_) | ApiError::NodeNotFound(_) => {
-                Status::not_found(e.to_string())
-            }
+            ApiError::ServiceNotFound(_)
+            | ApiError::NodeNotFound(_)
+            | ApiError::Target(TargetError::NotFound(_)) => Status::not_found(e.to_string()),
+            ApiError::Target(_) => Status::invalid_argument(e.to_string()),
             ApiError::Invalid(_) | ApiError::BadRequest(_) | ApiError::Revision(_) => {
                 Status::invalid_argument(e.to_string())
             }

@@ -26,6 +26,7 @@ pub mod revisions;
 pub mod rollout;
 pub mod spec;
 pub mod store;
+pub mod targets;
 
 use std::net::SocketAddr;
 
