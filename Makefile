@@ -28,7 +28,7 @@ help:
 	@echo "make build  cargo build --workspace --bins, plus the static test server"
 	@echo "make deps   apt-get install the Debian packages that are missing; cargo-nextest"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
-	@echo "make bench  run bench/run (side-by-side benchmarks)"
+	@echo "make bench  run bench/all (every side-by-side benchmark)"
 
 deps:
 	@[[ $$(id -u) == 0 ]] || { echo "error: run as root (apt-get, namespaces and cgroups need it)" >&2; exit 1; }
@@ -65,7 +65,7 @@ test: deps build lint
 
 bench:
 	@$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) $(BENCH_PKGS)"
-	bench/run
+	bench/all
 
 lint:
 	$(CARGO) fmt --all -- --check
