@@ -33,7 +33,7 @@ impl AgentService {
 }
 
 /// The one mapping of stream errors to gRPC status.
-fn stream_status(e: StreamError) -> Status {
+pub(crate) fn stream_status(e: StreamError) -> Status {
     match e {
         StreamError::NotFound(_) => Status::not_found(e.to_string()),
         StreamError::NotRunning(_) => Status::failed_precondition(e.to_string()),

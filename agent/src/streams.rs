@@ -248,18 +248,36 @@ async fn exit_status(dir: &ContainerDir) -> Option<i32> {
 
 /// Attaches to the container in `dir` (id `id`): output from now on, then its exit code.
 /// A container still being created is waited for (a container created with
-/// `attach_wait_ms` starts once this attach is connected, so no output is lost).
+/// `attach_wait_ms` starts once this attach is connected, so no output is lost). The stream
+/// is returned at once and the wait happens inside it, so callers' response deadlines do not
+/// cover an image pull; failures arrive as the stream's error.
 pub async fn attach(
     dir: ContainerDir,
     id: &str,
     start: pb::AttachStart,
-    mut input: InputStream,
+    input: InputStream,
 ) -> Result<OutputStream, StreamError> {
     let (tx, rx) = mpsc::channel(16);
+    let id = id.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = serve_attach(dir, &id, start, input, &tx).await {
+            let _ = tx.send(Err(crate::server::stream_status(e))).await;
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+async fn serve_attach(
+    dir: ContainerDir,
+    id: &str,
+    start: pb::AttachStart,
+    mut input: InputStream,
+    tx: &mpsc::Sender<Result<pb::StreamOutput, Status>>,
+) -> Result<(), StreamError> {
     if await_socket(&dir, id).await?.is_none() {
         let code = dir.read_exit().unwrap_or(255);
         let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
-        return Ok(Box::pin(ReceiverStream::new(rx)));
+        return Ok(());
     }
     let sock = match tokio::net::UnixStream::connect(dir.attach_sock()).await {
         Ok(s) => s,
@@ -267,7 +285,7 @@ pub async fn attach(
         Err(_) if dir.exit().exists() => {
             let code = exit_status(&dir).await.unwrap_or(255);
             let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
-            return Ok(Box::pin(ReceiverStream::new(rx)));
+            return Ok(());
         }
         Err(e) => return Err(io("connect to the container's attach socket")(e)),
     };
@@ -308,42 +326,40 @@ pub async fn attach(
             }
         }
     });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut frames = Vec::new();
-        loop {
-            let n = match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut msgs = Vec::new();
-            if tty {
-                msgs.push(pb::stream_output::Kind::Stdout(buf[..n].to_vec()));
-            } else {
-                frames.extend_from_slice(&buf[..n]);
-                while let Some((s, data)) = attach::decode_output(&mut frames) {
-                    msgs.push(match s {
-                        logs::Stream::Stdout => pb::stream_output::Kind::Stdout(data),
-                        logs::Stream::Stderr => pb::stream_output::Kind::Stderr(data),
-                    });
-                }
-            }
-            for m in msgs {
-                if tx.send(out(m)).await.is_err() {
-                    return;
-                }
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut frames = Vec::new();
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut msgs = Vec::new();
+        if tty {
+            msgs.push(pb::stream_output::Kind::Stdout(buf[..n].to_vec()));
+        } else {
+            frames.extend_from_slice(&buf[..n]);
+            while let Some((s, data)) = attach::decode_output(&mut frames) {
+                msgs.push(match s {
+                    logs::Stream::Stdout => pb::stream_output::Kind::Stdout(data),
+                    logs::Stream::Stderr => pb::stream_output::Kind::Stderr(data),
+                });
             }
         }
-        // The shim closes every client once the container exited and its output drained.
-        let msg = match exit_status(&dir).await {
-            Some(code) => out(pb::stream_output::Kind::ExitCode(code)),
-            None => Err(Status::unavailable(
-                "the attach connection closed but the container has no exit status (was the shim killed?)",
-            )),
-        };
-        let _ = tx.send(msg).await;
-    });
-    Ok(Box::pin(ReceiverStream::new(rx)))
+        for m in msgs {
+            if tx.send(out(m)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    // The shim closes every client once the container exited and its output drained.
+    let msg = match exit_status(&dir).await {
+        Some(code) => out(pb::stream_output::Kind::ExitCode(code)),
+        None => Err(Status::unavailable(
+            "the attach connection closed but the container has no exit status (was the shim killed?)",
+        )),
+    };
+    let _ = tx.send(msg).await;
+    Ok(())
 }
 
 // === exec ===

@@ -107,10 +107,11 @@ impl Streams {
         let Resolved::One(c) = resolve(target, &candidates(&loaded), Accept::Container)? else {
             unreachable!("Accept::Container resolves to one container");
         };
-        if c.node.is_empty() {
+        // Retired (or not placed yet): whatever is left of it on a node is not running.
+        if c.node.is_empty() || !c.running {
             return Err(ApiError::Container {
                 code: Code::FailedPrecondition,
-                message: format!("container {} is not running (not placed yet)", c.name),
+                message: format!("container {} is not running", c.name),
             });
         }
         let client = self.client(&loaded, &c)?;
