@@ -71,11 +71,18 @@ async fn read_until(out: &mut OutputStream, want: &str) -> String {
 
 /// Makes the container's task ask its shim to wait `ms` for an attach client.
 fn set_attach_wait(c: &Container, ms: u32) {
+    set_task(
+        c,
+        pb::Task {
+            attach_wait_ms: ms,
+            ..Default::default()
+        },
+    );
+}
+
+/// Gives the container a task (what the shim reads its stdio and log options from).
+fn set_task(c: &Container, task: pb::Task) {
     let mut cfg = c.dir.read_config().unwrap();
-    let task = pb::Task {
-        attach_wait_ms: ms,
-        ..Default::default()
-    };
     cfg.task_pb = hex::encode(task.encode_to_vec());
     std::fs::write(c.dir.config(), serde_json::to_vec(&cfg).unwrap()).unwrap();
 }
@@ -254,4 +261,57 @@ async fn exec_into_an_exited_container_is_refused_by_name() {
     assert!(matches!(err, StreamError::NotRunning(_)), "{err}");
     assert_eq!(err.to_string(), "container ex3 is not running");
     guard.delete().await;
+}
+
+#[tokio::test]
+async fn logs_follow_across_rotation_without_a_gap_or_a_repeat_and_end_on_removal() {
+    let t = TestRuntime::new();
+    let script = "for i in $(seq 1 60); do echo line$i; sleep 0.02; done; exec sleep 60";
+    let mut c = t.rt.create(&t.spec("lg1", script)).await.unwrap();
+    // ~70-byte entries in files of 400 bytes: the log rotates every few lines.
+    set_task(
+        &c,
+        pb::Task {
+            log_max_size: 400,
+            log_max_files: 3,
+            ..Default::default()
+        },
+    );
+    t.rt.start(&mut c).await.unwrap();
+    let guard = common::Running {
+        rt: &t.rt,
+        c: Some(c),
+    };
+    let dir = guard.container().dir.clone();
+    let req = pb::LogsRequest {
+        target: "lg1".into(),
+        tail: Some(2),
+        follow: true,
+        ..Default::default()
+    };
+    let mut s = streams::logs(dir, &req).unwrap();
+    let mut nums: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while nums.last() != Some(&60) {
+        let batch = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; got {nums:?}"))
+            .expect("the stream runs while the container exists")
+            .unwrap();
+        for l in batch.lines {
+            nums.push(l.log.trim().trim_start_matches("line").parse().unwrap());
+        }
+    }
+    // History (at most the last 2 lines), then every line after it exactly once.
+    let first = nums[0];
+    assert_eq!(nums, (first..=60).collect::<Vec<_>>(), "{nums:?}");
+    // Removing the container ends the follow.
+    guard.delete().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(b) = s.next().await {
+            assert!(b.unwrap().lines.is_empty());
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the follow ends once the container is removed");
 }

@@ -275,7 +275,7 @@ impl Drop for Follow {
 }
 
 #[test]
-fn logs_follow_of_a_service_keeps_every_replica_through_an_agent_restart() {
+fn logs_follow_of_a_service_keeps_every_replica_through_an_agent_restart_and_picks_up_new_ones() {
     let c = Cluster::start(2);
     c.apply_and_wait(&tick_service(&c));
     let ts = tasks(&c, "tick");
@@ -310,8 +310,14 @@ fn logs_follow_of_a_service_keeps_every_replica_through_an_agent_restart() {
                 .then_some(())
         },
     );
+    // A task placed while following (scale-up) is picked up from its first line.
+    c.rctl_ok(&["scale", "tick=4", "--wait", "--timeout", "90s"]);
+    c.eventually(WAIT, "lines from the fourth replica", || {
+        let per = follow.per_task();
+        (per.len() == 4 && per.values().all(|v| v.len() >= 3)).then_some(())
+    });
     let per = follow.per_task();
-    assert_eq!(per.len(), 3, "{per:?}");
+    assert_eq!(per.len(), 4, "{per:?}");
     for (p, nums) in &per {
         // Not one line twice, not one lost: the counter goes up by one, line after line.
         assert_eq!(nums[0], 0, "{p}");
