@@ -161,6 +161,23 @@ fn logs_exec_stats_and_top_reach_containers_on_both_hosts() {
         (Some(0), "through stdin\n")
     );
 
+    // attach on the other host: the container's output from now on.
+    let attach = Follow::run(&c, &["attach", &remote_name]);
+    c.eventually(WAIT, "attached output", || {
+        let lines = attach.lines.lock().unwrap().clone();
+        let nums: Vec<u64> = lines.iter().filter_map(|l| counter(l)).collect();
+        (nums.len() >= 3).then_some(nums)
+    });
+    let seen: Vec<u64> = attach
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| counter(l).unwrap_or_else(|| panic!("{l:?}")))
+        .collect();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    drop(attach);
+
     // stats: every running container, memory and pids as a user sees them.
     let stats: Vec<Value> =
         serde_json::from_str(&c.rctl_ok(&["stats", "--no-stream", "-o", "json"])).unwrap();
@@ -233,8 +250,14 @@ struct Follow {
 
 impl Follow {
     fn start(c: &Cluster, target: &str) -> Follow {
+        Follow::run(c, &["logs", "-f", target])
+    }
+
+    /// `rctl ARGS` in the background, stdin closed.
+    fn run(c: &Cluster, args: &[&str]) -> Follow {
         let mut child = Command::new(c.bin().join("rctl"))
-            .args(["logs", "-f", target])
+            .args(args)
+            .stdin(Stdio::null())
             .env("RCTL_ADDR", c.addr())
             .env("RCTL_INSECURE", "1")
             .stdout(Stdio::piped())
