@@ -14,7 +14,7 @@ CLUSTER := deploy/local/cluster
 # the agent tests' static syscall probe, agent/tests/common/probe.c).
 DEB_PKGS := etcd-server etcd-client docker-registry busybox-static iproute2 iptables \
 	protobuf-compiler curl jq util-linux haproxy nginx wrk umoci skopeo \
-	gcc libc6-dev
+	gcc libc6-dev tmux
 
 # The peers the benchmarks compare with (only `make bench` installs them).
 BENCH_PKGS := docker.io podman runc time

@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/rctl/v1/types.proto",
         "proto/rctl/v1/images.proto",
+        "proto/rctl/v1/streams.proto",
         "proto/rctl/v1/scheduler.proto",
         "proto/rctl/v1/agent.proto",
     ];

@@ -441,6 +441,49 @@ impl pb::agent_server::Agent for HollowAgent {
             nodes: vec![pb::PruneReport::default()],
         }))
     }
+
+    // === streams (issue 9): a hollow node runs no containers ===
+
+    type LogsStream = crate::streams::LogsStream;
+
+    async fn logs(
+        &self,
+        _req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        Err(Status::unimplemented("a hollow node has no containers"))
+    }
+
+    type AttachStream = crate::streams::OutputStream;
+
+    async fn attach(
+        &self,
+        _req: Request<tonic::Streaming<pb::StreamInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::unimplemented("a hollow node has no containers"))
+    }
+
+    type ExecStream = crate::streams::OutputStream;
+
+    async fn exec(
+        &self,
+        _req: Request<tonic::Streaming<pb::StreamInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Err(Status::unimplemented("a hollow node has no containers"))
+    }
+
+    async fn stats(
+        &self,
+        _req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(pb::StatsResponse::default()))
+    }
+
+    async fn top(
+        &self,
+        _req: Request<pb::TopRequest>,
+    ) -> Result<Response<pb::TopResponse>, Status> {
+        Err(Status::unimplemented("a hollow node has no containers"))
+    }
 }
 
 /// One orphan sweep over every node with one read of the tasks: what a real agent's sweep

@@ -13,6 +13,7 @@
 //! - [`store`]: etcd (lease, node, status, endpoints, desired tasks).
 //! - [`tasks`]: per-container lifecycle actors, adoption at start, orphan sweep.
 //! - [`health`]: container health probes.
+//! - [`streams`]: logs, attach, exec, stats and top over one container (issue 9).
 //! - [`server`]: the gRPC edge; [`image_api`] converts the image lifecycle to and from it.
 //! - [`hollow`]: many simulated nodes in one process, for scale tests (no containers).
 #![deny(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod runtime;
 pub mod server;
 pub mod shim;
 pub mod store;
+pub mod streams;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tasks;

@@ -8,6 +8,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::image::ImageStore;
+use crate::runtime::state::ContainerDir;
+use crate::streams::{self, StreamError};
 use crate::tasks::{TaskError, Tasks};
 
 pub struct AgentService {
@@ -20,6 +22,39 @@ impl AgentService {
     pub fn new(tasks: Tasks, images: ImageStore) -> Self {
         Self { tasks, images }
     }
+}
+
+impl AgentService {
+    fn dir(&self, id: &str) -> Result<ContainerDir, Status> {
+        self.tasks
+            .container_dir(id)
+            .ok_or_else(|| Status::not_found(format!("no container {id} on this node")))
+    }
+}
+
+/// The one mapping of stream errors to gRPC status.
+pub(crate) fn stream_status(e: StreamError) -> Status {
+    match e {
+        StreamError::NotFound(_) => Status::not_found(e.to_string()),
+        StreamError::NotRunning(_) => Status::failed_precondition(e.to_string()),
+        StreamError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        StreamError::Exec(crate::runtime::exec::ExecError::NoCommand) => {
+            Status::invalid_argument(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+/// The first message of a client stream (which says what the stream is for), and the rest.
+async fn first_message(
+    mut s: tonic::Streaming<pb::StreamInput>,
+) -> Result<(pb::stream_input::Kind, streams::InputStream), Status> {
+    let first = s
+        .message()
+        .await?
+        .and_then(|m| m.kind)
+        .ok_or_else(|| Status::invalid_argument("the stream must start with exec or attach"))?;
+    Ok((first, Box::pin(s)))
 }
 
 /// The one mapping of task errors to gRPC status, shared with the hollow nodes.
@@ -110,5 +145,92 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<pb::PruneRequest>,
     ) -> Result<Response<pb::PruneResponse>, Status> {
         crate::image_api::prune(&self.images, req.into_inner()).await
+    }
+
+    // === streams (issue 9): crate::streams does the work ===
+
+    type LogsStream = streams::LogsStream;
+
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        let dir = self.dir(&r.target)?;
+        streams::logs(dir, &r)
+            .map(Response::new)
+            .map_err(stream_status)
+    }
+
+    type AttachStream = streams::OutputStream;
+
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<pb::StreamInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let (first, rest) = first_message(req.into_inner()).await?;
+        let pb::stream_input::Kind::Attach(start) = first else {
+            return Err(Status::invalid_argument(
+                "an attach stream starts with attach",
+            ));
+        };
+        let id = start.target.clone();
+        let dir = self.dir(&id)?;
+        streams::attach(dir, &id, start, rest)
+            .await
+            .map(Response::new)
+            .map_err(stream_status)
+    }
+
+    type ExecStream = streams::OutputStream;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<pb::StreamInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let (first, rest) = first_message(req.into_inner()).await?;
+        let pb::stream_input::Kind::Exec(start) = first else {
+            return Err(Status::invalid_argument("an exec stream starts with exec"));
+        };
+        let id = start.target.clone();
+        let dir = self.dir(&id)?;
+        // The running agent binary: `__exec` must be this version's.
+        let exe = std::path::PathBuf::from("/proc/self/exe");
+        streams::exec(dir, &id, exe, start, rest)
+            .await
+            .map(Response::new)
+            .map_err(stream_status)
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let r = req.into_inner();
+        let root = self.tasks.containers_root();
+        let ids = if r.targets.is_empty() {
+            streams::running_ids(&root)
+        } else {
+            for id in &r.targets {
+                self.dir(id)?;
+            }
+            r.targets
+        };
+        let window = Duration::from_millis(r.sample_ms as u64);
+        let stats = streams::stats(root, ids, window)
+            .await
+            .map_err(stream_status)?;
+        Ok(Response::new(pb::StatsResponse { stats }))
+    }
+
+    async fn top(&self, req: Request<pb::TopRequest>) -> Result<Response<pb::TopResponse>, Status> {
+        let r = req.into_inner();
+        let dir = self.dir(&r.target)?;
+        let processes = streams::top(dir, &r.target).await.map_err(stream_status)?;
+        Ok(Response::new(pb::TopResponse {
+            processes,
+            task_id: r.target,
+            node: String::new(),
+        }))
     }
 }

@@ -44,6 +44,8 @@ const STDIN_BACKLOG: usize = 1 << 20;
 const DRAIN_MS: i64 = 1000;
 /// A TTY's size before any client sets one.
 const DEFAULT_WINSIZE: (u16, u16) = (24, 80);
+/// The longest a container waits for its first attach client before it starts anyway.
+pub const MAX_ATTACH_WAIT_MS: u32 = 60_000;
 
 /// Runs the shim for the container in `dir`; returns the shim's own exit code.
 pub fn main(dir: &Path) -> i32 {
@@ -66,6 +68,8 @@ pub struct Stdio {
     pub tty: bool,
     pub stdin_open: bool,
     pub rotation: Rotation,
+    /// Wait this long for the first attach client before starting PID 1 (0: don't).
+    pub attach_wait_ms: u32,
 }
 
 impl Stdio {
@@ -74,6 +78,7 @@ impl Stdio {
             tty: t.tty,
             stdin_open: t.stdin_open,
             rotation: Rotation::from_task(t.log_max_size, t.log_max_files),
+            attach_wait_ms: t.attach_wait_ms.min(MAX_ATTACH_WAIT_MS),
         }
     }
 }
@@ -125,6 +130,11 @@ fn start_and_serve(
         .map_err(|e| format!("signalfd: {e}"))?;
     // Listen before the fork: an attach right after start must find the socket.
     let listener = listen(dir).map_err(|e| format!("attach socket: {e}"))?;
+    // `run` without -d: its client attaches before PID 1 starts, so it sees all output. Only
+    // the first start waits (a restart continues the log, which then exists).
+    if opts.attach_wait_ms > 0 && !dir.log_json().exists() {
+        wait_for_client(&listener, opts.attach_wait_ms);
+    }
 
     let child = match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
@@ -153,6 +163,8 @@ fn start_and_serve(
         listener,
         opts.tty,
     );
+    // A client that connected before the fork is served from PID 1's first byte on.
+    lp.accept();
     let code = lp.run(child, &sigfd);
     if lp.log.dropped > 0 {
         eprintln!(
@@ -163,6 +175,26 @@ fn start_and_serve(
     let _ = std::fs::remove_file(dir.attach_sock());
     write_atomic_sync(&dir.exit(), format!("{code}\n").as_bytes())
         .map_err(|e| format!("write exit file: {e}"))
+}
+
+/// Returns once a client is waiting to be accepted on `listener`, or after `ms`.
+fn wait_for_client(listener: &UnixListener, ms: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos() as i64,
+        };
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
 }
 
 fn listen(dir: &ContainerDir) -> std::io::Result<UnixListener> {

@@ -196,6 +196,16 @@ impl Tasks {
         self.inner.dir(id)
     }
 
+    /// The directory of container `id` (exists or not); None for an id that cannot be one.
+    pub fn container_dir(&self, id: &str) -> Option<ContainerDir> {
+        valid_id(id).then(|| self.dir(id))
+    }
+
+    /// Where every container's directory lives.
+    pub fn containers_root(&self) -> PathBuf {
+        self.inner.root.join("containers")
+    }
+
     /// Accepts `task` (idempotent by id) and starts it in the background.
     pub async fn run_task(&self, task: pb::Task) -> Result<(), TaskError> {
         validate(&task)?;
@@ -509,7 +519,12 @@ impl Inner {
                 .await?;
         }
         shim.release()?;
-        Ok(runtime::wait_started(dir, Duration::from_secs(10)).await?)
+        // A container waiting for its attach client records its pid only once it starts.
+        let attach_wait = crate::streams::task_of(dir)
+            .attach_wait_ms
+            .min(crate::shim::MAX_ATTACH_WAIT_MS);
+        let limit = Duration::from_secs(10) + Duration::from_millis(attach_wait as u64);
+        Ok(runtime::wait_started(dir, limit).await?)
     }
 
     /// `sig` (the stop signal), then SIGKILL after `timeout`; returns the exit status once

@@ -17,6 +17,10 @@ pub enum CliError {
     /// Anything else: exit 1.
     #[error("{0}")]
     Failed(String),
+    /// Not an error: a process the command ran (exec, attach) exited with this code, which
+    /// becomes rctl's; nothing is printed.
+    #[error("exit status {0}")]
+    Exit(i32),
 }
 
 impl CliError {
@@ -26,6 +30,7 @@ impl CliError {
             CliError::RolledBack(_) => 3,
             CliError::Timeout(_) => 4,
             CliError::Failed(_) => 1,
+            CliError::Exit(c) => *c,
         }
     }
 

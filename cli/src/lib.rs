@@ -3,12 +3,15 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod attach;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod exec;
 pub mod images;
 pub mod inspect;
 pub mod login;
+pub mod logs;
 pub mod nodes;
 pub mod output;
 pub mod progress;
@@ -18,7 +21,9 @@ pub mod rollout;
 pub mod scale;
 pub mod service;
 pub mod service_file;
+pub mod stats;
 pub mod system;
+pub mod top;
 pub mod wait;
 
 use std::path::PathBuf;
@@ -193,6 +198,57 @@ pub enum Command {
     },
     /// Forget the stored credentials for a registry.
     Logout { registry: String },
+    // === streams (issue 9): proxied by the scheduler to the container's agent ===
+    /// Show the log of a container, a task or a whole service (replicas merged by time).
+    Logs {
+        /// Keep following new lines (across restarts) until ^C or the container is removed.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines (of each replica), or "all".
+        #[arg(short = 'n', long, value_name = "N")]
+        tail: Option<String>,
+        /// Only lines since a duration ago (10m) or a time (RFC 3339).
+        #[arg(long, value_name = "DUR|TIME")]
+        since: Option<String>,
+        /// Show each line's timestamp.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        target: String,
+    },
+    /// Run a command in a running container; exits with the command's code.
+    Exec {
+        /// Keep stdin open and stream it to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal (the local one goes into raw mode).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Set an environment variable (NAME=VALUE, or NAME for this side's value).
+        #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Run as this user (name, uid or uid:gid).
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        target: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Attach the local terminal to a running container's stdio.
+    Attach { target: String },
+    /// Live CPU, memory, network and pids of containers (default: every running one).
+    Stats {
+        /// Print one sample and exit.
+        #[arg(long)]
+        no_stream: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+        targets: Vec<String>,
+    },
+    /// The processes running in a container.
+    Top { target: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -432,6 +488,11 @@ impl Command {
             Command::System { .. } => "system",
             Command::Login { .. } => "login",
             Command::Logout { .. } => "logout",
+            Command::Logs { .. } => "logs",
+            Command::Exec { .. } => "exec",
+            Command::Attach { .. } => "attach",
+            Command::Stats { .. } => "stats",
+            Command::Top { .. } => "top",
         }
     }
 }
@@ -442,6 +503,7 @@ pub async fn run(cli: Cli) -> i32 {
     let span = tracing::info_span!("rctl", command = cli.command.name());
     match dispatch(cli).instrument(span).await {
         Ok(()) => 0,
+        Err(CliError::Exit(code)) => code,
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
@@ -482,6 +544,25 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         | Command::Image {
             command: ImageCommand::Pull(PullArgs { image, .. }),
         } => registry_auth::check_reference(image).map_err(CliError::Usage)?,
+        Command::Logs {
+            tail,
+            since,
+            target,
+            ..
+        } => {
+            let a = logs::LogsArgs {
+                target: target.clone(),
+                tail: tail.clone(),
+                since: since.clone(),
+                ..Default::default()
+            };
+            logs::request(&a, std::time::SystemTime::now())?;
+        }
+        Command::Exec { cmd, env, .. } => exec::validate(&exec::ExecArgs {
+            cmd: cmd.clone(),
+            env: env.clone(),
+            ..Default::default()
+        })?,
         _ => {}
     }
     let target = Target {
@@ -593,6 +674,50 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Cluster { .. } | Command::Login { .. } | Command::Logout { .. } => {
             unreachable!("handled before connecting")
         }
+        // === streams (issue 9) ===
+        Command::Logs {
+            follow,
+            tail,
+            since,
+            timestamps,
+            target,
+        } => {
+            let a = logs::LogsArgs {
+                target,
+                follow,
+                tail,
+                since,
+                timestamps,
+            };
+            logs::run(&conn, a).await
+        }
+        Command::Exec {
+            interactive,
+            tty,
+            env,
+            user,
+            workdir,
+            target,
+            cmd,
+        } => {
+            let a = exec::ExecArgs {
+                target,
+                cmd,
+                env,
+                user,
+                workdir,
+                interactive,
+                tty,
+            };
+            Err(CliError::Exit(exec::run(&conn, a).await?))
+        }
+        Command::Attach { target } => Err(CliError::Exit(attach::run(&conn, &target).await?)),
+        Command::Stats {
+            no_stream,
+            output,
+            targets,
+        } => stats::run(&conn, targets, no_stream, output).await,
+        Command::Top { target } => top::run(&conn, &target).await,
     }
 }
 

@@ -8,12 +8,14 @@
 //! - [`clock`]: wall-clock timestamps as stored in etcd.
 //! - [`metrics`]: the tiny `/metrics` HTTP endpoint.
 //! - [`placement`]: the `[placement]` constraint and spread syntax.
+//! - [`logcursor`]: a log reader's position, to resume a stream without loss or repeats.
 //! - [`tls`]: the cluster CA, certificates, and every binary's TLS and etcd connect settings.
 #![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod codec;
 pub mod keys;
+pub mod logcursor;
 pub mod metrics;
 pub mod placement;
 pub mod signal;

@@ -321,13 +321,15 @@ impl Cgroup {
         if self.v2 {
             return self.dirs.first().map(|d| d.join(name));
         }
+        // The hierarchy's mount point is an ancestor named for its controllers ("memory",
+        // "cpu,cpuacct"); the cgroup parent in between may have any number of levels.
         self.dirs
             .iter()
             .find(|d| {
-                d.parent()
-                    .and_then(Path::parent)
-                    .and_then(Path::file_name)
-                    .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == v1_controller))
+                d.ancestors().skip(1).any(|a| {
+                    a.file_name()
+                        .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == v1_controller))
+                })
             })
             .map(|d| d.join(name))
     }
@@ -423,6 +425,28 @@ pub fn host_memory() -> Result<u64, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_files_are_found_under_a_parent_of_several_levels() {
+        let at = |h: &str| PathBuf::from(format!("/sys/fs/cgroup/{h}/rctl-local/c-h1/id1"));
+        let cg = Cgroup {
+            v2: false,
+            dirs: vec![at("memory"), at("cpu,cpuacct"), at("pids")],
+        };
+        assert_eq!(
+            cg.file("memory", "memory.usage_in_bytes"),
+            Some(at("memory").join("memory.usage_in_bytes"))
+        );
+        assert_eq!(
+            cg.file("cpuacct", "cpuacct.usage"),
+            Some(at("cpu,cpuacct").join("cpuacct.usage"))
+        );
+        assert_eq!(
+            cg.file("pids", "pids.current"),
+            Some(at("pids").join("pids.current"))
+        );
+        assert_eq!(cg.file("blkio", "x"), None);
+    }
 
     const HYBRID: &str = "\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

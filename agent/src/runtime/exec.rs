@@ -31,6 +31,10 @@ pub struct ExecSpec {
     pub user: Option<String>,
     /// Overrides the container's working dir.
     pub workdir: Option<String>,
+    /// Stdio is a pty slave: the process gets a session of its own with it as its
+    /// controlling terminal (job control, SIGWINCH on resize).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// The process's stdin, stdout and stderr (pipes or a pty slave).
@@ -187,6 +191,11 @@ fn child(
     profile: &mut security::Profile,
 ) -> String {
     let mut go = || -> Result<std::convert::Infallible, String> {
+        if spec.tty {
+            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+            rustix::process::ioctl_tiocsctty(std::io::stdin())
+                .map_err(|e| format!("make the pty the controlling terminal: {e}"))?;
+        }
         let workdir = spec.workdir.as_deref().unwrap_or(base_workdir);
         mounts::chdir_in_root(workdir).map_err(|e| e.to_string())?;
         if let Some(u) = &spec.user {

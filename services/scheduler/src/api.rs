@@ -102,6 +102,14 @@ fn unplaced(loaded: &Loaded) -> HashMap<String, String> {
 }
 
 impl Api {
+    /// The stream RPCs' handle: the same store and agent channels as the image RPCs.
+    fn streams(&self) -> crate::streams::Streams {
+        crate::streams::Streams {
+            store: self.store.clone(),
+            agents: self.images.agents.clone(),
+        }
+    }
+
     /// Refuses a write on a follower, naming the leader's address when one is known.
     async fn require_leader(&self) -> Result<(), ApiError> {
         if self.leadership.is_leader() {
@@ -725,6 +733,63 @@ impl Scheduler for Api {
         }
         .instrument(span)
         .await
+    }
+
+    // === streams (issue 9): resolved and passed on to the agents by crate::streams ===
+
+    type LogsStream = crate::streams::LogsStream;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let span = span(&req, "Logs");
+        async move { Ok(Response::new(self.streams().logs(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    type AttachStream = crate::streams::OutputStream;
+
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<StreamInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let span = span(&req, "Attach");
+        async move {
+            Ok(Response::new(
+                self.streams().proxy(req.into_inner(), false).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    type ExecStream = crate::streams::OutputStream;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<StreamInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let span = span(&req, "Exec");
+        async move {
+            Ok(Response::new(
+                self.streams().proxy(req.into_inner(), true).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let span = span(&req, "Stats");
+        async move { Ok(Response::new(self.streams().stats(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
+    }
+
+    async fn top(&self, req: Request<TopRequest>) -> Result<Response<TopResponse>, Status> {
+        let span = span(&req, "Top");
+        async move { Ok(Response::new(self.streams().top(req.into_inner()).await?)) }
+            .instrument(span)
+            .await
     }
 }
 

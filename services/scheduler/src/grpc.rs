@@ -34,6 +34,10 @@ pub enum ApiError {
         None => "no scheduler leader is elected right now; retry in a few seconds".to_string(),
     })]
     NotLeader(Option<String>),
+    /// An agent's answer about one container (exec, attach, logs, stats, top), passed on as
+    /// it is: the message names the container already.
+    #[error("{message}")]
+    Container { code: tonic::Code, message: String },
     /// An agent's answer to an image request, passed on with its code.
     #[error("{node}: {message}")]
     Agent {
@@ -65,7 +69,9 @@ impl From<ApiError> for Status {
                 s
             }
             ApiError::NotLeader(None) => Status::unavailable(e.to_string()),
-            ApiError::Agent { code, .. } => Status::new(*code, e.to_string()),
+            ApiError::Agent { code, .. } | ApiError::Container { code, .. } => {
+                Status::new(*code, e.to_string())
+            }
             // API writes are not fenced; this only appears if that ever changes.
             ApiError::Store(StoreError::NotLeader(_)) => Status::unavailable(e.to_string()),
             ApiError::Store(StoreError::Etcd { .. }) => {

@@ -11,6 +11,7 @@
 //! - [`leader`]: election among replicas; only the leader runs the controller.
 //! - [`controller`]: the loop that reads, decides and acts.
 //! - [`agents`]: the gRPC edge towards agents.
+//! - [`streams`]: logs, attach, exec, stats and top, proxied to the container's agent.
 #![forbid(unsafe_code)]
 
 pub mod agents;
@@ -26,6 +27,7 @@ pub mod revisions;
 pub mod rollout;
 pub mod spec;
 pub mod store;
+pub mod streams;
 pub mod targets;
 
 use std::net::SocketAddr;

@@ -1,0 +1,885 @@
+//! The Agent's stream RPCs (issue 9), each over one container directory: logs (history, then
+//! follow across rotation and restarts until the container is removed), attach (through the
+//! shim's `attach.sock`), exec (through `__exec`, with pipes or a pty), stats (the cgroup's
+//! counters plus the container's network namespace) and top (the cgroup's processes).
+//!
+//! Nothing here blocks an async worker: sockets and pipes are tokio's, pty and log files are
+//! read on the blocking pool. Output is passed on as it comes, in bounded channels, so a slow
+//! client slows only its own stream. Errors are [`StreamError`], mapped to gRPC once in
+//! `server.rs`; the decisions over /proc and cgroup text are pure functions with unit tests.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use rctl_api::logcursor::LogCursor;
+use rctl_api::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::attach::{self, Request};
+use crate::logs::{self, Filter, Follower, Rotation};
+use crate::runtime::cgroups;
+use crate::runtime::exec::{self, ExecSpec, ExecStdio};
+use crate::runtime::state::ContainerDir;
+
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<pb::StreamOutput, Status>> + Send>>;
+pub type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
+/// What a client sends after its first message.
+pub type InputStream = Pin<Box<dyn Stream<Item = Result<pb::StreamInput, Status>> + Send>>;
+
+/// Log lines per response message.
+const LOG_BATCH: usize = 256;
+/// How often a followed log is checked for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// After an exec'd process exited, how long output still in flight (from children that
+/// outlived it) is awaited before the exit code is sent.
+const DRAIN: Duration = Duration::from_secs(1);
+/// How long an attach waits for a container that is still being created (image pull).
+const ATTACH_WAIT: Duration = Duration::from_secs(60);
+/// CPU % window when the request names none.
+const DEFAULT_SAMPLE: Duration = Duration::from_millis(500);
+/// A pty's size before the client sends one.
+const DEFAULT_WINSIZE: (u16, u16) = (24, 80);
+/// Bytes read from a process per message.
+const READ_CHUNK: usize = 32 * 1024;
+/// `sysconf(_SC_CLK_TCK)` on every Linux architecture rctl runs on.
+const CLK_TCK: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("no container {0} on this node")]
+    NotFound(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+}
+
+fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> StreamError {
+    move |source| StreamError::Io { step, source }
+}
+
+/// The task a container was created from (empty for a container made without one).
+pub fn task_of(dir: &ContainerDir) -> pb::Task {
+    dir.read_config()
+        .ok()
+        .and_then(|c| hex::decode(c.task_pb).ok())
+        .and_then(|b| pb::Task::decode(b.as_slice()).ok())
+        .unwrap_or_default()
+}
+
+/// What users call the container: `web.1` for a service task, else its id.
+pub fn display_name(task: &pb::Task, id: &str) -> String {
+    if task.service.is_empty() {
+        id.to_string()
+    } else {
+        format!("{}.{}", task.service, task.slot)
+    }
+}
+
+/// Whether PID 1 runs (recorded, alive, no exit status yet).
+pub fn is_running(dir: &ContainerDir) -> bool {
+    dir.read_pid().is_some_and(|p| p.alive()) && !dir.exit().exists()
+}
+
+// === logs ===
+
+fn line_of(e: logs::Entry) -> pb::LogLine {
+    pb::LogLine {
+        time: e.time,
+        stream: e.stream,
+        log: e.log,
+        ..Default::default()
+    }
+}
+
+async fn send_lines(
+    tx: &mpsc::Sender<Result<pb::LogsResponse, Status>>,
+    entries: Vec<logs::Entry>,
+) -> Result<(), ()> {
+    let mut it = entries.into_iter().peekable();
+    while it.peek().is_some() {
+        let lines: Vec<pb::LogLine> = it.by_ref().take(LOG_BATCH).map(line_of).collect();
+        tx.send(Ok(pb::LogsResponse {
+            lines,
+            service: false,
+        }))
+        .await
+        .map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// The log filter of a request.
+pub fn filter_of(req: &pb::LogsRequest) -> Filter {
+    Filter {
+        tail: req.tail.map(|n| n as usize),
+        since: (req.since_unix_nanos > 0)
+            .then(|| UNIX_EPOCH + Duration::from_nanos(req.since_unix_nanos as u64)),
+    }
+}
+
+/// The log of the container in `dir`: its history as `req` filters it, then (follow) new
+/// lines until the container is removed or the client goes away.
+pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, StreamError> {
+    if !dir.config().exists() {
+        return Err(StreamError::NotFound(req.target.clone()));
+    }
+    let task = task_of(&dir);
+    let max_files = Rotation::from_task(task.log_max_size, task.log_max_files).max_files;
+    let filter = filter_of(req);
+    let follow = req.follow;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let path = dir.log_json();
+        // The follower starts at the end before the history is read, so no line falls in
+        // between; lines in both are dropped by the cursor.
+        let read = tokio::task::spawn_blocking(move || {
+            let f = follow.then(|| Follower::from_end(path.clone(), max_files));
+            logs::read(&path, max_files, &filter).map(|e| (e, f))
+        })
+        .await;
+        let (history, follower) = match read {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("read log: {e}"))))
+                    .await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut cursor = LogCursor::default();
+        {
+            let mut r = cursor.replay();
+            for e in &history {
+                r.admit(&e.time);
+            }
+        }
+        if send_lines(&tx, history).await.is_err() {
+            return;
+        }
+        let Some(mut follower) = follower else {
+            return;
+        };
+        let mut replay = cursor.replay();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            // Removed (moved to the trash, then deleted): what was written is still read
+            // from the open file, then the stream ends.
+            let gone = !dir.config().exists();
+            let Ok((res, f)) = tokio::task::spawn_blocking(move || {
+                let r = follower.poll();
+                (r, follower)
+            })
+            .await
+            else {
+                return;
+            };
+            follower = f;
+            let fresh: Vec<logs::Entry> = res
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| replay.admit(&e.time))
+                .collect();
+            if send_lines(&tx, fresh).await.is_err() || gone {
+                return;
+            }
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+// === attach ===
+
+fn out(kind: pb::stream_output::Kind) -> Result<pb::StreamOutput, Status> {
+    Ok(pb::StreamOutput { kind: Some(kind) })
+}
+
+/// Waits until the container in `dir` has an attach socket; `Ok(None)` when it already
+/// exited (no socket will come).
+async fn await_socket(dir: &ContainerDir, id: &str) -> Result<Option<()>, StreamError> {
+    let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+    loop {
+        if dir.attach_sock().exists() {
+            return Ok(Some(()));
+        }
+        if dir.exit().exists() {
+            return Ok(None);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(if dir.0.exists() {
+                StreamError::NotRunning(display_name(&task_of(dir), id))
+            } else {
+                StreamError::NotFound(id.to_string())
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The exit status the shim records right after the container's output is drained.
+async fn exit_status(dir: &ContainerDir) -> Option<i32> {
+    for _ in 0..100 {
+        if let Some(c) = dir.read_exit() {
+            return Some(c);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Attaches to the container in `dir` (id `id`): output from now on, then its exit code.
+/// A container still being created is waited for (a container created with
+/// `attach_wait_ms` starts once this attach is connected, so no output is lost). The stream
+/// is returned at once and the wait happens inside it, so callers' response deadlines do not
+/// cover an image pull; failures arrive as the stream's error.
+pub async fn attach(
+    dir: ContainerDir,
+    id: &str,
+    start: pb::AttachStart,
+    input: InputStream,
+) -> Result<OutputStream, StreamError> {
+    let (tx, rx) = mpsc::channel(16);
+    let id = id.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = serve_attach(dir, &id, start, input, &tx).await {
+            let _ = tx.send(Err(crate::server::stream_status(e))).await;
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+async fn serve_attach(
+    dir: ContainerDir,
+    id: &str,
+    start: pb::AttachStart,
+    mut input: InputStream,
+    tx: &mpsc::Sender<Result<pb::StreamOutput, Status>>,
+) -> Result<(), StreamError> {
+    if await_socket(&dir, id).await?.is_none() {
+        let code = dir.read_exit().unwrap_or(255);
+        let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
+        return Ok(());
+    }
+    let sock = match tokio::net::UnixStream::connect(dir.attach_sock()).await {
+        Ok(s) => s,
+        // Gone between the check and the connect: it just exited.
+        Err(_) if dir.exit().exists() => {
+            let code = exit_status(&dir).await.unwrap_or(255);
+            let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
+            return Ok(());
+        }
+        Err(e) => return Err(io("connect to the container's attach socket")(e)),
+    };
+    let tty = task_of(&dir).tty;
+    let (mut rd, mut wr) = sock.into_split();
+    if tty && start.rows > 0 && start.cols > 0 {
+        let r = attach::encode_request(&Request::Resize {
+            rows: start.rows as u16,
+            cols: start.cols as u16,
+        });
+        wr.write_all(&r)
+            .await
+            .map_err(io("resize the container's terminal"))?;
+    }
+    let stdin = start.stdin;
+    let pid_dir = dir.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = input.next().await {
+            let req = match msg.kind {
+                Some(pb::stream_input::Kind::Stdin(d)) if stdin => Request::Stdin(d),
+                Some(pb::stream_input::Kind::Resize(r)) => Request::Resize {
+                    rows: r.rows as u16,
+                    cols: r.cols as u16,
+                },
+                Some(pb::stream_input::Kind::CloseStdin(true)) if stdin => Request::CloseStdin,
+                Some(pb::stream_input::Kind::Signal(n)) => {
+                    if let (Ok(sig), Some(p)) =
+                        (nix::sys::signal::Signal::try_from(n), pid_dir.read_pid())
+                    {
+                        crate::runtime::signal(&p, sig);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if wr.write_all(&attach::encode_request(&req)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut frames = Vec::new();
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut msgs = Vec::new();
+        if tty {
+            msgs.push(pb::stream_output::Kind::Stdout(buf[..n].to_vec()));
+        } else {
+            frames.extend_from_slice(&buf[..n]);
+            while let Some((s, data)) = attach::decode_output(&mut frames) {
+                msgs.push(match s {
+                    logs::Stream::Stdout => pb::stream_output::Kind::Stdout(data),
+                    logs::Stream::Stderr => pb::stream_output::Kind::Stderr(data),
+                });
+            }
+        }
+        for m in msgs {
+            if tx.send(out(m)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    // The shim closes every client once the container exited and its output drained.
+    let msg = match exit_status(&dir).await {
+        Some(code) => out(pb::stream_output::Kind::ExitCode(code)),
+        None => Err(Status::unavailable(
+            "the attach connection closed but the container has no exit status (was the shim killed?)",
+        )),
+    };
+    let _ = tx.send(msg).await;
+    Ok(())
+}
+
+// === exec ===
+
+/// Where an exec'd process's output is read from.
+enum Source {
+    Pipe(tokio::net::unix::pipe::Receiver),
+    /// The pty master, read on the blocking pool.
+    Pty(tokio::fs::File),
+}
+
+impl Source {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Pipe(p) => p.read(buf).await,
+            Source::Pty(f) => match f.read(buf).await {
+                // EIO is how a pty master says every slave fd closed.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+/// Where input goes.
+enum Sink {
+    Pipe(tokio::net::unix::pipe::Sender),
+    Pty(tokio::fs::File),
+}
+
+impl Sink {
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Pipe(p) => p.write_all(data).await,
+            Sink::Pty(f) => {
+                f.write_all(data).await?;
+                f.flush().await
+            }
+        }
+    }
+}
+
+/// The process's stdio as made here: its ends, and ours.
+struct Wiring {
+    theirs: ExecStdio,
+    outputs: Vec<(Source, bool)>,
+    stdin: Option<Sink>,
+    /// The pty master, for window size changes.
+    master: Option<OwnedFd>,
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Into::into)
+}
+
+fn set_winsize(fd: &OwnedFd, rows: u16, cols: u16) -> std::io::Result<()> {
+    rustix::termios::tcsetwinsize(
+        fd,
+        rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )
+    .map_err(Into::into)
+}
+
+fn wiring(start: &pb::ExecStart) -> std::io::Result<Wiring> {
+    if start.tty {
+        use rustix::pty::OpenptFlags;
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = rustix::pty::openpt(flags)?;
+        rustix::pty::grantpt(&master)?;
+        rustix::pty::unlockpt(&master)?;
+        let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags)?;
+        let (rows, cols) = match (start.rows, start.cols) {
+            (0, _) | (_, 0) => DEFAULT_WINSIZE,
+            (r, c) => (r as u16, c as u16),
+        };
+        set_winsize(&master, rows, cols)?;
+        let reader = tokio::fs::File::from_std(std::fs::File::from(master.try_clone()?));
+        let writer = tokio::fs::File::from_std(std::fs::File::from(master.try_clone()?));
+        return Ok(Wiring {
+            theirs: ExecStdio {
+                stdin: slave.try_clone()?,
+                stdout: slave.try_clone()?,
+                stderr: slave,
+            },
+            outputs: vec![(Source::Pty(reader), false)],
+            stdin: Some(Sink::Pty(writer)),
+            master: Some(master),
+        });
+    }
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (stdin_theirs, stdin): (OwnedFd, Option<Sink>) = if start.stdin {
+        let (r, w) = pipe()?;
+        (
+            r,
+            Some(Sink::Pipe(tokio::net::unix::pipe::Sender::from_owned_fd(
+                w,
+            )?)),
+        )
+    } else {
+        (std::fs::File::open("/dev/null")?.into(), None)
+    };
+    Ok(Wiring {
+        theirs: ExecStdio {
+            stdin: stdin_theirs,
+            stdout: out_w,
+            stderr: err_w,
+        },
+        outputs: vec![
+            (
+                Source::Pipe(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?),
+                false,
+            ),
+            (
+                Source::Pipe(tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?),
+                true,
+            ),
+        ],
+        stdin,
+        master: None,
+    })
+}
+
+/// Runs `start` in the container of `dir` (id `id`) with `agent_exe __exec`: its output as
+/// it comes, then its exit code (126/127 when it cannot be started, like Docker).
+pub async fn exec(
+    dir: ContainerDir,
+    id: &str,
+    agent_exe: PathBuf,
+    start: pb::ExecStart,
+    mut input: InputStream,
+) -> Result<OutputStream, StreamError> {
+    if !dir.config().exists() {
+        return Err(StreamError::NotFound(id.to_string()));
+    }
+    if start.cmd.first().is_none_or(|c| c.is_empty()) {
+        return Err(StreamError::Invalid("no command to exec".into()));
+    }
+    if !is_running(&dir) {
+        return Err(StreamError::NotRunning(display_name(&task_of(&dir), id)));
+    }
+    let spec = ExecSpec {
+        argv: start.cmd.clone(),
+        env: start.env.clone(),
+        user: (!start.user.is_empty()).then(|| start.user.clone()),
+        workdir: (!start.workdir.is_empty()).then(|| start.workdir.clone()),
+        tty: start.tty,
+    };
+    let w = wiring(&start).map_err(io("create the exec's stdio"))?;
+    let (tx, rx) = mpsc::channel(16);
+    // Every reader holds one: when all are gone, the output has been passed on.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    for (mut src, is_err) in w.outputs {
+        let tx = tx.clone();
+        let alive = alive_tx.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                let n = match src.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let data = buf[..n].to_vec();
+                let kind = if is_err {
+                    pb::stream_output::Kind::Stderr(data)
+                } else {
+                    pb::stream_output::Kind::Stdout(data)
+                };
+                if tx.send(out(kind)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(alive_tx);
+    let mut sink = w.stdin;
+    let master = w.master;
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = input.next().await {
+            match msg.kind {
+                Some(pb::stream_input::Kind::Stdin(d)) => {
+                    if let Some(s) = sink.as_mut() {
+                        if s.write(&d).await.is_err() {
+                            sink = None;
+                        }
+                    }
+                }
+                Some(pb::stream_input::Kind::Resize(r)) => {
+                    if let Some(m) = &master {
+                        let _ = set_winsize(m, r.rows as u16, r.cols as u16);
+                    }
+                }
+                // EOF for a pipe; a terminal has no EOF of its own (the user types ^D).
+                Some(pb::stream_input::Kind::CloseStdin(true)) => {
+                    if matches!(sink, Some(Sink::Pipe(_))) {
+                        sink = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let stdio = w.theirs;
+    tokio::spawn(async move {
+        let res = exec::exec(&dir, &agent_exe, &spec, stdio).await;
+        let code = match res {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                return;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, alive_rx.recv()).await;
+        let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+// === stats ===
+
+/// Bytes received and sent over every interface but loopback, from `/proc/PID/net/dev`.
+pub fn net_io(net_dev: &str) -> (u64, u64) {
+    let mut rx = 0;
+    let mut tx = 0;
+    for line in net_dev.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() >= 9 {
+            rx += f[0];
+            tx += f[8];
+        }
+    }
+    (rx, tx)
+}
+
+/// CPU use over a window, 100 = one core busy all of it.
+pub fn cpu_percent(cpu_before: u64, cpu_after: u64, wall: Duration) -> f64 {
+    let wall = wall.as_nanos() as f64;
+    if wall <= 0.0 {
+        return 0.0;
+    }
+    cpu_after.saturating_sub(cpu_before) as f64 / wall * 100.0
+}
+
+/// The containers under `containers` whose PID 1 runs, by id.
+pub fn running_ids(containers: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(containers) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = rd
+        .flatten()
+        .filter(|e| is_running(&ContainerDir(e.path())))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    ids.sort();
+    ids
+}
+
+struct Sample {
+    cg: Option<cgroups::Cgroup>,
+    pid: Option<i32>,
+    cpu_ns: u64,
+}
+
+fn sample(dir: &ContainerDir) -> Sample {
+    let cg = dir.read_profile().ok().and_then(|p| p.cgroup);
+    let cpu_ns = cg.as_ref().map(|c| c.stats().cpu_usage_ns).unwrap_or(0);
+    Sample {
+        cg,
+        pid: dir.read_pid().filter(|p| p.alive()).map(|p| p.pid),
+        cpu_ns,
+    }
+}
+
+/// Stats of the containers `ids` (each a directory under `containers`), CPU % measured over
+/// `window`.
+pub async fn stats(
+    containers: PathBuf,
+    ids: Vec<String>,
+    window: Duration,
+) -> Result<Vec<pb::ContainerStats>, StreamError> {
+    let window = if window.is_zero() {
+        DEFAULT_SAMPLE
+    } else {
+        window
+    };
+    let dirs: Vec<(String, ContainerDir)> = ids
+        .into_iter()
+        .map(|id| {
+            let d = ContainerDir(containers.join(&id));
+            (id, d)
+        })
+        .collect();
+    if let Some((id, _)) = dirs.iter().find(|(_, d)| !d.config().exists()) {
+        return Err(StreamError::NotFound(id.clone()));
+    }
+    let first = tokio::task::spawn_blocking({
+        let dirs = dirs.clone();
+        move || {
+            let at = std::time::Instant::now();
+            (dirs.iter().map(|(_, d)| sample(d)).collect::<Vec<_>>(), at)
+        }
+    })
+    .await
+    .map_err(|e| io("sample stats")(std::io::Error::other(e)))?;
+    tokio::time::sleep(window).await;
+    tokio::task::spawn_blocking(move || {
+        let wall = first.1.elapsed();
+        let host = cgroups::host_memory().unwrap_or(0);
+        dirs.iter()
+            .zip(first.0)
+            .map(|((id, dir), before)| {
+                let now = before.cg.as_ref().map(|c| c.stats()).unwrap_or_default();
+                let (rx, tx) = before
+                    .pid
+                    .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/net/dev")).ok())
+                    .map(|t| net_io(&t))
+                    .unwrap_or((0, 0));
+                pb::ContainerStats {
+                    task_id: id.clone(),
+                    name: display_name(&task_of(dir), id),
+                    node: String::new(),
+                    cpu_ns: now.cpu_usage_ns,
+                    cpu_percent: cpu_percent(before.cpu_ns, now.cpu_usage_ns, wall),
+                    memory_bytes: now.memory_bytes,
+                    memory_limit: now.memory_limit.unwrap_or(host),
+                    pids: now.pids,
+                    net_rx_bytes: rx,
+                    net_tx_bytes: tx,
+                }
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| io("sample stats")(std::io::Error::other(e)))
+}
+
+// === top ===
+
+/// `(ppid, utime + stime in clock ticks, comm)` from `/proc/PID/stat`.
+pub fn parse_stat(stat: &str) -> Option<(i32, u64, String)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the comm: state(0) ppid(1) ... utime(11) stime(12).
+    let ppid = f.get(1)?.parse().ok()?;
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((ppid, ticks, comm))
+}
+
+/// CPU time as `ps` prints it: `HH:MM:SS`, with `D-` in front past a day.
+pub fn format_cpu_time(ticks: u64) -> String {
+    let s = ticks / CLK_TCK;
+    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}-{h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+/// The real uid from `/proc/PID/status`.
+pub fn parse_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The name of `uid` in a passwd file, else the number.
+pub fn user_name(passwd: &str, uid: u32) -> String {
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// The processes of the container in `dir` (its cgroup's members), by pid.
+pub async fn top(dir: ContainerDir, id: &str) -> Result<Vec<pb::TopProcess>, StreamError> {
+    if !dir.config().exists() {
+        return Err(StreamError::NotFound(id.to_string()));
+    }
+    if !is_running(&dir) {
+        return Err(StreamError::NotRunning(display_name(&task_of(&dir), id)));
+    }
+    tokio::task::spawn_blocking(move || {
+        let cg = dir
+            .read_profile()
+            .map_err(io("read the container profile"))?;
+        let mut pids: Vec<i32> = cg
+            .cgroup
+            .iter()
+            .flat_map(|c| c.dirs.iter())
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        // The container's own passwd, through its PID 1's root.
+        let passwd = dir
+            .read_pid()
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{}/root/etc/passwd", p.pid)).ok())
+            .unwrap_or_default();
+        Ok(pids
+            .into_iter()
+            .filter_map(|pid| {
+                let (ppid, ticks, comm) =
+                    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+                let uid = parse_uid(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = cmdline
+                    .split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Some(pb::TopProcess {
+                    pid,
+                    ppid,
+                    user: user_name(&passwd, uid),
+                    time: format_cpu_time(ticks),
+                    cmd: if cmd.is_empty() {
+                        format!("[{comm}]")
+                    } else {
+                        cmd
+                    },
+                })
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| io("read processes")(std::io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_io_sums_every_interface_but_loopback() {
+        let dev = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
+eth0:    1500      10    0    0    0     0          0         0      700       5    0    0    0     0       0          0\n";
+        assert_eq!(net_io(dev), (1500, 700));
+        assert_eq!(net_io(""), (0, 0));
+    }
+
+    #[test]
+    fn cpu_percent_is_per_core() {
+        assert_eq!(
+            cpu_percent(0, 500_000_000, Duration::from_millis(500)),
+            100.0
+        );
+        assert_eq!(
+            cpu_percent(100, 100 + 250_000_000, Duration::from_secs(1)),
+            25.0
+        );
+        assert_eq!(cpu_percent(5, 1, Duration::from_secs(1)), 0.0);
+        assert_eq!(cpu_percent(0, 1, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn stat_lines_with_spaces_in_the_name_parse() {
+        let stat = "42 (my proc) S 7 42 42 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 1 0 100";
+        assert_eq!(parse_stat(stat), Some((7, 380, "my proc".to_string())));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_time_reads_like_ps() {
+        assert_eq!(format_cpu_time(0), "00:00:00");
+        assert_eq!(format_cpu_time(6150), "00:01:01");
+        assert_eq!(format_cpu_time(100 * (86400 + 3600)), "1-01:00:00");
+    }
+
+    #[test]
+    fn users_are_named_from_the_containers_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
+        assert_eq!(user_name(passwd, 0), "root");
+        assert_eq!(user_name(passwd, 1000), "app");
+        assert_eq!(user_name(passwd, 7), "7");
+        assert_eq!(
+            parse_uid("Name:\tsh\nUid:\t1000\t1000\t1000\t1000\n"),
+            Some(1000)
+        );
+    }
+
+    #[test]
+    fn names_are_task_names_when_there_is_a_service() {
+        let t = pb::Task {
+            service: "web".into(),
+            slot: 2,
+            ..Default::default()
+        };
+        assert_eq!(display_name(&t, "abc"), "web.2");
+        assert_eq!(display_name(&pb::Task::default(), "abc"), "abc");
+    }
+}
