@@ -6,6 +6,7 @@
 //! - [`hollow`]: etcd + scheduler + `rctl-agent hollow` nodes on loopback, for scale tests.
 //! - [`fixtures`]: the project's own test images (busybox, testserver), built and pushed with
 //!   its own OCI code.
+//! - [`tmux`]: a real terminal (a tmux session of the test's own) for `exec -it`, `run -it`.
 //! - [`testserver`]: the fixture test server as a plain process, for component tests.
 #![forbid(unsafe_code)]
 
@@ -14,3 +15,4 @@ pub mod etcd;
 pub mod fixtures;
 pub mod hollow;
 pub mod testserver;
+pub mod tmux;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rctl_tests::cluster::Cluster;
+use rctl_tests::tmux::Tmux;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -353,55 +354,6 @@ fn logs_follow_of_a_service_keeps_every_replica_through_an_agent_restart_and_pic
     c.down_leaving_nothing();
 }
 
-/// A tmux server of our own (its own socket), killed with its session when dropped.
-struct Tmux {
-    socket: String,
-    session: String,
-}
-
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux")
-    }
-
-    fn pane(&self) -> String {
-        stdout(&self.cmd(&["capture-pane", "-p", "-t", &self.session]))
-    }
-
-    /// Waits until the pane shows what `pred` wants; panics with the pane otherwise.
-    fn wait_for(&self, what: &str, timeout: Duration, mut pred: impl FnMut(&str) -> bool) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let pane = self.pane();
-            if pred(&pane) {
-                return;
-            }
-            if std::time::Instant::now() > deadline {
-                panic!("timed out waiting for {what}; the pane shows:\n{pane}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn keys(&self, keys: &str) {
-        let out = self.cmd(&["send-keys", "-t", &self.session, "-l", keys]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        self.cmd(&["send-keys", "-t", &self.session, "Enter"]);
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.cmd(&["kill-session", "-t", &self.session]);
-        self.cmd(&["kill-server"]);
-    }
-}
-
 #[test]
 fn exec_it_in_tmux_is_a_real_terminal() {
     let c = Cluster::start(2);
@@ -412,76 +364,13 @@ fn exec_it_in_tmux_is_a_real_terminal() {
         .find(|t| t.2 == "h2")
         .cloned()
         .expect("a task on h2");
-    let dir = tempfile::tempdir().unwrap();
-    let code_file = dir.path().join("code");
-    let id = format!("rctl-streams-{}", std::process::id());
-    let tmux = Tmux {
-        socket: id.clone(),
-        session: id,
-    };
     let command = format!(
-        "env RCTL_ADDR='{addr}' RCTL_INSECURE=1 '{rctl}' exec -it {name} sh; echo $? > '{code}'",
+        "env RCTL_ADDR='{addr}' RCTL_INSECURE=1 '{rctl}' exec -it {name} sh",
         addr = c.addr(),
         rctl = c.bin().join("rctl").display(),
-        code = code_file.display(),
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        &tmux.session,
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &command,
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    // busybox sh's prompt; capture-pane drops its trailing blank.
-    tmux.wait_for("the shell's prompt", Duration::from_secs(30), |p| {
-        p.contains("/ #")
-    });
-    tmux.keys("echo $((6*7))");
-    tmux.wait_for("42", Duration::from_secs(10), |p| {
-        p.lines().any(|l| l.trim() == "42")
-    });
-    // A resize of the local terminal reaches the container's.
-    let out = tmux.cmd(&[
-        "resize-window",
-        "-t",
-        &tmux.session,
-        "-x",
-        "100",
-        "-y",
-        "30",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let size = stdout(&tmux.cmd(&[
-        "display-message",
-        "-p",
-        "-t",
-        &tmux.session,
-        "#{pane_height} #{pane_width}",
-    ]))
-    .trim()
-    .to_string();
-    assert!(size.ends_with(" 100"), "{size}");
-    c.eventually(
-        Duration::from_secs(10),
-        "stty size to see the resize",
-        || {
-            tmux.keys("stty size");
-            std::thread::sleep(Duration::from_millis(300));
-            tmux.pane().lines().any(|l| l.trim() == size).then_some(())
-        },
-    );
-    tmux.keys("exit 3");
-    let code = c.eventually(Duration::from_secs(10), "rctl to exit", || {
-        std::fs::read_to_string(&code_file)
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
-    assert_eq!(code.trim(), "3");
+    let tmux = Tmux::start("streams", &command);
+    assert_eq!(tmux.drive_shell(), 3);
     drop(tmux);
     c.down_leaving_nothing();
 }
