@@ -363,6 +363,28 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = c.rctl(&["rollout", "start", "web", "--image", &v2_image]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // An image the registry does not have fails fast, exit 1, rolling or canary alike.
+    let missing = format!("{}/rctl/testserver:v9", c.registry());
+    for canary in [false, true] {
+        let mut args = vec!["rollout", "start", "web", "--image", &missing, "--wait"];
+        if canary {
+            args.push("--canary");
+        }
+        let out = c.rctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            format!(
+                "error: image \"{missing}\" not found in registry {} (push it first or fix the tag); nothing changed",
+                c.registry()
+            ),
+            "{args:?}"
+        );
+    }
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["revision"], 4, "{status}");
+    assert_eq!(images_running(&c).len(), 4);
     assert_eq!(history(&c).len(), 4, "refused changes make no revision");
     for args in [
         &["rollback", "nope"][..],
