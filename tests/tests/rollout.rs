@@ -948,3 +948,76 @@ fn a_canary_waiting_for_requests_times_out_with_exit_4_and_is_promoted_by_hand()
     assert!(running_ids(&c).iter().all(|id| !stable.contains(id)));
     c.down_leaving_nothing();
 }
+
+/// Runs `deploy/ci/canary-pipeline.sh web IMAGE` against `c` as a CI job would, its build
+/// step pushing the fixture images with the project's own tooling (rctl has no push).
+fn pipeline(c: &Cluster, image: &str) -> std::process::Output {
+    let script = rctl_tests::cluster::repo_root().join("deploy/ci/canary-pipeline.sh");
+    let build = format!(
+        "{} push --registry {} >/dev/null",
+        c.bin().join("rctl-fixtures").display(),
+        c.registry()
+    );
+    std::process::Command::new(script)
+        .args(["web", image])
+        .env("RCTL", c.bin().join("rctl"))
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .env("BUILD_CMD", build)
+        .env("TIMEOUT", "90s")
+        .env("RESULT", c.state.join("canary-result.json"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run canary-pipeline.sh")
+}
+
+#[test]
+fn the_ci_canary_pipeline_fails_a_bad_image_with_its_explanation_and_ships_a_good_one() {
+    let c = Cluster::start(2);
+    let addr = serve_v1(&c, &canary_web(&c, 2, "v1"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+
+    // A bad image: the job fails with 3 and its log holds the figures that decided.
+    let bad = format!("{}/rctl/testserver:bad", c.registry());
+    let out = pipeline(&c, &bad);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{log}\n{}", c.logs());
+    assert!(log.contains("rolled back by rctl"), "{log}");
+    assert!(
+        log.contains("error rate"),
+        "rollout explain in the job log: {log}"
+    );
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(c.state.join("canary-result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["state"], "rolled_back", "{result}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = loader.join().expect("load thread");
+
+    // A good image: the job passes and production runs it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    let v2 = format!("{}/rctl/testserver:v2", c.registry());
+    let out = pipeline(&c, &v2);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{log}\n{}", c.logs());
+    assert!(log.contains("released: web runs"), "{log}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = loader.join().expect("load thread");
+    wait_done(&c);
+    let images = images_running(&c);
+    assert!(
+        images.len() == 2 && images.iter().all(|i| *i == v2),
+        "{images:?}"
+    );
+    c.down_leaving_nothing();
+}
