@@ -484,6 +484,15 @@ impl pb::agent_server::Agent for HollowAgent {
     ) -> Result<Response<pb::TopResponse>, Status> {
         Err(Status::unimplemented("a hollow node has no containers"))
     }
+
+    /// Every image exists for a hollow node: it runs no containers, and a hollow cluster
+    /// has no registry to ask.
+    async fn resolve_image(
+        &self,
+        _req: Request<pb::ResolveImageRequest>,
+    ) -> Result<Response<pb::ResolveImageResponse>, Status> {
+        Ok(Response::new(pb::ResolveImageResponse::default()))
+    }
 }
 
 /// One orphan sweep over every node with one read of the tasks: what a real agent's sweep

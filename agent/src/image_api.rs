@@ -4,10 +4,10 @@
 use std::pin::Pin;
 
 use rctl_api::pb;
-use tonic::{Response, Status};
+use tonic::{Code, Response, Status};
 
 use crate::image::lifecycle::{ImageView, LifecycleError, UsageLine};
-use crate::image::registry::{Credentials, Registry};
+use crate::image::registry::{is_unauthorized, Credentials, Registry, RegistryError};
 use crate::image::{ImageStore, LayerEvent, LayerPhase, PullOptions};
 
 pub type PullStream =
@@ -103,14 +103,7 @@ pub fn pull(
     req: pb::PullImageRequest,
 ) -> Result<Response<PullStream>, Status> {
     Registry::parse(&req.reference).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut credentials = None::<Credentials>;
-    for a in &req.auth {
-        credentials.get_or_insert_with(Credentials::default).insert(
-            &a.registry,
-            &a.username,
-            &a.password,
-        );
-    }
+    let credentials = credentials(&req.auth);
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let images = images.clone();
@@ -149,6 +142,62 @@ pub fn pull(
     Ok(Response::new(Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     )))
+}
+
+/// How a failed manifest lookup is said over gRPC: the scheduler tells a missing image
+/// (NOT_FOUND) from refused credentials (PERMISSION_DENIED) and an unreachable registry
+/// (UNAVAILABLE) by the code alone.
+pub fn resolve_code(e: &RegistryError) -> Code {
+    match e {
+        RegistryError::Reference(_) => Code::InvalidArgument,
+        RegistryError::Registry { reason, .. } if is_unauthorized(reason) => Code::PermissionDenied,
+        RegistryError::Registry {
+            transient: true, ..
+        } => Code::Unavailable,
+        RegistryError::Registry { reason, .. } => {
+            let r = reason.to_ascii_lowercase();
+            // The distribution API's MANIFEST_UNKNOWN / NAME_UNKNOWN, or a bare 404.
+            if ["unknown", "not known", "not found", "http 404"]
+                .iter()
+                .any(|w| r.contains(w))
+            {
+                Code::NotFound
+            } else if r.contains("connect") || r.contains("dns") || r.contains("timed out") {
+                Code::Unavailable
+            } else {
+                Code::Unknown
+            }
+        }
+        RegistryError::Write(_) | RegistryError::Credentials { .. } => Code::Internal,
+    }
+}
+
+/// Resolves a reference to its manifest digest in the registry, pulling no layer.
+pub async fn resolve(
+    images: &ImageStore,
+    req: pb::ResolveImageRequest,
+) -> Result<Response<pb::ResolveImageResponse>, Status> {
+    let credentials = credentials(&req.auth);
+    match images.resolve(&req.reference, credentials.as_ref()).await {
+        Ok(manifest_digest) => Ok(Response::new(pb::ResolveImageResponse { manifest_digest })),
+        Err(e) => Err(Status::new(
+            resolve_code(&e),
+            format!("resolve {}: {e}", req.reference),
+        )),
+    }
+}
+
+/// The logins a request carries, if any.
+fn credentials(auth: &[pb::RegistryAuth]) -> Option<Credentials> {
+    let mut credentials = None::<Credentials>;
+    for a in auth {
+        credentials.get_or_insert_with(Credentials::default).insert(
+            &a.registry,
+            &a.username,
+            &a.password,
+        );
+    }
+    credentials
 }
 
 pub async fn remove(
@@ -237,6 +286,45 @@ pub async fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_lookup_says_missing_refused_or_unreachable_by_its_code() {
+        let reg = |reason: &str, transient| RegistryError::Registry {
+            reason: reason.into(),
+            transient,
+        };
+        let cases = [
+            (reg("manifest unknown", false), Code::NotFound),
+            (
+                reg("repository name not known to registry", false),
+                Code::NotFound,
+            ),
+            (reg("NameUnknown", false), Code::NotFound),
+            (reg("registry answered HTTP 404: ", false), Code::NotFound),
+            (
+                reg("unauthorized: run rctl login r:5000", false),
+                Code::PermissionDenied,
+            ),
+            (
+                reg(
+                    "error sending request: connection refused (after 4 attempts)",
+                    true,
+                ),
+                Code::Unavailable,
+            ),
+            (
+                reg("registry answered HTTP 503: down", true),
+                Code::Unavailable,
+            ),
+            (
+                RegistryError::Reference("x: bad".into()),
+                Code::InvalidArgument,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(resolve_code(&e), code, "{e}");
+        }
+    }
 
     #[test]
     fn references_split_into_repository_and_tag_like_docker() {

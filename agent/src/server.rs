@@ -233,4 +233,13 @@ impl pb::agent_server::Agent for AgentService {
             node: String::new(),
         }))
     }
+
+    // === rollout (issue 8) ===
+
+    async fn resolve_image(
+        &self,
+        req: Request<pb::ResolveImageRequest>,
+    ) -> Result<Response<pb::ResolveImageResponse>, Status> {
+        crate::image_api::resolve(&self.images, req.into_inner()).await
+    }
 }

@@ -33,6 +33,7 @@ pub async fn run(
             async move { c.apply(req).await }
         })
         .await?;
+    crate::rollout::warn(&resp.warning);
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     crate::rollout::confirm(
         format,

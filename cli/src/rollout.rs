@@ -226,6 +226,7 @@ pub async fn start(
             async move { c.apply(req).await }
         })
         .await?;
+    warn(&resp.warning);
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     if canary {
         confirm(
@@ -429,6 +430,14 @@ pub async fn explain(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// A change the scheduler took with a caveat (e.g. its image could not be checked): one
+/// `warning:` line on stderr, so stdout stays the change's own output.
+pub fn warn(warning: &str) {
+    if !warning.is_empty() {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// The line saying what a change did: on stdout, or on stderr when stdout is the JSON

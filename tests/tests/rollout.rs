@@ -363,6 +363,28 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = c.rctl(&["rollout", "start", "web", "--image", &v2_image]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // An image the registry does not have fails fast, exit 1, rolling or canary alike.
+    let missing = format!("{}/rctl/testserver:v9", c.registry());
+    for canary in [false, true] {
+        let mut args = vec!["rollout", "start", "web", "--image", &missing, "--wait"];
+        if canary {
+            args.push("--canary");
+        }
+        let out = c.rctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            format!(
+                "error: image \"{missing}\" not found in registry {} (push it first or fix the tag); nothing changed",
+                c.registry()
+            ),
+            "{args:?}"
+        );
+    }
+    let status: Value =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "status", "web", "-o", "json"])).unwrap();
+    assert_eq!(status["revision"], 4, "{status}");
+    assert_eq!(images_running(&c).len(), 4);
     assert_eq!(history(&c).len(), 4, "refused changes make no revision");
     for args in [
         &["rollback", "nope"][..],
@@ -924,5 +946,78 @@ fn a_canary_waiting_for_requests_times_out_with_exit_4_and_is_promoted_by_hand()
         (images.len() == 2 && images.iter().all(|i| *i == v2)).then_some(())
     });
     assert!(running_ids(&c).iter().all(|id| !stable.contains(id)));
+    c.down_leaving_nothing();
+}
+
+/// Runs `deploy/ci/canary-pipeline.sh web IMAGE` against `c` as a CI job would, its build
+/// step pushing the fixture images with the project's own tooling (rctl has no push).
+fn pipeline(c: &Cluster, image: &str) -> std::process::Output {
+    let script = rctl_tests::cluster::repo_root().join("deploy/ci/canary-pipeline.sh");
+    let build = format!(
+        "{} push --registry {} >/dev/null",
+        c.bin().join("rctl-fixtures").display(),
+        c.registry()
+    );
+    std::process::Command::new(script)
+        .args(["web", image])
+        .env("RCTL", c.bin().join("rctl"))
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .env("BUILD_CMD", build)
+        .env("TIMEOUT", "90s")
+        .env("RESULT", c.state.join("canary-result.json"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run canary-pipeline.sh")
+}
+
+#[test]
+fn the_ci_canary_pipeline_fails_a_bad_image_with_its_explanation_and_ships_a_good_one() {
+    let c = Cluster::start(2);
+    let addr = serve_v1(&c, &canary_web(&c, 2, "v1"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+
+    // A bad image: the job fails with 3 and its log holds the figures that decided.
+    let bad = format!("{}/rctl/testserver:bad", c.registry());
+    let out = pipeline(&c, &bad);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{log}\n{}", c.logs());
+    assert!(log.contains("rolled back by rctl"), "{log}");
+    assert!(
+        log.contains("error rate"),
+        "rollout explain in the job log: {log}"
+    );
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(c.state.join("canary-result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["state"], "rolled_back", "{result}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = loader.join().expect("load thread");
+
+    // A good image: the job passes and production runs it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = load(addr, stop.clone());
+    let v2 = format!("{}/rctl/testserver:v2", c.registry());
+    let out = pipeline(&c, &v2);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{log}\n{}", c.logs());
+    assert!(log.contains("released: web runs"), "{log}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = loader.join().expect("load thread");
+    wait_done(&c);
+    let images = images_running(&c);
+    assert!(
+        images.len() == 2 && images.iter().all(|i| *i == v2),
+        "{images:?}"
+    );
     c.down_leaving_nothing();
 }

@@ -222,6 +222,27 @@ impl ImageStore {
         img.layers.iter().all(|l| l.is_dir()).then_some(img)
     }
 
+    /// The manifest digest `reference` names in its registry (an index resolves to this
+    /// platform's manifest), fetching only the manifest: how the scheduler learns that a new
+    /// revision's image exists before writing it.
+    pub async fn resolve(
+        &self,
+        reference: &str,
+        credentials: Option<&registry::Credentials>,
+    ) -> Result<String, RegistryError> {
+        let r = Registry::parse(reference)?;
+        let registry = self.registry.for_request(&r, credentials);
+        match registry.manifest(&r).await {
+            Ok((_, digest)) => Ok(digest),
+            // An image this node holds (e.g. pulled before the registry lost it) can still
+            // run here, so it is not refused.
+            Err(e) => match self.cached(reference).await {
+                Some(img) => Ok(img.manifest_digest),
+                None => Err(e),
+            },
+        }
+    }
+
     /// Makes `reference` available locally, pulling only what is missing. Layers download
     /// and unpack in parallel, each unpacked while its blob streams in.
     pub async fn ensure(&self, reference: &str) -> Result<Image, ImageError> {

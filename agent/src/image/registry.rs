@@ -309,7 +309,7 @@ impl Registry {
 }
 
 /// Whether a registry error reason means the registry wants (other) credentials.
-fn is_unauthorized(reason: &str) -> bool {
+pub fn is_unauthorized(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
     r.contains("unauthorized") || r.contains("authentication required") || r.contains("http 401")
 }

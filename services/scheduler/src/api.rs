@@ -1,5 +1,6 @@
 //! The Scheduler gRPC API: validates requests, writes desired state to etcd, and reads
-//! views for the CLI. It never acts on agents itself: the controller does, on the next pass.
+//! views for the CLI. It never acts on agents itself: the controller does, on the next pass
+//! (it only asks one agent whether a change's new image exists, see [`crate::image_check`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::grpc::ApiError;
+use crate::image_check;
 use crate::leader::Leadership;
 use crate::reconcile::reconcile;
 use crate::revisions::{self, change_summary, rollback_spec, rollback_target, to_prune};
@@ -135,6 +137,7 @@ impl Api {
         validate(&spec)?;
         let exclusive = exclusive || canary;
         self.require_leader().await?;
+        let checked = self.check_image(&spec).await?;
         retrying(|| async {
             let loaded = self.store.load().await?;
             if let (true, Some(old)) = (exclusive, loaded.service(&spec.name)) {
@@ -238,9 +241,28 @@ impl Api {
             Ok(ApplyResponse {
                 service: Some(svc),
                 outcome: outcome.into(),
+                warning: checked.warning().unwrap_or_default(),
             })
         })
         .await
+    }
+
+    /// Refuses a spec whose new image its registry does not have, before anything is
+    /// written (issue 8); asks a ready node's agent, which holds the registry credentials.
+    async fn check_image(&self, spec: &ServiceSpec) -> Result<image_check::Checked, ApiError> {
+        let loaded = self.store.load().await?;
+        if !image_check::needs_check(
+            loaded.service(&spec.name).and_then(|s| s.spec.as_ref()),
+            spec,
+        ) {
+            return Ok(image_check::Checked::Unneeded);
+        }
+        let nodes = image_check::askable(&loaded.nodes, &loaded.draining);
+        let checked = image_check::check(&self.images.agents, &nodes, &spec.image).await?;
+        if let Some(w) = checked.warning() {
+            tracing::warn!(service = %spec.name, "{w}");
+        }
+        Ok(checked)
     }
 
     async fn scale(&self, targets: Vec<ScaleTarget>) -> Result<ScaleResponse, ApiError> {

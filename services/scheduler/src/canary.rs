@@ -14,6 +14,11 @@ use crate::rollout::{self, AnalysisError, Figures, Next, Verdict};
 /// this count only requests sent at the step's weight.
 pub const APPLY_MARGIN_MS: i64 = 200;
 
+/// How long a rollback waits for every LB to confirm weight 0 before its canary tasks stop
+/// anyway. An LB publishes stats only when requests arrive, so with no traffic it never
+/// confirms; with no traffic there is also nothing to protect by waiting.
+pub const ROLLBACK_CONFIRM_MS: i64 = 5_000;
+
 /// What the leader sees of a canary rollout's service this pass.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -162,7 +167,10 @@ pub fn advance(
                 traffic: Traffic::Clear,
             }))
         }
-        CanaryState::RollingBack if every_lb_published_since(o.stats, r.step_started_unix_ms) => {
+        CanaryState::RollingBack
+            if every_lb_published_since(o.stats, r.step_started_unix_ms)
+                || o.now_ms - r.step_started_unix_ms >= ROLLBACK_CONFIRM_MS =>
+        {
             next.set_state(CanaryState::RolledBack);
             Ok(Some(Advance {
                 rollout: next,
@@ -379,6 +387,41 @@ mod tests {
             .unwrap();
         assert_eq!(c.rollout.state(), CanaryState::RolledBack);
         assert_eq!(c.traffic, Traffic::Keep);
+    }
+
+    #[test]
+    fn a_rollback_without_traffic_finishes_once_the_confirmation_wait_is_over() {
+        // An abort of a canary no request reaches: the LB's stats predate weight 0 and it
+        // publishes nothing new (it writes only when requests come in).
+        let s0 = stats(1_000, (0, 0), (0, 0));
+        let a = advance(&starting(), &spec(), &obs(&s0, 1_000, 1))
+            .unwrap()
+            .unwrap();
+        let mut r = a.rollout;
+        r.abort = true;
+        let b = advance(&r, &spec(), &obs(&s0, 2_000, 1)).unwrap().unwrap();
+        assert_eq!(b.rollout.state(), CanaryState::RollingBack);
+        assert_eq!(weights(&b.traffic), vec![(1, 100), (2, 0)]);
+        let waiting = 2_000 + ROLLBACK_CONFIRM_MS - 1;
+        assert_eq!(
+            advance(&b.rollout, &spec(), &obs(&s0, waiting, 1)),
+            Ok(None)
+        );
+        let c = advance(&b.rollout, &spec(), &obs(&s0, waiting + 1, 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.rollout.state(), CanaryState::RolledBack);
+        assert_eq!(c.rollout.reason, "aborted by hand");
+        assert_eq!(
+            c.traffic,
+            Traffic::Keep,
+            "weight 0 stays until the split is cleared"
+        );
+        // No LB ever saw the service: nothing to wait for at all.
+        let d = advance(&b.rollout, &spec(), &obs(&[], 2_001, 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.rollout.state(), CanaryState::RolledBack);
     }
 
     #[test]

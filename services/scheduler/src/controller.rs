@@ -357,6 +357,9 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
         .map(|n| (n.name.as_str(), n.address.as_str()))
         .collect();
     let mut pending = Vec::new();
+    // Specs of earlier revisions, read once per pass: a stable task lost mid-canary is
+    // replaced with the stable revision, whose spec only the history keeps.
+    let mut earlier: HashMap<String, Vec<rctl_api::pb::Revision>> = HashMap::new();
     for action in plan.actions {
         match action {
             Action::Place {
@@ -368,7 +371,24 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                 let Some(svc) = loaded.service(&service) else {
                     continue;
                 };
-                let spec = svc.spec.clone().unwrap_or_default();
+                let spec = if revision == svc.revision {
+                    svc.spec.clone().unwrap_or_default()
+                } else {
+                    if !earlier.contains_key(&service) {
+                        earlier.insert(service.clone(), store.revisions(&service).await?);
+                    }
+                    match earlier[&service]
+                        .iter()
+                        .find(|r| r.revision == revision)
+                        .and_then(|r| r.spec.clone())
+                    {
+                        Some(spec) => spec,
+                        None => {
+                            tracing::warn!(%service, revision, "no spec kept for the revision; not placing");
+                            continue;
+                        }
+                    }
+                };
                 let service_mod_rev = loaded.mod_revision(&rctl_api::keys::service(&service));
                 let task = Task {
                     id: new_task_id(),

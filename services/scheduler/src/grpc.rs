@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::image_check::ImageCheckError;
 use crate::revisions::RevisionError;
 use crate::spec::SpecError;
 use crate::store::StoreError;
@@ -21,6 +22,9 @@ pub enum ApiError {
     RolloutRunning { service: String, revision: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The change's image is missing from its registry, or the registry refused it.
+    #[error(transparent)]
+    Image(#[from] ImageCheckError),
     #[error("service {0:?} has no canary rollout running (see: rctl rollout status {0})")]
     NoCanary(String),
     #[error(transparent)]
@@ -58,7 +62,11 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
-            ApiError::RolloutRunning { .. } | ApiError::NoCanary(_) => {
+            ApiError::Image(ImageCheckError::Invalid { .. }) => {
+                Status::invalid_argument(e.to_string())
+            }
+            // Exit 1, not 2 (issue 8): the file is fine, the registry lacks what it names.
+            ApiError::RolloutRunning { .. } | ApiError::NoCanary(_) | ApiError::Image(_) => {
                 Status::failed_precondition(e.to_string())
             }
             ApiError::NotLeader(Some(addr)) => {

@@ -5,6 +5,7 @@
 //! - [`api`]: gRPC handlers (validate, write desired state, read views).
 //! - [`grpc`]: error → `tonic::Status`, once.
 //! - [`spec`]: validation of service specs and revisions.
+//! - [`image_check`]: a new image is resolved in its registry before it is written.
 //! - [`store`]: etcd reads and guarded writes.
 //! - [`reconcile`] and [`placement`]: pure decisions (drain gating of retired tasks included).
 //! - [`rollout`] and [`canary`]: pure rollout judgement and the canary step machine.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod canary;
 pub mod controller;
 pub mod grpc;
+pub mod image_check;
 pub mod images;
 pub mod leader;
 pub mod placement;

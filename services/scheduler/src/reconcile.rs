@@ -118,7 +118,6 @@ pub const REASON_FINISHED: &str = "task finished; restarting";
 pub const REASON_SERVICE_REMOVED: &str = "service removed";
 pub const REASON_HISTORY: &str = "history limit";
 pub const REASON_NO_NODES: &str = placement::NO_NODES;
-pub const REASON_CANARY: &str = "a canary rollout runs: lost stable tasks are replaced after it";
 
 /// While a canary runs (starting, stepping, rolling back), the service's stable tasks stay as
 /// they are and `[canary] replicas` tasks of the canary revision run next to them: returns
@@ -429,16 +428,12 @@ fn reconcile_service(
         });
     }
 
-    let mut place_revision = svc.revision;
-    if let Some((_, canary_revision, canary_want)) = canary {
-        // The stable revision's spec is not the service's any more: its lost tasks wait.
-        if to_place > 0 {
-            plan.unplaced.push(Unplaced {
-                service: spec.name.clone(),
-                missing: to_place as u32,
-                reason: REASON_CANARY.into(),
-            });
-        }
+    // What to place, by revision: the service's own, or during a canary the stable
+    // revision's lost tasks (so `replicas` stable tasks keep serving next to the canary)
+    // followed by the canary's missing ones.
+    let mut placements = vec![(to_place, svc.revision)];
+    if let Some((stable_revision, canary_revision, canary_want)) = canary {
+        placements[0].1 = stable_revision;
         for t in scale_down_order(s, &canary_tasks)
             .into_iter()
             .skip(canary_want)
@@ -448,20 +443,23 @@ fn reconcile_service(
                 reason: REASON_SCALED_DOWN,
             });
         }
-        to_place = canary_want.saturating_sub(canary_tasks.len());
-        place_revision = canary_revision;
+        placements.push((
+            canary_want.saturating_sub(canary_tasks.len()),
+            canary_revision,
+        ));
         holding.extend(canary_tasks.iter().copied());
     }
 
-    if to_place > 0 {
+    let wanted: usize = placements.iter().map(|(n, _)| n).sum();
+    if wanted > 0 {
         let service_nodes = holding.iter().map(|t| t.node.as_str());
         let mut candidates = placement::candidates(s.nodes, s.draining, usage, service_nodes);
         let request = placement::Request::of(spec);
-        let (chosen, why) = placement::place(&mut candidates, &request, to_place);
+        let (chosen, why) = placement::place(&mut candidates, &request, wanted);
         if let Some(reason) = why {
             plan.unplaced.push(Unplaced {
                 service: spec.name.clone(),
-                missing: (to_place - chosen.len()) as u32,
+                missing: (wanted - chosen.len()) as u32,
                 reason,
             });
         }
@@ -482,13 +480,18 @@ fn reconcile_service(
         for node in &chosen {
             usage.entry(node.clone()).or_default().add(request.ask);
         }
-        for node in chosen {
+        // Stable replacements first: with too little room, the stable count matters more
+        // than the canary's.
+        let revisions = placements
+            .iter()
+            .flat_map(|&(n, revision)| std::iter::repeat_n(revision, n));
+        for (node, revision) in chosen.into_iter().zip(revisions) {
             let slot = free_slots.next().expect("slots are unbounded");
             plan.actions.push(Action::Place {
                 service: spec.name.clone(),
                 node,
                 slot,
-                revision: place_revision,
+                revision,
             });
         }
     }
@@ -938,6 +941,47 @@ mod tests {
         let all = [stable[0].clone(), stable[1].clone(), c.clone()];
         let p = at(std::slice::from_ref(&svc), &all, &running(&all), &rollouts);
         assert_eq!(p.actions, vec![]);
+
+        // A stable task lost mid-canary (its node gone, task deleted): replaced at once
+        // with the STABLE revision in its slot, so `replicas` stable tasks keep serving
+        // next to the canary's; the canary task stays as it is.
+        let mut stepping = rollouts["web"].clone();
+        stepping.set_state(CanaryState::Stepping);
+        let stepping: HashMap<String, CanaryRollout> = [("web".to_string(), stepping)].into();
+        let left = [stable[0].clone(), c.clone()];
+        let p = at(
+            std::slice::from_ref(&svc),
+            &left,
+            &running(&left),
+            &stepping,
+        );
+        let placed: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { revision, slot, .. } => Some((*revision, *slot)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, vec![(1, 2)], "{:?}", p.actions);
+        assert_eq!(retired(&p), Vec::<String>::new());
+        assert!(p.unplaced.is_empty(), "{:?}", p.unplaced);
+        // Both missing at once (stable and canary): stable first, then the canary.
+        let p = at(
+            std::slice::from_ref(&svc),
+            &stable[..1],
+            &running(&stable[..1]),
+            &stepping,
+        );
+        let placed: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { revision, .. } => Some(*revision),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, vec![1, 2], "{:?}", p.actions);
 
         // Rolled back: the service is on revision 1 again; the canary task retires.
         let mut back = service("web", 2, 1);
