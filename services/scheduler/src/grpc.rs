@@ -21,6 +21,10 @@ pub enum ApiError {
     RolloutRunning { service: String, revision: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("container name {name:?} is already in use by container {id} (remove or rename it)")]
+    NameInUse { name: String, id: String },
+    #[error("port {port} is already allocated on node {node}")]
+    PortAllocated { port: u32, node: String },
     #[error("service {0:?} has no canary rollout running (see: rctl rollout status {0})")]
     NoCanary(String),
     #[error(transparent)]
@@ -58,6 +62,10 @@ impl From<ApiError> for Status {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),
+            ApiError::NameInUse { .. } | ApiError::Store(StoreError::NameTaken(_)) => {
+                Status::already_exists(e.to_string())
+            }
+            ApiError::PortAllocated { .. } => Status::failed_precondition(e.to_string()),
             ApiError::RolloutRunning { .. } | ApiError::NoCanary(_) => {
                 Status::failed_precondition(e.to_string())
             }

@@ -17,6 +17,7 @@
 pub mod agents;
 pub mod api;
 pub mod canary;
+pub mod containers;
 pub mod controller;
 pub mod grpc;
 pub mod images;
