@@ -65,7 +65,7 @@ fn containers_run_on_either_host_and_follow_their_lifecycle() {
         &bb,
         "sh",
         "-c",
-        "echo hello-sleeper; exec sleep 1000",
+        "trap 'exit 42' TERM; echo hello-sleeper; while true; do sleep 0.2; done",
     ]);
     let a1 = a1.trim().to_string();
     assert!(
@@ -179,14 +179,14 @@ fn containers_run_on_either_host_and_follow_their_lifecycle() {
     );
     wait_state(&c, "talker", "running");
 
-    // kill -s TERM: sleep dies of it (143).
+    // kill -s TERM reaches PID 1 (its trap exits 42).
     c.rctl_ok(&["kill", "-s", "TERM", "sleeper"]);
     let k = c.eventually(WAIT, "sleeper killed", || {
         find(&containers(&c, &["-a"]), "sleeper")
             .filter(|v| v["state"] == "exited" || v["state"] == "failed")
             .cloned()
     });
-    assert_eq!(k["exit_code"], 143, "{k}");
+    assert_eq!(k["exit_code"], 42, "{k}");
     refused(&c.rctl(&["kill", "sleeper"]), 1, "not running");
 
     // rename: the new name works, the old one names nothing.
