@@ -493,6 +493,20 @@ impl pb::agent_server::Agent for HollowAgent {
     ) -> Result<Response<pb::ResolveImageResponse>, Status> {
         Ok(Response::new(pb::ResolveImageResponse::default()))
     }
+
+    async fn start_task(
+        &self,
+        _req: Request<pb::StartTaskRequest>,
+    ) -> Result<Response<pb::StartTaskResponse>, Status> {
+        Err(Status::unimplemented("a hollow node has no containers"))
+    }
+
+    async fn kill_task(
+        &self,
+        _req: Request<pb::KillTaskRequest>,
+    ) -> Result<Response<pb::KillTaskResponse>, Status> {
+        Err(Status::unimplemented("a hollow node has no containers"))
+    }
 }
 
 /// One orphan sweep over every node with one read of the tasks: what a real agent's sweep

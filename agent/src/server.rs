@@ -61,6 +61,10 @@ async fn first_message(
 pub(crate) fn to_status(e: TaskError) -> Status {
     match e {
         TaskError::Invalid(_) | TaskError::Lifecycle(_) => Status::invalid_argument(e.to_string()),
+        TaskError::NotFound(_) => Status::not_found(e.to_string()),
+        TaskError::NotRunning(_) | TaskError::PortAllocated { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         other => Status::internal(other.to_string()),
     }
 }
@@ -241,5 +245,27 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<pb::ResolveImageRequest>,
     ) -> Result<Response<pb::ResolveImageResponse>, Status> {
         crate::image_api::resolve(&self.images, req.into_inner()).await
+    }
+
+    // === containers (issue 9) ===
+
+    async fn start_task(
+        &self,
+        req: Request<pb::StartTaskRequest>,
+    ) -> Result<Response<pb::StartTaskResponse>, Status> {
+        let r = req.into_inner();
+        self.tasks.start_task(&r.task_id).map_err(to_status)?;
+        Ok(Response::new(pb::StartTaskResponse {}))
+    }
+
+    async fn kill_task(
+        &self,
+        req: Request<pb::KillTaskRequest>,
+    ) -> Result<Response<pb::KillTaskResponse>, Status> {
+        let r = req.into_inner();
+        let sig = nix::sys::signal::Signal::try_from(r.signal)
+            .map_err(|_| Status::invalid_argument(format!("invalid signal {}", r.signal)))?;
+        self.tasks.kill_task(&r.task_id, sig).map_err(to_status)?;
+        Ok(Response::new(pb::KillTaskResponse {}))
     }
 }

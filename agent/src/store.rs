@@ -269,6 +269,48 @@ impl Store {
         Ok(codec::decode_all(resp.kvs()))
     }
 
+    /// Every one-off container in etcd (`containers/`, all nodes).
+    pub async fn containers(&self) -> Result<Vec<pb::Task>, StoreError> {
+        let prefix = keys::containers_prefix();
+        let resp = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_READ_BYTES)
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("get", &prefix))?;
+        Ok(codec::decode_all(resp.kvs()))
+    }
+
+    /// Forgets a removed one-off container (`--rm`): its key, its name (while the name
+    /// still points at it) and its status, in one transaction.
+    pub async fn delete_container(&self, task: &pb::Task) -> Result<(), StoreError> {
+        let key = keys::container(&task.id);
+        let name_key = keys::container_name(&task.container_name);
+        let status_key = keys::status(&self.node, &task.id);
+        let txn = Txn::new()
+            .when([Compare::value(
+                name_key.as_str(),
+                CompareOp::Equal,
+                task.id.as_bytes(),
+            )])
+            .and_then([
+                TxnOp::delete(name_key.as_str(), None),
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(status_key.as_str(), None),
+            ])
+            .or_else([
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(status_key.as_str(), None),
+            ]);
+        self.client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err("delete", &key))?;
+        Ok(())
+    }
+
     /// Registers the node: grants the lease and claims `key` for this host (see the module
     /// doc). Fails with [`StoreError::NodeTaken`] while another live agent holds the name.
     pub async fn register(

@@ -62,6 +62,12 @@ pub enum TaskError {
     Container(#[from] runtime::container::ContainerError),
     #[error(transparent)]
     Mount(#[from] runtime::mounts::MountError),
+    #[error("no container {0} on this node")]
+    NotFound(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("port {port} is already allocated on node {node}")]
+    PortAllocated { port: u32, node: String },
     #[error("container state {path}: {source}")]
     State {
         path: PathBuf,
@@ -81,6 +87,17 @@ pub struct Stop {
     pub forget: bool,
 }
 
+/// What an actor is asked to do (one channel, so requests apply in the order they came:
+/// a restart is a stop then a start).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cmd {
+    Stop(Stop),
+    /// Start an exited or stopped container again; nothing if it runs.
+    Start,
+    /// Signal PID 1 of a running container.
+    Kill(nix::sys::signal::Signal),
+}
+
 /// What the orphan sweep does with a local container, given its task in etcd (if any), at
 /// wall-clock time `now_ms`.
 pub fn sweep_decision(task: Option<&pb::Task>, node: &str, now_ms: i64) -> Option<Stop> {
@@ -92,6 +109,8 @@ pub fn sweep_decision(task: Option<&pb::Task>, node: &str, now_ms: i64) -> Optio
     match task {
         None => Some(stop(true)),
         Some(t) if t.node != node => Some(stop(true)),
+        // A one-off container stopped by its user stays, with its log, until `rctl rm`.
+        Some(t) if t.desired_state == pb::DesiredState::Stopped as i32 => None,
         Some(t) if t.desired_state != pb::DesiredState::Running as i32 => {
             let draining =
                 t.retired_unix_ms > 0 && now_ms - t.retired_unix_ms < SWEEP_DRAIN_GRACE_MS;
@@ -138,7 +157,7 @@ pub fn base_status(task: &pb::Task, node: &str) -> pb::TaskStatus {
 }
 
 struct Actor {
-    tx: mpsc::UnboundedSender<Stop>,
+    tx: mpsc::UnboundedSender<Cmd>,
     /// When RunTask accepted it; None for containers adopted at start-up.
     accepted: Option<Instant>,
 }
@@ -146,7 +165,7 @@ struct Actor {
 /// How an actor begins.
 enum Start {
     New,
-    Running(ContainerConfig, PidRecord),
+    Running(Box<ContainerConfig>, PidRecord),
     Finished(Option<i32>, String),
 }
 
@@ -209,6 +228,15 @@ impl Tasks {
     /// Accepts `task` (idempotent by id) and starts it in the background.
     pub async fn run_task(&self, task: pb::Task) -> Result<(), TaskError> {
         validate(&task)?;
+        if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
+            let (_, used) = self.inner.used().await;
+            if let Some(port) = taken_port(&task.ports, &used) {
+                return Err(TaskError::PortAllocated {
+                    port,
+                    node: self.inner.store.node().to_string(),
+                });
+            }
+        }
         {
             let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
             if actors.contains_key(&task.id) || self.dir(&task.id).0.exists() {
@@ -238,6 +266,25 @@ impl Tasks {
                 forget: false,
             },
         );
+    }
+
+    /// Starts the exited or stopped container `task_id` again (a running one is left).
+    pub fn start_task(&self, task_id: &str) -> Result<(), TaskError> {
+        if !self.inner.send(task_id, Cmd::Start) {
+            return Err(TaskError::NotFound(task_id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Signals PID 1 of the running container `task_id`.
+    pub fn kill_task(&self, task_id: &str, sig: nix::sys::signal::Signal) -> Result<(), TaskError> {
+        if !crate::streams::is_running(&self.dir(task_id)) {
+            return Err(TaskError::NotRunning(task_id.to_string()));
+        }
+        if !self.inner.send(task_id, Cmd::Kill(sig)) {
+            return Err(TaskError::NotFound(task_id.to_string()));
+        }
+        Ok(())
     }
 
     /// Rebuilds the view of local containers after a start: adopts live ones, reports
@@ -276,7 +323,7 @@ impl Tasks {
                     Start::Finished(None, cdir.read_failed().unwrap_or_default())
                 }
                 (Some(code), _) => Start::Finished(Some(code), exit_reason(&cdir, Some(code))),
-                (None, Some(p)) if p.alive() => Start::Running(cfg.clone(), p),
+                (None, Some(p)) if p.alive() => Start::Running(Box::new(cfg.clone()), p),
                 (None, Some(_)) => Start::Finished(None, "container lost: its shim is gone".into()),
                 (None, None) => Start::Finished(
                     None,
@@ -303,7 +350,8 @@ impl Tasks {
     /// another node or retired. This is what keeps a host that comes back after being
     /// declared lost from running duplicates.
     pub async fn sweep(&self) -> Result<(), crate::store::StoreError> {
-        let tasks = self.inner.store.tasks().await?;
+        let mut tasks = self.inner.store.tasks().await?;
+        tasks.extend(self.inner.store.containers().await?);
         let by_id: HashMap<&str, &pb::Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
         let candidates: Vec<(String, Option<Instant>)> = self
             .inner
@@ -357,13 +405,19 @@ impl Inner {
     }
 
     fn stop(&self, id: &str, stop: Stop) {
-        if let Some(a) = self
+        self.send(id, Cmd::Stop(stop));
+    }
+
+    /// Hands `cmd` to the actor of `id`; false when there is none.
+    fn send(&self, id: &str, cmd: Cmd) -> bool {
+        match self
             .actors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
         {
-            let _ = a.tx.send(stop);
+            Some(a) => a.tx.send(cmd).is_ok(),
+            None => false,
         }
     }
 
@@ -389,6 +443,9 @@ impl Inner {
                 .unpublish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
                 .await;
         }
+        for b in &cfg.ports {
+            self.net.unpublish_binding(&cfg.id, b).await;
+        }
         self.net.detach(&cfg.id).await;
     }
 
@@ -410,6 +467,7 @@ impl Inner {
                     if c.host_port != 0 {
                         ports.push(c.host_port);
                     }
+                    ports.extend(c.ports.iter().map(|b| b.host_port));
                 }
             }
         }
@@ -441,7 +499,7 @@ impl Inner {
             "" => task.id.chars().take(12).collect(),
             h => h.to_string(),
         };
-        let argv = spec::resolve_argv(&task.command, &image.config)?;
+        let argv = spec::resolve_task_argv(task, &image.config)?;
         let env = spec::resolve_env(
             image.config.env.as_deref().unwrap_or_default(),
             &task.env,
@@ -474,6 +532,25 @@ impl Inner {
                 gateway: self.net.subnet.gateway(),
                 container_port: task.container_port as u16,
                 host_port,
+                ports: task
+                    .ports
+                    .iter()
+                    .map(|b| crate::network::PortRule {
+                        host_ip: b
+                            .host_ip
+                            .parse::<Ipv4Addr>()
+                            .ok()
+                            .filter(|ip| !ip.is_unspecified()),
+                        host_port: b.host_port as u16,
+                        container_ip: ip,
+                        container_port: b.container_port as u16,
+                        protocol: if b.protocol.is_empty() {
+                            "tcp".into()
+                        } else {
+                            b.protocol.clone()
+                        },
+                    })
+                    .collect(),
                 task_pb: hex::encode(task.encode_to_vec()),
                 created_unix_ms: clock::now_unix_ms(),
             };
@@ -517,6 +594,9 @@ impl Inner {
             self.net
                 .publish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
                 .await?;
+        }
+        for b in &cfg.ports {
+            self.net.publish_binding(&cfg.id, b).await?;
         }
         shim.release()?;
         // A container waiting for its attach client records its pid only once it starts.
@@ -618,7 +698,7 @@ async fn actor(
     inner: Arc<Inner>,
     task: pb::Task,
     mut status: pb::TaskStatus,
-    mut rx: mpsc::UnboundedReceiver<Stop>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
     start: Start,
 ) {
     let dir = inner.dir(&task.id);
@@ -626,9 +706,20 @@ async fn actor(
         Start::New => {
             status.state = pb::TaskState::Pending as i32;
             inner.report(&mut status).await;
-            let outcome = tokio::select! {
-                r = inner.create(&task, &mut status) => Ok(r),
-                stop = rx.recv() => Err(stop),
+            let outcome = {
+                let create = inner.create(&task, &mut status);
+                tokio::pin!(create);
+                // Only a stop interrupts a create; a start or a kill has nothing to act on yet.
+                loop {
+                    tokio::select! {
+                        r = &mut create => break Ok(r),
+                        cmd = rx.recv() => match cmd {
+                            Some(Cmd::Stop(stop)) => break Err(Some(stop)),
+                            None => break Err(None),
+                            Some(_) => {}
+                        },
+                    }
+                }
             };
             match outcome {
                 Ok(Ok((cfg, pid))) => Some((cfg, pid)),
@@ -661,7 +752,7 @@ async fn actor(
                 }
             }
         }
-        Start::Running(cfg, pid) => Some((cfg, pid)),
+        Start::Running(cfg, pid) => Some((*cfg, pid)),
         Start::Finished(code, why) => {
             // The previous agent's lease may still hold this container's endpoint.
             inner.drop_endpoint(&task).await;
@@ -677,36 +768,48 @@ async fn actor(
         RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts).unwrap_or_default();
     let mut restarts = Restarts::default();
     let mut running = running;
-    while let Some((cfg, pid)) = running.take() {
-        let since = Instant::now();
-        let code = match supervise(&inner, &task, &mut status, &dir, &cfg, pid, &mut rx).await {
-            Ended::Stopped(stop) if stop.remove => {
-                remove(&inner, &task, &dir, stop).await;
-                return;
-            }
-            Ended::Stopped(_) => break,
-            Ended::Exited(code) => code,
-        };
-        let why = exit_reason(&dir, code);
-        let Some(delay) = lifecycle::after_exit(policy, code, since.elapsed(), &mut restarts)
-        else {
-            finish(&mut status, code, false, why);
+    'life: loop {
+        while let Some((cfg, pid)) = running.take() {
+            let since = Instant::now();
+            let code = match supervise(&inner, &task, &mut status, &dir, &cfg, pid, &mut rx).await {
+                Ended::Stopped(stop) if stop.remove => {
+                    remove(&inner, &task, &dir, stop).await;
+                    return;
+                }
+                Ended::Stopped(_) => break,
+                Ended::Exited(code) => code,
+            };
+            let why = exit_reason(&dir, code);
+            let Some(delay) = lifecycle::after_exit(policy, code, since.elapsed(), &mut restarts)
+            else {
+                finish(&mut status, code, false, why);
+                inner.report(&mut status).await;
+                break;
+            };
+            // Not failed: the task is still meant to run here, the agent restarts it.
+            status.state = pb::TaskState::Starting as i32;
+            status.exit_code = code.unwrap_or(-1);
+            status.message = format!(
+                "restart {} in {delay:?} after exit code {}",
+                restarts.streak,
+                code.unwrap_or(-1)
+            );
             inner.report(&mut status).await;
-            break;
-        };
-        // Not failed: the task is still meant to run here, the agent restarts it.
-        status.state = pb::TaskState::Starting as i32;
-        status.exit_code = code.unwrap_or(-1);
-        status.message = format!(
-            "restart {} in {delay:?} after exit code {}",
-            restarts.streak,
-            code.unwrap_or(-1)
-        );
-        inner.report(&mut status).await;
-        info!(task = %task.id, ?delay, "restarting container");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            stop = rx.recv() => {
+            info!(task = %task.id, ?delay, "restarting container");
+            let backoff = tokio::time::sleep(delay);
+            tokio::pin!(backoff);
+            let stopped = loop {
+                tokio::select! {
+                    _ = &mut backoff => break None,
+                    cmd = rx.recv() => match cmd {
+                        Some(Cmd::Start) => break None,
+                        Some(Cmd::Kill(_)) => {}
+                        Some(Cmd::Stop(stop)) => break Some(Some(stop)),
+                        None => break Some(None),
+                    },
+                }
+            };
+            if let Some(stop) = stopped {
                 let _ = write_atomic(&dir.stopped(), b"").await;
                 finish(&mut status, code, true, String::new());
                 inner.report(&mut status).await;
@@ -718,28 +821,97 @@ async fn actor(
                     _ => break,
                 }
             }
-        }
-        match inner.launch(&dir, &cfg).await {
-            Ok(pid) => {
-                status.started_unix_ms = 0;
-                status.finished_unix_ms = 0;
-                running = Some((cfg, pid));
+            match inner.launch(&dir, &cfg).await {
+                Ok(pid) => {
+                    status.started_unix_ms = 0;
+                    status.finished_unix_ms = 0;
+                    running = Some((cfg, pid));
+                }
+                Err(e) => {
+                    warn!(task = %task.id, error = %e, "restart failed");
+                    inner.teardown(&cfg).await;
+                    finish(&mut status, code, false, format!("restart failed: {e}"));
+                    inner.report(&mut status).await;
+                }
             }
-            Err(e) => {
-                warn!(task = %task.id, error = %e, "restart failed");
-                inner.teardown(&cfg).await;
-                finish(&mut status, code, false, format!("restart failed: {e}"));
-                inner.report(&mut status).await;
-            }
         }
-    }
-    // Finished: keep the container (logs, exit code) until asked to remove it.
-    while let Some(stop) = rx.recv().await {
-        if stop.remove {
+        // Finished. `--rm`: nothing is kept once the exit status is written.
+        if task.auto_remove {
+            let stop = Stop {
+                timeout: None,
+                remove: true,
+                forget: true,
+            };
             remove(&inner, &task, &dir, stop).await;
+            if let Err(e) = inner.store.delete_container(&task).await {
+                warn!(task = %task.id, error = %e, "cannot delete the removed container's keys");
+            }
             return;
         }
+        // Otherwise keep the container (logs, exit code) until asked to start or remove it.
+        loop {
+            match rx.recv().await {
+                None => return,
+                Some(Cmd::Stop(stop)) if stop.remove => {
+                    remove(&inner, &task, &dir, stop).await;
+                    return;
+                }
+                Some(Cmd::Start) => match relaunch(&inner, &dir).await {
+                    Ok(r) => {
+                        status.started_unix_ms = 0;
+                        status.finished_unix_ms = 0;
+                        status.exit_code = 0;
+                        restarts = Restarts::default();
+                        running = Some(r);
+                        continue 'life;
+                    }
+                    Err(e) => {
+                        warn!(task = %task.id, error = %e, "start failed");
+                        finish(&mut status, None, false, format!("start failed: {e}"));
+                        inner.report(&mut status).await;
+                    }
+                },
+                Some(_) => {}
+            }
+        }
     }
+}
+
+/// Starts a finished container again from its directory (`rctl start`).
+async fn relaunch(
+    inner: &Inner,
+    dir: &ContainerDir,
+) -> Result<(ContainerConfig, PidRecord), TaskError> {
+    let cfg = dir.read_config().map_err(|source| TaskError::State {
+        path: dir.config(),
+        source,
+    })?;
+    match inner.launch(dir, &cfg).await {
+        Ok(pid) => Ok((cfg, pid)),
+        Err(e) => {
+            inner.teardown(&cfg).await;
+            Err(e)
+        }
+    }
+}
+
+/// The first of `ports` whose host port a local container holds already or a socket of
+/// this host listens on.
+fn taken_port(ports: &[pb::PortBinding], held: &[u16]) -> Option<u32> {
+    ports.iter().map(|b| b.host_port).find(|&p| {
+        let Ok(port) = u16::try_from(p) else {
+            return true;
+        };
+        held.contains(&port)
+            || match ports
+                .iter()
+                .find(|b| b.host_port == p)
+                .map(|b| b.protocol.as_str())
+            {
+                Some("udp") => std::net::UdpSocket::bind(("0.0.0.0", port)).is_err(),
+                _ => std::net::TcpListener::bind(("0.0.0.0", port)).is_err(),
+            }
+    })
 }
 
 async fn cleanup_failed_start(inner: &Inner, dir: &ContainerDir) {
@@ -790,7 +962,7 @@ async fn supervise(
     dir: &ContainerDir,
     cfg: &ContainerConfig,
     pid: PidRecord,
-    rx: &mut mpsc::UnboundedReceiver<Stop>,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
 ) -> Ended {
     status.state = pb::TaskState::Running as i32;
     status.pid = pid.pid as u32;
@@ -828,10 +1000,16 @@ async fn supervise(
         };
         let mut probed = None;
         tokio::select! {
-            stop = rx.recv() => {
+            cmd = rx.recv() => {
                 // Every sender gone means the agent is shutting down: leave it running.
-                let Some(stop) = stop else {
-                    return Ended::Exited(None);
+                let stop = match cmd {
+                    None => return Ended::Exited(None),
+                    Some(Cmd::Stop(stop)) => stop,
+                    Some(Cmd::Start) => continue,
+                    Some(Cmd::Kill(sig)) => {
+                        runtime::signal(&pid, sig);
+                        continue;
+                    }
                 };
                 let _ = write_atomic(&dir.stopped(), b"").await;
                 // The load balancer must stop sending before the container is signalled.

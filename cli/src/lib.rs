@@ -6,6 +6,7 @@ pub mod apply;
 pub mod attach;
 pub mod client;
 pub mod cluster;
+pub mod container;
 pub mod error;
 pub mod exec;
 pub mod images;
@@ -18,6 +19,7 @@ pub mod progress;
 pub mod ps;
 pub mod registry_auth;
 pub mod rollout;
+pub mod run;
 pub mod scale;
 pub mod service;
 pub mod service_file;
@@ -125,11 +127,17 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
-    /// List tasks.
+    /// List containers: one-off ones (rctl run) and service tasks.
     Ps {
-        /// Include retired tasks.
+        /// Include exited containers and retired tasks.
         #[arg(short = 'a', long)]
         all: bool,
+        /// Only short ids.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// name=, status=, node=, service= or id= (repeatable).
+        #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         #[arg(long)]
         service: Option<String>,
         #[arg(long)]
@@ -249,6 +257,51 @@ pub enum Command {
     },
     /// The processes running in a container.
     Top { target: String },
+    // === containers (issue 9) ===
+    /// Run a command in a new container, on any node (or --node).
+    Run(Box<run::RunArgs>),
+    /// Start stopped or exited containers.
+    Start {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Stop running containers (stop signal, then SIGKILL after the timeout).
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Restart containers.
+    Restart {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Send a signal (default KILL) to running containers.
+    Kill {
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove containers (-f: also running ones).
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Accepted for Docker compatibility: bind mounts are never removed.
+        #[arg(short = 'v', long)]
+        volumes: bool,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Rename a container.
+    Rename { old: String, new: String },
+    /// The published ports of a container.
+    Port { target: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -493,6 +546,14 @@ impl Command {
             Command::Attach { .. } => "attach",
             Command::Stats { .. } => "stats",
             Command::Top { .. } => "top",
+            Command::Run(_) => "run",
+            Command::Start { .. } => "start",
+            Command::Stop { .. } => "stop",
+            Command::Restart { .. } => "restart",
+            Command::Kill { .. } => "kill",
+            Command::Rm { .. } => "rm",
+            Command::Rename { .. } => "rename",
+            Command::Port { .. } => "port",
         }
     }
 }
@@ -557,6 +618,15 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
                 ..Default::default()
             };
             logs::request(&a, std::time::SystemTime::now())?;
+        }
+        Command::Run(a) => {
+            run::build(a)?;
+        }
+        Command::Kill { signal, .. } => {
+            container::parse_signal(signal).map_err(CliError::Usage)?;
+        }
+        Command::Ps { filter, .. } => {
+            container::parse_filters(filter).map_err(CliError::Usage)?;
         }
         Command::Exec { cmd, env, .. } => exec::validate(&exec::ExecArgs {
             cmd: cmd.clone(),
@@ -626,10 +696,12 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         } => scale::run(&mut conn, &targets, wait, timeout).await,
         Command::Ps {
             all,
+            quiet,
+            filter,
             service,
             node,
             output,
-        } => ps::run(&mut conn, all, service, node, output).await,
+        } => container::ps(&mut conn, all, quiet, filter, service, node, output).await,
         Command::Nodes { output } => nodes::run(&mut conn, output).await,
         Command::Service { command } => match command {
             ServiceCommand::Ls { output } => service::ls(&mut conn, output).await,
@@ -718,7 +790,49 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             targets,
         } => stats::run(&conn, targets, no_stream, output).await,
         Command::Top { target } => top::run(&conn, &target).await,
+        // === containers (issue 9) ===
+        Command::Run(a) => run::run(&mut conn, *a).await,
+        Command::Start { targets } => {
+            let req = Default::default();
+            container::each(&mut conn, container::Verb::Start, &targets, req).await
+        }
+        Command::Stop { time, targets } => {
+            let req = rctl_api::pb::ContainerRequest {
+                timeout_ms: time.map(stop_timeout_ms).unwrap_or(0),
+                ..Default::default()
+            };
+            container::each(&mut conn, container::Verb::Stop, &targets, req).await
+        }
+        Command::Restart { time, targets } => {
+            let req = rctl_api::pb::ContainerRequest {
+                timeout_ms: time.map(stop_timeout_ms).unwrap_or(0),
+                ..Default::default()
+            };
+            container::each(&mut conn, container::Verb::Restart, &targets, req).await
+        }
+        Command::Kill { signal, targets } => {
+            let req = rctl_api::pb::ContainerRequest {
+                signal: container::parse_signal(&signal).map_err(CliError::Usage)?,
+                ..Default::default()
+            };
+            container::each(&mut conn, container::Verb::Kill, &targets, req).await
+        }
+        Command::Rm { force, targets, .. } => {
+            let req = rctl_api::pb::ContainerRequest {
+                force,
+                ..Default::default()
+            };
+            container::each(&mut conn, container::Verb::Remove, &targets, req).await
+        }
+        Command::Rename { old, new } => container::rename(&mut conn, &old, &new).await,
+        Command::Port { target } => container::port(&mut conn, &target).await,
     }
+}
+
+/// `-t SECONDS` as the API's grace period; 0 ms means "the default" there, so `-t 0`
+/// (kill at once) is sent as 1 ms.
+fn stop_timeout_ms(secs: u64) -> u64 {
+    (secs * 1000).max(1)
 }
 
 /// The `cluster` commands work on local files only.

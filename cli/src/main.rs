@@ -4,7 +4,19 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    let cli = rctl::Cli::parse();
+    let cli = match rctl::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        // One line, like every other rctl error: the usage hint is what --help is for.
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!(
+                "{} (see: rctl --help)",
+                text.lines().next().unwrap_or("bad usage")
+            );
+            std::process::exit(2);
+        }
+    };
     let code = {
         // Dropped before exit so buffered spans are flushed.
         let _telemetry = rctl_api::telemetry::init("rctl", "warn");

@@ -559,6 +559,7 @@ mod tests {
             TaskView {
                 task: Some(t),
                 status: Some(s),
+                ..Default::default()
             }
         };
         let mut resp = InspectServiceResponse {

@@ -36,6 +36,23 @@ pub fn task(service: &str, task: &str) -> String {
     format!("{ROOT}tasks/{service}/{task}")
 }
 
+pub fn containers_prefix() -> String {
+    format!("{ROOT}containers/")
+}
+/// A one-off container (`rctl run`): a [`crate::pb::Task`] with no service, written by the
+/// scheduler API together with its name's key in one transaction.
+pub fn container(id: &str) -> String {
+    format!("{ROOT}containers/{id}")
+}
+
+pub fn container_names_prefix() -> String {
+    format!("{ROOT}container-names/")
+}
+/// The id of the one-off container called `name`: the index that makes names unique.
+pub fn container_name(name: &str) -> String {
+    format!("{ROOT}container-names/{name}")
+}
+
 pub fn status_prefix() -> String {
     format!("{ROOT}status/")
 }
@@ -143,6 +160,8 @@ mod tests {
         assert!(!revision("web", 1).starts_with(&service_revisions_prefix("we")));
         assert!(node_drain("h1").starts_with(&drain_prefix()));
         assert!(!node_drain("h1").starts_with(&nodes_prefix()));
+        assert!(container("c1").starts_with(&containers_prefix()));
+        assert!(!container_name("c1").starts_with(&containers_prefix()));
     }
 
     #[test]

@@ -24,6 +24,18 @@ pub enum NetworkError {
     Forward(#[source] std::io::Error),
 }
 
+/// One published port of a one-off container, as the agent applies it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortRule {
+    /// None: every local address of the host (the advertised IP and 127.0.0.1 included).
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+}
+
 /// The host side of container networking.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -176,6 +188,90 @@ impl Network {
         Ok(())
     }
 
+    /// The nat rules of one `-p` binding of a one-off container: DNAT on PREROUTING (from
+    /// outside) and OUTPUT (from this host), to any local address of the host (or the one
+    /// the binding names), and a MASQUERADE so a connection from 127.0.0.1 gets an address
+    /// the container can answer.
+    fn binding_rules(&self, id: &str, b: &PortRule) -> Vec<Vec<String>> {
+        let (hp, cp) = (b.host_port.to_string(), b.container_port.to_string());
+        let to = format!("{}:{}", b.container_ip, b.container_port);
+        let comment = format!("rctl:{id}");
+        let dest: Vec<String> = match b.host_ip {
+            Some(ip) => vec!["-d".into(), ip.to_string()],
+            None => ["-m", "addrtype", "--dst-type", "LOCAL"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let mut rules = Vec::new();
+        for chain in ["PREROUTING", "OUTPUT"] {
+            let mut r = vec![chain.to_string()];
+            r.extend(dest.iter().cloned());
+            r.extend(
+                [
+                    "-p",
+                    &b.protocol,
+                    "--dport",
+                    &hp,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &comment,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ]
+                .map(String::from),
+            );
+            rules.push(r);
+        }
+        rules.push(
+            [
+                "POSTROUTING",
+                "-s",
+                "127.0.0.1",
+                "-d",
+                &b.container_ip.to_string(),
+                "-p",
+                &b.protocol,
+                "--dport",
+                &cp,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-j",
+                "MASQUERADE",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        rules
+    }
+
+    /// Publishes one `-p` binding (see [`Network::binding_rules`]).
+    pub async fn publish_binding(&self, id: &str, b: &PortRule) -> Result<(), NetworkError> {
+        // DNAT to a container from 127.0.0.1 needs loopback-sourced packets to be routable.
+        let _ = tokio::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", b"1").await;
+        for rule in self.binding_rules(id, b) {
+            if self.iptables("-C", &rule).await.is_err() {
+                self.iptables("-A", &rule).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the rules [`Network::publish_binding`] added.
+    pub async fn unpublish_binding(&self, id: &str, b: &PortRule) {
+        for rule in self.binding_rules(id, b) {
+            for _ in 0..8 {
+                if self.iptables("-D", &rule).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Deletes exactly the rules [`Network::publish`] added (all copies, if repeated).
     pub async fn unpublish(&self, id: &str, host_port: u16, ip: Ipv4Addr, port: u16) {
         for chain in ["PREROUTING", "OUTPUT"] {
@@ -192,6 +288,34 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binding_dnats_both_chains_and_masquerades_loopback() {
+        let net = Network {
+            bridge: "br".into(),
+            subnet: Subnet::parse("198.19.1.0/24").unwrap(),
+            advertise_ip: Ipv4Addr::new(198, 18, 0, 11),
+        };
+        let b = PortRule {
+            host_ip: None,
+            host_port: 8080,
+            container_ip: Ipv4Addr::new(198, 19, 1, 2),
+            container_port: 80,
+            protocol: "udp".into(),
+        };
+        let rules = net.binding_rules("c1", &b);
+        let chains: Vec<&str> = rules.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(chains, ["PREROUTING", "OUTPUT", "POSTROUTING"]);
+        assert!(rules[0]
+            .join(" ")
+            .contains("--dst-type LOCAL -p udp --dport 8080"));
+        assert!(rules[1]
+            .join(" ")
+            .ends_with("DNAT --to-destination 198.19.1.2:80"));
+        assert!(rules[2]
+            .join(" ")
+            .contains("-s 127.0.0.1 -d 198.19.1.2 -p udp --dport 80"));
+    }
 
     #[test]
     fn veth_names_fit_in_ifnamsiz() {

@@ -196,6 +196,7 @@ impl Runtime {
             gateway: Ipv4Addr::LOCALHOST,
             container_port: 0,
             host_port: 0,
+            ports: Vec::new(),
             task_pb: String::new(),
             created_unix_ms: rctl_api::clock::now_unix_ms(),
         };

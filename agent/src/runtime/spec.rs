@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use rctl_api::pb;
+
 use crate::image::RunConfig;
 
 /// PATH when neither the image nor the task sets one (Docker's default).
@@ -26,6 +28,29 @@ pub fn resolve_argv(task_command: &[String], image: &RunConfig) -> Result<Vec<St
         v.extend(image.cmd.clone().unwrap_or_default());
         v
     };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(argv)
+}
+
+/// The argv of a task, one-off containers included: a service's `command` replaces the
+/// image's Entrypoint+Cmd; `rctl run`'s `--entrypoint` replaces the Entrypoint (and, as in
+/// Docker, drops the image's Cmd) and its `args` replace the Cmd.
+pub fn resolve_task_argv(task: &pb::Task, image: &RunConfig) -> Result<Vec<String>, SpecError> {
+    if !task.command.is_empty() || (!task.override_entrypoint && task.args.is_empty()) {
+        return resolve_argv(&task.command, image);
+    }
+    let mut argv = if task.override_entrypoint {
+        task.entrypoint.clone()
+    } else {
+        image.entrypoint.clone().unwrap_or_default()
+    };
+    if !task.args.is_empty() {
+        argv.extend(task.args.iter().cloned());
+    } else if !task.override_entrypoint {
+        argv.extend(image.cmd.clone().unwrap_or_default());
+    }
     if argv.is_empty() || argv[0].is_empty() {
         return Err(SpecError::NoCommand);
     }
@@ -116,6 +141,32 @@ mod tests {
         assert_eq!(resolve_argv(&[], &image()).unwrap(), ["/entry", "arg"]);
         assert_eq!(
             resolve_argv(&[], &RunConfig::default()),
+            Err(SpecError::NoCommand)
+        );
+    }
+
+    #[test]
+    fn run_args_replace_cmd_and_entrypoint_drops_it() {
+        let t = |ep: Option<&[&str]>, args: &[&str]| pb::Task {
+            override_entrypoint: ep.is_some(),
+            entrypoint: ep
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let argv = |task: pb::Task| resolve_task_argv(&task, &image()).unwrap();
+        assert_eq!(argv(t(None, &[])), ["/entry", "arg"]);
+        assert_eq!(argv(t(None, &["x"])), ["/entry", "x"]);
+        assert_eq!(argv(t(Some(&["sh"]), &[])), ["sh"]);
+        assert_eq!(
+            argv(t(Some(&["sh"]), &["-c", "true"])),
+            ["sh", "-c", "true"]
+        );
+        assert_eq!(
+            resolve_task_argv(&t(Some(&[]), &[]), &image()),
             Err(SpecError::NoCommand)
         );
     }

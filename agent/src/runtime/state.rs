@@ -28,6 +28,9 @@ pub struct ContainerConfig {
     /// 0 when the task publishes no port.
     pub container_port: u16,
     pub host_port: u16,
+    /// A one-off container's `-p` bindings (empty for a service task).
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortRule>,
     /// The task this container runs, protobuf-encoded, hex (pb types have no serde).
     pub task_pb: String,
     pub created_unix_ms: i64,

@@ -72,6 +72,7 @@ fn views(loaded: &Loaded, keep: impl Fn(&Task) -> bool) -> Vec<TaskView> {
         .map(|t| TaskView {
             task: Some(t.clone()),
             status: loaded.statuses.get(&t.id).cloned(),
+            node_ip: crate::containers::node_ip(loaded, &t.node),
         })
         .collect();
     v.sort_by(|a, b| {
@@ -107,6 +108,14 @@ impl Api {
     /// The stream RPCs' handle: the same store and agent channels as the image RPCs.
     fn streams(&self) -> crate::streams::Streams {
         crate::streams::Streams {
+            store: self.store.clone(),
+            agents: self.images.agents.clone(),
+        }
+    }
+
+    /// The one-off containers' handle: the same store and agent channels.
+    fn containers(&self) -> crate::containers::Containers {
+        crate::containers::Containers {
             store: self.store.clone(),
             agents: self.images.agents.clone(),
         }
@@ -812,6 +821,134 @@ impl Scheduler for Api {
         async move { Ok(Response::new(self.streams().top(req.into_inner()).await?)) }
             .instrument(span)
             .await
+    }
+
+    // === containers (issue 9): crate::containers does the work ===
+
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let span = span(&req, "CreateContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().create(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "StartContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().start(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "StopContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().stop(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn restart_container(
+        &self,
+        req: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "RestartContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().restart(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn kill_container(
+        &self,
+        req: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "KillContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().kill(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "RemoveContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().remove(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn rename_container(
+        &self,
+        req: Request<RenameContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "RenameContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().rename(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let span = span(&req, "ListContainers");
+        async move {
+            Ok(Response::new(
+                self.containers().list(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn inspect_container(
+        &self,
+        req: Request<ContainerRequest>,
+    ) -> Result<Response<ContainerResponse>, Status> {
+        let span = span(&req, "InspectContainer");
+        async move {
+            Ok(Response::new(
+                self.containers().inspect(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -25,6 +25,10 @@ pub enum ApiError {
     /// The change's image is missing from its registry, or the registry refused it.
     #[error(transparent)]
     Image(#[from] ImageCheckError),
+    #[error("container name {name:?} is already in use by container {id} (remove or rename it)")]
+    NameInUse { name: String, id: String },
+    #[error("port {port} is already allocated on node {node}")]
+    PortAllocated { port: u32, node: String },
     #[error("service {0:?} has no canary rollout running (see: rctl rollout status {0})")]
     NoCanary(String),
     #[error(transparent)]
@@ -65,6 +69,10 @@ impl From<ApiError> for Status {
             ApiError::Image(ImageCheckError::Invalid { .. }) => {
                 Status::invalid_argument(e.to_string())
             }
+            ApiError::NameInUse { .. } | ApiError::Store(StoreError::NameTaken(_)) => {
+                Status::already_exists(e.to_string())
+            }
+            ApiError::PortAllocated { .. } => Status::failed_precondition(e.to_string()),
             // Exit 1, not 2 (issue 8): the file is fine, the registry lacks what it names.
             ApiError::RolloutRunning { .. } | ApiError::NoCanary(_) | ApiError::Image(_) => {
                 Status::failed_precondition(e.to_string())

@@ -18,6 +18,7 @@
 pub mod agents;
 pub mod api;
 pub mod canary;
+pub mod containers;
 pub mod controller;
 pub mod grpc;
 pub mod image_check;

@@ -22,6 +22,8 @@ pub enum StoreError {
     },
     #[error("{0} changed concurrently; retry")]
     Conflict(String),
+    #[error("container name {0:?} is already in use (remove or rename that container first)")]
+    NameTaken(String),
     /// The leader key a controller write was fenced with is gone: leadership moved.
     #[error("not the leader any more (fenced write to {0} refused)")]
     NotLeader(String),
@@ -40,6 +42,8 @@ pub struct Loaded {
     pub revision: i64,
     pub services: Vec<Service>,
     pub tasks: Vec<Task>,
+    /// One-off containers (`containers/{id}`), not reconciled.
+    pub containers: Vec<Task>,
     pub statuses: HashMap<String, TaskStatus>,
     pub nodes: Vec<Node>,
     /// The lease each live node's key is held under, by node name.
@@ -221,12 +225,15 @@ impl Store {
             keys::endpoints_prefix(),
         );
         let (rollouts_p, stats_p) = (keys::rollouts_prefix(), keys::stats_prefix());
+        let containers_p = keys::containers_prefix();
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             out.mod_revisions.insert(key.to_string(), kv.mod_revision());
             let v = kv.value();
             let res = if key.starts_with(&svc_p) {
                 decode::<Service>(kv.key(), v).map(|s| out.services.push(s))
+            } else if key.starts_with(&containers_p) {
+                decode::<Task>(kv.key(), v).map(|t| out.containers.push(t))
             } else if key.starts_with(&task_p) {
                 decode::<Task>(kv.key(), v).map(|t| out.tasks.push(t))
             } else if key.starts_with(&status_p) {
@@ -295,6 +302,98 @@ impl Store {
             "put service",
         )
         .await
+    }
+
+    /// Creates the one-off container `task` and its name's key in one transaction; a name
+    /// in use makes it [`StoreError::NameTaken`] and writes nothing.
+    pub async fn create_container(&self, task: &Task) -> Result<(), StoreError> {
+        let key = keys::container(&task.id);
+        let name_key = keys::container_name(&task.container_name);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(name_key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.as_str(), encode(task), None),
+                TxnOp::put(name_key.as_str(), task.id.as_bytes().to_vec(), None),
+            ]);
+        self.commit(txn, "create container", &key)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::NameTaken(task.container_name.clone()),
+                e => e,
+            })
+    }
+
+    /// Rewrites the one-off container `task` if its key is still at `expect_mod_rev`.
+    pub async fn put_container_if(
+        &self,
+        task: &Task,
+        expect_mod_rev: i64,
+    ) -> Result<(), StoreError> {
+        self.put_if(
+            &keys::container(&task.id),
+            encode(task),
+            expect_mod_rev,
+            "put container",
+        )
+        .await
+    }
+
+    /// Renames the one-off container `task` (already carrying its new name) from `old`:
+    /// the new name's key is claimed, the old one's dropped and the container rewritten in
+    /// one transaction.
+    pub async fn rename_container(
+        &self,
+        task: &Task,
+        old: &str,
+        expect_mod_rev: i64,
+    ) -> Result<(), StoreError> {
+        let key = keys::container(&task.id);
+        let name_key = keys::container_name(&task.container_name);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(name_key.as_str(), CompareOp::Equal, 0),
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, expect_mod_rev),
+            ])
+            .and_then([
+                TxnOp::put(key.as_str(), encode(task), None),
+                TxnOp::put(name_key.as_str(), task.id.as_bytes().to_vec(), None),
+                TxnOp::delete(keys::container_name(old), None),
+            ]);
+        self.commit(txn, "rename container", &key)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => StoreError::NameTaken(task.container_name.clone()),
+                e => e,
+            })
+    }
+
+    /// The last status `node` reported for `id`, if any.
+    pub async fn status(&self, node: &str, id: &str) -> Result<Option<TaskStatus>, StoreError> {
+        let key = keys::status(node, id);
+        let resp = self
+            .client
+            .kv_client()
+            .get(key.as_str(), None)
+            .await
+            .map_err(etcd("read status"))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| decode::<TaskStatus>(kv.key(), kv.value()).ok()))
+    }
+
+    /// Deletes the one-off container `task`: its key, its name's key and its status.
+    pub async fn delete_container(&self, task: &Task) -> Result<(), StoreError> {
+        let key = keys::container(&task.id);
+        let txn = Txn::new().and_then([
+            TxnOp::delete(key.as_str(), None),
+            TxnOp::delete(keys::container_name(&task.container_name), None),
+            TxnOp::delete(keys::status(&task.node, &task.id), None),
+        ]);
+        self.commit(txn, "delete container", &key).await
     }
 
     /// Writes `value` at `key` if the key is still at `expect_mod_rev` (0: must not exist).

@@ -125,9 +125,26 @@ pub fn of_task(t: &Task) -> Candidate {
     }
 }
 
+/// A one-off container (`rctl run`) as a candidate: its name is its `--name`.
+pub fn of_container(t: &Task) -> Candidate {
+    Candidate {
+        id: t.id.clone(),
+        name: t.container_name.clone(),
+        service: String::new(),
+        node: t.node.clone(),
+        running: t.desired_state() == DesiredState::Running,
+        created_unix_ms: t.created_unix_ms,
+    }
+}
+
 /// Every container the loaded state knows, as candidates.
 pub fn candidates(loaded: &Loaded) -> Vec<Candidate> {
-    loaded.tasks.iter().map(of_task).collect()
+    loaded
+        .tasks
+        .iter()
+        .map(of_task)
+        .chain(loaded.containers.iter().map(of_container))
+        .collect()
 }
 
 #[cfg(test)]

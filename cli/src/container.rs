@@ -1,0 +1,562 @@
+//! The container commands besides `run`: `start`, `stop`, `restart`, `kill`, `rm` (several
+//! targets each, like Docker: one failure does not stop the others, exit 1 if any failed),
+//! `rename`, `port`, `ps` over one-off containers and service tasks, and the container
+//! half of `inspect` (Docker-like JSON).
+
+use rctl_api::pb::{
+    self, ContainerRequest, ListContainersRequest, RenameContainerRequest, TaskState, TaskView,
+};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::Conn;
+use crate::error::CliError;
+use crate::output::{print_json, print_table, rfc3339, state_name, Format};
+
+/// A lifecycle verb applied to one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Stop,
+    Restart,
+    Kill,
+    Remove,
+}
+
+/// Applies `verb` to each target in turn, printing each target as it is done.
+pub async fn each(
+    conn: &mut Conn,
+    verb: Verb,
+    targets: &[String],
+    req: ContainerRequest,
+) -> Result<(), CliError> {
+    let mut failed = false;
+    for target in targets {
+        let r = ContainerRequest {
+            target: target.clone(),
+            ..req.clone()
+        };
+        let mut c = conn.client.clone();
+        let res = match verb {
+            Verb::Start => c.start_container(r).await,
+            Verb::Stop => c.stop_container(r).await,
+            Verb::Restart => c.restart_container(r).await,
+            Verb::Kill => c.kill_container(r).await,
+            Verb::Remove => c.remove_container(r).await,
+        };
+        match res {
+            Ok(_) => println!("{target}"),
+            Err(s) => {
+                eprintln!("error: {}", conn.err(s));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        Err(CliError::Exit(1))
+    } else {
+        Ok(())
+    }
+}
+
+/// `kill -s`: a signal by name (KILL, SIGTERM) or number.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64)
+            .contains(&n)
+            .then_some(n)
+            .ok_or_else(|| format!("invalid signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    const NAMES: &[(&str, i32)] = &[
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("USR2", 12),
+        ("TERM", 15),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("WINCH", 28),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| format!("invalid signal {s:?}"))
+}
+
+pub async fn rename(conn: &mut Conn, old: &str, new: &str) -> Result<(), CliError> {
+    let req = RenameContainerRequest {
+        target: old.into(),
+        new_name: new.into(),
+    };
+    conn.client
+        .rename_container(req)
+        .await
+        .map_err(|s| conn.err(s))?;
+    Ok(())
+}
+
+async fn inspect_one(conn: &mut Conn, target: &str) -> Result<TaskView, tonic::Status> {
+    let req = ContainerRequest {
+        target: target.into(),
+        ..Default::default()
+    };
+    conn.client
+        .inspect_container(req)
+        .await?
+        .into_inner()
+        .container
+        .ok_or_else(|| tonic::Status::not_found(format!("no such container: {target}")))
+}
+
+/// `rctl port CONTAINER`: `8080/tcp -> 198.18.0.11:8080`, one line per binding.
+pub async fn port(conn: &mut Conn, target: &str) -> Result<(), CliError> {
+    let v = inspect_one(conn, target).await.map_err(|s| conn.err(s))?;
+    for line in port_lines(&v) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The published ports of a container as `docker port` prints them.
+pub fn port_lines(v: &TaskView) -> Vec<String> {
+    let t = v.task.clone().unwrap_or_default();
+    t.ports
+        .iter()
+        .map(|p| {
+            let ip = if p.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &p.host_ip
+            };
+            format!("{}/{} -> {ip}:{}", p.container_port, proto(p), p.host_port)
+        })
+        .collect()
+}
+
+fn proto(p: &pb::PortBinding) -> &str {
+    if p.protocol.is_empty() {
+        "tcp"
+    } else {
+        &p.protocol
+    }
+}
+
+/// The container half of `rctl inspect`: Some(JSON) when TARGET names a container or task.
+pub async fn inspect_json(
+    conn: &mut Conn,
+    target: &str,
+) -> Result<Option<serde_json::Value>, CliError> {
+    match inspect_one(conn, target).await {
+        Ok(v) => Ok(Some(inspect_value(&v))),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(conn.err(s)),
+    }
+}
+
+/// Docker's `inspect` shape for one container.
+pub fn inspect_value(v: &TaskView) -> serde_json::Value {
+    let t = v.task.clone().unwrap_or_default();
+    let st = v.status.clone().unwrap_or_default();
+    let state = st.state();
+    let running = state == TaskState::Running;
+    let argv = command_of(&t);
+    let mut ports = serde_json::Map::new();
+    for p in &t.ports {
+        ports.insert(
+            format!("{}/{}", p.container_port, proto(p)),
+            json!([{"HostIp": if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip },
+                    "HostPort": p.host_port.to_string()}]),
+        );
+    }
+    let mut env: Vec<String> = t.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    let res = t.resources.unwrap_or_default();
+    json!({
+        "Id": t.id,
+        "Name": name_of(&t),
+        "Created": rfc3339(t.created_unix_ms),
+        "Path": argv.first().cloned().unwrap_or_default(),
+        "Args": argv.iter().skip(1).cloned().collect::<Vec<_>>(),
+        "Config": {
+            "Image": t.image,
+            "Env": env,
+            "Cmd": if t.args.is_empty() { t.command.clone() } else { t.args.clone() },
+            "Entrypoint": if t.override_entrypoint { Some(t.entrypoint.clone()) } else { None },
+            "WorkingDir": t.workdir,
+            "User": t.user,
+            "Tty": t.tty,
+            "OpenStdin": t.stdin_open,
+        },
+        "State": {
+            "Status": docker_state(v),
+            "Running": running,
+            "Pid": if running { st.pid } else { 0 },
+            "ExitCode": if matches!(state, TaskState::Exited | TaskState::Failed) { st.exit_code } else { 0 },
+            "Error": st.message,
+            "StartedAt": rfc3339(st.started_unix_ms),
+            "FinishedAt": rfc3339(st.finished_unix_ms),
+            "OOMKilled": st.message.contains("out of memory") || st.message.contains("OOM"),
+        },
+        "Mounts": t.mounts.iter().map(|m| json!({
+            "Type": m.kind, "Source": m.source, "Destination": m.target, "RW": !m.readonly,
+        })).collect::<Vec<_>>(),
+        "NetworkSettings": { "IPAddress": v.node_ip, "Ports": ports },
+        "HostConfig": {
+            "RestartPolicy": {
+                "Name": if t.restart_policy.is_empty() { "no" } else { &t.restart_policy },
+                "MaximumRetryCount": t.restart_max_attempts,
+            },
+            "Memory": res.memory_bytes,
+            "NanoCpus": (res.cpus * 1e9) as u64,
+            "AutoRemove": t.auto_remove,
+        },
+        "Node": t.node,
+        "Service": t.service,
+    })
+}
+
+/// What the container runs as far as the scheduler knows it (the image's defaults are the
+/// agent's): the command of a task, or entrypoint + args of a one-off container.
+fn command_of(t: &pb::Task) -> Vec<String> {
+    if !t.command.is_empty() {
+        return t.command.clone();
+    }
+    let mut v = if t.override_entrypoint {
+        t.entrypoint.clone()
+    } else {
+        vec![]
+    };
+    v.extend(t.args.iter().cloned());
+    v
+}
+
+/// A container's name: its --name, or `service.slot` for a task.
+fn name_of(t: &pb::Task) -> String {
+    if t.service.is_empty() {
+        t.container_name.clone()
+    } else {
+        format!("{}.{}", t.service, t.slot)
+    }
+}
+
+/// Docker's State.Status word.
+fn docker_state(v: &TaskView) -> &'static str {
+    match v.status.as_ref().map(|s| s.state()) {
+        None | Some(TaskState::Unspecified | TaskState::Pending | TaskState::Starting) => "created",
+        Some(TaskState::Running) => "running",
+        Some(TaskState::Stopping) => "removing",
+        Some(TaskState::Exited | TaskState::Failed) => "exited",
+    }
+}
+
+/// "3 minutes", "2 seconds", "About an hour" as Docker words durations.
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+/// The STATUS column: "Up 3 minutes", "Exited (0) 2 seconds ago", "Created", ...
+pub fn status_text(v: &TaskView, now_ms: i64) -> String {
+    let Some(st) = &v.status else {
+        return "Created".into();
+    };
+    let since = |ms: i64| human_duration((now_ms - ms) / 1000);
+    match st.state() {
+        TaskState::Unspecified | TaskState::Pending => "Created".into(),
+        TaskState::Starting if st.exit_code != 0 || st.message.starts_with("restart") => {
+            format!("Restarting ({})", st.exit_code)
+        }
+        TaskState::Starting => "Starting".into(),
+        TaskState::Running => {
+            let mut s = format!("Up {}", since(st.started_unix_ms));
+            if !st.health.is_empty() && st.health != "starting" {
+                s.push_str(&format!(" ({})", st.health));
+            } else if st.health == "starting" {
+                s.push_str(" (health: starting)");
+            }
+            s
+        }
+        TaskState::Stopping => "Stopping".into(),
+        TaskState::Exited | TaskState::Failed => {
+            format!(
+                "Exited ({}) {} ago",
+                st.exit_code,
+                since(st.finished_unix_ms)
+            )
+        }
+    }
+}
+
+/// The PORTS column: `0.0.0.0:8080->80/tcp`, or a service task's endpoint.
+fn ports_text(v: &TaskView) -> Vec<String> {
+    let t = v.task.clone().unwrap_or_default();
+    if t.service.is_empty() {
+        return t
+            .ports
+            .iter()
+            .map(|p| {
+                let ip = if p.host_ip.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    &p.host_ip
+                };
+                format!("{ip}:{}->{}/{}", p.host_port, p.container_port, proto(p))
+            })
+            .collect();
+    }
+    let endpoint = v
+        .status
+        .as_ref()
+        .map(|s| s.endpoint.clone())
+        .unwrap_or_default();
+    if t.container_port > 0 && !endpoint.is_empty() {
+        vec![format!("{endpoint}->{}/tcp", t.container_port)]
+    } else {
+        vec![]
+    }
+}
+
+/// One row of `ps -o json`: PRODUCT.md's fields, plus kind, command and status.
+#[derive(Debug, Serialize)]
+pub struct PsJson {
+    #[serde(flatten)]
+    pub task: crate::output::TaskJson,
+    /// "container" (rctl run) or "task" (of a service).
+    pub kind: &'static str,
+    pub command: String,
+    pub status: String,
+}
+
+/// `ps` filters: name=, status=, node=, service= (several of one key: any; of several keys: all).
+pub fn parse_filters(filters: &[String]) -> Result<Vec<(String, String)>, String> {
+    filters
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k @ ("name" | "status" | "node" | "service" | "id"), v)) => {
+                Ok((k.to_string(), v.to_string()))
+            }
+            _ => Err(format!(
+                "invalid filter {f:?} (want name=, status=, node=, service= or id=)"
+            )),
+        })
+        .collect()
+}
+
+/// Docker's status filter word for a row: created, running, exited, ...
+fn status_word(v: &TaskView) -> &'static str {
+    match docker_state(v) {
+        "removing" => "running",
+        s => s,
+    }
+}
+
+fn keep(v: &TaskView, filters: &[(String, String)]) -> bool {
+    let t = v.task.clone().unwrap_or_default();
+    let name = name_of(&t);
+    let test = |key: &str, f: &dyn Fn(&str) -> bool| {
+        let vals: Vec<&str> = filters
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        vals.is_empty() || vals.into_iter().any(f)
+    };
+    test("name", &|x| name.contains(x))
+        && test("id", &|x| t.id.starts_with(x))
+        && test("status", &|x| {
+            x == status_word(v)
+                || x == state_name(v.status.as_ref().map(|s| s.state()).unwrap_or_default())
+        })
+        && test("node", &|x| t.node == x)
+        && test("service", &|x| t.service == x)
+}
+
+/// `rctl ps`: one-off containers and service tasks, newest first.
+pub async fn ps(
+    conn: &mut Conn,
+    all: bool,
+    quiet: bool,
+    filters: Vec<String>,
+    service: Option<String>,
+    node: Option<String>,
+    format: Format,
+) -> Result<(), CliError> {
+    let filters = parse_filters(&filters).map_err(CliError::Usage)?;
+    // Asking for exited ones means looking at all of them.
+    let all = all || filters.iter().any(|(k, v)| k == "status" && v != "running");
+    let req = ListContainersRequest {
+        all,
+        node: node.unwrap_or_default(),
+        service: service.clone().unwrap_or_default(),
+    };
+    let resp = conn
+        .client
+        .list_containers(req)
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let rows: Vec<&TaskView> = resp
+        .containers
+        .iter()
+        .filter(|v| keep(v, &filters))
+        .collect();
+    let now = rctl_api::clock::now_unix_ms();
+    if quiet {
+        for v in rows {
+            let id = v.task.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
+            println!("{}", &id[..id.len().min(12)]);
+        }
+        return Ok(());
+    }
+    match format {
+        Format::Json => print_json(
+            &rows
+                .iter()
+                .map(|v| {
+                    let t = v.task.clone().unwrap_or_default();
+                    let mut task = crate::output::TaskJson::from_view(v);
+                    if t.service.is_empty() {
+                        task.name = t.container_name.clone();
+                        task.ports = ports_text(v);
+                    }
+                    PsJson {
+                        task,
+                        kind: if t.service.is_empty() {
+                            "container"
+                        } else {
+                            "task"
+                        },
+                        command: command_of(&t).join(" "),
+                        status: status_text(v, now),
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Format::Table => {
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|v| {
+                    let t = v.task.clone().unwrap_or_default();
+                    let mut cmd = command_of(&t).join(" ");
+                    if cmd.chars().count() > 20 {
+                        cmd = format!("{}…", cmd.chars().take(19).collect::<String>());
+                    }
+                    vec![
+                        t.id.chars().take(12).collect(),
+                        t.image.clone(),
+                        format!("\"{cmd}\""),
+                        crate::output::ago(t.created_unix_ms),
+                        status_text(v, now),
+                        ports_text(v).join(", "),
+                        name_of(&t),
+                        t.node.clone(),
+                        t.service.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "CONTAINER ID",
+                    "IMAGE",
+                    "COMMAND",
+                    "CREATED",
+                    "STATUS",
+                    "PORTS",
+                    "NAMES",
+                    "NODE",
+                    "SERVICE",
+                ],
+                &table,
+            );
+            // Like `docker service ps`' "no suitable node": say what is missing and why.
+            let unplaced = conn
+                .client
+                .list_tasks(pb::ListTasksRequest {
+                    service: service.unwrap_or_default(),
+                    node: String::new(),
+                    all: false,
+                })
+                .await
+                .map(|r| r.into_inner().unplaced)
+                .unwrap_or_default();
+            let mut unplaced: Vec<_> = unplaced.into_iter().collect();
+            unplaced.sort();
+            for (service, why) in unplaced {
+                println!("{service}: not placed: {why}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: TaskState, code: i32, started: i64, finished: i64) -> TaskView {
+        TaskView {
+            task: Some(pb::Task::default()),
+            status: Some(pb::TaskStatus {
+                state: state as i32,
+                exit_code: code,
+                started_unix_ms: started,
+                finished_unix_ms: finished,
+                ..Default::default()
+            }),
+            node_ip: String::new(),
+        }
+    }
+
+    #[test]
+    fn status_strings_are_dockers() {
+        let now = 1_000_000;
+        assert_eq!(
+            status_text(&view(TaskState::Running, 0, now - 180_000, 0), now),
+            "Up 3 minutes"
+        );
+        assert_eq!(
+            status_text(&view(TaskState::Exited, 0, 0, now - 2_000), now),
+            "Exited (0) 2 seconds ago"
+        );
+        assert_eq!(
+            status_text(&view(TaskState::Failed, 7, 0, now - 1_000), now),
+            "Exited (7) 1 second ago"
+        );
+        let created = TaskView {
+            task: Some(pb::Task::default()),
+            status: None,
+            node_ip: String::new(),
+        };
+        assert_eq!(status_text(&created, now), "Created");
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("sigterm").unwrap(), 15);
+        assert_eq!(parse_signal("10").unwrap(), 10);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        assert!(parse_filters(&["name=web".into()]).is_ok());
+        assert!(parse_filters(&["color=red".into()]).is_err());
+        assert!(parse_filters(&["name".into()]).is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! `rctl run`: one container somewhere in the cluster, as `docker run` makes one on this
+//! host. Everything the user typed is checked here first (bad port spec, relative volume
+//! source, unreadable env file: exit 2, one line, nothing created); then the scheduler
+//! places and creates it. With `-d` the full id is printed; otherwise the terminal is
+//! attached (the container waits for it before starting, so no output is lost) and rctl
+//! exits with the container's code.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use rctl_api::pb::{self, CreateContainerRequest, Mount, PortBinding};
+
+use crate::client::Conn;
+use crate::error::CliError;
+
+/// How long a created container waits for `rctl run`'s attach before it starts anyway.
+const ATTACH_WAIT_MS: u32 = 30_000;
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Remove the container once it exits.
+    #[arg(long)]
+    pub rm: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Publish a port: [IP:]HOST:CONTAINER[/tcp|udp].
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    pub publish: Vec<String>,
+    /// Set an environment variable (NAME=VALUE, or NAME for this side's value).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (NAME=VALUE lines, # comments).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Bind-mount a host path (absolute) of the container's node: SRC:DST[:ro].
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Run as this user (name, uid or uid:gid).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Replace the image's ENTRYPOINT ("" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Memory limit (e.g. 128m, 1g).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// CPU limit (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// no, on-failure[:MAX] or always.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// Run on this node instead of letting the scheduler place it.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Keep stdin open and stream it to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `-p [IP:]HOST:CONTAINER[/tcp|udp]`.
+pub fn parse_port(spec: &str) -> Result<PortBinding, String> {
+    let bad = |why: &str| {
+        format!("invalid port spec {spec:?}: {why} (want [IP:]HOST:CONTAINER[/tcp|udp])")
+    };
+    let (ports, protocol) = match spec.rsplit_once('/') {
+        Some((p, proto @ ("tcp" | "udp"))) => (p, proto),
+        Some(_) => return Err(bad("protocol is tcp or udp")),
+        None => (spec, "tcp"),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [h, c] => ("", *h, *c),
+        [ip, h, c] => (*ip, *h, *c),
+        _ => return Err(bad("a host and a container port are needed")),
+    };
+    if !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(bad("the host IP is not an IPv4 address"));
+    }
+    let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
+    let (Some(h), Some(c)) = (port(host), port(container)) else {
+        return Err(bad("ports are numbers 1-65535"));
+    };
+    Ok(PortBinding {
+        host_ip: ip.to_string(),
+        host_port: h.into(),
+        container_port: c.into(),
+        protocol: protocol.into(),
+    })
+}
+
+/// `-v SRC:DST[:ro|rw]`: SRC must be absolute (named volumes are not supported here).
+pub fn parse_volume(spec: &str) -> Result<Mount, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, readonly) = match parts.as_slice() {
+        [s, d] => (*s, *d, false),
+        [s, d, "ro"] => (*s, *d, true),
+        [s, d, "rw"] => (*s, *d, false),
+        _ => return Err(format!("invalid volume spec {spec:?} (want SRC:DST[:ro])")),
+    };
+    if !src.starts_with('/') {
+        return Err(format!(
+            "invalid volume spec {spec:?}: the source {src:?} must be an absolute path on the node"
+        ));
+    }
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "invalid volume spec {spec:?}: the destination {dst:?} must be an absolute path"
+        ));
+    }
+    Ok(Mount {
+        source: src.into(),
+        target: dst.into(),
+        readonly,
+        kind: "bind".into(),
+    })
+}
+
+/// An env file's variables: `NAME=VALUE` lines, `NAME` alone takes this side's value,
+/// blank lines and `#` comments skipped.
+pub fn parse_env_file(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (line.trim_end(), None),
+        };
+        if k.is_empty() || k.contains(char::is_whitespace) {
+            return Err(format!("line {}: invalid variable name {k:?}", n + 1));
+        }
+        if let Some(v) = v.or_else(|| lookup(k)) {
+            out.push((k.to_string(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// `--restart no|on-failure[:MAX]|always` → (policy, max attempts).
+pub fn parse_restart(s: &str) -> Result<(String, u32), String> {
+    let bad = || format!("invalid restart policy {s:?} (want no, on-failure[:MAX] or always)");
+    match s.split_once(':') {
+        None if matches!(s, "no" | "always" | "on-failure" | "unless-stopped") => {
+            // unless-stopped is always here: a user's stop is never undone.
+            let p = if s == "unless-stopped" { "always" } else { s };
+            Ok((p.to_string(), 0))
+        }
+        Some(("on-failure", n)) => Ok(("on-failure".into(), n.parse().map_err(|_| bad())?)),
+        _ => Err(bad()),
+    }
+}
+
+/// Docker's memory units: b, k, m, g (binary); else the service file's forms.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let unit = t.chars().last().unwrap_or('0').to_ascii_lowercase();
+    let mult: u64 = match unit {
+        'b' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => 0,
+    };
+    let parsed = if mult > 0 {
+        t[..t.len() - 1]
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+    } else {
+        crate::service_file::parse_bytes(t)
+    };
+    parsed
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("invalid memory {s:?} (e.g. 128m, 1g)"))
+}
+
+/// The container the user asked for, checked: every error here is bad input (exit 2).
+pub fn build(a: &RunArgs) -> Result<CreateContainerRequest, CliError> {
+    let usage = CliError::Usage;
+    let mut task = pb::Task {
+        image: a.image.clone(),
+        container_name: a.name.clone().unwrap_or_default(),
+        auto_remove: a.rm,
+        args: a.cmd.clone(),
+        user: a.user.clone().unwrap_or_default(),
+        workdir: a.workdir.clone().unwrap_or_default(),
+        tty: a.tty,
+        stdin_open: a.interactive,
+        attach_wait_ms: if a.detach { 0 } else { ATTACH_WAIT_MS },
+        ..Default::default()
+    };
+    if let Some(ep) = &a.entrypoint {
+        task.override_entrypoint = true;
+        task.entrypoint = if ep.is_empty() {
+            vec![]
+        } else {
+            vec![ep.clone()]
+        };
+    }
+    if let Some(w) = &a.workdir {
+        if !w.starts_with('/') {
+            return Err(usage(format!(
+                "the working directory {w:?} must be absolute"
+            )));
+        }
+    }
+    for p in &a.publish {
+        task.ports.push(parse_port(p).map_err(usage)?);
+    }
+    for v in &a.volume {
+        task.mounts.push(parse_volume(v).map_err(usage)?);
+    }
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| usage(format!("--env-file {}: {e}", f.display())))?;
+        let vars = parse_env_file(&text, |k| std::env::var(k).ok())
+            .map_err(|e| usage(format!("--env-file {}: {e}", f.display())))?;
+        task.env.extend(vars);
+    }
+    for e in &a.env {
+        match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                task.env.insert(k.into(), v.into());
+            }
+            Some(_) => return Err(usage(format!("invalid environment variable {e:?}"))),
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    task.env.insert(e.clone(), v);
+                }
+            }
+        }
+    }
+    let (policy, max) = parse_restart(&a.restart).map_err(usage)?;
+    if a.rm && policy != "no" {
+        return Err(usage("--rm and --restart cannot be used together".into()));
+    }
+    task.restart_policy = policy;
+    task.restart_max_attempts = max;
+    if a.memory.is_some() || a.cpus.is_some() {
+        let memory_bytes = a
+            .memory
+            .as_deref()
+            .map(parse_memory)
+            .transpose()
+            .map_err(usage)?
+            .unwrap_or(0);
+        let cpus = a.cpus.unwrap_or(0.0);
+        if !(cpus.is_finite() && cpus >= 0.0) {
+            return Err(usage(format!("invalid --cpus {cpus}")));
+        }
+        task.resources = Some(pb::Resources {
+            cpus,
+            memory_bytes,
+            pids: 0,
+        });
+    }
+    crate::registry_auth::check_reference(&a.image).map_err(usage)?;
+    Ok(CreateContainerRequest {
+        task: Some(task),
+        node: a.node.clone().unwrap_or_default(),
+    })
+}
+
+/// Creates the container and, without -d, attaches to it until it exits.
+pub async fn run(conn: &mut Conn, a: RunArgs) -> Result<(), CliError> {
+    let req = build(&a)?;
+    let resp = conn
+        .client
+        .create_container(req)
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let id = resp
+        .container
+        .and_then(|v| v.task)
+        .map(|t| t.id)
+        .unwrap_or_default();
+    if a.detach {
+        println!("{id}");
+        return Ok(());
+    }
+    let tty = a.tty && std::io::stdin().is_terminal();
+    let code = crate::attach::run_attached(conn, &id, tty, a.interactive)
+        .await
+        .map_err(|e| match e.downcast::<CliError>() {
+            Ok(c) => c,
+            Err(e) => CliError::Failed(e.to_string()),
+        })?;
+    Err(CliError::Exit(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs_take_an_optional_ip_and_protocol() {
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!(
+            (p.host_port, p.container_port, p.protocol.as_str()),
+            (8080, 80, "tcp")
+        );
+        let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
+        assert_eq!(p.host_ip, "127.0.0.1");
+        assert_eq!((p.host_port, p.protocol.as_str()), (53, "udp"));
+        for bad in [
+            "80",
+            "x:80",
+            "8080:80/sctp",
+            "1.2.3:80:80",
+            "0:80",
+            "70000:80",
+        ] {
+            assert!(
+                parse_port(bad).unwrap_err().contains("invalid port spec"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn volumes_need_absolute_paths() {
+        let m = parse_volume("/data:/srv:ro").unwrap();
+        assert!(m.readonly && m.source == "/data" && m.target == "/srv");
+        assert!(parse_volume("data:/srv")
+            .unwrap_err()
+            .contains("absolute path"));
+        assert!(parse_volume("/data").is_err());
+    }
+
+    #[test]
+    fn env_files_skip_comments_and_take_bare_names_from_here() {
+        let text = "# c\n\nA=1\nB=x=y\nHOME_X\nMISSING\n";
+        let vars = parse_env_file(text, |k| (k == "HOME_X").then(|| "h".to_string())).unwrap();
+        assert_eq!(
+            vars,
+            [
+                ("A".to_string(), "1".to_string()),
+                ("B".into(), "x=y".into()),
+                ("HOME_X".into(), "h".into())
+            ]
+        );
+        assert!(parse_env_file("A B=1\n", |_| None)
+            .unwrap_err()
+            .contains("line 1"));
+    }
+
+    #[test]
+    fn restart_policies_are_dockers() {
+        assert_eq!(parse_restart("no").unwrap(), ("no".into(), 0));
+        assert_eq!(
+            parse_restart("on-failure:3").unwrap(),
+            ("on-failure".into(), 3)
+        );
+        assert_eq!(parse_restart("always").unwrap(), ("always".into(), 0));
+        assert!(parse_restart("sometimes").is_err());
+        assert!(parse_restart("on-failure:x").is_err());
+    }
+
+    #[test]
+    fn memory_takes_dockers_units() {
+        assert_eq!(parse_memory("128m").unwrap(), 128 << 20);
+        assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("64Mi").unwrap(), 64 << 20);
+        assert!(parse_memory("lots").is_err());
+    }
+}

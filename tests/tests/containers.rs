@@ -1,0 +1,266 @@
+//! End-to-end: one-off containers (`rctl run`, issue 9) on a real 2-host cluster: run -d on
+//! each host, ps (table, json, -q, --filter), logs and exec through the scheduler, a
+//! published port, stop/start/restart/kill -s/rename/port/inspect, rm -f, the foreground
+//! `run --rm` exit code, and bad input (name conflict, port taken, bad port spec, relative
+//! -v, unknown flag, exec into a stopped container) refused with one line, changing nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rctl_tests::cluster::{http_get, Cluster};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The one-off containers `ps ARGS -o json` lists, by name.
+fn containers(c: &Cluster, extra: &[&str]) -> Vec<Value> {
+    c.ps(extra)
+        .into_iter()
+        .filter(|v| v["kind"] == "container")
+        .collect()
+}
+
+fn find<'a>(all: &'a [Value], name: &str) -> Option<&'a Value> {
+    all.iter().find(|v| v["name"] == name)
+}
+
+/// Waits until container `name` is in `state` (`ps -a`).
+fn wait_state(c: &Cluster, name: &str, state: &str) -> Value {
+    c.eventually(WAIT, &format!("{name} {state}"), || {
+        find(&containers(c, &["-a"]), name)
+            .filter(|v| v["state"] == state)
+            .cloned()
+    })
+}
+
+/// Asserts a refusal: exit `code`, exactly one line on stderr containing `what`.
+fn refused(out: &std::process::Output, code: i32, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(what), "{err:?} should say {what:?}");
+}
+
+#[test]
+fn containers_run_on_either_host_and_follow_their_lifecycle() {
+    let c = Cluster::start(2);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    let ts = format!("{}/rctl/testserver:v1", c.registry());
+
+    let a1 = c.rctl_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "sleeper",
+        "--node",
+        "h1",
+        &bb,
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; echo hello-sleeper; while true; do sleep 0.2; done",
+    ]);
+    let a1 = a1.trim().to_string();
+    assert!(
+        a1.len() >= 12 && a1.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{a1:?}"
+    );
+    c.rctl_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "--node",
+        "h2",
+        &bb,
+        "sh",
+        "-c",
+        "echo hello-talker; exec sleep 1000",
+    ]);
+    c.rctl_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--node",
+        "h2",
+        "-p",
+        "18080:8080",
+        &ts,
+    ]);
+    for n in ["sleeper", "talker", "web"] {
+        wait_state(&c, n, "running");
+    }
+
+    // ps: json, table, -q, --filter.
+    let all = containers(&c, &[]);
+    assert_eq!(find(&all, "sleeper").unwrap()["node"], "h1");
+    assert_eq!(find(&all, "talker").unwrap()["node"], "h2");
+    assert_eq!(
+        find(&all, "web").unwrap()["ports"][0],
+        "0.0.0.0:18080->8080/tcp"
+    );
+    assert!(find(&all, "sleeper").unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .starts_with("Up "));
+    let table = c.rctl_ok(&["ps"]);
+    assert!(table.starts_with("CONTAINER ID"), "{table}");
+    assert!(
+        table.contains("NAMES") && table.contains("talker") && table.contains("Up "),
+        "{table}"
+    );
+    let quiet = c.rctl_ok(&["ps", "-q"]);
+    assert!(quiet.lines().any(|l| a1.starts_with(l.trim())), "{quiet}");
+    let only = containers(&c, &["--filter", "name=talker"]);
+    assert_eq!(only.len(), 1, "{only:?}");
+    let on_h2 = containers(&c, &["--filter", "node=h2"]);
+    assert_eq!(on_h2.len(), 2, "{on_h2:?}");
+
+    // logs and exec, through the scheduler, on the other host.
+    c.eventually(WAIT, "talker's first line", || {
+        stdout(&c.rctl(&["logs", "talker"]))
+            .contains("hello-talker")
+            .then_some(())
+    });
+    let out = c.rctl(&["exec", "talker", "sh", "-c", "echo in-talker; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "in-talker\n");
+
+    // The published port answers on h2's address.
+    let addr: SocketAddr = format!("198.18.{}.12:18080", c.net).parse().unwrap();
+    let r = c.eventually(WAIT, "web answers on the published port", || {
+        http_get(addr, "/").ok()
+    });
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("version=v1"), "{}", r.body);
+    assert_eq!(
+        c.rctl_ok(&["port", "web"]).trim(),
+        "8080/tcp -> 0.0.0.0:18080"
+    );
+
+    // inspect: Docker's shape.
+    let v: Value = serde_json::from_str(&c.rctl_ok(&["inspect", "talker"])).unwrap();
+    let v = &v[0];
+    assert_eq!(v["Name"], "talker");
+    assert_eq!(v["Node"], "h2");
+    assert_eq!(v["State"]["Running"], true);
+    assert_eq!(v["Config"]["Image"], bb.as_str());
+    assert_eq!(v["Args"][0], "-c");
+
+    // stop: exited, gone from ps without -a; exec refused; start again, the log continues.
+    assert_eq!(c.rctl_ok(&["stop", "-t", "1", "talker"]).trim(), "talker");
+    let st = wait_state(&c, "talker", "exited");
+    assert!(
+        st["status"].as_str().unwrap().starts_with("Exited ("),
+        "{st}"
+    );
+    assert!(find(&containers(&c, &[]), "talker").is_none());
+    refused(&c.rctl(&["exec", "talker", "true"]), 1, "not running");
+    assert_eq!(c.rctl_ok(&["start", "talker"]).trim(), "talker");
+    wait_state(&c, "talker", "running");
+    c.eventually(WAIT, "talker's second start in its log", || {
+        (stdout(&c.rctl(&["logs", "talker"]))
+            .matches("hello-talker")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    assert_eq!(
+        c.rctl_ok(&["restart", "-t", "1", "talker"]).trim(),
+        "talker"
+    );
+    wait_state(&c, "talker", "running");
+
+    // kill -s TERM reaches PID 1 (its trap exits 42).
+    c.rctl_ok(&["kill", "-s", "TERM", "sleeper"]);
+    let k = c.eventually(WAIT, "sleeper killed", || {
+        find(&containers(&c, &["-a"]), "sleeper")
+            .filter(|v| v["state"] == "exited" || v["state"] == "failed")
+            .cloned()
+    });
+    assert_eq!(k["exit_code"], 42, "{k}");
+    refused(&c.rctl(&["kill", "sleeper"]), 1, "not running");
+
+    // rename: the new name works, the old one names nothing.
+    c.rctl_ok(&["rename", "sleeper", "sleepy"]);
+    assert_eq!(
+        find(&containers(&c, &["-a"]), "sleepy").unwrap()["id"],
+        a1.as_str()
+    );
+    refused(&c.rctl(&["stop", "sleeper"]), 1, "\"sleeper\"");
+
+    // Bad input: one line, nothing created.
+    let before = containers(&c, &["-a"]).len();
+    refused(
+        &c.rctl(&["run", "-d", "--name", "talker", &bb, "true"]),
+        2,
+        "already in use",
+    );
+    refused(
+        &c.rctl(&[
+            "run", "-d", "--node", "h2", "-p", "18080:80", &bb, "sleep", "9",
+        ]),
+        1,
+        "port 18080 is already allocated on node h2",
+    );
+    refused(
+        &c.rctl(&["run", "-d", "-p", "80", &bb]),
+        2,
+        "invalid port spec",
+    );
+    refused(
+        &c.rctl(&["run", "-d", "-v", "data:/data", &bb]),
+        2,
+        "absolute path",
+    );
+    refused(&c.rctl(&["run", "--bogus", &bb]), 2, "--bogus");
+    assert_eq!(containers(&c, &["-a"]).len(), before);
+
+    // rm: a running one needs -f; each target is done or reported, exit 1 if any failed.
+    refused(&c.rctl(&["rm", "talker"]), 1, "stop it first");
+    let out = c.rctl(&["rm", "-f", "talker", "nosuch", "sleepy", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "talker\nsleepy\nweb\n");
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+    assert!(containers(&c, &["-a"]).is_empty());
+    c.eventually(WAIT, "the published port closed", || {
+        http_get(addr, "/").is_err().then_some(())
+    });
+    c.eventually(WAIT, "sleeper's directory removed", || {
+        (!c.container_dir("h1", &a1).exists()).then_some(())
+    });
+}
+
+#[test]
+fn run_in_the_foreground_returns_the_exit_code_and_rm_leaves_nothing() {
+    let c = Cluster::start(2);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+
+    let out = c.rctl(&["run", "--rm", &bb, "sh", "-c", "echo out-line; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "out-line\n");
+    c.eventually(WAIT, "the --rm container gone", || {
+        containers(&c, &["-a"]).is_empty().then_some(())
+    });
+
+    // Without --rm it stays, exited with its code.
+    let out = c.rctl(&[
+        "run", "--name", "fg", "--node", "h2", &bb, "sh", "-c", "exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v = wait_state(&c, "fg", "failed");
+    assert!(
+        v["status"].as_str().unwrap().starts_with("Exited (3)"),
+        "{v}"
+    );
+    c.rctl_ok(&["rm", "fg"]);
+    assert!(containers(&c, &["-a"]).is_empty());
+}
