@@ -374,8 +374,10 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                 let spec = if revision == svc.revision {
                     svc.spec.clone().unwrap_or_default()
                 } else {
-                    if !earlier.contains_key(&service) {
-                        earlier.insert(service.clone(), store.revisions(&service).await?);
+                    if let std::collections::hash_map::Entry::Vacant(e) =
+                        earlier.entry(service.clone())
+                    {
+                        e.insert(store.revisions(&service).await?);
                     }
                     match earlier[&service]
                         .iter()
