@@ -507,10 +507,12 @@ fn over_mutual_tls_the_revision_is_made_by_the_certificates_name() {
 }
 
 /// `web` with quick health checks, a short drain and a fast `[canary]`: steps 10/50/100 %,
-/// judged after 1 s and 100 canary requests.
+/// judged after 1 s and 100 canary requests. The p99 limit is 3x: a good canary's p99 came
+/// out at 2.0-2.1x the stable one's on a machine loaded to 10 (a few ms each), while the slow
+/// canary's 200 ms is far above 3x (stable p99 would have to reach 67 ms).
 fn canary_web(c: &Cluster, replicas: u32, version: &str) -> String {
     format!(
-        "{}\n[health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n\n[update]\nmax_surge = 1\ndrain = \"2s\"\n\n[canary]\nreplicas = 1\nsteps = [10, 50, 100]\nstep_duration = \"1s\"\nmin_requests = 100\nmax_error_rate = 0.05\nmax_p99_ratio = 2.0\n",
+        "{}\n[health]\nhttp = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"1s\"\n\n[update]\nmax_surge = 1\ndrain = \"2s\"\n\n[canary]\nreplicas = 1\nsteps = [10, 50, 100]\nstep_duration = \"1s\"\nmin_requests = 100\nmax_error_rate = 0.05\nmax_p99_ratio = 3.0\n",
         c.web_service(replicas, version)
     )
 }
