@@ -550,6 +550,7 @@ mod tests {
             TaskView {
                 task: Some(t),
                 status: Some(s),
+                node_ip: String::new(),
             }
         };
         let mut resp = InspectServiceResponse {

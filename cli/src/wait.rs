@@ -222,6 +222,7 @@ mod tests {
         TaskView {
             task: Some(t),
             status: Some(s),
+            node_ip: String::new(),
         }
     }
 
