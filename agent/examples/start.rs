@@ -27,6 +27,7 @@ fn config(id: &str, rootfs: &Path, argv: &[&str]) -> ContainerConfig {
         gateway: "198.18.0.1".parse().expect("ip"),
         container_port: 0,
         host_port: 0,
+        ports: Vec::new(),
         task_pb: String::new(),
         created_unix_ms: 0,
     }

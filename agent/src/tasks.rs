@@ -165,7 +165,7 @@ struct Actor {
 /// How an actor begins.
 enum Start {
     New,
-    Running(ContainerConfig, PidRecord),
+    Running(Box<ContainerConfig>, PidRecord),
     Finished(Option<i32>, String),
 }
 
@@ -323,7 +323,7 @@ impl Tasks {
                     Start::Finished(None, cdir.read_failed().unwrap_or_default())
                 }
                 (Some(code), _) => Start::Finished(Some(code), exit_reason(&cdir, Some(code))),
-                (None, Some(p)) if p.alive() => Start::Running(cfg.clone(), p),
+                (None, Some(p)) if p.alive() => Start::Running(Box::new(cfg.clone()), p),
                 (None, Some(_)) => Start::Finished(None, "container lost: its shim is gone".into()),
                 (None, None) => Start::Finished(
                     None,
@@ -752,7 +752,7 @@ async fn actor(
                 }
             }
         }
-        Start::Running(cfg, pid) => Some((cfg, pid)),
+        Start::Running(cfg, pid) => Some((*cfg, pid)),
         Start::Finished(code, why) => {
             // The previous agent's lease may still hold this container's endpoint.
             inner.drop_endpoint(&task).await;

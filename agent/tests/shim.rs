@@ -57,6 +57,7 @@ impl Container {
             gateway: "198.18.0.1".parse().unwrap(),
             container_port: 0,
             host_port: 0,
+            ports: Vec::new(),
             task_pb: hex::encode(task.encode_to_vec()),
             created_unix_ms: 0,
         };

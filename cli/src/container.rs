@@ -175,7 +175,7 @@ pub fn inspect_value(v: &TaskView) -> serde_json::Value {
     }
     let mut env: Vec<String> = t.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
-    let res = t.resources.clone().unwrap_or_default();
+    let res = t.resources.unwrap_or_default();
     json!({
         "Id": t.id,
         "Name": name_of(&t),
