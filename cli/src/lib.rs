@@ -16,7 +16,6 @@ pub mod logs;
 pub mod nodes;
 pub mod output;
 pub mod progress;
-pub mod ps;
 pub mod registry_auth;
 pub mod rollout;
 pub mod run;
