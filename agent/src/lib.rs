@@ -35,6 +35,12 @@ pub mod streams;
 mod sys;
 pub mod tasks;
 
+/// Bounds the agent's malloc (arenas, thresholds) for a long run next to its containers;
+/// call at start-up, before any thread exists.
+pub fn tune_malloc() {
+    sys::tune_malloc()
+}
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -90,11 +90,25 @@ impl RestartPolicy {
     }
 }
 
-/// The restart bookkeeping the agent keeps for a container.
+/// The restart bookkeeping the agent keeps for a container, in its directory (`restarts`)
+/// so that on-failure's attempt count and the backoff survive an agent restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Restarts {
     /// Restarts since the last run that lasted [`RESTART_RESET_AFTER`].
     pub streak: u32,
+}
+
+impl Restarts {
+    /// The counter file's text; anything unreadable counts as no restart yet.
+    pub fn parse(s: &str) -> Self {
+        Self {
+            streak: s.trim().parse().unwrap_or(0),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        format!("{}\n", self.streak)
+    }
 }
 
 /// What to do with a container that exited by itself with `code` after running for `ran`:
@@ -122,6 +136,47 @@ pub fn after_exit(
         .min(RESTART_BACKOFF_MAX);
     r.streak += 1;
     Some(delay)
+}
+
+/// What to do with a container that exited by itself while no agent watched it (found
+/// finished at start-up): the same decision as [`after_exit`], with the time it has been
+/// dead (`since_exit`) already served from the backoff. A container the agent was asked to
+/// stop, or that never started, never gets here.
+pub fn missed_exit(
+    policy: RestartPolicy,
+    code: Option<i32>,
+    ran: Duration,
+    since_exit: Duration,
+    r: &mut Restarts,
+) -> Option<Duration> {
+    after_exit(policy, code, ran, r).map(|d| d.saturating_sub(since_exit))
+}
+
+/// What a container directory says about the container, for [`holds_address`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Markers {
+    /// The shim recorded an exit status.
+    pub exited: bool,
+    /// It never started (the agent recorded why).
+    pub failed: bool,
+    /// The agent decided to restart it and waits out the backoff.
+    pub restart_pending: bool,
+    /// Whether the recorded PID 1 still runs; None before the shim recorded it.
+    pub alive: Option<bool>,
+}
+
+/// Whether a container keeps its IP address and host port: while it is being created,
+/// runs, or waits for its restart (it comes back on the same address and port, which the
+/// endpoint and the user's `-p` point at). Only a container that is finished for good gave
+/// them back.
+pub fn holds_address(m: Markers) -> bool {
+    if m.failed {
+        return false;
+    }
+    if m.restart_pending {
+        return true;
+    }
+    !m.exited && m.alive != Some(false)
 }
 
 #[cfg(test)]
@@ -206,5 +261,80 @@ mod tests {
             after_exit(RestartPolicy::No, Some(1), Duration::ZERO, &mut r),
             None
         );
+    }
+
+    #[test]
+    fn a_missed_exit_follows_the_policy_with_the_dead_time_served() {
+        let p = RestartPolicy::OnFailure { max: 2 };
+        let short = Duration::from_millis(50);
+        let mut r = Restarts::default();
+        // Dead for 30 ms of a 100 ms backoff: 70 ms left.
+        assert_eq!(
+            missed_exit(p, Some(3), short, Duration::from_millis(30), &mut r),
+            Some(Duration::from_millis(70))
+        );
+        // Dead for longer than the backoff: restart at once.
+        assert_eq!(
+            missed_exit(p, Some(3), short, Duration::from_secs(60), &mut r),
+            Some(Duration::ZERO)
+        );
+        // The missed exits counted: on-failure:2 is used up.
+        assert_eq!(r.streak, 2);
+        assert_eq!(missed_exit(p, Some(3), short, Duration::ZERO, &mut r), None);
+        // A clean exit under on-failure, and anything under "no", stays finished.
+        let mut fresh = Restarts::default();
+        assert_eq!(
+            missed_exit(p, Some(0), short, Duration::ZERO, &mut fresh),
+            None
+        );
+        assert_eq!(
+            missed_exit(
+                RestartPolicy::No,
+                Some(1),
+                short,
+                Duration::ZERO,
+                &mut fresh
+            ),
+            None
+        );
+        assert_eq!(
+            missed_exit(
+                RestartPolicy::Always,
+                Some(0),
+                short,
+                Duration::ZERO,
+                &mut fresh
+            ),
+            Some(RESTART_BACKOFF_START)
+        );
+    }
+
+    #[test]
+    fn the_restart_counter_round_trips_and_tolerates_garbage() {
+        let r = Restarts { streak: 7 };
+        assert_eq!(Restarts::parse(&r.render()), r);
+        assert_eq!(Restarts::parse("garbage"), Restarts::default());
+        assert_eq!(Restarts::parse(""), Restarts::default());
+    }
+
+    #[test]
+    fn only_a_container_finished_for_good_gives_its_address_back() {
+        let m = |exited, failed, restart_pending, alive| Markers {
+            exited,
+            failed,
+            restart_pending,
+            alive,
+        };
+        // Being created (no pid yet), running.
+        assert!(holds_address(m(false, false, false, None)));
+        assert!(holds_address(m(false, false, false, Some(true))));
+        // Exited and waiting out its restart backoff: the address is still its.
+        assert!(holds_address(m(true, false, true, Some(false))));
+        assert!(holds_address(m(true, false, true, None)));
+        // Finished for good, lost, or never started.
+        assert!(!holds_address(m(true, false, false, Some(false))));
+        assert!(!holds_address(m(false, false, false, Some(false))));
+        assert!(!holds_address(m(false, true, false, None)));
+        assert!(!holds_address(m(false, true, true, None)));
     }
 }

@@ -121,23 +121,30 @@ where
     F: std::future::Future<Output = Result<(), E>> + Send + 'static,
     E: Into<anyhow::Error> + Send + 'static,
 {
-    tokio::runtime::Runtime::new()?.block_on(async move {
-        let _telemetry = rctl_api::telemetry::init("rctl-agent", "info");
-        let token = tokio_util::sync::CancellationToken::new();
-        let mut task = tokio::spawn(run(token.clone()));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-            r = &mut task => return r?.map_err(Into::into),
-        }
-        tracing::info!("shutting down {what}");
-        token.cancel();
-        match tokio::time::timeout(std::time::Duration::from_secs(10), task).await {
-            Ok(r) => r?.map_err(Into::into),
-            Err(_) => anyhow::bail!("{what} did not stop within 10s"),
-        }
-    })
+    // Blocking work (file writes, unpacking, log reads) needs few threads; tokio's default
+    // of 512 lets bursts leave many idle threads, each with its own stack and malloc arena.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()?
+        .block_on(async move {
+            let _telemetry = rctl_api::telemetry::init("rctl-agent", "info");
+            let token = tokio_util::sync::CancellationToken::new();
+            let mut task = tokio::spawn(run(token.clone()));
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+                r = &mut task => return r?.map_err(Into::into),
+            }
+            tracing::info!("shutting down {what}");
+            token.cancel();
+            match tokio::time::timeout(std::time::Duration::from_secs(10), task).await {
+                Ok(r) => r?.map_err(Into::into),
+                Err(_) => anyhow::bail!("{what} did not stop within 10s"),
+            }
+        })
 }
 
 fn main() {
@@ -179,6 +186,8 @@ fn dispatch() -> anyhow::Result<()> {
         };
         return serve("hollow nodes", |token| rctl_agent::hollow::run(cfg, token));
     }
+    // Before the runtime's threads exist: the agent runs for months next to its containers.
+    rctl_agent::tune_malloc();
     let args = Args::parse();
     let security = args.tls.security_or_exit();
     if let Err(e) = security.check_url(&args.etcd, "--etcd") {

@@ -122,3 +122,45 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// A pidfd for `pid` (pidfd_open(2)) registered with the current tokio runtime: readable
+/// once the process exits, so the reactor watches every shim instead of a blocked thread
+/// per shim. Must be called inside the runtime.
+pub fn watch_exit(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which keeps the fd open (and the same
+    // description) until the AsyncFd drops it; OwnedFd::as_raw_fd always returns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Bounds glibc malloc's memory for a long-running agent: at most two arenas (glibc makes
+/// up to 8 per core, one per thread that allocates, and each keeps freed memory), and fixed
+/// mmap/trim thresholds (glibc's dynamic ones only grow, so freed buffers stay resident).
+pub fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    tune_glibc_malloc();
+}
+
+#[cfg(target_env = "gnu")]
+fn tune_glibc_malloc() {
+    const M_TRIM_THRESHOLD: libc::c_int = -1;
+    const M_MMAP_THRESHOLD: libc::c_int = -3;
+    const M_ARENA_MAX: libc::c_int = -8;
+    for (param, value) in [
+        (M_ARENA_MAX, 2),
+        (M_MMAP_THRESHOLD, 128 * 1024),
+        (M_TRIM_THRESHOLD, 256 * 1024),
+    ] {
+        // SAFETY: mallopt only sets malloc tunables; it is called at start-up, before any
+        // other thread exists.
+        unsafe { libc::mallopt(param, value) };
+    }
+}

@@ -167,6 +167,12 @@ enum Start {
     New,
     Running(Box<ContainerConfig>, PidRecord),
     Finished(Option<i32>, String),
+    /// Exited while no agent watched it and its restart policy restarts it after `delay`.
+    Restart {
+        cfg: Box<ContainerConfig>,
+        code: Option<i32>,
+        delay: Duration,
+    },
 }
 
 struct Inner {
@@ -330,10 +336,22 @@ impl Tasks {
                     "agent restarted while the container was being created".into(),
                 ),
             };
-            if let Start::Finished(..) = start {
-                self.inner.teardown(&cfg).await;
-            } else {
-                info!(container = %id, "adopted running container");
+            let start = match start {
+                Start::Finished(Some(code), why) if !cdir.stopped().exists() => {
+                    match self.inner.missed_restart(&cdir, &task, code).await {
+                        Some(delay) => Start::Restart {
+                            cfg: Box::new(cfg.clone()),
+                            code: Some(code),
+                            delay,
+                        },
+                        None => Start::Finished(Some(code), why),
+                    }
+                }
+                s => s,
+            };
+            match start {
+                Start::Finished(..) | Start::Restart { .. } => self.inner.teardown(&cfg).await,
+                _ => info!(container = %id, "adopted running container"),
             }
             let (tx, rx) = mpsc::unbounded_channel();
             self.inner
@@ -449,17 +467,15 @@ impl Inner {
         self.net.detach(&cfg.id).await;
     }
 
-    /// Addresses and host ports held by containers that are starting or running; a
-    /// finished container gave its rules back, so its address and port are free again.
+    /// Addresses and host ports held by containers that are starting, running or waiting
+    /// for their restart ([`lifecycle::holds_address`]); a container finished for good
+    /// gave its rules back, so its address and port are free again.
     async fn used(&self) -> (Vec<Ipv4Addr>, Vec<u16>) {
         let (mut ips, mut ports) = (Vec::new(), Vec::new());
         if let Ok(mut rd) = tokio::fs::read_dir(self.root.join("containers")).await {
             while let Ok(Some(e)) = rd.next_entry().await {
                 let cdir = ContainerDir(e.path());
-                let finished = cdir.exit().exists()
-                    || cdir.failed().exists()
-                    || cdir.read_pid().is_some_and(|p| !p.alive());
-                if finished {
+                if !lifecycle::holds_address(cdir.markers()) {
                     continue;
                 }
                 if let Ok(c) = cdir.read_config() {
@@ -472,6 +488,46 @@ impl Inner {
             }
         }
         (ips, ports)
+    }
+
+    /// Whether container `dir` of `task`, found exited with `code` at start-up (not stopped
+    /// on request), is restarted, and after what delay: a restart the previous agent had
+    /// already decided keeps its due time; otherwise the restart policy decides on the
+    /// missed exit, with the attempts counted so far. A restart is recorded before the
+    /// actor waits for it, so its address stays reserved.
+    async fn missed_restart(
+        &self,
+        dir: &ContainerDir,
+        task: &pb::Task,
+        code: i32,
+    ) -> Option<Duration> {
+        let now = clock::now_unix_ms();
+        let ms = |d: i64| Duration::from_millis(d.max(0) as u64);
+        if let Some(due) = dir.read_restart_due() {
+            return Some(ms(due - now));
+        }
+        let policy = RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts)
+            .unwrap_or_default();
+        let exited = dir.exited_unix_ms().unwrap_or(now);
+        let ran = ms(exited - dir.started_unix_ms().unwrap_or(exited));
+        let mut restarts = dir.read_restarts();
+        let delay =
+            lifecycle::missed_exit(policy, Some(code), ran, ms(now - exited), &mut restarts)?;
+        self.record_restart(dir, restarts, delay).await;
+        Some(delay)
+    }
+
+    /// Persists the restart counter and that a restart is due after `delay`.
+    async fn record_restart(&self, dir: &ContainerDir, restarts: Restarts, delay: Duration) {
+        let due = clock::now_unix_ms() + delay.as_millis() as i64;
+        for (path, data) in [
+            (dir.restarts(), restarts.render()),
+            (dir.restart(), format!("{due}\n")),
+        ] {
+            if let Err(e) = write_atomic(&path, data.as_bytes()).await {
+                warn!(path = %path.display(), error = %e, "cannot record restart");
+            }
+        }
     }
 
     /// Pulls the image, prepares the container and starts it through its shim.
@@ -580,7 +636,7 @@ impl Inner {
         dir: &ContainerDir,
         cfg: &ContainerConfig,
     ) -> Result<PidRecord, TaskError> {
-        for f in [dir.pid(), dir.exit(), dir.stopped()] {
+        for f in [dir.pid(), dir.exit(), dir.stopped(), dir.restart()] {
             match tokio::fs::remove_file(&f).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(TaskError::State { path: f, source: e })
@@ -762,11 +818,31 @@ async fn actor(
             inner.report(&mut status).await;
             None
         }
+        Start::Restart { cfg, code, delay } => {
+            inner.drop_endpoint(&task).await;
+            let restarts = dir.read_restarts();
+            match restart(
+                &inner,
+                &task,
+                &mut status,
+                &dir,
+                *cfg,
+                code,
+                delay,
+                restarts,
+                &mut rx,
+            )
+            .await
+            {
+                Restarted::Running(cfg, pid) => Some((*cfg, pid)),
+                Restarted::Finished => None,
+                Restarted::Removed => return,
+            }
+        }
     };
     // Validated when the task was accepted; a task from an older agent has no policy.
     let policy =
         RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts).unwrap_or_default();
-    let mut restarts = Restarts::default();
     let mut running = running;
     'life: loop {
         while let Some((cfg, pid)) = running.take() {
@@ -780,59 +856,31 @@ async fn actor(
                 Ended::Exited(code) => code,
             };
             let why = exit_reason(&dir, code);
+            // Read back rather than kept: an earlier agent may have counted attempts already.
+            let mut restarts = dir.read_restarts();
             let Some(delay) = lifecycle::after_exit(policy, code, since.elapsed(), &mut restarts)
             else {
                 finish(&mut status, code, false, why);
                 inner.report(&mut status).await;
                 break;
             };
-            // Not failed: the task is still meant to run here, the agent restarts it.
-            status.state = pb::TaskState::Starting as i32;
-            status.exit_code = code.unwrap_or(-1);
-            status.message = format!(
-                "restart {} in {delay:?} after exit code {}",
-                restarts.streak,
-                code.unwrap_or(-1)
-            );
-            inner.report(&mut status).await;
-            info!(task = %task.id, ?delay, "restarting container");
-            let backoff = tokio::time::sleep(delay);
-            tokio::pin!(backoff);
-            let stopped = loop {
-                tokio::select! {
-                    _ = &mut backoff => break None,
-                    cmd = rx.recv() => match cmd {
-                        Some(Cmd::Start) => break None,
-                        Some(Cmd::Kill(_)) => {}
-                        Some(Cmd::Stop(stop)) => break Some(Some(stop)),
-                        None => break Some(None),
-                    },
-                }
-            };
-            if let Some(stop) = stopped {
-                let _ = write_atomic(&dir.stopped(), b"").await;
-                finish(&mut status, code, true, String::new());
-                inner.report(&mut status).await;
-                match stop {
-                    Some(stop) if stop.remove => {
-                        remove(&inner, &task, &dir, stop).await;
-                        return;
-                    }
-                    _ => break,
-                }
-            }
-            match inner.launch(&dir, &cfg).await {
-                Ok(pid) => {
-                    status.started_unix_ms = 0;
-                    status.finished_unix_ms = 0;
-                    running = Some((cfg, pid));
-                }
-                Err(e) => {
-                    warn!(task = %task.id, error = %e, "restart failed");
-                    inner.teardown(&cfg).await;
-                    finish(&mut status, code, false, format!("restart failed: {e}"));
-                    inner.report(&mut status).await;
-                }
+            inner.record_restart(&dir, restarts, delay).await;
+            match restart(
+                &inner,
+                &task,
+                &mut status,
+                &dir,
+                cfg,
+                code,
+                delay,
+                restarts,
+                &mut rx,
+            )
+            .await
+            {
+                Restarted::Running(cfg, pid) => running = Some((*cfg, pid)),
+                Restarted::Finished => break,
+                Restarted::Removed => return,
             }
         }
         // Finished. `--rm`: nothing is kept once the exit status is written.
@@ -861,7 +909,8 @@ async fn actor(
                         status.started_unix_ms = 0;
                         status.finished_unix_ms = 0;
                         status.exit_code = 0;
-                        restarts = Restarts::default();
+                        // A start by hand begins a fresh count of restarts.
+                        let _ = tokio::fs::remove_file(dir.restarts()).await;
                         running = Some(r);
                         continue 'life;
                     }
@@ -891,6 +940,85 @@ async fn relaunch(
         Err(e) => {
             inner.teardown(&cfg).await;
             Err(e)
+        }
+    }
+}
+
+/// How waiting out a restart backoff ended.
+enum Restarted {
+    /// Running again.
+    Running(Box<ContainerConfig>, PidRecord),
+    /// Stopped on request, or the restart failed (status reported).
+    Finished,
+    /// Stopped and removed on request.
+    Removed,
+}
+
+/// Restarts the exited container of `cfg` after `delay` (its restart already recorded in
+/// its directory), unless a stop comes first.
+#[allow(clippy::too_many_arguments)]
+async fn restart(
+    inner: &Inner,
+    task: &pb::Task,
+    status: &mut pb::TaskStatus,
+    dir: &ContainerDir,
+    cfg: ContainerConfig,
+    code: Option<i32>,
+    delay: Duration,
+    restarts: Restarts,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+) -> Restarted {
+    // Not failed: the task is still meant to run here, the agent restarts it.
+    status.state = pb::TaskState::Starting as i32;
+    status.exit_code = code.unwrap_or(-1);
+    status.message = format!(
+        "restart {} in {delay:?} after exit code {}",
+        restarts.streak,
+        code.unwrap_or(-1)
+    );
+    inner.report(status).await;
+    info!(task = %task.id, ?delay, "restarting container");
+    let backoff = tokio::time::sleep(delay);
+    tokio::pin!(backoff);
+    let stop = loop {
+        tokio::select! {
+            _ = &mut backoff => break None,
+            cmd = rx.recv() => match cmd {
+                // `rctl start` (or restart) does not wait for the backoff.
+                Some(Cmd::Start) => break None,
+                Some(Cmd::Kill(_)) => {}
+                Some(Cmd::Stop(stop)) => break Some(stop),
+                // Every sender gone means the agent is shutting down: the next one restarts it.
+                None => return Restarted::Finished,
+            },
+        }
+    };
+    if let Some(stop) = stop {
+        let _ = write_atomic(&dir.stopped(), b"").await;
+        let _ = tokio::fs::remove_file(dir.restart()).await;
+        finish(status, code, true, String::new());
+        inner.report(status).await;
+        if stop.remove {
+            remove(inner, task, dir, stop).await;
+            return Restarted::Removed;
+        }
+        return Restarted::Finished;
+    }
+    match inner.launch(dir, &cfg).await {
+        Ok(pid) => {
+            status.started_unix_ms = 0;
+            status.finished_unix_ms = 0;
+            Restarted::Running(Box::new(cfg), pid)
+        }
+        Err(e) => {
+            warn!(task = %task.id, error = %e, "restart failed");
+            inner.teardown(&cfg).await;
+            let why = format!("restart failed: {e}");
+            // Finished for good: its address is free and a later agent reports it failed.
+            let _ = write_atomic(&dir.failed(), why.as_bytes()).await;
+            finish(status, code, false, why);
+            inner.report(status).await;
+            Restarted::Finished
         }
     }
 }

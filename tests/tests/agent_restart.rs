@@ -1,11 +1,13 @@
 //! Issue 4's acceptance for agent restarts: SIGKILL the agent of a host running 20
 //! containers; while it is gone they keep running and logging (their shims own them and
 //! their logs), and a container that exits meanwhile has its exit code reported by the
-//! restarted agent.
+//! restarted agent — and its restart policy applied to it, as if the agent had watched.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use rctl_api::pb;
+use rctl_api::pb::agent_client::AgentClient;
 use rctl_tests::cluster::Cluster;
 use serde_json::Value;
 
@@ -163,4 +165,147 @@ command = ["sh", "-c", "trap 'exit 42' USR1; while true; do sleep 0.1; done"]
         let want: Vec<u64> = (first..first + nums.len() as u64).collect();
         assert_eq!(nums, want, "{id}: counter sequence has a gap or a repeat");
     }
+}
+
+/// Puts `task` under its etcd key through etcd's JSON gateway, so the agent's orphan sweep
+/// sees it as desired on this node.
+fn put_task(c: &Cluster, task: &pb::Task) {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let key = rctl_api::keys::task(&task.service, &task.id);
+    let body = format!(
+        r#"{{"key":"{}","value":"{}"}}"#,
+        b64(key.as_bytes()),
+        b64(&rctl_api::codec::encode(task))
+    );
+    let etcd = format!("198.18.{}.1:{}", c.net, c.port_base + 1);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            &format!("http://{etcd}/v3/kv/put"),
+            "-d",
+            &body,
+        ])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "etcd put {key}");
+}
+
+/// How many times a container printed `run` (once per start).
+fn runs(c: &Cluster, id: &str) -> usize {
+    let Ok(text) = std::fs::read_to_string(c.container_dir("h1", id).join("log.json")) else {
+        return 0;
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["log"] == "run\n")
+        .count()
+}
+
+fn exit_code(c: &Cluster, id: &str) -> Option<String> {
+    std::fs::read_to_string(c.container_dir("h1", id).join("exit"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[test]
+fn restart_policy_applies_to_exits_while_the_agent_was_down() {
+    let c = Cluster::start(1);
+    // The agent's own API, as the scheduler drives it; the scheduler itself is stopped so
+    // that it does not retire these tasks of a service it does not know.
+    let sched = c.scheduler_pid(1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sched),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill scheduler");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = format!(
+        "http://198.18.{}.11:{}",
+        c.net,
+        rctl_api::DEFAULT_AGENT_PORT
+    );
+    let task = |id: &str, policy: &str, script: &str| pb::Task {
+        id: id.into(),
+        service: "policy".into(),
+        node: "h1".into(),
+        image: format!("{}/rctl/busybox:latest", c.registry()),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        desired_state: pb::DesiredState::Running as i32,
+        restart_policy: policy.into(),
+        ..Default::default()
+    };
+    // Each waits for SIGUSR1 on its first run; a later run of `again` (its writable layer
+    // kept across restarts) fails at once, so on-failure:2 ends after exactly three runs.
+    let tasks = [
+        task(
+            "again",
+            "on-failure:2",
+            "echo run; [ -f /ran ] && exit 3; touch /ran; trap 'exit 3' USR1; while :; do sleep 0.1; done",
+        ),
+        task(
+            "always",
+            "always",
+            "echo run; trap 'exit 0' USR1; while :; do sleep 0.1; done",
+        ),
+        task(
+            "never",
+            "",
+            "echo run; trap 'exit 3' USR1; while :; do sleep 0.1; done",
+        ),
+    ];
+    for t in &tasks {
+        put_task(&c, t);
+        let mut client = rt
+            .block_on(AgentClient::connect(agent.clone()))
+            .expect("agent API");
+        rt.block_on(client.run_task(pb::RunTaskRequest {
+            task: Some(t.clone()),
+        }))
+        .expect("run task");
+    }
+    let first: BTreeMap<String, (i32, u64)> = tasks
+        .iter()
+        .map(|t| {
+            let id = t.id.clone();
+            let rec = c.eventually(WAIT, "first run", || {
+                (runs(&c, &id) == 1).then_some(())?;
+                pid_record(&c, &id)
+            });
+            (id, rec)
+        })
+        .collect();
+
+    c.kill_agent("h1");
+    for (id, rec) in &first {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(rec.0),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .expect("signal");
+        c.eventually(Duration::from_secs(10), "exit without an agent", || {
+            exit_code(&c, id)
+        });
+    }
+    // Nothing restarts them while the agent is down.
+    assert!(first.keys().all(|id| runs(&c, id) == 1));
+
+    c.restart_agent("h1");
+    // on-failure: the missed exit is restarted, and counts towards the maximum.
+    c.eventually(WAIT, "again: three runs, then failed for good", || {
+        (runs(&c, "again") == 3 && exit_code(&c, "again").as_deref() == Some("3")).then_some(())
+    });
+    // always: restarted after a clean exit too, and running.
+    let second = c.eventually(WAIT, "always runs again", || {
+        let rec = pid_record(&c, "always")?;
+        (runs(&c, "always") == 2 && rec != first["always"] && alive(rec)).then_some(rec)
+    });
+    assert!(exit_code(&c, "always").is_none(), "always is running");
+    // no: the exit code stays, nothing restarts.
+    assert_eq!(exit_code(&c, "never").as_deref(), Some("3"));
+    assert_eq!(runs(&c, "never"), 1);
+    assert_eq!(runs(&c, "again"), 3, "no run beyond on-failure's maximum");
+    assert!(alive(second));
 }

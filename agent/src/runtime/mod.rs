@@ -104,19 +104,35 @@ impl Shim {
             .take()
             .map(|mut s| s.write_all(b"g"))
             .unwrap_or(Ok(()));
-        std::thread::spawn(move || {
-            let _ = self.child.wait();
-        });
+        reap(self.child);
         res.map_err(RuntimeError::Release)
     }
 
     /// Gives up: the shim sees EOF and exits without starting anything.
     pub fn abort(mut self) {
         drop(self.child.stdin.take());
-        std::thread::spawn(move || {
-            let _ = self.child.wait();
-        });
+        reap(self.child);
     }
+}
+
+/// Reaps the shim `child` once it exits. In the agent that is a tokio task waiting on the
+/// shim's pidfd (no thread per shim: 50 containers used to cost 50 blocked threads);
+/// outside a runtime (tools, benchmarks) a thread waits instead.
+fn reap(mut child: std::process::Child) {
+    // Inside the agent's runtime (try_current succeeds only in its context).
+    if tokio::runtime::Handle::try_current().is_ok() {
+        if let Ok(fd) = crate::sys::watch_exit(child.id()) {
+            tokio::spawn(async move {
+                let _ = fd.readable().await;
+                // A readable pidfd means the shim exited: this reaps without blocking.
+                let _ = child.try_wait();
+            });
+            return;
+        }
+    }
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 /// Waits until the shim recorded the container's pid (or its exit, for a container that

@@ -1,6 +1,7 @@
 //! A container's on-disk state under `ROOT/containers/<id>/`: `config.json` (what to run),
 //! `upper/`, `work/`, `rootfs/` (overlayfs), and from the shim: `log.json` (+ rotated
-//! `log.json.N`), `shim.log`, `attach.sock`, `pid` and `exit`.
+//! `log.json.N`), `shim.log`, `attach.sock`, `pid` and `exit`; from the agent: `stopped`,
+//! `failed`, `restarts` (the restart policy's counter) and `restart` (a restart is due).
 //! Every file is written to a temp name and renamed, so readers never see half a file.
 
 use std::io;
@@ -180,6 +181,42 @@ impl ContainerDir {
         self.0.join("failed")
     }
 
+    /// The restart policy's bookkeeping ([`crate::lifecycle::Restarts`]), kept across agent
+    /// restarts.
+    pub fn restarts(&self) -> PathBuf {
+        self.0.join("restarts")
+    }
+
+    pub fn read_restarts(&self) -> crate::lifecycle::Restarts {
+        crate::lifecycle::Restarts::parse(
+            &std::fs::read_to_string(self.restarts()).unwrap_or_default(),
+        )
+    }
+
+    /// Present while the container exited and waits out its restart backoff: the wall-clock
+    /// time (unix ms) the restart is due. The next launch removes it.
+    pub fn restart(&self) -> PathBuf {
+        self.0.join("restart")
+    }
+
+    pub fn read_restart_due(&self) -> Option<i64> {
+        std::fs::read_to_string(self.restart())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// What the directory says about the container (see [`crate::lifecycle::holds_address`]).
+    pub fn markers(&self) -> crate::lifecycle::Markers {
+        crate::lifecycle::Markers {
+            exited: self.exit().exists(),
+            failed: self.failed().exists(),
+            restart_pending: self.restart().exists(),
+            alive: self.read_pid().map(|p| p.alive()),
+        }
+    }
+
     pub fn read_failed(&self) -> Option<String> {
         std::fs::read_to_string(self.failed()).ok()
     }
@@ -187,6 +224,12 @@ impl ContainerDir {
     /// When the container started: the shim writes the pid file right after the fork.
     pub fn started_unix_ms(&self) -> Option<i64> {
         let m = std::fs::metadata(self.pid()).ok()?.modified().ok()?;
+        Some(rctl_api::clock::to_unix_ms(m))
+    }
+
+    /// When the container exited: the shim writes the exit file right after reaping it.
+    pub fn exited_unix_ms(&self) -> Option<i64> {
+        let m = std::fs::metadata(self.exit()).ok()?.modified().ok()?;
         Some(rctl_api::clock::to_unix_ms(m))
     }
 
