@@ -215,7 +215,10 @@ async fn connect(
             .await
             .map_err(|source| PoolError::ProxyHeader { addr, source })?;
     }
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    // One write(2) per request (head and body flattened), as on the client side.
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| PoolError::Handshake { addr, source })?;
     tokio::spawn(async move {
