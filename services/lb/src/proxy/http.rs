@@ -65,21 +65,43 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present is cheaper than
-    // hashing nine removals (this runs on every request and every response).
+    // This runs on every request and every response. Most requests carry no hop-by-hop
+    // header and most responses just `Connection: keep-alive`, so find the few names
+    // present with passes over the map's keys and remove only those, rather than parse
+    // `Connection` into new names and hash every hop-by-hop name for every message.
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // `Connection` goes last: the other passes read the names it lists.
+    loop {
+        let doomed = {
+            let named = headers.get_all(header::CONNECTION);
+            headers
+                .keys()
+                .find(|k| {
+                    *k != header::CONNECTION
+                        && (HOP_BY_HOP.contains(k) || connection_names(&named, k))
+                })
+                .cloned()
+        };
+        match doomed {
+            Some(name) => {
+                headers.remove(&name);
+            }
+            None => break,
+        }
     }
+    headers.remove(header::CONNECTION);
+}
+
+/// Whether the `Connection` header values list `name` (comma-separated, any case).
+fn connection_names(values: &http::header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    values.iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+    })
 }
 
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -788,9 +810,35 @@ mod tests {
     }
 
     #[test]
+    fn strips_names_from_every_connection_header_line_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static(" X-A ,x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert("x-c", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-c"]);
+
+        // nginx's usual answer: only Connection goes.
+        let mut h = HeaderMap::new();
+        h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["server", "content-length"]);
+    }
+
+    #[test]
     fn forwarded_headers_append_to_the_chain() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, &forwarded_for("198.18.0.1".parse().unwrap()), "http");
+        set_forwarded(
+            &mut h,
+            &forwarded_for("198.18.0.1".parse().unwrap()),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "198.18.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         set_forwarded(&mut h, &forwarded_for("::1".parse().unwrap()), "https");

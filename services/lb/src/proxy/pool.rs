@@ -87,6 +87,48 @@ pub struct Key {
     client: Option<(SocketAddr, SocketAddr)>,
 }
 
+/// Hashes pool keys with a multiply-rotate per word (FxHash's) instead of SipHash: the
+/// keys are addresses from our own routing table, not attacker-chosen, and the map is
+/// looked up twice per request.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into());
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// A connection waiting in the pool.
 struct Idle {
     sender: SendRequest<ReclaimBody>,
@@ -98,7 +140,7 @@ struct Idle {
 #[derive(Default)]
 pub struct Pool {
     /// Idle connections per backend address, most recently used last.
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    idle: Mutex<KeyMap<Vec<Idle>>>,
     /// When expired connections were last swept from every backend's list.
     last_sweep: Mutex<Option<Instant>>,
 }
