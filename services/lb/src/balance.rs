@@ -67,7 +67,7 @@ fn tier<'a>(
             && !tried.contains(&b.address)
             && !(skip_ejected && (!b.is_up() || b.is_ejected()))
     };
-    let tiers = [true, false].into_iter().flat_map(move |skip_ejected| {
+    let mut tiers = [true, false].into_iter().flat_map(move |skip_ejected| {
         [0u8, 1, 2].into_iter().map(move |level| {
             move |b: &Backend| {
                 usable(b, skip_ejected)
@@ -79,12 +79,7 @@ fn tier<'a>(
             }
         })
     });
-    for in_tier in tiers {
-        if route.backends.iter().any(|b| in_tier(b)) {
-            return Some(in_tier);
-        }
-    }
-    None
+    tiers.find(|in_tier| route.backends.iter().any(|b| in_tier(b)))
 }
 
 /// Picks a backend of `route` for one request or connection meant for `revision`
