@@ -17,7 +17,7 @@ DEB_PKGS := etcd-server etcd-client docker-registry busybox-static iproute2 ipta
 	gcc libc6-dev tmux
 
 # The peers the benchmarks compare with (only `make bench` installs them).
-BENCH_PKGS := docker.io podman runc time
+BENCH_PKGS := docker.io podman runc time valgrind
 
 .PHONY: help deps build testserver demo down test bench lint
 

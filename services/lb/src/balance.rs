@@ -18,7 +18,12 @@ use crate::routes::{Backend, ServiceRoute};
 /// the index of the chosen candidate, or `None` when there is none. Ties go to the first
 /// draw, so the choice stays random among equally loaded backends.
 pub fn choose(loads: &[usize], r1: u64, r2: u64) -> Option<usize> {
-    let n = loads.len();
+    choose_by(loads.len(), |i| loads[i], r1, r2)
+}
+
+/// [`choose`] over `n` candidates whose loads `load(i)` gives, read only for the two drawn:
+/// the per-request path needs no list of loads.
+pub fn choose_by(n: usize, load: impl Fn(usize) -> usize, r1: u64, r2: u64) -> Option<usize> {
     match n {
         0 => None,
         1 => Some(0),
@@ -29,7 +34,7 @@ pub fn choose(loads: &[usize], r1: u64, r2: u64) -> Option<usize> {
             if j >= i {
                 j += 1;
             }
-            Some(if loads[j] < loads[i] { j } else { i })
+            Some(if load(j) < load(i) { j } else { i })
         }
     }
 }
@@ -44,53 +49,53 @@ pub fn eligible<'a>(
     revision: u64,
     tried: &[SocketAddr],
 ) -> Vec<&'a Arc<Backend>> {
-    let found = eligible_if(route, revision, tried, true);
-    if found.is_empty() {
-        eligible_if(route, revision, tried, false)
-    } else {
-        found
+    match tier(route, revision, tried) {
+        Some(in_tier) => route.backends.iter().filter(|b| in_tier(b)).collect(),
+        None => Vec::new(),
     }
 }
 
-fn eligible_if<'a>(
+/// The first non-empty tier of [`eligible`], as a test of membership, so that the
+/// per-request path walks the backends without collecting them.
+fn tier<'a>(
     route: &'a ServiceRoute,
     revision: u64,
-    tried: &[SocketAddr],
-    skip_ejected: bool,
-) -> Vec<&'a Arc<Backend>> {
-    let usable = |b: &&Arc<Backend>| {
+    tried: &'a [SocketAddr],
+) -> Option<impl Fn(&Backend) -> bool + 'a> {
+    let usable = move |b: &Backend, skip_ejected: bool| {
         b.healthy
             && !tried.contains(&b.address)
-            && !(skip_ejected && (b.is_ejected() || !b.is_up()))
+            && !(skip_ejected && (!b.is_up() || b.is_ejected()))
     };
-    let of_revision: Vec<_> = route
-        .backends
-        .iter()
-        .filter(usable)
-        .filter(|b| b.revision == revision)
-        .collect();
-    if !of_revision.is_empty() {
-        return of_revision;
-    }
-    let in_split: Vec<_> = route
-        .backends
-        .iter()
-        .filter(usable)
-        .filter(|b| route.in_split(b.revision))
-        .collect();
-    if !in_split.is_empty() {
-        return in_split;
-    }
-    route.backends.iter().filter(usable).collect()
+    let mut tiers = [true, false].into_iter().flat_map(move |skip_ejected| {
+        [0u8, 1, 2].into_iter().map(move |level| {
+            move |b: &Backend| {
+                usable(b, skip_ejected)
+                    && match level {
+                        0 => b.revision == revision,
+                        1 => route.in_split(b.revision),
+                        _ => true,
+                    }
+            }
+        })
+    });
+    tiers.find(|in_tier| route.backends.iter().any(|b| in_tier(b)))
 }
 
 /// Picks a backend of `route` for one request or connection meant for `revision`
 /// ([`ServiceRoute::next_revision`]), skipping `tried`.
 pub fn pick(route: &ServiceRoute, revision: u64, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
-    let candidates = eligible(route, revision, tried);
-    let loads: Vec<usize> = candidates.iter().map(|b| b.load()).collect();
-    let i = choose(&loads, rand::random(), rand::random())?;
-    Some(candidates[i].clone())
+    let in_tier = tier(route, revision, tried)?;
+    let nth = |i: usize| route.backends.iter().filter(|b| in_tier(b)).nth(i);
+    let n = route.backends.iter().filter(|b| in_tier(b)).count();
+    // One candidate (a service with one endpoint, or one of its revision) needs no draw.
+    let (r1, r2) = if n > 1 {
+        (rand::random(), rand::random())
+    } else {
+        (0, 0)
+    };
+    let i = choose_by(n, |i| nth(i).map_or(usize::MAX, |b| b.load()), r1, r2)?;
+    nth(i).cloned()
 }
 
 #[cfg(test)]

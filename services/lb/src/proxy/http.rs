@@ -45,6 +45,7 @@ use super::MAX_RETRIES;
 use crate::balance;
 use crate::routes::{InFlight, RoutesRx, TlsCert};
 use crate::stats::{ServiceCounters, Stats};
+use crate::workers::Workers;
 
 /// The body of every response the proxy sends: a backend's, streamed, or its own short one.
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
@@ -65,37 +66,73 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present is cheaper than
-    // hashing nine removals (this runs on every request and every response).
+    // This runs on every request and every response. Most requests carry no hop-by-hop
+    // header and most responses just `Connection: keep-alive`, so find the few names
+    // present with passes over the map's keys and remove only those, rather than parse
+    // `Connection` into new names and hash every hop-by-hop name for every message.
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // `Connection` goes last: the other passes read the names it lists.
+    loop {
+        let doomed = {
+            let named = headers.get_all(header::CONNECTION);
+            headers
+                .keys()
+                .find(|k| {
+                    *k != header::CONNECTION
+                        && (HOP_BY_HOP.contains(k) || connection_names(&named, k))
+                })
+                .cloned()
+        };
+        match doomed {
+            Some(name) => {
+                headers.remove(&name);
+            }
+            None => break,
+        }
     }
+    headers.remove(header::CONNECTION);
 }
 
-/// Appends the client's address to `X-Forwarded-For` (keeping what earlier proxies put
-/// there) and sets `X-Forwarded-Proto` (`"http"` or `"https"`).
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    use std::fmt::Write as _;
-    // One buffer, no per-hop Strings: this runs on every request.
-    let mut chain = String::with_capacity(48);
-    for v in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
-        chain.push_str(v);
-        chain.push_str(", ");
-    }
-    let _ = write!(chain, "{client}");
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
-        headers.insert(XFF, v);
+/// Whether the `Connection` header values list `name` (comma-separated, any case).
+fn connection_names(values: &http::header::GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    values.iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+    })
+}
+
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client's address as an `X-Forwarded-For` value: formatted once per connection,
+/// since every request on it carries the same one.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(client.to_string()))
+        .expect("an IP address is a valid header value")
+}
+
+/// Appends `client` (from [`forwarded_for`]) to `X-Forwarded-For`, keeping what earlier
+/// proxies put there, and sets `X-Forwarded-Proto` (`"http"` or `"https"`).
+pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
+    let mut earlier = headers.get_all(&XFF).iter().peekable();
+    if earlier.peek().is_none() {
+        // The common case: the first proxy. A clone of the per-connection value is a
+        // reference count, not a copy.
+        headers.insert(XFF, client.clone());
+    } else {
+        let mut chain = Vec::with_capacity(64);
+        for v in earlier {
+            chain.extend_from_slice(v.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(client.as_bytes());
+        // Bytes of valid header values joined by ", " are a valid header value.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
+            headers.insert(XFF, v);
+        }
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -103,11 +140,13 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
     );
 }
 
-/// What every HTTP listener shares: the pooled backend connections and the counters.
+/// What every HTTP listener shares: the counters and the data-path threads. (Pooled
+/// backend connections are per thread, [`Pool::local`].)
 #[derive(Clone)]
 pub struct Forwarder {
-    pool: Arc<Pool>,
     stats: Arc<Stats>,
+    /// Where accepted connections are served; `None`: on the listener's runtime.
+    workers: Option<Arc<Workers>>,
     /// How long a client may take to send a request's head (slowloris protection).
     header_timeout: std::time::Duration,
 }
@@ -123,10 +162,21 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 impl Forwarder {
     pub fn new(stats: Arc<Stats>) -> Self {
         Self {
-            pool: Arc::default(),
             stats,
+            workers: None,
             header_timeout: HEADER_TIMEOUT,
         }
+    }
+
+    /// Serves accepted connections (HTTP and TCP) on `workers`.
+    pub fn with_workers(mut self, workers: Option<Arc<Workers>>) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// The data-path threads connections are served on, if any.
+    pub fn workers(&self) -> Option<&Arc<Workers>> {
+        self.workers.as_ref()
     }
 
     /// Sets how long a client may take to send a request's head.
@@ -171,7 +221,7 @@ impl Listener {
 }
 
 /// What a request's handling needs to know about its client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ConnInfo {
     peer: SocketAddr,
     /// `"https"` when the LB terminated TLS.
@@ -179,6 +229,8 @@ struct ConnInfo {
     /// The address the client connected to, for PROXY protocol headers (read only when
     /// the service sends them).
     local: Option<SocketAddr>,
+    /// The peer's address as an `X-Forwarded-For` value ([`forwarded_for`]).
+    forwarded_for: HeaderValue,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -249,9 +301,15 @@ pub async fn serve(
         tls: Mutex::new(None),
     });
     let service = ctx.service.clone();
-    super::accept_loop(listener, &service, &shutdown, |stream, peer| {
-        serve_connection(stream, peer, ctx.clone(), shutdown.clone())
-    })
+    let workers = ctx.forwarder.workers.clone();
+    let stop = shutdown.clone();
+    super::accept_loop(
+        listener,
+        &service,
+        &shutdown,
+        workers.as_deref(),
+        move |stream, peer| serve_connection(stream, peer, ctx.clone(), stop.clone()),
+    )
     .await;
 }
 
@@ -284,6 +342,7 @@ async fn serve_connection(
         peer,
         proto: "http",
         local,
+        forwarded_for: forwarded_for(peer.ip()),
     };
     if let Some(certs) = certs {
         let Ok(acceptor) = ctx.acceptor(&certs) else {
@@ -334,12 +393,17 @@ async fn serve_h1<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = info.peer;
+    let conn = Arc::new((info, ctx));
     let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, info, &ctx).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, &conn.0, &conn.1).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        // Head and body in one buffer, one write(2) per response, rather than a writev of
+        // separate buffers (small answers are the common case).
+        .writev(false)
         .keep_alive(true)
         .max_header_size(MAX_HEADER_SIZE)
         .header_read_timeout(header_timeout)
@@ -355,7 +419,7 @@ async fn serve_h1<I>(
         }
     };
     if let Err(e) = res {
-        debug!(peer = %info.peer, error = %e, "client connection ended");
+        debug!(%peer, error = %e, "client connection ended");
     }
 }
 
@@ -368,9 +432,11 @@ async fn serve_h2<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = info.peer;
+    let conn = Arc::new((info, ctx));
     let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, info, &ctx).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, &conn.0, &conn.1).await) }
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -390,12 +456,12 @@ async fn serve_h2<I>(
         }
     };
     if let Err(e) = res {
-        debug!(peer = %info.peer, error = %e, "HTTP/2 client connection ended");
+        debug!(%peer, error = %e, "HTTP/2 client connection ended");
     }
 }
 
 /// Proxies one request to a backend of the listener's service.
-async fn forward(req: Request<Incoming>, info: ConnInfo, ctx: &Listener) -> Response<ProxyBody> {
+async fn forward(req: Request<Incoming>, info: &ConnInfo, ctx: &Listener) -> Response<ProxyBody> {
     let start = tokio::time::Instant::now();
     let mut revision = 0;
     let resp = route(req, info, ctx, start, &mut revision).await;
@@ -408,7 +474,7 @@ async fn forward(req: Request<Incoming>, info: ConnInfo, ctx: &Listener) -> Resp
 /// that answered, else the one the request was meant for.
 async fn route(
     mut req: Request<Incoming>,
-    info: ConnInfo,
+    info: &ConnInfo,
     ctx: &Listener,
     start: tokio::time::Instant,
     served: &mut u64,
@@ -457,14 +523,15 @@ async fn route(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    set_forwarded(&mut parts.headers, info.peer.ip(), info.proto);
+    set_forwarded(&mut parts.headers, &info.forwarded_for, info.proto);
     let mut client_upgrade = client_upgrade; // taken on the 101
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let slot = Arc::new(Mutex::new(Some(body)));
+    // A request without a body (most GETs) needs no slot to reclaim it from.
+    let slot = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(body))));
 
     let mut tried = Vec::new();
     let mut retried = false;
@@ -508,8 +575,7 @@ async fn route(
             }
         }
 
-        let sent =
-            tokio::time::timeout_at(deadline, ctx.forwarder.pool.send(addr, proxied, out)).await;
+        let sent = tokio::time::timeout_at(deadline, Pool::local().send(addr, proxied, out)).await;
         let Ok(sent) = sent else {
             // Not retried: the backend may be working on it (and a POST must not run twice).
             backend.record(false);
@@ -623,8 +689,13 @@ fn idempotent(method: &http::Method) -> bool {
     matches!(*method, http::Method::GET | http::Method::HEAD)
 }
 
-fn untouched(slot: &Mutex<Option<Incoming>>) -> bool {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+/// Where a request's body waits until a backend connection takes it; `None`: no body.
+type BodySlot = Option<Arc<Mutex<Option<Incoming>>>>;
+
+/// Whether the request's body, if any, is still ours to send to another backend.
+fn untouched(slot: &BodySlot) -> bool {
+    slot.as_ref()
+        .is_none_or(|s| s.lock().unwrap_or_else(|e| e.into_inner()).is_some())
 }
 
 fn no_endpoint(service: &str) -> Response<ProxyBody> {
@@ -649,19 +720,20 @@ fn short(status: StatusCode, body: String) -> Response<ProxyBody> {
 /// A request body that stays in a shared slot until the backend connection first polls
 /// it; see the module docs.
 pub struct ReclaimBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    slot: BodySlot,
     taken: Option<Incoming>,
 }
 
 impl ReclaimBody {
-    fn new(slot: Arc<Mutex<Option<Incoming>>>) -> Self {
+    fn new(slot: BodySlot) -> Self {
         Self { slot, taken: None }
     }
 
     fn peek<R>(&self, f: impl FnOnce(Option<&Incoming>) -> R) -> R {
-        match &self.taken {
-            Some(b) => f(Some(b)),
-            None => f(self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()),
+        match (&self.taken, &self.slot) {
+            (Some(b), _) => f(Some(b)),
+            (None, Some(slot)) => f(slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()),
+            (None, None) => f(None),
         }
     }
 }
@@ -676,7 +748,9 @@ impl Body for ReclaimBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         if this.taken.is_none() {
-            this.taken = this.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(slot) = &this.slot {
+                this.taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
         }
         match this.taken.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
@@ -755,13 +829,39 @@ mod tests {
     }
 
     #[test]
+    fn strips_names_from_every_connection_header_line_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static(" X-A ,x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        h.insert("x-c", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-c"]);
+
+        // nginx's usual answer: only Connection goes.
+        let mut h = HeaderMap::new();
+        h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["server", "content-length"]);
+    }
+
+    #[test]
     fn forwarded_headers_append_to_the_chain() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "198.18.0.1".parse().unwrap(), "http");
+        set_forwarded(
+            &mut h,
+            &forwarded_for("198.18.0.1".parse().unwrap()),
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "198.18.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "https");
-        assert_eq!(h["x-forwarded-for"], "198.18.0.1, 127.0.0.1");
+        set_forwarded(&mut h, &forwarded_for("::1".parse().unwrap()), "https");
+        assert_eq!(h["x-forwarded-for"], "198.18.0.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 

@@ -87,6 +87,48 @@ pub struct Key {
     client: Option<(SocketAddr, SocketAddr)>,
 }
 
+/// Hashes pool keys with a multiply-rotate per word (FxHash's) instead of SipHash: the
+/// keys are addresses from our own routing table, not attacker-chosen, and the map is
+/// looked up twice per request.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n.into());
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into());
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// A connection waiting in the pool.
 struct Idle {
     sender: SendRequest<ReclaimBody>,
@@ -94,16 +136,27 @@ struct Idle {
     since: Instant,
 }
 
+thread_local! {
+    /// This thread's pool: a connection is reused only by requests on the thread (the
+    /// runtime) whose reactor drives it, so no request waits on another thread's wake-up.
+    static LOCAL: Arc<Pool> = Arc::default();
+}
+
 /// The idle connections of every backend.
 #[derive(Default)]
 pub struct Pool {
     /// Idle connections per backend address, most recently used last.
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    idle: Mutex<KeyMap<Vec<Idle>>>,
     /// When expired connections were last swept from every backend's list.
     last_sweep: Mutex<Option<Instant>>,
 }
 
 impl Pool {
+    /// The calling thread's pool.
+    pub fn local() -> Arc<Self> {
+        LOCAL.with(Arc::clone)
+    }
+
     /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one; with
     /// `client`, on a connection opened with a PROXY v2 header for that client.
     pub async fn send(
@@ -215,7 +268,10 @@ async fn connect(
             .await
             .map_err(|source| PoolError::ProxyHeader { addr, source })?;
     }
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    // One write(2) per request (head and body flattened), as on the client side.
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| PoolError::Handshake { addr, source })?;
     tokio::spawn(async move {
