@@ -1,13 +1,16 @@
 //! End-to-end: one-off containers (`rctl run`, issue 9) on a real 2-host cluster: run -d on
 //! each host, ps (table, json, -q, --filter), logs and exec through the scheduler, a
 //! published port, stop/start/restart/kill -s/rename/port/inspect, rm -f, the foreground
-//! `run --rm` exit code, and bad input (name conflict, port taken, bad port spec, relative
+//! `run --rm` exit code, `run -it` in a real terminal (tmux), `run --rm -p` leaving nothing
+//! behind, and bad input (name conflict, port taken, bad port spec, relative
 //! -v, unknown flag, exec into a stopped container) refused with one line, changing nothing.
 
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rctl_tests::cluster::{http_get, Cluster};
+use rctl_tests::tmux::Tmux;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -263,4 +266,80 @@ fn run_in_the_foreground_returns_the_exit_code_and_rm_leaves_nothing() {
     );
     c.rctl_ok(&["rm", "fg"]);
     assert!(containers(&c, &["-a"]).is_empty());
+
+    // run -it: a real terminal on the other host's container (prompt, 42, resize, exit 3).
+    let tmux = Tmux::start(
+        "containers",
+        &format!(
+            "env RCTL_ADDR='{addr}' RCTL_INSECURE=1 '{rctl}' run -it --rm --node h2 {bb} sh",
+            addr = c.addr(),
+            rctl = c.bin().join("rctl").display(),
+        ),
+    );
+    assert_eq!(tmux.drive_shell(), 3);
+    drop(tmux);
+    c.eventually(WAIT, "the run -it --rm container gone", || {
+        containers(&c, &["-a"]).is_empty().then_some(())
+    });
+
+    // run --rm -p in the foreground: it answers on the published port (the host's address,
+    // and 127.0.0.1 inside that host); SIGTERM to rctl stops it; then nothing is left.
+    let ns = format!("{}-h1", c.name);
+    let in_h1 = |args: &[&str]| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let veths = in_h1(&["ip", "-o", "link", "show", "type", "veth"]);
+    let ts = format!("{}/rctl/testserver:v1", c.registry());
+    let mut fg = Command::new(c.bin().join("rctl"))
+        .args(["run", "--rm", "--node", "h1", "-p", "18081:8080", &ts])
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start rctl run");
+    let addr: SocketAddr = format!("198.18.{}.11:18081", c.net).parse().unwrap();
+    let r = c.eventually(
+        WAIT,
+        "the foreground container on its published port",
+        || http_get(addr, "/").ok(),
+    );
+    assert_eq!(r.status, 200);
+    let loopback = c.eventually(WAIT, "127.0.0.1:18081 inside h1", || {
+        let body = in_h1(&["curl", "-fsS", "-m", "5", "http://127.0.0.1:18081/"]);
+        body.contains("version=v1").then_some(body)
+    });
+    assert!(loopback.starts_with("version=v1"), "{loopback}");
+    let id = containers(&c, &[])[0]["id"].as_str().unwrap().to_string();
+    assert!(c.container_dir("h1", &id).exists());
+    // Ends only the rctl process this test started, by its pid.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fg.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = fg.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the test server exits 0 on SIGTERM");
+    c.eventually(WAIT, "the foreground --rm container gone", || {
+        containers(&c, &["-a"]).is_empty().then_some(())
+    });
+    c.eventually(
+        WAIT,
+        "its directory, veth, port rule and mounts gone",
+        || {
+            let dir = c.container_dir("h1", &id);
+            let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+            (!dir.exists()
+                && in_h1(&["ip", "-o", "link", "show", "type", "veth"]) == veths
+                && !in_h1(&["iptables", "-t", "nat", "-S"]).contains("18081")
+                && !mounts.contains(dir.to_str().unwrap()))
+            .then_some(())
+        },
+    );
+    assert!(http_get(addr, "/").is_err());
+    c.down_leaving_nothing();
 }
