@@ -15,7 +15,6 @@
 //! - [`drain`]: waits out removed endpoints' requests and reports them drained to etcd.
 //! - [`handover`]: passes the listening sockets from an old LB to its replacement.
 //! - [`listeners`]: opens and closes one listener per exposed service.
-//! - [`workers`]: the per-core threads that serve accepted connections.
 //! - [`proxy`]: the HTTP ([`proxy::http`]) and TCP ([`proxy::tcp`]) data paths.
 //! - [`stats`]: per-revision counters and latency histograms, on `/metrics` and in etcd.
 #![forbid(unsafe_code)]
@@ -30,7 +29,6 @@ pub mod proxy;
 pub mod routes;
 pub mod split;
 pub mod stats;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,7 +42,6 @@ use tracing::{info, warn};
 pub use proxy::http::Forwarder;
 pub use routes::{Backend, Protocol, Routes, ServiceRoute};
 pub use stats::Stats;
-pub use workers::Workers;
 
 /// How long shutdown waits for in-flight requests and connections before giving up.
 const GRACE: Duration = Duration::from_secs(10);
@@ -66,8 +63,6 @@ pub struct Config {
     /// Unix socket for restarts without refused connections ([`handover`]): take the
     /// listeners of the LB serving it, if any, then serve it for the next one.
     pub handover: Option<PathBuf>,
-    /// Data-path threads ([`workers`]); 1 serves connections on the caller's runtime.
-    pub workers: usize,
 }
 
 impl Config {
@@ -80,7 +75,6 @@ impl Config {
             name: name.into(),
             drain_timeout: DRAIN_TIMEOUT,
             handover: None,
-            workers: 1,
         }
     }
 }
@@ -93,8 +87,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum LbError {
     #[error(transparent)]
     Handover(#[from] handover::HandoverError),
-    #[error(transparent)]
-    Workers(#[from] workers::WorkersError),
     #[error("bind metrics address {addr}")]
     BindMetrics {
         addr: SocketAddr,
@@ -107,12 +99,7 @@ pub enum LbError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbError> {
     let (routes_tx, mut routes_rx) = routes::channel(Routes::default());
     let stats = Arc::new(Stats::default());
-    // Dropped last, once every listener task has waited for its connections.
-    let workers = match config.workers {
-        0 | 1 => None,
-        n => Some(Arc::new(Workers::start(n)?)),
-    };
-    let forwarder = Forwarder::new(stats.clone()).with_workers(workers.clone());
+    let forwarder = Forwarder::new(stats.clone());
     let tasks = TaskTracker::new();
     let sockets = Arc::new(handover::Sockets::default());
     // Cancelled by the signal, or by handing our sockets to a new LB.

@@ -173,10 +173,7 @@ async fn listen(
     sockets.register(binding.listen, std::os::fd::AsFd::as_fd(&listener));
     match binding.protocol {
         Protocol::Http => proxy::http::serve(listener, service, routes, forwarder, stop).await,
-        Protocol::Tcp => {
-            let workers = forwarder.workers().cloned();
-            proxy::tcp::serve_on(listener, service, routes, stats, workers.as_deref(), stop).await
-        }
+        Protocol::Tcp => proxy::tcp::serve(listener, service, routes, stats, stop).await,
     }
     sockets.unregister(binding.listen);
 }

@@ -31,28 +31,27 @@ struct Args {
     /// path takes this one's listening sockets, and this one drains and exits.
     #[arg(long, value_name = "PATH")]
     handover: Option<std::path::PathBuf>,
-    /// Data-path threads, each serving its share of the connections on its own
-    /// single-threaded runtime (like HAProxy's nbthread) [default: the number of CPUs].
-    #[arg(long, env = "RCTL_LB_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    workers: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    // The control plane (etcd, health checks, stats, accepting) is light work for one
-    // thread; with one worker the data path runs on that same thread too.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One worker asked for (TOKIO_WORKER_THREADS=1, as on a pinned core): the
+    // current-thread scheduler runs the same tasks without the work-stealing machinery
+    // and cross-thread wake-ups of a one-worker multi-thread runtime.
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(run())
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let workers = match args.workers {
-        Some(n) => usize::from(n),
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
     let security = args.tls.security_or_exit();
     if let Err(e) = security.check_url(&args.etcd, "--etcd") {
         rctl_api::tls::usage_exit(&e.to_string());
@@ -69,7 +68,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr,
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
         handover: args.handover,
-        workers,
         security,
         ..rctl_lb::Config::new(args.etcd, name)
     };

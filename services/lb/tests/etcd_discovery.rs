@@ -1,7 +1,6 @@
 //! End-to-end test of the whole library against a real etcd (Debian's `etcd-server`):
 //! services and endpoints written to etcd become listeners and routes; deleting an endpoint
-//! stops its traffic; the watch survives an etcd restart; TCP and `/metrics` work; all of
-//! it with connections served on two worker threads, as the binary does on two CPUs.
+//! stops its traffic; the watch survives an etcd restart; TCP and `/metrics` work.
 //!
 //! Needs Debian's `etcd-server` (installed by `make deps`); fails without it.
 
@@ -130,9 +129,6 @@ async fn follows_etcd() {
     let lb = tokio::spawn(rctl_lb::run(
         rctl_lb::Config {
             metrics_addr: Some(metrics),
-            // The other tests serve on the test's runtime (one worker); this one covers
-            // connections handed to worker threads, HTTP and TCP, and their shutdown.
-            workers: 2,
             ..rctl_lb::Config::new(etcd.url.clone(), "lb1")
         },
         shutdown.clone(),

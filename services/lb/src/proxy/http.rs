@@ -45,7 +45,6 @@ use super::MAX_RETRIES;
 use crate::balance;
 use crate::routes::{InFlight, RoutesRx, TlsCert};
 use crate::stats::{ServiceCounters, Stats};
-use crate::workers::Workers;
 
 /// The body of every response the proxy sends: a backend's, streamed, or its own short one.
 pub type ProxyBody = Either<Tracked, Full<Bytes>>;
@@ -140,13 +139,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'sta
     );
 }
 
-/// What every HTTP listener shares: the counters and the data-path threads. (Pooled
-/// backend connections are per thread, [`Pool::local`].)
+/// What every HTTP listener shares: the pooled backend connections and the counters.
 #[derive(Clone)]
 pub struct Forwarder {
+    pool: Arc<Pool>,
     stats: Arc<Stats>,
-    /// Where accepted connections are served; `None`: on the listener's runtime.
-    workers: Option<Arc<Workers>>,
     /// How long a client may take to send a request's head (slowloris protection).
     header_timeout: std::time::Duration,
 }
@@ -162,21 +159,10 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 impl Forwarder {
     pub fn new(stats: Arc<Stats>) -> Self {
         Self {
+            pool: Arc::default(),
             stats,
-            workers: None,
             header_timeout: HEADER_TIMEOUT,
         }
-    }
-
-    /// Serves accepted connections (HTTP and TCP) on `workers`.
-    pub fn with_workers(mut self, workers: Option<Arc<Workers>>) -> Self {
-        self.workers = workers;
-        self
-    }
-
-    /// The data-path threads connections are served on, if any.
-    pub fn workers(&self) -> Option<&Arc<Workers>> {
-        self.workers.as_ref()
     }
 
     /// Sets how long a client may take to send a request's head.
@@ -301,15 +287,9 @@ pub async fn serve(
         tls: Mutex::new(None),
     });
     let service = ctx.service.clone();
-    let workers = ctx.forwarder.workers.clone();
-    let stop = shutdown.clone();
-    super::accept_loop(
-        listener,
-        &service,
-        &shutdown,
-        workers.as_deref(),
-        move |stream, peer| serve_connection(stream, peer, ctx.clone(), stop.clone()),
-    )
+    super::accept_loop(listener, &service, &shutdown, |stream, peer| {
+        serve_connection(stream, peer, ctx.clone(), shutdown.clone())
+    })
     .await;
 }
 
@@ -575,7 +555,8 @@ async fn route(
             }
         }
 
-        let sent = tokio::time::timeout_at(deadline, Pool::local().send(addr, proxied, out)).await;
+        let sent =
+            tokio::time::timeout_at(deadline, ctx.forwarder.pool.send(addr, proxied, out)).await;
         let Ok(sent) = sent else {
             // Not retried: the backend may be working on it (and a POST must not run twice).
             backend.record(false);

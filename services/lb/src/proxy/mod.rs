@@ -20,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::workers::Workers;
-
 /// At most this many extra backends are tried after a connection failure.
 pub const MAX_RETRIES: usize = 2;
 
@@ -32,16 +30,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections for `service` until `shutdown`, running `handle` on each as its own
-/// task (on the next of `workers`, if any, else here); then closes the listener and waits
-/// for the accepted connections to end by themselves.
+/// task; then closes the listener and waits for the accepted connections to end by themselves.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     service: &str,
     shutdown: &CancellationToken,
-    workers: Option<&Workers>,
-    handle: F,
+    mut handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let conns = TaskTracker::new();
@@ -57,26 +53,7 @@ pub(crate) async fn accept_loop<F, Fut>(
                 }
             },
         };
-        let Some(workers) = workers else {
-            conns.spawn(handle(stream, peer));
-            continue;
-        };
-        // Re-register the socket with the worker's own reactor (see crate::workers).
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(service, %peer, error = %e, "cannot hand a connection to a worker");
-                continue;
-            }
-        };
-        let handle = handle.clone();
-        let service = service.to_string();
-        workers.spawn(conns.track_future(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => handle(stream, peer).await,
-                Err(e) => warn!(service, %peer, error = %e, "worker cannot take a connection"),
-            }
-        }));
+        conns.spawn(handle(stream, peer));
     }
     drop(listener);
     conns.close();

@@ -136,12 +136,6 @@ struct Idle {
     since: Instant,
 }
 
-thread_local! {
-    /// This thread's pool: a connection is reused only by requests on the thread (the
-    /// runtime) whose reactor drives it, so no request waits on another thread's wake-up.
-    static LOCAL: Arc<Pool> = Arc::default();
-}
-
 /// The idle connections of every backend.
 #[derive(Default)]
 pub struct Pool {
@@ -152,11 +146,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The calling thread's pool.
-    pub fn local() -> Arc<Self> {
-        LOCAL.with(Arc::clone)
-    }
-
     /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one; with
     /// `client`, on a connection opened with a PROXY v2 header for that client.
     pub async fn send(

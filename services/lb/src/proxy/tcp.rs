@@ -19,7 +19,6 @@ use super::{CONNECT_TIMEOUT, MAX_RETRIES};
 use crate::balance;
 use crate::routes::RoutesRx;
 use crate::stats::Stats;
-use crate::workers::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
@@ -56,21 +55,8 @@ pub async fn serve(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    serve_on(listener, service, routes, stats, None, shutdown).await
-}
-
-/// [`serve`], with each connection on the next of `workers`, if any.
-pub async fn serve_on(
-    listener: TcpListener,
-    service: String,
-    routes: RoutesRx,
-    stats: Arc<Stats>,
-    workers: Option<&Workers>,
-    shutdown: CancellationToken,
-) {
     let counters = stats.service(&service);
-    let name = service.clone();
-    super::accept_loop(listener, &name, &shutdown, workers, move |stream, peer| {
+    super::accept_loop(listener, &service, &shutdown, |stream, peer| {
         counters.record_connection();
         let routes = routes.clone();
         let service = service.clone();
