@@ -257,21 +257,17 @@ impl Store {
 
     /// Every task in etcd (all services, all nodes).
     pub async fn tasks(&self) -> Result<Vec<pb::Task>, StoreError> {
-        let prefix = keys::tasks_prefix();
-        // Every task of a large cluster can exceed tonic's 4 MiB default answer size.
-        let resp = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_READ_BYTES)
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_err("get", &prefix))?;
-        Ok(codec::decode_all(resp.kvs()))
+        self.tasks_under(keys::tasks_prefix()).await
     }
 
     /// Every one-off container in etcd (`containers/`, all nodes).
     pub async fn containers(&self) -> Result<Vec<pb::Task>, StoreError> {
-        let prefix = keys::containers_prefix();
+        self.tasks_under(keys::containers_prefix()).await
+    }
+
+    /// Every task under `prefix`.
+    async fn tasks_under(&self, prefix: String) -> Result<Vec<pb::Task>, StoreError> {
+        // Every task of a large cluster can exceed tonic's 4 MiB default answer size.
         let resp = self
             .client
             .kv_client()

@@ -372,15 +372,7 @@ impl Containers {
         let (loaded, t) = self.one(&r.target).await?;
         let mut client = self.client(&loaded, &t)?;
         self.set_desired(&loaded, &t, DesiredState::Stopped).await?;
-        client
-            .stop_task(StopTaskRequest {
-                task_id: t.id.clone(),
-                service: String::new(),
-                timeout_ms: r.timeout_ms,
-                remove: false,
-            })
-            .await
-            .map_err(agent_err)?;
+        stop_on_agent(&mut client, &t, r.timeout_ms).await?;
         let grace = Duration::from_millis(match r.timeout_ms {
             0 => stop_grace_ms(&t),
             ms => ms,
@@ -398,15 +390,7 @@ impl Containers {
         self.set_desired(&loaded, &t, DesiredState::Running).await?;
         let t0 = rctl_api::clock::now_unix_ms();
         // One actor per container takes both in order: the start follows the stop.
-        client
-            .stop_task(StopTaskRequest {
-                task_id: t.id.clone(),
-                service: String::new(),
-                timeout_ms: r.timeout_ms,
-                remove: false,
-            })
-            .await
-            .map_err(agent_err)?;
+        stop_on_agent(&mut client, &t, r.timeout_ms).await?;
         client
             .start_task(StartTaskRequest {
                 task_id: t.id.clone(),
@@ -551,6 +535,21 @@ impl Containers {
 }
 
 /// The stop grace the agent applies when none is given: the task's, else 10 s.
+/// Asks `t`'s agent to stop it (stop signal, then SIGKILL after `timeout_ms` or the
+/// container's own stop timeout), keeping it.
+async fn stop_on_agent(client: &mut Client, t: &Task, timeout_ms: u64) -> Result<(), ApiError> {
+    client
+        .stop_task(StopTaskRequest {
+            task_id: t.id.clone(),
+            service: String::new(),
+            timeout_ms,
+            remove: false,
+        })
+        .await
+        .map_err(agent_err)?;
+    Ok(())
+}
+
 fn stop_grace_ms(t: &Task) -> u64 {
     match t.stop_timeout_ms {
         0 => 10_000,
