@@ -264,8 +264,19 @@ fn run_in_the_foreground_returns_the_exit_code_and_rm_leaves_nothing() {
         v["status"].as_str().unwrap().starts_with("Exited (3)"),
         "{v}"
     );
-    c.rctl_ok(&["rm", "fg"]);
+    // system prune removes a stopped container everywhere: its keys, its name, its dir.
+    let fg_id = v["id"].as_str().unwrap().to_string();
+    let out = c.rctl_ok(&["system", "prune", "-f"]);
+    assert!(
+        out.contains(&format!("h2: deleted container: {fg_id}")),
+        "{out}"
+    );
     assert!(containers(&c, &["-a"]).is_empty());
+    c.eventually(WAIT, "the pruned container's directory removed", || {
+        (!c.container_dir("h2", &fg_id).exists()).then_some(())
+    });
+    let out = c.rctl(&["inspect", "fg"]);
+    assert_ne!(out.status.code(), Some(0), "fg is gone: {}", stdout(&out));
 
     // run -it: a real terminal on the other host's container (prompt, 42, resize, exit 3).
     let tmux = Tmux::start(

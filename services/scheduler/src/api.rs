@@ -738,9 +738,27 @@ impl Scheduler for Api {
 
     async fn prune(&self, req: Request<PruneRequest>) -> Result<Response<PruneResponse>, Status> {
         let span = span(&req, "Prune");
-        async move { Ok(Response::new(self.images.prune(req.into_inner()).await?)) }
-            .instrument(span)
-            .await
+        async move {
+            let req = req.into_inner();
+            // One-off containers go through the scheduler (their keys and names), like rm;
+            // the agents then prune what only they know.
+            let gone = self.containers().prune(&req.node).await?;
+            let mut resp = self.images.prune(req).await?;
+            for (node, id) in gone {
+                match resp.nodes.iter_mut().find(|n| n.node == node) {
+                    Some(n) if !n.containers.contains(&id) => n.containers.push(id),
+                    Some(_) => {}
+                    None => resp.nodes.push(PruneReport {
+                        node,
+                        containers: vec![id],
+                        ..Default::default()
+                    }),
+                }
+            }
+            Ok(Response::new(resp))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn revision_history(

@@ -455,6 +455,32 @@ impl Containers {
         Ok(ContainerResponse { container: Some(v) })
     }
 
+    /// `system prune`: removes every one-off container that is not running (on `node`, or
+    /// on every node), keys first, as `rm` does; returns (node, id) of each.
+    pub async fn prune(&self, node: &str) -> Result<Vec<(String, String)>, ApiError> {
+        let loaded = self.store.load().await?;
+        let mut removed = Vec::new();
+        for t in loaded
+            .containers
+            .iter()
+            .filter(|t| node.is_empty() || t.node == node)
+        {
+            if is_up(&view(&loaded, t)) {
+                continue;
+            }
+            let r = ContainerRequest {
+                target: t.id.clone(),
+                ..Default::default()
+            };
+            match self.remove(r).await {
+                Ok(_) => removed.push((t.node.clone(), t.id.clone())),
+                // Removed meanwhile (its --rm, another prune): nothing left to do.
+                Err(e) => tracing::warn!(container = %t.id, error = %e, "prune"),
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn rename(&self, r: RenameContainerRequest) -> Result<ContainerResponse, ApiError> {
         if !valid_container_name(&r.new_name) {
             return Err(ApiError::BadRequest(format!(
