@@ -134,40 +134,21 @@ impl Network {
         let _ = run("ip", &["link", "del", &host_veth(id)]).await;
     }
 
-    fn port_rule(
-        &self,
-        id: &str,
-        chain: &'static str,
-        host_port: u16,
-        ip: Ipv4Addr,
-        port: u16,
-    ) -> Vec<String> {
-        [
-            chain,
-            "-d",
-            &self.advertise_ip.to_string(),
-            "-p",
-            "tcp",
-            "--dport",
-            &host_port.to_string(),
-            "-m",
-            "comment",
-            "--comment",
-            &format!("rctl:{id}"),
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{ip}:{port}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
     async fn iptables(&self, op: &str, rule: &[String]) -> Result<String, NetworkError> {
         let mut args = vec!["-w", "-t", "nat", op];
         args.extend(rule.iter().map(String::as_str));
         run("iptables", &args).await
+    }
+
+    /// A service task's port: the advertised address, tcp (what rctl-lb connects to).
+    fn service_port(&self, host_port: u16, ip: Ipv4Addr, port: u16) -> PortRule {
+        PortRule {
+            host_ip: Some(self.advertise_ip),
+            host_port,
+            container_ip: ip,
+            container_port: port,
+            protocol: "tcp".into(),
+        }
     }
 
     /// DNATs `advertise_ip:host_port` to `ip:port`, for traffic arriving from outside
@@ -179,31 +160,67 @@ impl Network {
         ip: Ipv4Addr,
         port: u16,
     ) -> Result<(), NetworkError> {
-        for chain in ["PREROUTING", "OUTPUT"] {
-            let rule = self.port_rule(id, chain, host_port, ip, port);
-            if self.iptables("-C", &rule).await.is_err() {
-                self.iptables("-A", &rule).await?;
+        self.add_rules(&dnat_rules(id, &self.service_port(host_port, ip, port)))
+            .await
+    }
+
+    /// Deletes exactly the rules [`Network::publish`] added (all copies, if repeated).
+    pub async fn unpublish(&self, id: &str, host_port: u16, ip: Ipv4Addr, port: u16) {
+        self.delete_rules(&dnat_rules(id, &self.service_port(host_port, ip, port)))
+            .await
+    }
+
+    /// Publishes one `-p` binding of a one-off container: its DNAT rules (see
+    /// [`dnat_rules`]) and a MASQUERADE so a connection from 127.0.0.1 gets an address the
+    /// container can answer.
+    pub async fn publish_binding(&self, id: &str, b: &PortRule) -> Result<(), NetworkError> {
+        // DNAT to a container from 127.0.0.1 needs loopback-sourced packets to be routable.
+        let _ = tokio::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", b"1").await;
+        self.add_rules(&binding_rules(id, b)).await
+    }
+
+    /// Deletes the rules [`Network::publish_binding`] added.
+    pub async fn unpublish_binding(&self, id: &str, b: &PortRule) {
+        self.delete_rules(&binding_rules(id, b)).await
+    }
+
+    /// Appends each rule not there already.
+    async fn add_rules(&self, rules: &[Vec<String>]) -> Result<(), NetworkError> {
+        for rule in rules {
+            if self.iptables("-C", rule).await.is_err() {
+                self.iptables("-A", rule).await?;
             }
         }
         Ok(())
     }
 
-    /// The nat rules of one `-p` binding of a one-off container: DNAT on PREROUTING (from
-    /// outside) and OUTPUT (from this host), to any local address of the host (or the one
-    /// the binding names), and a MASQUERADE so a connection from 127.0.0.1 gets an address
-    /// the container can answer.
-    fn binding_rules(&self, id: &str, b: &PortRule) -> Vec<Vec<String>> {
-        let (hp, cp) = (b.host_port.to_string(), b.container_port.to_string());
-        let to = format!("{}:{}", b.container_ip, b.container_port);
-        let comment = format!("rctl:{id}");
-        let dest: Vec<String> = match b.host_ip {
-            Some(ip) => vec!["-d".into(), ip.to_string()],
-            None => ["-m", "addrtype", "--dst-type", "LOCAL"]
-                .map(String::from)
-                .to_vec(),
-        };
-        let mut rules = Vec::new();
-        for chain in ["PREROUTING", "OUTPUT"] {
+    /// Deletes each rule, every copy of it (a crashed agent may have added one twice).
+    async fn delete_rules(&self, rules: &[Vec<String>]) {
+        for rule in rules {
+            for _ in 0..8 {
+                if self.iptables("-D", rule).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The DNAT rules of one port: PREROUTING (from outside) and OUTPUT (from this host), to
+/// the address the binding names or, without one, any local address of the host (the
+/// advertised IP and 127.0.0.1 included).
+fn dnat_rules(id: &str, b: &PortRule) -> Vec<Vec<String>> {
+    let dest: Vec<String> = match b.host_ip {
+        Some(ip) => vec!["-d".into(), ip.to_string()],
+        None => ["-m", "addrtype", "--dst-type", "LOCAL"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let (hp, comment) = (b.host_port.to_string(), format!("rctl:{id}"));
+    let to = format!("{}:{}", b.container_ip, b.container_port);
+    ["PREROUTING", "OUTPUT"]
+        .into_iter()
+        .map(|chain| {
             let mut r = vec![chain.to_string()];
             r.extend(dest.iter().cloned());
             r.extend(
@@ -223,66 +240,37 @@ impl Network {
                 ]
                 .map(String::from),
             );
-            rules.push(r);
-        }
-        rules.push(
-            [
-                "POSTROUTING",
-                "-s",
-                "127.0.0.1",
-                "-d",
-                &b.container_ip.to_string(),
-                "-p",
-                &b.protocol,
-                "--dport",
-                &cp,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-j",
-                "MASQUERADE",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
-        rules
-    }
+            r
+        })
+        .collect()
+}
 
-    /// Publishes one `-p` binding (see [`Network::binding_rules`]).
-    pub async fn publish_binding(&self, id: &str, b: &PortRule) -> Result<(), NetworkError> {
-        // DNAT to a container from 127.0.0.1 needs loopback-sourced packets to be routable.
-        let _ = tokio::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", b"1").await;
-        for rule in self.binding_rules(id, b) {
-            if self.iptables("-C", &rule).await.is_err() {
-                self.iptables("-A", &rule).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the rules [`Network::publish_binding`] added.
-    pub async fn unpublish_binding(&self, id: &str, b: &PortRule) {
-        for rule in self.binding_rules(id, b) {
-            for _ in 0..8 {
-                if self.iptables("-D", &rule).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Deletes exactly the rules [`Network::publish`] added (all copies, if repeated).
-    pub async fn unpublish(&self, id: &str, host_port: u16, ip: Ipv4Addr, port: u16) {
-        for chain in ["PREROUTING", "OUTPUT"] {
-            let rule = self.port_rule(id, chain, host_port, ip, port);
-            for _ in 0..8 {
-                if self.iptables("-D", &rule).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
+/// The nat rules of one `-p` binding: its DNAT rules and the MASQUERADE of connections
+/// from 127.0.0.1 (see [`Network::publish_binding`]).
+fn binding_rules(id: &str, b: &PortRule) -> Vec<Vec<String>> {
+    let mut rules = dnat_rules(id, b);
+    rules.push(
+        [
+            "POSTROUTING",
+            "-s",
+            "127.0.0.1",
+            "-d",
+            &b.container_ip.to_string(),
+            "-p",
+            &b.protocol,
+            "--dport",
+            &b.container_port.to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            &format!("rctl:{id}"),
+            "-j",
+            "MASQUERADE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    rules
 }
 
 #[cfg(test)]
@@ -290,12 +278,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_binding_dnats_both_chains_and_masquerades_loopback() {
+    fn a_service_port_is_the_rule_earlier_agents_wrote() {
+        // Rules are deleted by matching them exactly: an upgraded agent must build the same.
         let net = Network {
             bridge: "br".into(),
             subnet: Subnet::parse("198.19.1.0/24").unwrap(),
             advertise_ip: Ipv4Addr::new(198, 18, 0, 11),
         };
+        let rules = dnat_rules(
+            "t1",
+            &net.service_port(31000, Ipv4Addr::new(198, 19, 1, 2), 80),
+        );
+        assert_eq!(
+            rules.iter().map(|r| r.join(" ")).collect::<Vec<_>>(),
+            [
+                "PREROUTING -d 198.18.0.11 -p tcp --dport 31000 -m comment --comment rctl:t1 -j DNAT --to-destination 198.19.1.2:80",
+                "OUTPUT -d 198.18.0.11 -p tcp --dport 31000 -m comment --comment rctl:t1 -j DNAT --to-destination 198.19.1.2:80",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_binding_dnats_both_chains_and_masquerades_loopback() {
         let b = PortRule {
             host_ip: None,
             host_port: 8080,
@@ -303,7 +307,7 @@ mod tests {
             container_port: 80,
             protocol: "udp".into(),
         };
-        let rules = net.binding_rules("c1", &b);
+        let rules = binding_rules("c1", &b);
         let chains: Vec<&str> = rules.iter().map(|r| r[0].as_str()).collect();
         assert_eq!(chains, ["PREROUTING", "OUTPUT", "POSTROUTING"]);
         assert!(rules[0]
