@@ -658,6 +658,17 @@ mod tests {
             .collect()
     }
 
+    /// (revision, slot) of every placement.
+    fn placed_revisions(p: &Plan) -> Vec<(u64, u32)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { revision, slot, .. } => Some((*revision, *slot)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn retired(p: &Plan) -> Vec<String> {
         p.actions
             .iter()
@@ -925,14 +936,7 @@ mod tests {
         };
         let p = at(std::slice::from_ref(&svc), &stable, &st, &rollouts);
         assert_eq!(retired(&p), Vec::<String>::new(), "stable tasks stay");
-        let placed: Vec<_> = p
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Place { revision, slot, .. } => Some((*revision, *slot)),
-                _ => None,
-            })
-            .collect();
+        let placed = placed_revisions(&p);
         assert_eq!(placed, vec![(2, 3)], "one canary task, in a fresh slot");
 
         // With the canary task running, nothing changes.
@@ -955,14 +959,7 @@ mod tests {
             &running(&left),
             &stepping,
         );
-        let placed: Vec<_> = p
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Place { revision, slot, .. } => Some((*revision, *slot)),
-                _ => None,
-            })
-            .collect();
+        let placed = placed_revisions(&p);
         assert_eq!(placed, vec![(1, 2)], "{:?}", p.actions);
         assert_eq!(retired(&p), Vec::<String>::new());
         assert!(p.unplaced.is_empty(), "{:?}", p.unplaced);
