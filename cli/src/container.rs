@@ -124,18 +124,27 @@ pub async fn port(conn: &mut Conn, target: &str) -> Result<(), CliError> {
 
 /// The published ports of a container as `docker port` prints them.
 pub fn port_lines(v: &TaskView) -> Vec<String> {
-    let t = v.task.clone().unwrap_or_default();
-    t.ports
+    let ports = v
+        .task
+        .as_ref()
+        .map(|t| t.ports.as_slice())
+        .unwrap_or_default();
+    ports
         .iter()
         .map(|p| {
-            let ip = if p.host_ip.is_empty() {
-                "0.0.0.0"
-            } else {
-                &p.host_ip
-            };
+            let ip = host_ip(p);
             format!("{}/{} -> {ip}:{}", p.container_port, proto(p), p.host_port)
         })
         .collect()
+}
+
+/// The address a binding listens on, as Docker prints it (every address: 0.0.0.0).
+fn host_ip(p: &pb::PortBinding) -> &str {
+    if p.host_ip.is_empty() {
+        "0.0.0.0"
+    } else {
+        &p.host_ip
+    }
 }
 
 fn proto(p: &pb::PortBinding) -> &str {
@@ -303,17 +312,15 @@ pub fn status_text(v: &TaskView, now_ms: i64) -> String {
 
 /// The PORTS column: `0.0.0.0:8080->80/tcp`, or a service task's endpoint.
 fn ports_text(v: &TaskView) -> Vec<String> {
-    let t = v.task.clone().unwrap_or_default();
+    let Some(t) = v.task.as_ref() else {
+        return vec![];
+    };
     if t.service.is_empty() {
         return t
             .ports
             .iter()
             .map(|p| {
-                let ip = if p.host_ip.is_empty() {
-                    "0.0.0.0"
-                } else {
-                    &p.host_ip
-                };
+                let ip = host_ip(p);
                 format!("{ip}:{}->{}/{}", p.host_port, p.container_port, proto(p))
             })
             .collect();

@@ -286,8 +286,7 @@ impl Containers {
         } else {
             return Err(ApiError::NodeNotFound(req.node));
         };
-        let all_tasks: Vec<Task> = loaded.containers.clone();
-        if let Some(port) = port_conflict(&task.ports, &node, &all_tasks) {
+        if let Some(port) = port_conflict(&task.ports, &node, &loaded.containers) {
             return Err(ApiError::PortAllocated { port, node });
         }
         task.id = id;
