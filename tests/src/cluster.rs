@@ -271,6 +271,35 @@ impl Cluster {
         )
     }
 
+    /// Writes `value` (raw bytes) under `key` through etcd's JSON gateway, behind every
+    /// component's back: for tests that plant state (a task the scheduler does not know,
+    /// garbage). Plaintext clusters only.
+    pub fn etcd_put(&self, key: &str, value: &[u8]) {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64(key.as_bytes()),
+            b64(value)
+        );
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{}/v3/kv/put", self.etcd_url()),
+                "-d",
+                &body,
+            ])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "etcd put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Where the binaries under test are.
     pub fn bin(&self) -> &Path {
         &self.bin

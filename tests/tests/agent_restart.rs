@@ -170,27 +170,10 @@ command = ["sh", "-c", "trap 'exit 42' USR1; while true; do sleep 0.1; done"]
 /// Puts `task` under its etcd key through etcd's JSON gateway, so the agent's orphan sweep
 /// sees it as desired on this node.
 fn put_task(c: &Cluster, task: &pb::Task) {
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let key = rctl_api::keys::task(&task.service, &task.id);
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"}}"#,
-        b64(key.as_bytes()),
-        b64(&rctl_api::codec::encode(task))
+    c.etcd_put(
+        &rctl_api::keys::task(&task.service, &task.id),
+        &rctl_api::codec::encode(task),
     );
-    let etcd = format!("198.18.{}.1:{}", c.net, c.port_base + 1);
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "POST",
-            &format!("http://{etcd}/v3/kv/put"),
-            "-d",
-            &body,
-        ])
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "etcd put {key}");
 }
 
 /// How many times a container printed `run` (once per start).

@@ -526,49 +526,6 @@ fn send_garbage(addr: &str, bytes: &[u8]) {
     let _ = s.write_all(bytes);
 }
 
-/// Puts a raw value into etcd through its JSON gateway (etcd 3.4: /v3/kv/put).
-fn etcd_put_raw(c: &Cluster, key: &str, value: &[u8]) {
-    use std::io::{Read, Write};
-    let b64 = |b: &[u8]| {
-        let out = std::process::Command::new("base64")
-            .arg("-w0")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut ch| {
-                ch.stdin.take().unwrap().write_all(b)?;
-                let mut s = String::new();
-                ch.stdout.take().unwrap().read_to_string(&mut s)?;
-                ch.wait()?;
-                Ok(s)
-            })
-            .expect("base64");
-        out.trim().to_string()
-    };
-    let body = format!(
-        r#"{{"key":"{}","value":"{}"}}"#,
-        b64(key.as_bytes()),
-        b64(value)
-    );
-    let etcd = format!("198.18.{}.1:{}", c.net, c.port_base + 1);
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sf",
-            "-X",
-            "POST",
-            &format!("http://{etcd}/v3/kv/put"),
-            "-d",
-            &body,
-        ])
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "etcd put {key}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn garbage_on_the_wire_and_in_etcd_breaks_no_server() {
     let c = Cluster::start(1);
@@ -603,7 +560,7 @@ fn garbage_on_the_wire_and_in_etcd_breaks_no_server() {
         "endpoints/web/junk",
         "nodes/junk",
     ] {
-        etcd_put_raw(&c, &format!("/rctl/v1/{key}"), &noise[..64]);
+        c.etcd_put(&format!("/rctl/v1/{key}"), &noise[..64]);
     }
 
     // Everything still works: reads, a scale through the reconciler and agent, traffic.
