@@ -20,7 +20,7 @@ pub const RESTART_RESET_AFTER: Duration = Duration::from_secs(10);
 pub enum LifecycleError {
     #[error("unknown stop signal {0:?} (use e.g. SIGTERM, TERM or 15)")]
     Signal(String),
-    #[error("unknown restart policy {0:?} (use no, on-failure[:MAX] or always)")]
+    #[error("unknown restart policy {0:?} (use no, on-failure[:MAX], always or unless-stopped)")]
     Policy(String),
 }
 
@@ -68,6 +68,9 @@ pub enum RestartPolicy {
         max: u32,
     },
     Always,
+    /// As `Always`, except that a container its user stopped stays stopped when the agent
+    /// starts up (see [`revive_stopped`]).
+    UnlessStopped,
 }
 
 impl RestartPolicy {
@@ -82,6 +85,7 @@ impl RestartPolicy {
         match (name, max) {
             ("" | "no", None) => Ok(Self::No),
             ("always", None) => Ok(Self::Always),
+            ("unless-stopped", None) => Ok(Self::UnlessStopped),
             ("on-failure", m) => Ok(Self::OnFailure {
                 max: m.unwrap_or(max_attempts),
             }),
@@ -125,7 +129,7 @@ pub fn after_exit(
     }
     let restart = match policy {
         RestartPolicy::No => false,
-        RestartPolicy::Always => true,
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
         RestartPolicy::OnFailure { max } => code != Some(0) && (max == 0 || r.streak < max),
     };
     if !restart {
@@ -150,6 +154,15 @@ pub fn missed_exit(
     r: &mut Restarts,
 ) -> Option<Duration> {
     after_exit(policy, code, ran, r).map(|d| d.saturating_sub(since_exit))
+}
+
+/// Whether a container its user stopped (`rctl stop`, its `stopped` marker) is started again
+/// when the agent starts up. Docker restarts an `always` container stopped by hand when the
+/// daemon restarts, and `unless-stopped` exists precisely not to; no other policy restarts
+/// a stopped container. (Our agent restarting is the daemon restarting: the containers'
+/// shims outlive it, but what it decides at start-up is what dockerd decides.)
+pub fn revive_stopped(policy: RestartPolicy) -> bool {
+    policy == RestartPolicy::Always
 }
 
 /// What a container directory says about the container, for [`holds_address`].
@@ -217,6 +230,11 @@ mod tests {
             RestartPolicy::parse("on-failure", 5),
             Ok(RestartPolicy::OnFailure { max: 5 })
         );
+        assert_eq!(
+            RestartPolicy::parse("unless-stopped", 0),
+            Ok(RestartPolicy::UnlessStopped)
+        );
+        assert!(RestartPolicy::parse("unless-stopped:2", 0).is_err());
         assert!(RestartPolicy::parse("sometimes", 0).is_err());
         assert!(RestartPolicy::parse("always:2", 0).is_err());
         assert!(RestartPolicy::parse("on-failure:x", 0).is_err());
@@ -307,6 +325,28 @@ mod tests {
             ),
             Some(RESTART_BACKOFF_START)
         );
+    }
+
+    #[test]
+    fn unless_stopped_restarts_like_always_but_a_user_stop_survives_an_agent_restart() {
+        let mut r = Restarts::default();
+        assert_eq!(
+            after_exit(
+                RestartPolicy::UnlessStopped,
+                Some(0),
+                Duration::ZERO,
+                &mut r
+            ),
+            Some(RESTART_BACKOFF_START)
+        );
+        assert!(revive_stopped(RestartPolicy::Always));
+        for p in [
+            RestartPolicy::UnlessStopped,
+            RestartPolicy::No,
+            RestartPolicy::OnFailure { max: 0 },
+        ] {
+            assert!(!revive_stopped(p), "{p:?}");
+        }
     }
 
     #[test]

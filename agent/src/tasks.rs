@@ -235,8 +235,8 @@ impl Tasks {
     pub async fn run_task(&self, task: pb::Task) -> Result<(), TaskError> {
         validate(&task)?;
         if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
-            let (_, used) = self.inner.used().await;
-            if let Some(port) = taken_port(&task.ports, &used) {
+            let (_, held) = self.inner.used().await;
+            if let Some(port) = taken_port(&task.ports, &held, listening) {
                 return Err(TaskError::PortAllocated {
                     port,
                     node: self.inner.store.node().to_string(),
@@ -336,7 +336,23 @@ impl Tasks {
                     "agent restarted while the container was being created".into(),
                 ),
             };
+            let policy = RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts)
+                .unwrap_or_default();
             let start = match start {
+                // Stopped by its user: only `always` brings it back when the agent starts.
+                Start::Finished(Some(code), _)
+                    if cdir.stopped().exists() && lifecycle::revive_stopped(policy) =>
+                {
+                    // As a start by hand: a fresh restart count, at once.
+                    self.inner
+                        .record_restart(&cdir, Restarts::default(), Duration::ZERO)
+                        .await;
+                    Start::Restart {
+                        cfg: Box::new(cfg.clone()),
+                        code: Some(code),
+                        delay: Duration::ZERO,
+                    }
+                }
                 Start::Finished(Some(code), why) if !cdir.stopped().exists() => {
                     match self.inner.missed_restart(&cdir, &task, code).await {
                         Some(delay) => Start::Restart {
@@ -470,7 +486,7 @@ impl Inner {
     /// Addresses and host ports held by containers that are starting, running or waiting
     /// for their restart ([`lifecycle::holds_address`]); a container finished for good
     /// gave its rules back, so its address and port are free again.
-    async fn used(&self) -> (Vec<Ipv4Addr>, Vec<u16>) {
+    async fn used(&self) -> (Vec<Ipv4Addr>, Vec<(u16, String)>) {
         let (mut ips, mut ports) = (Vec::new(), Vec::new());
         if let Ok(mut rd) = tokio::fs::read_dir(self.root.join("containers")).await {
             while let Ok(Some(e)) = rd.next_entry().await {
@@ -480,10 +496,11 @@ impl Inner {
                 }
                 if let Ok(c) = cdir.read_config() {
                     ips.push(c.ip);
+                    // A service task's published port is TCP (the load balancer's).
                     if c.host_port != 0 {
-                        ports.push(c.host_port);
+                        ports.push((c.host_port, "tcp".to_string()));
                     }
-                    ports.extend(c.ports.iter().map(|b| b.host_port));
+                    ports.extend(c.ports.iter().map(|b| (b.host_port, b.protocol.clone())));
                 }
             }
         }
@@ -565,7 +582,8 @@ impl Inner {
         let state_err = |path: PathBuf| move |source| TaskError::State { path, source };
         let cfg = {
             let _g = self.alloc.lock().await;
-            let (ips, ports) = self.used().await;
+            let (ips, held) = self.used().await;
+            let ports: Vec<u16> = held.iter().map(|(p, _)| *p).collect();
             let ip = self.net.subnet.allocate(&ips)?;
             let host_port = if task.container_port != 0 {
                 ipam::allocate_port(&ports)?
@@ -1023,23 +1041,34 @@ async fn restart(
     }
 }
 
-/// The first of `ports` whose host port a local container holds already or a socket of
-/// this host listens on.
-fn taken_port(ports: &[pb::PortBinding], held: &[u16]) -> Option<u32> {
-    ports.iter().map(|b| b.host_port).find(|&p| {
-        let Ok(port) = u16::try_from(p) else {
-            return true;
+/// The first of `ports` whose host port a local container holds already (`held`: port and
+/// protocol) or a socket of this host holds (`listening`), each binding checked with its own
+/// protocol: 8080/tcp and 8080/udp are two different ports.
+fn taken_port(
+    ports: &[pb::PortBinding],
+    held: &[(u16, String)],
+    listening: impl Fn(u16, &str) -> bool,
+) -> Option<u32> {
+    ports.iter().find_map(|b| {
+        let proto = if b.protocol.is_empty() {
+            "tcp"
+        } else {
+            b.protocol.as_str()
         };
-        held.contains(&port)
-            || match ports
-                .iter()
-                .find(|b| b.host_port == p)
-                .map(|b| b.protocol.as_str())
-            {
-                Some("udp") => std::net::UdpSocket::bind(("0.0.0.0", port)).is_err(),
-                _ => std::net::TcpListener::bind(("0.0.0.0", port)).is_err(),
-            }
+        let Ok(port) = u16::try_from(b.host_port) else {
+            return Some(b.host_port);
+        };
+        let taken = held.iter().any(|(p, q)| *p == port && q == proto) || listening(port, proto);
+        taken.then_some(b.host_port)
     })
+}
+
+/// Whether a socket of this host holds `port` for `proto`: binding it fails.
+fn listening(port: u16, proto: &str) -> bool {
+    match proto {
+        "udp" => std::net::UdpSocket::bind(("0.0.0.0", port)).is_err(),
+        _ => std::net::TcpListener::bind(("0.0.0.0", port)).is_err(),
+    }
 }
 
 async fn cleanup_failed_start(inner: &Inner, dir: &ContainerDir) {
@@ -1234,6 +1263,37 @@ mod tests {
         assert_eq!(sweep_decision(Some(&t), "h1", 1_000 + 5_000), None);
         let late = sweep_decision(Some(&t), "h1", 1_000 + SWEEP_DRAIN_GRACE_MS).unwrap();
         assert!(late.remove && !late.forget);
+    }
+
+    #[test]
+    fn a_port_is_taken_per_protocol() {
+        let b = |port, proto: &str| pb::PortBinding {
+            host_port: port,
+            container_port: 80,
+            protocol: proto.into(),
+            ..Default::default()
+        };
+        let free = |_: u16, _: &str| false;
+        // -p 8080:80/tcp -p 8080:80/udp on a free host: both go through.
+        assert_eq!(
+            taken_port(&[b(8080, "tcp"), b(8080, "udp")], &[], free),
+            None
+        );
+        // A local container holding 8080/udp takes only the UDP binding.
+        let held = [(8080, "udp".to_string())];
+        assert_eq!(taken_port(&[b(8080, "")], &held, free), None);
+        assert_eq!(
+            taken_port(&[b(8080, "tcp"), b(8080, "udp")], &held, free),
+            Some(8080)
+        );
+        // A UDP socket listening is checked as UDP, not as TCP.
+        let udp_only = |_: u16, proto: &str| proto == "udp";
+        assert_eq!(taken_port(&[b(53, "tcp")], &[], udp_only), None);
+        assert_eq!(
+            taken_port(&[b(53, "tcp"), b(53, "udp")], &[], udp_only),
+            Some(53)
+        );
+        assert_eq!(taken_port(&[b(70_000, "tcp")], &[], free), Some(70_000));
     }
 
     #[test]

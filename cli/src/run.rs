@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// CPU limit (e.g. 0.5).
     #[arg(long)]
     pub cpus: Option<f64>,
-    /// no, on-failure[:MAX] or always.
+    /// no, on-failure[:MAX], always or unless-stopped (always, except that a container
+    /// stopped by hand stays stopped when its node's agent restarts).
     #[arg(long, default_value = "no")]
     pub restart: String,
     /// Run on this node instead of letting the scheduler place it.
@@ -158,14 +159,16 @@ pub fn parse_env_file(
     Ok(out)
 }
 
-/// `--restart no|on-failure[:MAX]|always` → (policy, max attempts).
+/// `--restart no|on-failure[:MAX]|always|unless-stopped` → (policy, max attempts).
 pub fn parse_restart(s: &str) -> Result<(String, u32), String> {
-    let bad = || format!("invalid restart policy {s:?} (want no, on-failure[:MAX] or always)");
+    let bad = || {
+        format!(
+            "invalid restart policy {s:?} (want no, on-failure[:MAX], always or unless-stopped)"
+        )
+    };
     match s.split_once(':') {
         None if matches!(s, "no" | "always" | "on-failure" | "unless-stopped") => {
-            // unless-stopped is always here: a user's stop is never undone.
-            let p = if s == "unless-stopped" { "always" } else { s };
-            Ok((p.to_string(), 0))
+            Ok((s.to_string(), 0))
         }
         Some(("on-failure", n)) => Ok(("on-failure".into(), n.parse().map_err(|_| bad())?)),
         _ => Err(bad()),
@@ -375,6 +378,10 @@ mod tests {
             ("on-failure".into(), 3)
         );
         assert_eq!(parse_restart("always").unwrap(), ("always".into(), 0));
+        assert_eq!(
+            parse_restart("unless-stopped").unwrap(),
+            ("unless-stopped".into(), 0)
+        );
         assert!(parse_restart("sometimes").is_err());
         assert!(parse_restart("on-failure:x").is_err());
     }

@@ -238,7 +238,16 @@ fn restart_policy_applies_to_exits_while_the_agent_was_down() {
             "",
             "echo run; trap 'exit 3' USR1; while :; do sleep 0.1; done",
         ),
+        // Stopped by hand before the agent goes: Docker's `always` comes back when the
+        // daemon restarts, `unless-stopped` stays stopped.
+        task("kept", "always", "echo run; while :; do sleep 0.1; done"),
+        task(
+            "unless",
+            "unless-stopped",
+            "echo run; while :; do sleep 0.1; done",
+        ),
     ];
+    let stopped_by_hand = ["kept", "unless"];
     for t in &tasks {
         put_task(&c, t);
         let mut client = rt
@@ -261,8 +270,26 @@ fn restart_policy_applies_to_exits_while_the_agent_was_down() {
         })
         .collect();
 
+    for id in stopped_by_hand {
+        let mut client = rt
+            .block_on(AgentClient::connect(agent.clone()))
+            .expect("agent API");
+        rt.block_on(client.stop_task(pb::StopTaskRequest {
+            task_id: id.into(),
+            service: "policy".into(),
+            timeout_ms: 1,
+            remove: false,
+        }))
+        .expect("stop task");
+        c.eventually(Duration::from_secs(10), "stopped by hand", || {
+            exit_code(&c, id)
+        });
+    }
     c.kill_agent("h1");
-    for (id, rec) in &first {
+    for (id, rec) in first
+        .iter()
+        .filter(|(id, _)| !stopped_by_hand.contains(&id.as_str()))
+    {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(rec.0),
             nix::sys::signal::Signal::SIGUSR1,
@@ -291,4 +318,15 @@ fn restart_policy_applies_to_exits_while_the_agent_was_down() {
     assert_eq!(runs(&c, "never"), 1);
     assert_eq!(runs(&c, "again"), 3, "no run beyond on-failure's maximum");
     assert!(alive(second));
+    // always, stopped by hand: started again by the restarted agent.
+    c.eventually(WAIT, "kept runs again", || {
+        let rec = pid_record(&c, "kept")?;
+        (runs(&c, "kept") == 2 && rec != first["kept"] && alive(rec)).then_some(())
+    });
+    // unless-stopped, stopped by hand: the same start-up pass left it stopped.
+    assert_eq!(runs(&c, "unless"), 1);
+    assert!(
+        exit_code(&c, "unless").is_some(),
+        "unless-stopped stays stopped"
+    );
 }

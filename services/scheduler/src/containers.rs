@@ -423,7 +423,13 @@ impl Containers {
     pub async fn remove(&self, r: ContainerRequest) -> Result<ContainerResponse, ApiError> {
         let (loaded, t) = self.one(&r.target).await?;
         let v = view(&loaded, &t);
-        if is_up(&v) && t.desired_state() == DesiredState::Running && !r.force {
+        // Desired STOPPED yet running: an `always` container its agent started again at
+        // start-up, as Docker's daemon does.
+        let running = v
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state() == TaskState::Running);
+        if is_up(&v) && (t.desired_state() == DesiredState::Running || running) && !r.force {
             return Err(ApiError::Container {
                 code: Code::FailedPrecondition,
                 message: format!(
