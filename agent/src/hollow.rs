@@ -374,7 +374,7 @@ impl pb::agent_server::Agent for HollowAgent {
             .task
             .ok_or_else(|| Status::invalid_argument("missing task"))?;
         self.0.run(task).await.map_err(crate::server::to_status)?;
-        Ok(Response::new(pb::RunTaskResponse {}))
+        Ok(Response::new(pb::RunTaskResponse::default()))
     }
 
     async fn stop_task(
@@ -506,6 +506,15 @@ impl pb::agent_server::Agent for HollowAgent {
         _req: Request<pb::KillTaskRequest>,
     ) -> Result<Response<pb::KillTaskResponse>, Status> {
         Err(Status::unimplemented("a hollow node has no containers"))
+    }
+
+    type FollowTaskPullStream = crate::image_api::PullStream;
+
+    async fn follow_task_pull(
+        &self,
+        _req: Request<pb::FollowTaskPullRequest>,
+    ) -> Result<Response<Self::FollowTaskPullStream>, Status> {
+        Err(Status::failed_precondition("a hollow node pulls no image"))
     }
 }
 

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use rctl_api::pb;
 use tonic::{Code, Response, Status};
 
+use crate::image::feed::{PullFeed, Sent};
 use crate::image::lifecycle::{ImageView, LifecycleError, UsageLine};
 use crate::image::registry::{is_unauthorized, Credentials, Registry, RegistryError};
 use crate::image::{ImageStore, LayerEvent, LayerPhase, PullOptions};
@@ -142,6 +143,48 @@ pub fn pull(
     Ok(Response::new(Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     )))
+}
+
+/// Streams a task's pull as its feed shows it (FollowTaskPull): the layers so far, their
+/// changes, then the end. A feed dropped before its end (the agent stopping) ends the
+/// stream with an error event.
+pub fn follow(feed: &PullFeed) -> Response<PullStream> {
+    let mut rx = feed.subscribe();
+    let (tx, out) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut sent = Sent::new();
+        loop {
+            if rx.changed().await.is_err() {
+                let gone = "the agent stopped before the pull ended".to_string();
+                let _ = tx.send(Ok(end_event(Err(gone)))).await;
+                return;
+            }
+            let (news, end) = {
+                let v = rx.borrow_and_update();
+                (v.news(&mut sent), v.end.clone())
+            };
+            for e in news {
+                if tx.send(Ok(event(e))).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(end) = end {
+                let _ = tx.send(Ok(end_event(end))).await;
+                return;
+            }
+        }
+    });
+    Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
+}
+
+fn end_event(end: Result<pb::PullResult, String>) -> pb::PullEvent {
+    pb::PullEvent {
+        node: String::new(),
+        event: Some(match end {
+            Ok(r) => pb::pull_event::Event::Done(r),
+            Err(e) => pb::pull_event::Event::Error(e),
+        }),
+    }
 }
 
 /// How a failed manifest lookup is said over gRPC: the scheduler tells a missing image

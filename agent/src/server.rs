@@ -62,7 +62,7 @@ pub(crate) fn to_status(e: TaskError) -> Status {
     match e {
         TaskError::Invalid(_) | TaskError::Lifecycle(_) => Status::invalid_argument(e.to_string()),
         TaskError::NotFound(_) => Status::not_found(e.to_string()),
-        TaskError::NotRunning(_) | TaskError::PortAllocated { .. } => {
+        TaskError::NotRunning(_) | TaskError::NotPulling(_) | TaskError::PortAllocated { .. } => {
             Status::failed_precondition(e.to_string())
         }
         other => Status::internal(other.to_string()),
@@ -84,8 +84,8 @@ impl pb::agent_server::Agent for AgentService {
                 .task
                 .ok_or_else(|| Status::invalid_argument("missing task"))?;
             tracing::Span::current().record("task", task.id.as_str());
-            tasks.run_task(task).await.map_err(to_status)?;
-            Ok(Response::new(pb::RunTaskResponse {}))
+            let pulling = tasks.run_task(task).await.map_err(to_status)?;
+            Ok(Response::new(pb::RunTaskResponse { pulling }))
         }
         .instrument(span)
         .await
@@ -267,5 +267,20 @@ impl pb::agent_server::Agent for AgentService {
             .map_err(|_| Status::invalid_argument(format!("invalid signal {}", r.signal)))?;
         self.tasks.kill_task(&r.task_id, sig).map_err(to_status)?;
         Ok(Response::new(pb::KillTaskResponse {}))
+    }
+
+    // === pull on run (issue 9) ===
+
+    type FollowTaskPullStream = crate::image_api::PullStream;
+
+    async fn follow_task_pull(
+        &self,
+        req: Request<pb::FollowTaskPullRequest>,
+    ) -> Result<Response<Self::FollowTaskPullStream>, Status> {
+        let feed = self
+            .tasks
+            .follow_pull(&req.into_inner().task_id)
+            .map_err(to_status)?;
+        Ok(crate::image_api::follow(&feed))
     }
 }

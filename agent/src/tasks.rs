@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::health::{self, Health, Transition};
+use crate::image::feed::PullFeed;
 use crate::image::{ImageError, ImageStore};
 use crate::lifecycle::{self, LifecycleError, RestartPolicy, Restarts};
 use crate::network::{ipam, Network, NetworkError};
@@ -66,6 +67,8 @@ pub enum TaskError {
     NotFound(String),
     #[error("container {0} is not running")]
     NotRunning(String),
+    #[error("container {0} is not pulling its image (its node had it)")]
+    NotPulling(String),
     #[error("port {port} is already allocated on node {node}")]
     PortAllocated { port: u32, node: String },
     #[error("container state {path}: {source}")]
@@ -160,11 +163,15 @@ struct Actor {
     tx: mpsc::UnboundedSender<Cmd>,
     /// When RunTask accepted it; None for containers adopted at start-up.
     accepted: Option<Instant>,
+    /// The pull RunTask started for it (its image was missing), for FollowTaskPull; kept
+    /// while the actor lives, so a follower that comes late still sees how it went.
+    pull: Option<Arc<PullFeed>>,
 }
 
 /// How an actor begins.
 enum Start {
-    New,
+    /// Create the container; its image is pulled with progress into the feed when given.
+    New(Option<Arc<PullFeed>>),
     Running(Box<ContainerConfig>, PidRecord),
     Finished(Option<i32>, String),
     /// Exited while no agent watched it and its restart policy restarts it after `delay`.
@@ -231,8 +238,9 @@ impl Tasks {
         self.inner.root.join("containers")
     }
 
-    /// Accepts `task` (idempotent by id) and starts it in the background.
-    pub async fn run_task(&self, task: pb::Task) -> Result<(), TaskError> {
+    /// Accepts `task` (idempotent by id) and starts it in the background; true when its
+    /// image is not here and is being pulled first (see [`Tasks::follow_pull`]).
+    pub async fn run_task(&self, task: pb::Task) -> Result<bool, TaskError> {
         validate(&task)?;
         if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
             let (_, held) = self.inner.used().await;
@@ -243,10 +251,21 @@ impl Tasks {
                 });
             }
         }
+        // Known already: nothing to start, nothing pulled for this request.
+        let known = |actors: &HashMap<String, Actor>| {
+            actors.contains_key(&task.id) || self.dir(&task.id).0.exists()
+        };
+        if known(&self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(false);
+        }
+        // Asked before the actor exists so the answer can say so, and the feed is there
+        // before anyone can ask to follow it.
+        let feed = (!self.inner.images.has(&task.image).await).then(Arc::<PullFeed>::default);
+        let pulling = feed.is_some();
         {
             let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
-            if actors.contains_key(&task.id) || self.dir(&task.id).0.exists() {
-                return Ok(());
+            if known(&actors) {
+                return Ok(false);
             }
             let (tx, rx) = mpsc::unbounded_channel();
             actors.insert(
@@ -254,12 +273,30 @@ impl Tasks {
                 Actor {
                     tx,
                     accepted: Some(Instant::now()),
+                    pull: feed.clone(),
                 },
             );
             let status = self.inner.base_status(&task);
-            tokio::spawn(actor(self.inner.clone(), task, status, rx, Start::New));
+            tokio::spawn(actor(
+                self.inner.clone(),
+                task,
+                status,
+                rx,
+                Start::New(feed),
+            ));
         }
-        Ok(())
+        Ok(pulling)
+    }
+
+    /// The pull RunTask started for `task_id`, to follow.
+    pub fn follow_pull(&self, task_id: &str) -> Result<Arc<PullFeed>, TaskError> {
+        let actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
+        let a = actors
+            .get(task_id)
+            .ok_or_else(|| TaskError::NotFound(task_id.to_string()))?;
+        a.pull
+            .clone()
+            .ok_or_else(|| TaskError::NotPulling(task_id.to_string()))
     }
 
     /// Asks the container of `task_id` to stop (idempotent; unknown ids succeed).
@@ -374,7 +411,14 @@ impl Tasks {
                 .actors
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(id.clone(), Actor { tx, accepted: None });
+                .insert(
+                    id.clone(),
+                    Actor {
+                        tx,
+                        accepted: None,
+                        pull: None,
+                    },
+                );
             let status = self.inner.base_status(&task);
             tokio::spawn(actor(self.inner.clone(), task, status, rx, start));
         }
@@ -547,23 +591,18 @@ impl Inner {
         }
     }
 
-    /// Pulls the image, prepares the container and starts it through its shim.
+    /// Pulls the image (into `feed` when given), prepares the container and starts it
+    /// through its shim.
     async fn create(
         &self,
         task: &pb::Task,
         status: &mut pb::TaskStatus,
+        feed: Option<&PullFeed>,
     ) -> Result<(ContainerConfig, PidRecord), TaskError> {
         status.state = pb::TaskState::Starting as i32;
         status.message = "pulling image".into();
         self.report(status).await;
-        let image = self
-            .images
-            .ensure(&task.image)
-            .await
-            .map_err(|source| TaskError::Pull {
-                image: task.image.clone(),
-                source,
-            })?;
+        let image = self.pull(&task.image, feed).await?;
         status.message = "creating container".into();
         self.report(status).await;
 
@@ -645,6 +684,47 @@ impl Inner {
         self.runtime.write_profile(&dir, &confinement).await?;
         let pid = self.launch(&dir, &cfg).await?;
         Ok((cfg, pid))
+    }
+
+    /// Makes `reference` available here; with a feed, its progress and end go there.
+    async fn pull(
+        &self,
+        reference: &str,
+        feed: Option<&PullFeed>,
+    ) -> Result<crate::image::Image, TaskError> {
+        let failed = |source| TaskError::Pull {
+            image: reference.to_string(),
+            source,
+        };
+        let Some(feed) = feed else {
+            return self.images.ensure(reference).await.map_err(failed);
+        };
+        let (ptx, mut prx) = mpsc::unbounded_channel();
+        let opts = crate::image::PullOptions {
+            progress: Some(ptx),
+            credentials: None,
+        };
+        let pulling = self.images.pull(reference, &opts);
+        tokio::pin!(pulling);
+        let r = loop {
+            tokio::select! {
+                r = &mut pulling => break r,
+                Some(e) = prx.recv() => feed.layer(e),
+            }
+        };
+        while let Ok(e) = prx.try_recv() {
+            feed.layer(e);
+        }
+        let r = r.map_err(failed);
+        feed.end(match &r {
+            Ok(img) => Ok(pb::PullResult {
+                reference: img.reference.clone(),
+                manifest_digest: img.manifest_digest.clone(),
+                config_digest: img.config_digest.clone(),
+            }),
+            Err(e) => Err(e.to_string()),
+        });
+        r
     }
 
     /// Starts the container of `cfg` through a new shim: first start, or a restart of an
@@ -777,11 +857,11 @@ async fn actor(
 ) {
     let dir = inner.dir(&task.id);
     let running = match start {
-        Start::New => {
+        Start::New(feed) => {
             status.state = pb::TaskState::Pending as i32;
             inner.report(&mut status).await;
             let outcome = {
-                let create = inner.create(&task, &mut status);
+                let create = inner.create(&task, &mut status, feed.as_deref());
                 tokio::pin!(create);
                 // Only a stop interrupts a create; a start or a kill has nothing to act on yet.
                 loop {

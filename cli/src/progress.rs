@@ -1,6 +1,7 @@
 //! Pull progress: one bar per layer redrawn in place on a terminal, plain lines otherwise
 //! (`h1: 3f2a1b4c5d6e: downloading 12.3 MB/40.1 MB`), printed on each state change and every
-//! quarter of a download so a log stays short.
+//! quarter of a download so a log stays short. `rctl pull` draws on stdout; `rctl run`
+//! draws on stderr (its stdout is the container's), without the node in front (one node).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -39,10 +40,24 @@ pub fn state_name(s: LayerState) -> &'static str {
     }
 }
 
+/// `node: ` in front of a line, nothing for "".
+fn prefix(node: &str) -> String {
+    if node.is_empty() {
+        String::new()
+    } else {
+        format!("{node}: ")
+    }
+}
+
 /// One plain line for a layer event.
 pub fn plain_line(node: &str, p: &LayerProgress) -> String {
     let state = p.state();
-    let head = format!("{node}: {}: {}", short(&p.digest), state_name(state));
+    let head = format!(
+        "{}{}: {}",
+        prefix(node),
+        short(&p.digest),
+        state_name(state)
+    );
     match state {
         LayerState::Downloading => {
             format!("{head} {}/{}", human(p.bytes_done), human(p.bytes_total))
@@ -62,7 +77,8 @@ pub fn bar_line(node: &str, p: &LayerProgress) -> String {
         .checked_div(p.bytes_total)
         .unwrap_or(0);
     format!(
-        "{node}: {}: downloading [{}>{}] {}/{}",
+        "{}{}: downloading [{}>{}] {}/{}",
+        prefix(node),
         short(&p.digest),
         "=".repeat(filled as usize),
         " ".repeat((W - filled) as usize),
@@ -84,6 +100,8 @@ fn worth_printing(
 /// Draws the layers of a pull (every node's) as they progress.
 pub struct Progress {
     tty: bool,
+    /// Draw on stderr instead of stdout.
+    stderr: bool,
     /// (node, digest) → line index, in the order first seen.
     order: HashMap<(String, String), usize>,
     lines: Vec<String>,
@@ -94,8 +112,18 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(tty: bool) -> Self {
+        Self::with_output(tty, false)
+    }
+
+    /// Progress on stderr (a terminal or not: `tty`), for commands whose stdout is data.
+    pub fn on_stderr(tty: bool) -> Self {
+        Self::with_output(tty, true)
+    }
+
+    fn with_output(tty: bool, stderr: bool) -> Self {
         Self {
             tty,
+            stderr,
             order: HashMap::new(),
             lines: Vec::new(),
             drawn: 0,
@@ -108,7 +136,7 @@ impl Progress {
         if !self.tty {
             if let Some(now) = worth_printing(self.last.get(&key), p) {
                 self.last.insert(key, now);
-                println!("{}", plain_line(node, p));
+                self.println(&plain_line(node, p));
             }
             return;
         }
@@ -120,8 +148,20 @@ impl Progress {
         self.redraw();
     }
 
+    fn out(&self) -> Box<dyn Write> {
+        if self.stderr {
+            Box::new(std::io::stderr().lock())
+        } else {
+            Box::new(std::io::stdout().lock())
+        }
+    }
+
+    fn println(&self, line: &str) {
+        let _ = writeln!(self.out(), "{line}");
+    }
+
     fn redraw(&mut self) {
-        let mut out = std::io::stdout().lock();
+        let mut out = self.out();
         if self.drawn > 0 {
             // Back to our first line, then rewrite every line in place.
             let _ = write!(out, "\x1b[{}A", self.drawn);
@@ -129,13 +169,14 @@ impl Progress {
         for l in &self.lines {
             let _ = writeln!(out, "\r\x1b[2K{l}");
         }
-        self.drawn = self.lines.len();
         let _ = out.flush();
+        drop(out);
+        self.drawn = self.lines.len();
     }
 
     /// A line that is not a layer (a result or an error), printed below the bars.
     pub fn message(&mut self, line: &str) {
-        println!("{line}");
+        self.println(line);
         if self.tty {
             // Bars drawn from now on go below this line.
             self.order.clear();
@@ -167,6 +208,10 @@ mod tests {
         assert_eq!(
             plain_line("h1", &p(LayerState::AlreadyExists, 5, 5)),
             "h1: 3f2a1b000000: already exists"
+        );
+        assert_eq!(
+            plain_line("", &p(LayerState::Done, 5, 5)),
+            "3f2a1b000000: pull complete"
         );
         assert_eq!(human(999), "999 B");
         assert_eq!(human(1_500), "1.5 kB");

@@ -4,15 +4,32 @@
 //! places and creates it. With `-d` the full id is printed; otherwise the terminal is
 //! attached (the container waits for it before starting, so no output is lost) and rctl
 //! exits with the container's code.
+//!
+//! # Pull on run
+//!
+//! Docker pulls a missing image first (`Unable to find image 'X' locally`, the pull's
+//! progress, `Status: Downloaded newer image for X`). Here the node is known only once the
+//! scheduler placed the container, and its agent pulls inside RunTask anyway; so rather
+//! than asking the node whether it has the image (a round trip every `run` would pay), the
+//! agent's RunTask answer says whether it had to pull (`CreateContainerResponse.pulling`),
+//! and only then does rctl follow that very pull (FollowPull: every layer's state so far,
+//! then its changes, then the end) before printing the id (`-d`) or attaching. An image
+//! already on the node costs nothing more. Progress goes to stderr: bars on a terminal,
+//! plain lines otherwise. A failed pull is one `error:` line and exit 1, and the scheduler
+//! removes the container before saying so, so nothing is left (`ps -a`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use rctl_api::pb::{self, CreateContainerRequest, Mount, PortBinding};
+use futures::StreamExt;
+use rctl_api::pb::{
+    self, pull_event, CreateContainerRequest, FollowPullRequest, Mount, PortBinding,
+};
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::progress::Progress;
 
 /// How long a created container waits for `rctl run`'s attach before it starts anyway.
 const ATTACH_WAIT_MS: u32 = 30_000;
@@ -300,6 +317,9 @@ pub async fn run(conn: &mut Conn, a: RunArgs) -> Result<(), CliError> {
         .and_then(|v| v.task)
         .map(|t| t.id)
         .unwrap_or_default();
+    if resp.pulling {
+        follow_pull(conn, &id, &a.image).await?;
+    }
     if a.detach {
         println!("{id}");
         return Ok(());
@@ -312,6 +332,36 @@ pub async fn run(conn: &mut Conn, a: RunArgs) -> Result<(), CliError> {
             Err(e) => CliError::Failed(e.to_string()),
         })?;
     Err(CliError::Exit(code))
+}
+
+/// Shows the container's node pulling `image` for it, on stderr, until the pull ends; a
+/// failed pull is the error (the scheduler removed the container already).
+async fn follow_pull(conn: &mut Conn, id: &str, image: &str) -> Result<(), CliError> {
+    eprintln!("Unable to find image '{image}' locally");
+    let mut stream = conn
+        .client
+        .follow_pull(FollowPullRequest {
+            target: id.to_string(),
+        })
+        .await
+        .map_err(|s| conn.err(s))?
+        .into_inner();
+    let mut progress = Progress::on_stderr(std::io::stderr().is_terminal());
+    while let Some(e) = stream.next().await {
+        match e.map_err(|s| conn.err(s))?.event {
+            Some(pull_event::Event::Layer(p)) => progress.layer("", &p),
+            Some(pull_event::Event::Done(r)) => {
+                progress.message(&format!("Digest: {}", r.manifest_digest));
+                progress.message(&format!("Status: Downloaded newer image for {image}"));
+                return Ok(());
+            }
+            Some(pull_event::Event::Error(why)) => return Err(CliError::Failed(why)),
+            None => {}
+        }
+    }
+    Err(CliError::Failed(format!(
+        "the pull of {image} ended without a result (see: rctl ps -a)"
+    )))
 }
 
 #[cfg(test)]

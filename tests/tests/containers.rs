@@ -3,7 +3,8 @@
 //! published port, stop/start/restart/kill -s/rename/port/inspect, rm -f, the foreground
 //! `run --rm` exit code, `run -it` in a real terminal (tmux), `run --rm -p` leaving nothing
 //! behind, and bad input (name conflict, port taken, bad port spec, relative
-//! -v, unknown flag, exec into a stopped container) refused with one line, changing nothing.
+//! -v, unknown flag, exec into a stopped container) refused with one line, changing nothing;
+//! `run` of an image its node lacks shows the pull first, and a failed pull leaves nothing.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -353,4 +354,70 @@ fn run_in_the_foreground_returns_the_exit_code_and_rm_leaves_nothing() {
     );
     assert!(http_get(addr, "/").is_err());
     c.down_leaving_nothing();
+}
+
+#[test]
+fn run_pulls_a_missing_image_with_progress_and_a_failed_pull_leaves_nothing() {
+    let c = Cluster::start(1);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+
+    // Not on h1 yet: Docker's lines and the layers' plain lines (stderr is not a
+    // terminal here) come before the container runs; its output alone is on stdout.
+    let out = c.rctl(&["run", "--rm", &bb, "echo", "ran-after-pull"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert_eq!(stdout(&out), "ran-after-pull\n");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("Unable to find image '{bb}' locally").as_str()),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with(": pull complete")),
+        "a layer line: {err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("Digest: sha256:")),
+        "{err}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("Status: Downloaded newer image for {bb}").as_str()),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "no terminal codes: {err:?}");
+
+    // On the node now: nothing is pulled or said, -d prints the id alone.
+    let out = c.rctl(&["run", "-d", "--name", "second", &bb, "true"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    let id = stdout(&out);
+    assert!(
+        id.trim().len() >= 12 && id.trim().bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id:?}"
+    );
+
+    // Not in the registry: Docker's first line, then one error, exit 1, and no container.
+    let missing = format!("{}/rctl/nope:1", c.registry());
+    let out = c.rctl(&["run", "-d", "--name", "ghost", &missing, "true"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(stdout(&out), "", "no id for a container that is not there");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(
+        lines[0],
+        format!("Unable to find image '{missing}' locally")
+    );
+    assert!(
+        lines[1].starts_with("error: ") && lines[1].contains("rctl/nope"),
+        "{err}"
+    );
+    assert!(
+        find(&containers(&c, &["-a"]), "ghost").is_none(),
+        "nothing left: {:?}",
+        containers(&c, &["-a"])
+    );
+    assert!(find(&containers(&c, &["-a"]), "second").is_some());
 }

@@ -5,6 +5,7 @@
 //! disk usage, prune).
 
 pub mod content;
+pub mod feed;
 pub mod gc;
 pub mod index;
 pub mod lifecycle;
@@ -115,7 +116,7 @@ pub struct BlobRecord {
 }
 
 /// What happens to one layer during a pull, for progress display.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LayerPhase {
     Waiting,
     Downloading,
@@ -220,6 +221,12 @@ impl ImageStore {
         let data = tokio::fs::read(self.record_path(reference)).await.ok()?;
         let img: Image = serde_json::from_slice(&data).ok()?;
         img.layers.iter().all(|l| l.is_dir()).then_some(img)
+    }
+
+    /// Whether `reference` was pulled here and its layers are all still there: then
+    /// [`ensure`](Self::ensure) needs no registry.
+    pub async fn has(&self, reference: &str) -> bool {
+        self.cached(reference).await.is_some()
     }
 
     /// The manifest digest `reference` names in its registry (an index resolves to this

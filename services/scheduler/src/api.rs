@@ -968,6 +968,24 @@ impl Scheduler for Api {
         .instrument(span)
         .await
     }
+
+    // === pull on run (issue 9) ===
+
+    type FollowPullStream = crate::images::PullStream;
+
+    async fn follow_pull(
+        &self,
+        req: Request<FollowPullRequest>,
+    ) -> Result<Response<Self::FollowPullStream>, Status> {
+        let span = span(&req, "FollowPull");
+        async move {
+            Ok(Response::new(
+                self.containers().follow_pull(req.into_inner()).await?,
+            ))
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 /// The record of a canary of `canary` next to `stable`, started at `now_ms`.

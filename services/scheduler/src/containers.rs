@@ -14,8 +14,11 @@ use std::time::Duration;
 use rctl_api::pb::*;
 use tonic::Code;
 
+use futures::StreamExt;
+
 use crate::agents::{Agents, Client};
 use crate::grpc::ApiError;
+use crate::images::PullStream;
 use crate::placement::{self, Ask, Usage};
 use crate::store::{Loaded, Store, StoreError};
 use crate::targets::{candidates, resolve, Accept, Resolved};
@@ -317,17 +320,98 @@ impl Containers {
                 task: Some(task.clone()),
             })
             .await;
-        if let Err(s) = sent {
-            if let Err(e) = self.store.delete_container(&task).await {
-                tracing::warn!(container = %task.id, error = %e, "cannot forget a refused container");
+        let pulling = match sent {
+            Ok(r) => r.into_inner().pulling,
+            Err(s) => {
+                if let Err(e) = self.store.delete_container(&task).await {
+                    tracing::warn!(container = %task.id, error = %e, "cannot forget a refused container");
+                }
+                return Err(agent_err(s));
             }
-            return Err(agent_err(s));
-        }
+        };
         let mut loaded = loaded;
         loaded.containers.push(task.clone());
         Ok(CreateContainerResponse {
             container: Some(view(&loaded, &task)),
+            pulling,
         })
+    }
+
+    /// FollowPull: the container's agent's pull of its image, tagged with the node. A
+    /// failed pull removes the container (keys, then the agent's leftovers) before the
+    /// error goes out, so `rctl run` of a missing image leaves nothing, as `docker run`
+    /// creates nothing.
+    pub async fn follow_pull(&self, r: FollowPullRequest) -> Result<PullStream, ApiError> {
+        let (loaded, t) = self.one(&r.target).await?;
+        let mut client = self.client(&loaded, &t)?;
+        let mut stream = client
+            .follow_task_pull(FollowTaskPullRequest {
+                task_id: t.id.clone(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                Code::FailedPrecondition => ApiError::Container {
+                    code: Code::FailedPrecondition,
+                    message: format!("container {} is not pulling its image", t.container_name),
+                },
+                _ => agent_err(s),
+            })?
+            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let node = t.node.clone();
+            while let Some(e) = stream.next().await {
+                // (event, whether the agent's pull failed)
+                let (mut e, failed) = match e {
+                    Ok(e) => {
+                        let failed = matches!(e.event, Some(pull_event::Event::Error(_)));
+                        (e, failed)
+                    }
+                    // The agent went away mid-pull: the pull may still finish there, so
+                    // the container is left as it is.
+                    Err(s) => (
+                        PullEvent {
+                            node: String::new(),
+                            event: Some(pull_event::Event::Error(format!(
+                                "node {node}: {}",
+                                s.message()
+                            ))),
+                        },
+                        false,
+                    ),
+                };
+                e.node = node.clone();
+                let ended = e.event.as_ref().is_some_and(is_end);
+                if failed {
+                    this.forget_failed(&t).await;
+                }
+                if tx.send(Ok(e)).await.is_err() || ended {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Ok(PullEvent {
+                    node: node.clone(),
+                    event: Some(pull_event::Event::Error(format!(
+                        "node {node}: the agent stopped answering mid-pull"
+                    ))),
+                }))
+                .await;
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Removes container `t`, whose image could not be pulled.
+    async fn forget_failed(&self, t: &Task) {
+        let r = ContainerRequest {
+            target: t.id.clone(),
+            force: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.remove(r).await {
+            tracing::warn!(container = %t.id, error = %e, "cannot remove a container whose pull failed");
+        }
     }
 
     // === lifecycle ===
@@ -565,7 +649,11 @@ impl Containers {
     }
 }
 
-/// The stop grace the agent applies when none is given: the task's, else 10 s.
+/// Whether a pull event is the last of its pull.
+fn is_end(e: &pull_event::Event) -> bool {
+    matches!(e, pull_event::Event::Done(_) | pull_event::Event::Error(_))
+}
+
 /// Asks `t`'s agent to stop it (stop signal, then SIGKILL after `timeout_ms` or the
 /// container's own stop timeout), keeping it.
 async fn stop_on_agent(client: &mut Client, t: &Task, timeout_ms: u64) -> Result<(), ApiError> {
