@@ -28,6 +28,7 @@ fn config(id: &str, rootfs: &Path, argv: &[&str]) -> ContainerConfig {
         container_port: 0,
         host_port: 0,
         ports: vec![],
+        anonymous_volumes: Vec::new(),
         task_pb: String::new(),
         created_unix_ms: 0,
     }

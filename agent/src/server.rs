@@ -101,7 +101,8 @@ impl pb::agent_server::Agent for AgentService {
         let r = req.into_inner();
         span.record("task", r.task_id.as_str());
         let timeout = (r.timeout_ms != 0).then(|| Duration::from_millis(r.timeout_ms));
-        self.tasks.stop_task(&r.task_id, timeout, r.remove);
+        self.tasks
+            .stop_task(&r.task_id, timeout, r.remove, r.remove_volumes);
         Ok(Response::new(pb::StopTaskResponse {}))
     }
 

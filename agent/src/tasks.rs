@@ -88,6 +88,8 @@ pub struct Stop {
     pub remove: bool,
     /// Also delete the task's status key (the task no longer belongs to this node).
     pub forget: bool,
+    /// With `remove`: also delete the container's anonymous volumes (`rm -v`, `--rm`).
+    pub volumes: bool,
 }
 
 /// What an actor is asked to do (one channel, so requests apply in the order they came:
@@ -104,10 +106,13 @@ pub enum Cmd {
 /// What the orphan sweep does with a local container, given its task in etcd (if any), at
 /// wall-clock time `now_ms`.
 pub fn sweep_decision(task: Option<&pb::Task>, node: &str, now_ms: i64) -> Option<Stop> {
+    // A container whose key is gone: its volumes stay, as whether `rm -v` was asked is
+    // not known.
     let stop = |forget| Stop {
         timeout: None,
         remove: true,
         forget,
+        volumes: false,
     };
     match task {
         None => Some(stop(true)),
@@ -299,14 +304,16 @@ impl Tasks {
             .ok_or_else(|| TaskError::NotPulling(task_id.to_string()))
     }
 
-    /// Asks the container of `task_id` to stop (idempotent; unknown ids succeed).
-    pub fn stop_task(&self, task_id: &str, timeout: Option<Duration>, remove: bool) {
+    /// Asks the container of `task_id` to stop (idempotent; unknown ids succeed); with
+    /// `remove` to remove it, and with `volumes` its anonymous volumes too.
+    pub fn stop_task(&self, task_id: &str, timeout: Option<Duration>, remove: bool, volumes: bool) {
         self.inner.stop(
             task_id,
             Stop {
                 timeout,
                 remove,
                 forget: false,
+                volumes,
             },
         );
     }
@@ -606,6 +613,21 @@ impl Inner {
         status.message = "creating container".into();
         self.report(status).await;
 
+        // Anonymous volumes get their names here, where they live; the task as written to
+        // the config carries them, so a restart mounts the same ones.
+        let mut named = task.clone();
+        let image_volumes: Vec<String> = image
+            .config
+            .volumes
+            .iter()
+            .flat_map(|v| v.keys().cloned())
+            .collect();
+        let anonymous_volumes = runtime::mounts::name_anonymous(
+            &mut named.mounts,
+            &image_volumes,
+            runtime::mounts::anonymous_name,
+        );
+        let task = &named;
         let confinement = runtime::container::spec_of(task, &image.config, image.layers.clone())?;
         let hostname: String = match task.hostname.as_str() {
             "" => task.id.chars().take(12).collect(),
@@ -666,6 +688,7 @@ impl Inner {
                     .collect(),
                 task_pb: hex::encode(task.encode_to_vec()),
                 created_unix_ms: clock::now_unix_ms(),
+                anonymous_volumes,
             };
             for d in [dir.upper(), dir.work(), dir.rootfs()] {
                 tokio::fs::create_dir_all(&d)
@@ -983,10 +1006,12 @@ async fn actor(
         }
         // Finished. `--rm`: nothing is kept once the exit status is written.
         if task.auto_remove {
+            // As Docker's --rm: the anonymous volumes go with it.
             let stop = Stop {
                 timeout: None,
                 remove: true,
                 forget: true,
+                volumes: true,
             };
             remove(&inner, &task, &dir, stop).await;
             if let Err(e) = inner.store.delete_container(&task).await {
@@ -1166,8 +1191,25 @@ fn dir_id(dir: &ContainerDir) -> String {
 }
 
 async fn remove(inner: &Inner, task: &pb::Task, dir: &ContainerDir, stop: Stop) {
+    // Read before the directory goes. A service task's are removed with it always: its
+    // replacement gets fresh ones, so keeping them would only pile them up.
+    let volumes = if stop.volumes || !task.service.is_empty() {
+        dir.read_config()
+            .map(|c| c.anonymous_volumes)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     if let Err(e) = runtime::remove_dir(&dir.0).await {
         warn!(task = %task.id, error = %e, "cannot remove container directory");
+    }
+    for name in volumes {
+        let path = inner.root.join("volumes").join(&name);
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => info!(task = %task.id, volume = %name, "anonymous volume removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(task = %task.id, volume = %name, error = %e, "cannot remove volume"),
+        }
     }
     if stop.forget {
         if let Err(e) = inner.store.delete_status(&task.id).await {

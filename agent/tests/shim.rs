@@ -58,6 +58,7 @@ impl Container {
             container_port: 0,
             host_port: 0,
             ports: vec![],
+            anonymous_volumes: Vec::new(),
             task_pb: hex::encode(task.encode_to_vec()),
             created_unix_ms: 0,
         };

@@ -291,7 +291,7 @@ pub enum Command {
     Rm {
         #[arg(short = 'f', long)]
         force: bool,
-        /// Accepted for Docker compatibility: bind mounts are never removed.
+        /// Also remove the container's anonymous volumes (named volumes and bind mounts stay).
         #[arg(short = 'v', long)]
         volumes: bool,
         #[arg(required = true)]
@@ -816,9 +816,14 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             };
             container::each(&mut conn, container::Verb::Kill, &targets, req).await
         }
-        Command::Rm { force, targets, .. } => {
+        Command::Rm {
+            force,
+            volumes,
+            targets,
+        } => {
             let req = rctl_api::pb::ContainerRequest {
                 force,
+                volumes,
                 ..Default::default()
             };
             container::each(&mut conn, container::Verb::Remove, &targets, req).await

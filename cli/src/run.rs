@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// Read environment variables from a file (NAME=VALUE lines, # comments).
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
-    /// Bind-mount a host path (absolute) of the container's node: SRC:DST[:ro].
+    /// Mount a path of the container's node (/SRC:DST[:ro]), a named volume
+    /// (NAME:DST[:ro]) or an anonymous volume (DST).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,
     #[arg(short = 'w', long)]
@@ -123,20 +124,40 @@ pub fn parse_port(spec: &str) -> Result<PortBinding, String> {
     })
 }
 
-/// `-v SRC:DST[:ro|rw]`: SRC must be absolute (named volumes are not supported here).
+/// Whether `s` is a volume name Docker accepts: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn volume_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    s.len() <= 128
+        && b.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Docker's `-v`: `/SRC:DST[:ro|rw]` binds a path of the container's node, `NAME:DST[:ro|rw]`
+/// mounts the named volume NAME (made on first use, kept after the container), and `/DST`
+/// alone an anonymous volume (named by the agent, removed by `rm -v` or `--rm`). A source
+/// that is neither absolute nor a name (`./data`, `a/b`) is refused.
 pub fn parse_volume(spec: &str) -> Result<Mount, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (src, dst, readonly) = match parts.as_slice() {
+        [d] if d.starts_with('/') => ("", *d, false),
         [s, d] => (*s, *d, false),
         [s, d, "ro"] => (*s, *d, true),
         [s, d, "rw"] => (*s, *d, false),
-        _ => return Err(format!("invalid volume spec {spec:?} (want SRC:DST[:ro])")),
+        _ => {
+            return Err(format!(
+                "invalid volume spec {spec:?} (want SRC:DST[:ro], NAME:DST[:ro] or DST)"
+            ))
+        }
     };
-    if !src.starts_with('/') {
+    let kind = if src.is_empty() || volume_name(src) {
+        "volume"
+    } else if src.starts_with('/') {
+        "bind"
+    } else {
         return Err(format!(
-            "invalid volume spec {spec:?}: the source {src:?} must be an absolute path on the node"
+            "invalid volume spec {spec:?}: the source {src:?} must be an absolute path on the node or a volume name"
         ));
-    }
+    };
     if !dst.starts_with('/') {
         return Err(format!(
             "invalid volume spec {spec:?}: the destination {dst:?} must be an absolute path"
@@ -146,7 +167,7 @@ pub fn parse_volume(spec: &str) -> Result<Mount, String> {
         source: src.into(),
         target: dst.into(),
         readonly,
-        kind: "bind".into(),
+        kind: kind.into(),
     })
 }
 
@@ -394,13 +415,21 @@ mod tests {
     }
 
     #[test]
-    fn volumes_need_absolute_paths() {
+    fn volumes_are_binds_named_or_anonymous_as_dockers() {
         let m = parse_volume("/data:/srv:ro").unwrap();
-        assert!(m.readonly && m.source == "/data" && m.target == "/srv");
-        assert!(parse_volume("data:/srv")
-            .unwrap_err()
-            .contains("absolute path"));
-        assert!(parse_volume("/data").is_err());
+        assert!(m.readonly && m.source == "/data" && m.target == "/srv" && m.kind == "bind");
+        let named = parse_volume("data:/srv").unwrap();
+        assert!(named.source == "data" && named.kind == "volume" && !named.readonly);
+        let anon = parse_volume("/data").unwrap();
+        assert!(anon.source.is_empty() && anon.target == "/data" && anon.kind == "volume");
+        for rel in ["./data:/srv", "a/b:/srv", "../x:/srv"] {
+            assert!(
+                parse_volume(rel).unwrap_err().contains("absolute path"),
+                "{rel}"
+            );
+        }
+        assert!(parse_volume("data").is_err());
+        assert!(parse_volume("/a:srv").unwrap_err().contains("destination"));
     }
 
     #[test]

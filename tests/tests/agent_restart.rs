@@ -279,6 +279,7 @@ fn restart_policy_applies_to_exits_while_the_agent_was_down() {
             service: "policy".into(),
             timeout_ms: 1,
             remove: false,
+            remove_volumes: false,
         }))
         .expect("stop task");
         c.eventually(Duration::from_secs(10), "stopped by hand", || {

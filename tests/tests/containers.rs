@@ -4,7 +4,8 @@
 //! `run --rm` exit code, `run -it` in a real terminal (tmux), `run --rm -p` leaving nothing
 //! behind, and bad input (name conflict, port taken, bad port spec, relative
 //! -v, unknown flag, exec into a stopped container) refused with one line, changing nothing;
-//! `run` of an image its node lacks shows the pull first, and a failed pull leaves nothing.
+//! `run` of an image its node lacks shows the pull first, and a failed pull leaves nothing;
+//! `-v /DST` makes an anonymous volume that `rm -v` and `--rm` remove, a named one stays.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -221,7 +222,7 @@ fn containers_run_on_either_host_and_follow_their_lifecycle() {
         "invalid port spec",
     );
     refused(
-        &c.rctl(&["run", "-d", "-v", "data:/data", &bb]),
+        &c.rctl(&["run", "-d", "-v", "./data:/data", &bb]),
         2,
         "absolute path",
     );
@@ -420,4 +421,107 @@ fn run_pulls_a_missing_image_with_progress_and_a_failed_pull_leaves_nothing() {
         containers(&c, &["-a"])
     );
     assert!(find(&containers(&c, &["-a"]), "second").is_some());
+}
+
+/// `ROOT/volumes` of host `host`'s agent.
+fn volumes_root(c: &Cluster, host: &str) -> std::path::PathBuf {
+    let containers = c.container_dir(host, "x");
+    let root = containers
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("ROOT/containers/x");
+    root.join("volumes")
+}
+
+/// The volumes under host `host`'s agent root, by name.
+fn volumes(c: &Cluster, host: &str) -> std::collections::BTreeSet<String> {
+    let dir = volumes_root(c, host);
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn anonymous_volumes_go_with_rm_v_and_named_ones_stay() {
+    let c = Cluster::start(1);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    let volume_dir = |name: &str| volumes_root(&c, "h1").join(name);
+    let run = |name: &str, args: &[&str]| {
+        let mut all = vec!["run", "-d", "--name", name];
+        all.extend_from_slice(args);
+        let id = c.rctl_ok(&all).trim().to_string();
+        wait_state(&c, name, "exited");
+        id
+    };
+    let script = "echo a > /data/f; echo n > /keep/g";
+
+    // -v /data: a volume of its own, named like Docker's (64 hex digits).
+    let kept = run(
+        "kept",
+        &["-v", "/data", "-v", "named:/keep", &bb, "sh", "-c", script],
+    );
+    let after_first = volumes(&c, "h1");
+    let anon: Vec<&String> = after_first.iter().filter(|v| *v != "named").collect();
+    assert_eq!(anon.len(), 1, "{after_first:?}");
+    let first = anon[0].clone();
+    assert!(
+        first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{first}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume_dir(&first).join("_data/f")).unwrap(),
+        "a\n"
+    );
+    // rm without -v keeps it.
+    c.rctl_ok(&["rm", "kept"]);
+    c.eventually(WAIT, "kept's directory removed", || {
+        (!c.container_dir("h1", &kept).exists()).then_some(())
+    });
+    assert!(
+        volume_dir(&first).join("_data/f").exists(),
+        "rm keeps volumes"
+    );
+
+    // rm -v removes the anonymous one; the named one stays, with what was written.
+    run(
+        "gone",
+        &["-v", "/data", "-v", "named:/keep", &bb, "sh", "-c", script],
+    );
+    let second: Vec<String> = volumes(&c, "h1")
+        .difference(&after_first)
+        .cloned()
+        .collect();
+    assert_eq!(second.len(), 1, "one new anonymous volume: {second:?}");
+    c.rctl_ok(&["rm", "-v", "gone"]);
+    c.eventually(WAIT, "the anonymous volume removed", || {
+        (!volume_dir(&second[0]).exists()).then_some(())
+    });
+    assert!(
+        volume_dir(&first).exists(),
+        "another container's volume stays"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume_dir("named").join("_data/g")).unwrap(),
+        "n\n"
+    );
+
+    // --rm takes its anonymous volume with it, as Docker's does.
+    let before = volumes(&c, "h1");
+    let out = c.rctl_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "/data",
+        &bb,
+        "sh",
+        "-c",
+        "echo r > /data/f; echo ok",
+    ]);
+    assert_eq!(out, "ok\n");
+    c.eventually(WAIT, "--rm's anonymous volume removed", || {
+        (volumes(&c, "h1") == before).then_some(())
+    });
 }

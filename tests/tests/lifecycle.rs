@@ -110,6 +110,7 @@ fn restart_policy_stop_signal_and_remove_as_docker_does() {
         service: "lifecycle".into(),
         timeout_ms: 30_000,
         remove: false,
+        remove_volumes: false,
     }))
     .expect("stop usr1");
     c.eventually(WAIT, "usr1 stopped", || exit_code(&c, "usr1"));
@@ -172,6 +173,7 @@ fn restart_policy_stop_signal_and_remove_as_docker_does() {
         service: "lifecycle".into(),
         timeout_ms: 1_000,
         remove: true,
+        remove_volumes: false,
     }))
     .expect("remove gone");
     c.eventually(WAIT, "nothing of the container left", || {

@@ -98,6 +98,7 @@ fn agent_stop_task(
                 service: "web".into(),
                 timeout_ms: 0,
                 remove: true,
+                remove_volumes: false,
             })
             .await
             .map(drop)

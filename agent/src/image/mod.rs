@@ -62,6 +62,9 @@ pub struct RunConfig {
     /// Signal name or number sent first on stop (Dockerfile `STOPSIGNAL`).
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// Paths that get a volume of their own in every container (Dockerfile `VOLUME`).
+    #[serde(default)]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

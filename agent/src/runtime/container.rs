@@ -197,6 +197,7 @@ impl Runtime {
             container_port: 0,
             host_port: 0,
             ports: Vec::new(),
+            anonymous_volumes: Vec::new(),
             task_pb: String::new(),
             created_unix_ms: rctl_api::clock::now_unix_ms(),
         };

@@ -137,6 +137,44 @@ pub fn validate(m: &MountSpec) -> Result<(), MountError> {
     }
 }
 
+/// Names a container's anonymous volumes, as Docker makes them: a `volume` mount without a
+/// source (`-v /data`) and each of the image's `Volumes` paths that no mount of the task
+/// covers get a fresh name from `fresh` (64 hex digits in the agent). Returns the names
+/// made, which belong to this container alone (`rm -v` removes them).
+pub fn name_anonymous(
+    mounts: &mut Vec<rctl_api::pb::Mount>,
+    image_volumes: &[String],
+    mut fresh: impl FnMut() -> String,
+) -> Vec<String> {
+    let mut made = Vec::new();
+    for m in mounts.iter_mut() {
+        if m.kind == "volume" && m.source.is_empty() {
+            m.source = fresh();
+            made.push(m.source.clone());
+        }
+    }
+    let norm = |p: &str| p.trim_end_matches('/').to_string();
+    for path in image_volumes {
+        if !path.starts_with('/') || mounts.iter().any(|m| norm(&m.target) == norm(path)) {
+            continue;
+        }
+        let name = fresh();
+        mounts.push(rctl_api::pb::Mount {
+            source: name.clone(),
+            target: norm(path),
+            readonly: false,
+            kind: "volume".into(),
+        });
+        made.push(name);
+    }
+    made
+}
+
+/// A fresh anonymous volume name: 64 random hex digits, as Docker's.
+pub fn anonymous_name() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
 /// Where volume `name` keeps its data under the agent root.
 pub fn volume_dir(root: &Path, name: &str) -> PathBuf {
     root.join("volumes").join(name).join("_data")
@@ -391,6 +429,36 @@ pub fn chdir_in_root(dir: &str) -> Result<(), MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_volumes_are_named_for_dash_v_paths_and_uncovered_image_volumes() {
+        let m = |source: &str, target: &str, kind: &str| rctl_api::pb::Mount {
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+            kind: kind.into(),
+        };
+        let mut mounts = vec![
+            m("", "/data", "volume"),
+            m("keep", "/keep", "volume"),
+            m("/srv", "/srv", "bind"),
+        ];
+        let image = ["/data/".to_string(), "/cache".into(), "/srv".into()];
+        let mut n = 0;
+        let made = name_anonymous(&mut mounts, &image, || {
+            n += 1;
+            format!("v{n}")
+        });
+        // -v /data is named; the image's /data and /srv are covered; /cache gets its own.
+        assert_eq!(made, ["v1", "v2"]);
+        assert_eq!(mounts[0].source, "v1");
+        assert_eq!(mounts[1].source, "keep", "a named volume is left as it is");
+        assert_eq!(mounts[3], m("v2", "/cache", "volume"));
+        assert_eq!(mounts.len(), 4);
+        let name = anonymous_name();
+        assert!(name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(valid_volume(&name));
+    }
 
     #[test]
     fn volume_syntax_is_dockers() {

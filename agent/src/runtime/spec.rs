@@ -131,6 +131,7 @@ mod tests {
             working_dir: None,
             user: None,
             stop_signal: None,
+            volumes: None,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct ContainerConfig {
     /// The task this container runs, protobuf-encoded, hex (pb types have no serde).
     pub task_pb: String,
     pub created_unix_ms: i64,
+    /// Volumes made for this container alone (`-v /DST`, the image's `Volumes`), named
+    /// here: `rm -v` and `--rm` remove them, named volumes stay.
+    #[serde(default)]
+    pub anonymous_volumes: Vec<String>,
 }
 
 /// The container process as recorded by the shim: its host pid and its start time in clock

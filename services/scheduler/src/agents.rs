@@ -132,6 +132,7 @@ impl Agents {
             service: task.service.clone(),
             timeout_ms: 0,
             remove: true,
+            remove_volumes: false,
         };
         self.send(addr, task, "stop", force, |mut c| async move {
             c.stop_task(req).await.map(drop)

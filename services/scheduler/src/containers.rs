@@ -533,6 +533,7 @@ impl Containers {
                         service: String::new(),
                         timeout_ms: 1,
                         remove: true,
+                        remove_volumes: r.volumes,
                     })
                     .await;
                 if let Err(e) = sent {
@@ -663,6 +664,7 @@ async fn stop_on_agent(client: &mut Client, t: &Task, timeout_ms: u64) -> Result
             service: String::new(),
             timeout_ms,
             remove: false,
+            remove_volumes: false,
         })
         .await
         .map_err(agent_err)?;
