@@ -110,10 +110,7 @@ pub fn pull(
     let images = images.clone();
     let reference = req.reference;
     tokio::spawn(async move {
-        let opts = PullOptions {
-            progress: Some(ptx),
-            credentials,
-        };
+        let opts = PullOptions::new(Some(ptx), credentials);
         let pulling = images.pull(&reference, &opts);
         tokio::pin!(pulling);
         let result = loop {

@@ -723,10 +723,7 @@ impl Inner {
             return self.images.ensure(reference).await.map_err(failed);
         };
         let (ptx, mut prx) = mpsc::unbounded_channel();
-        let opts = crate::image::PullOptions {
-            progress: Some(ptx),
-            credentials: None,
-        };
+        let opts = crate::image::PullOptions::new(Some(ptx), None);
         let pulling = self.images.pull(reference, &opts);
         tokio::pin!(pulling);
         let r = loop {

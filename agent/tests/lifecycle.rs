@@ -1,7 +1,8 @@
 //! The image lifecycle on one agent against a real `docker-registry`: two images sharing a
 //! base layer (stored once, counted once by disk usage), progress events, removal refused
 //! while a container uses the image, GC freeing exactly the unreferenced, GC running while a
-//! pull is in flight, and prune.
+//! pull is in flight, prune, and a pull waiting for another of the same image showing its
+//! download.
 
 mod common;
 
@@ -52,6 +53,47 @@ fn shared_images(registry: &TestRegistry) -> tempfile::TempDir {
     layout
 }
 
+#[tokio::test]
+async fn a_pull_waiting_for_another_of_the_same_image_shows_its_download() {
+    let registry = TestRegistry::start();
+    let _layout = shared_images(&registry);
+    let root = tempfile::tempdir().unwrap();
+    let s = store(root.path(), &registry.host());
+    let r = format!("{}/shared:a", registry.host());
+    let (t1, mut r1) = tokio::sync::mpsc::unbounded_channel();
+    let (t2, mut r2) = tokio::sync::mpsc::unbounded_channel();
+    let (o1, o2) = (
+        PullOptions::new(Some(t1), None),
+        PullOptions::new(Some(t2), None),
+    );
+    let (a, b) = tokio::join!(s.pull(&r, &o1), s.pull(&r, &o2));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.manifest_digest, b.manifest_digest);
+    drop((o1, o2));
+    // Both saw every layer downloaded to the end; the one that waited saw the other's
+    // download rather than "already exists" once it was over.
+    for rx in [&mut r1, &mut r2] {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        for blob in &a.blobs {
+            assert_eq!(
+                events
+                    .iter()
+                    .rfind(|e| e.digest == blob.digest)
+                    .map(|e| e.phase),
+                Some(LayerPhase::Done),
+                "{events:?}"
+            );
+        }
+        assert!(
+            !events.iter().any(|e| e.phase == LayerPhase::AlreadyExists),
+            "{events:?}"
+        );
+    }
+}
+
 /// A container made from `layers`, as the runtime records it; `exited` adds its exit file.
 fn fake_container(root: &Path, id: &str, layers: &[std::path::PathBuf], exited: bool) {
     let dir = root.join("containers").join(id);
@@ -81,10 +123,7 @@ async fn two_images_sharing_a_base_through_pull_df_rmi_gc_and_prune() {
 
     let a = s.ensure(&ra).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let opts = PullOptions {
-        progress: Some(tx),
-        credentials: None,
-    };
+    let opts = PullOptions::new(Some(tx), None);
     let b = s.pull(&rb, &opts).await.unwrap();
     drop(opts);
     let mut events = Vec::new();
@@ -242,10 +281,7 @@ async fn a_login_sent_with_a_pull_is_used_for_it_after_an_anonymous_refusal() {
     );
     let mut wrong = Credentials::default();
     wrong.insert(&proxy.host(), "alice", "nope");
-    let opts = |c: Credentials| PullOptions {
-        progress: None,
-        credentials: Some(c),
-    };
+    let opts = |c: Credentials| PullOptions::new(None, Some(c));
     let e = s.pull(&reference, &opts(wrong)).await.unwrap_err();
     assert!(e.to_string().contains("unauthorized"), "{e}");
     let mut right = Credentials::default();

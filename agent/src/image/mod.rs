@@ -146,10 +146,28 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<LayerEvent>;
 pub struct PullOptions {
     pub progress: Option<Progress>,
     pub credentials: Option<registry::Credentials>,
+    /// Set by the pull leading this reference: its progress for pulls that wait on it.
+    tee: Option<Arc<feed::PullFeed>>,
 }
 
 impl PullOptions {
+    pub fn new(progress: Option<Progress>, credentials: Option<registry::Credentials>) -> Self {
+        Self {
+            progress,
+            credentials,
+            tee: None,
+        }
+    }
+
     fn report(&self, digest: &str, phase: LayerPhase, done: u64, total: u64) {
+        if let Some(f) = &self.tee {
+            f.layer(LayerEvent {
+                digest: digest.to_string(),
+                phase,
+                done,
+                total,
+            });
+        }
         if let Some(p) = &self.progress {
             let _ = p.send(LayerEvent {
                 digest: digest.to_string(),
@@ -170,6 +188,10 @@ pub struct ImageStore {
     /// Single flight: one lock per blob digest, chain id or reference being worked on, so
     /// concurrent pulls of images that share layers fetch and unpack each layer once.
     inflight: Arc<Flights>,
+    /// The progress of the pull holding each reference's lock, so that a pull waiting for
+    /// it (a second `run`, an `rctl pull` during a task's pull) shows the same download
+    /// rather than nothing and then "already exists".
+    leading: Arc<std::sync::Mutex<HashMap<String, Arc<feed::PullFeed>>>>,
     /// What pulls in flight are writing; the GC leaves it alone.
     leases: Arc<gc::Leases>,
     /// Serialises GC runs and removals of image records.
@@ -190,6 +212,7 @@ impl ImageStore {
             registry: Arc::new(Registry::new(insecure).with_credentials(default_credentials())),
             content: ContentStore::new(root),
             inflight: Arc::default(),
+            leading: Arc::default(),
             leases: Arc::default(),
             gc_lock: Arc::default(),
             limits: unpack::Limits::default(),
@@ -261,10 +284,19 @@ impl ImageStore {
 
     /// [`ensure`](Self::ensure) with progress reports and request credentials.
     pub async fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image, ImageError> {
-        let _guard = self.inflight.lock(format!("ref {reference}")).await;
+        let (_guard, followed) = self.wait_turn(reference, opts).await;
+        // Ours until we return: pulls that queue behind us follow it.
+        let lead = Lead::new(&self.leading, reference);
+        let opts = &PullOptions {
+            tee: Some(lead.feed.clone()),
+            ..opts.clone()
+        };
         if let Some(img) = self.cached(reference).await {
-            for b in &img.blobs {
-                opts.report(&b.digest, LayerPhase::AlreadyExists, b.size, b.size);
+            // Followed the pull that brought it: its layers were reported already.
+            if !followed {
+                for b in &img.blobs {
+                    opts.report(&b.digest, LayerPhase::AlreadyExists, b.size, b.size);
+                }
             }
             return Ok(img);
         }
@@ -348,6 +380,47 @@ impl ImageStore {
             .await
             .map_err(|source| ImageError::Record { path, source })?;
         Ok(img)
+    }
+
+    /// Takes the lock of `reference`; while another pull holds it, its progress is passed
+    /// to `opts` (true when some was).
+    async fn wait_turn(&self, reference: &str, opts: &PullOptions) -> (Flight<'_>, bool) {
+        let leader = self
+            .leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reference)
+            .map(|f| f.subscribe());
+        let turn = self.inflight.lock(format!("ref {reference}"));
+        let Some(mut rx) = leader else {
+            return (turn.await, false);
+        };
+        tokio::pin!(turn);
+        let mut sent = feed::Sent::new();
+        let pass_on = |rx: &mut tokio::sync::watch::Receiver<feed::PullView>,
+                       sent: &mut feed::Sent| {
+            let news = rx.borrow_and_update().news(sent);
+            for e in news {
+                if let Some(p) = &opts.progress {
+                    let _ = p.send(e);
+                }
+            }
+        };
+        let mut open = true;
+        loop {
+            tokio::select! {
+                g = &mut turn => {
+                    // The leader reported everything before letting go of the lock.
+                    pass_on(&mut rx, &mut sent);
+                    return (g, !sent.is_empty());
+                }
+                changed = rx.changed(), if open => match changed {
+                    Ok(()) => pass_on(&mut rx, &mut sent),
+                    // The leader is done: our turn comes next.
+                    Err(_) => open = false,
+                },
+            }
+        }
     }
 
     /// Makes layer `desc` available unpacked at `dest`, retrying transient download
@@ -446,6 +519,40 @@ impl ImageStore {
 
 fn desc_size(d: &oci_client::manifest::OciDescriptor) -> u64 {
     u64::try_from(d.size).unwrap_or(0)
+}
+
+/// The feed of the pull leading a reference, in [`ImageStore::leading`] while it lives.
+struct Lead<'a> {
+    leading: &'a std::sync::Mutex<HashMap<String, Arc<feed::PullFeed>>>,
+    reference: String,
+    feed: Arc<feed::PullFeed>,
+}
+
+impl<'a> Lead<'a> {
+    fn new(
+        leading: &'a std::sync::Mutex<HashMap<String, Arc<feed::PullFeed>>>,
+        reference: &str,
+    ) -> Self {
+        let feed = Arc::<feed::PullFeed>::default();
+        leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reference.to_string(), feed.clone());
+        Self {
+            leading,
+            reference: reference.to_string(),
+            feed,
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.reference);
+    }
 }
 
 /// Keyed async locks, created on demand and dropped when nobody holds or waits for them.
