@@ -142,6 +142,7 @@ pub fn validate(task: &pb::Task) -> Result<(), TaskError> {
     }
     lifecycle::stop_signal(&task.stop_signal, "")?;
     RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts)?;
+    runtime::userns::host_requested(&task.userns).map_err(|e| TaskError::Invalid(e.to_string()))?;
     Ok(())
 }
 
@@ -215,6 +216,15 @@ impl Tasks {
                 actors: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Runs every container in a user namespace with `map` (the agent's
+    /// `--userns-remap`), except tasks that ask for the host's. Call before the tasks are
+    /// shared (right after [`Tasks::new`]).
+    pub fn with_userns_remap(mut self, map: Option<runtime::userns::IdMap>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
+        inner.runtime = inner.runtime.clone().with_userns_remap(map);
+        self
     }
 
     fn dir(&self, id: &str) -> ContainerDir {

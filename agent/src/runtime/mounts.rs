@@ -293,8 +293,15 @@ pub fn open_in_root(root: &impl AsFd, path: &str, file: bool) -> Result<OwnedFd,
 }
 
 /// Writes `data` to file `name` in directory `dir` of the root, replacing whatever is
-/// there (an image's symlink included) without following it.
-pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Result<(), MountError> {
+/// there (an image's symlink included) without following it. `owner` (uid and gid) gets
+/// the file: a user namespace's root, whose files these are.
+pub fn write_in_root(
+    rootfs: &Path,
+    dir: &str,
+    name: &str,
+    data: &[u8],
+    owner: Option<u32>,
+) -> Result<(), MountError> {
     use std::io::Write;
     let root = open_root(rootfs)?;
     let d = open_in_root(&root, dir, false)?;
@@ -310,6 +317,13 @@ pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Resul
         Mode::from_bits_truncate(0o644),
     )
     .map_err(sys("create", &target))?;
+    if let Some(id) = owner {
+        let (u, g) = (
+            nix::unistd::Uid::from_raw(id),
+            nix::unistd::Gid::from_raw(id),
+        );
+        nix::unistd::fchown(&f, Some(u), Some(g)).map_err(sys("chown", &target))?;
+    }
     std::fs::File::from(f)
         .write_all(data)
         .map_err(|e| sys("write", &target)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
