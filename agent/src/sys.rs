@@ -237,6 +237,35 @@ pub fn idmap_mount(
     }
 }
 
+/// `move_mount(2)`: the target is the fd itself.
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// Attaches the detached mount `mnt` onto the directory or file `target` is an fd of
+/// (`O_PATH` is enough), so the target is exactly what was resolved, never a path looked
+/// up again.
+pub fn move_mount_onto(
+    mnt: &impl std::os::fd::AsRawFd,
+    target: &impl std::os::fd::AsRawFd,
+) -> io::Result<()> {
+    // SAFETY: both paths are static empty C strings; the kernel only reads them and the
+    // two fds, which the caller keeps open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Attaches the detached mount `mnt` at `target` (`move_mount(2)`).
 pub fn move_mount_to(mnt: &impl std::os::fd::AsRawFd, target: &Path) -> io::Result<()> {
     let t = path_cstring(target)?;

@@ -13,6 +13,7 @@ use common::TestRuntime;
 use rctl_agent::runtime::cgroups;
 use rctl_agent::runtime::container::ContainerSpec;
 use rctl_agent::runtime::exec::{self, ExecSpec, ExecStdio};
+use rctl_agent::runtime::mounts;
 use rctl_agent::runtime::userns::IdMap;
 
 const MAP: IdMap = IdMap {
@@ -125,6 +126,30 @@ exec sleep 60
     let sh = std::fs::metadata(t.layer.join("bin/busybox")).unwrap();
     assert_eq!(sh.uid(), 0);
     running.delete().await;
+}
+
+#[tokio::test]
+async fn volumes_belong_to_the_containers_root() {
+    let t = remapped();
+    let mut spec = t.spec(
+        "uns-vol",
+        "exec > /tmp/out 2>&1; echo owner=$(stat -c %u /v); \
+         if echo kept > /v/f; then echo write=ok; else echo write=refused; fi; \
+         echo f_owner=$(stat -c %u /v/f)",
+    );
+    spec.mounts = vec![mounts::parse_volume("unsdata:/v").unwrap()];
+    let (exit, out, running) = t.run(&spec).await;
+    assert_eq!(exit.code, 0, "{out}");
+    let kv = parse(&out);
+    assert_eq!(kv["owner"], "0", "{out}");
+    assert_eq!(kv["write"], "ok", "{out}");
+    assert_eq!(kv["f_owner"], "0", "{out}");
+    running.delete().await;
+    // The volume is idmapped, not chowned: on disk its files are the ids the container
+    // used, so a container in the host's user namespace sees them the same.
+    let data = mounts::volume_dir(&t.tmp.path().join("root"), "unsdata");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(data.join("f")).unwrap().uid(), 0);
 }
 
 /// What the isolation tests check, with the user namespace on.

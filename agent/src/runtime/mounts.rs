@@ -49,6 +49,11 @@ pub struct Mount {
     pub readonly: bool,
     /// The source is a file: the target is made as an empty file, not a directory.
     pub file: bool,
+    /// A named volume: the agent's own storage, which a container in a user namespace
+    /// sees idmapped (its root owns what the host's root owns), as Docker gives such a
+    /// container volumes of its remapped root. Host bind mounts keep the host's owners.
+    #[serde(default)]
+    pub volume: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -173,6 +178,7 @@ pub fn resolve(specs: &[MountSpec], root: &Path) -> Result<Vec<Mount>, MountErro
                 target: m.target.clone(),
                 readonly: m.readonly,
                 file,
+                volume: m.kind == MountKind::Volume,
             })
         })
         .collect()
@@ -344,13 +350,24 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// Mounts `m` in the container whose root directory is `rootfs` (before pivot_root).
-pub fn mount_in_root(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
+/// Mounts `m` in the container whose root directory is `rootfs` (before pivot_root); a
+/// volume is idmapped through `userns` when the container has one.
+pub fn mount_in_root(rootfs: &Path, m: &Mount, userns: Option<&OwnedFd>) -> Result<(), MountError> {
     let root = open_root(rootfs)?;
     let target = open_in_root(&root, &m.target, m.file)?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    match &m.source {
-        Some(src) => mount(
+    let io = |step| {
+        move |e: std::io::Error| {
+            sys(step, &m.target)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        }
+    };
+    match (&m.source, userns) {
+        (Some(src), Some(ns)) if m.volume => {
+            let mnt = crate::sys::open_tree_clone(src).map_err(io("open volume"))?;
+            crate::sys::idmap_mount(&mnt, ns).map_err(io("idmap volume"))?;
+            crate::sys::move_mount_onto(&mnt, &target).map_err(io("mount volume onto"))?;
+        }
+        (Some(src), _) => mount(
             Some(src.as_path()),
             fd_path(&target).as_str(),
             None::<&str>,
@@ -358,7 +375,7 @@ pub fn mount_in_root(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
             None::<&str>,
         )
         .map_err(sys("bind mount onto", &m.target))?,
-        None => mount(
+        (None, _) => mount(
             Some("tmpfs"),
             fd_path(&target).as_str(),
             Some("tmpfs"),

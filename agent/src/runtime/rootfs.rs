@@ -259,7 +259,7 @@ fn prepare(
         mounts::write_in_root(&root, "/etc", name, data.as_bytes(), mapped_root)?;
     }
     for m in &profile.mounts {
-        mounts::mount_in_root(&root, m)?;
+        mounts::mount_in_root(&root, m, ns.as_ref())?;
     }
 
     let proc_dir = root.join("proc");
