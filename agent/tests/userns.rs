@@ -91,6 +91,7 @@ echo dev_owner=$(stat -c %u /dev)
 touch /tmp/app && chown 1000:1000 /tmp/app && echo chown=ok
 echo null=$(echo x > /dev/null && echo ok)
 echo stdio_reopen=$R
+if httpd -p 80 -h /tmp; then echo bind80=ok; else echo bind80=refused; fi
 echo done=1
 exec sleep 60
 "#
@@ -112,6 +113,7 @@ exec sleep 60
     assert_eq!(kv["chown"], "ok", "{out}");
     assert_eq!(kv["null"], "ok", "{out}");
     assert_eq!(kv["stdio_reopen"], "ok", "{out}");
+    assert_eq!(kv["bind80"], "ok", "a server can listen on port 80: {out}");
 
     // Outside, the same process and files belong to the mapped range.
     let c = running.container();

@@ -223,6 +223,7 @@ fn prepare(
             userns::idmap_layers(&cfg.layers, &dir.0.join(userns::IDMAPPED), &ns)?;
             userns::give_to_root(&dir.upper(), map)?;
             userns::give_to_root(&dir.work(), map)?;
+            userns::open_network_sysctls()?;
             Some(ns)
         }
     };

@@ -220,6 +220,26 @@ pub fn give_stdio_to_root(map: &IdMap) {
     }
 }
 
+/// Lets the container's root bind ports below 1024 and open ping sockets in its network
+/// namespace (Docker sets the same two sysctls). CAP_NET_BIND_SERVICE and CAP_NET_RAW
+/// inside the user namespace count for nothing there: the network namespace is the host
+/// user namespace's. Run in the container's network namespace: /proc/sys/net is the
+/// caller's. A kernel without one of them (before 4.11) just keeps its default.
+pub fn open_network_sysctls() -> Result<(), NsError> {
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+        ("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        match std::fs::write(path, value) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(step("set network sysctl")(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Enters the user namespace `userns`: the process keeps its (host root) ids, which are
 /// unmapped there until it sets the container's, and holds every capability inside.
 pub fn enter(userns: &OwnedFd) -> Result<(), NsError> {
