@@ -88,6 +88,7 @@ if echo hi > /etc/x; then echo etc_write=ok; else echo etc_write=refused; fi
 echo etc_x_owner=$(stat -c %u /etc/x)
 echo hostname_owner=$(stat -c %u /etc/hostname)
 echo dev_owner=$(stat -c %u /dev)
+echo workdir=$(pwd) $(stat -c %u .)
 touch /tmp/app && chown 1000:1000 /tmp/app && echo chown=ok
 echo null=$(echo x > /dev/null && echo ok)
 echo stdio_reopen=$R
@@ -96,7 +97,9 @@ echo done=1
 exec sleep 60
 "#
     );
-    let (out, running) = start_until_done(&t, &t.spec("uns-ids", &script)).await;
+    let mut spec = t.spec("uns-ids", &script);
+    spec.workdir = Some("/srv/app".into());
+    let (out, running) = start_until_done(&t, &spec).await;
     let kv = parse(&out);
     assert_eq!(kv["uid_map"], "0 100000 65536", "{out}");
     assert_eq!(kv["gid_map"], "0 100000 65536", "{out}");
@@ -110,6 +113,10 @@ exec sleep 60
     assert_eq!(kv["etc_x_owner"], "0", "{out}");
     assert_eq!(kv["hostname_owner"], "0", "{out}");
     assert_eq!(kv["dev_owner"], "0", "{out}");
+    assert_eq!(
+        kv["workdir"], "/srv/app 0",
+        "made by the container's root: {out}"
+    );
     assert_eq!(kv["chown"], "ok", "{out}");
     assert_eq!(kv["null"], "ok", "{out}");
     assert_eq!(kv["stdio_reopen"], "ok", "{out}");

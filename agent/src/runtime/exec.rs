@@ -209,7 +209,8 @@ fn child(
                 .map_err(|e| format!("make the pty the controlling terminal: {e}"))?;
         }
         let workdir = spec.workdir.as_deref().unwrap_or(base_workdir);
-        mounts::chdir_in_root(workdir).map_err(|e| e.to_string())?;
+        super::userns::as_mapped_root(profile.userns.as_ref(), || mounts::chdir_in_root(workdir))
+            .map_err(|e| e.to_string())?;
         if let Some(u) = &spec.user {
             profile.user = u.clone();
         }

@@ -374,7 +374,9 @@ fn prepare(
     })?;
     // CVE-2024-21626: resolved in the new root without magic links, so a working dir
     // like /proc/self/fd/N cannot reach an fd that still points at the host.
-    mounts::chdir_in_root(&cfg.workdir)?;
+    userns::as_mapped_root(profile.userns.as_ref(), || {
+        mounts::chdir_in_root(&cfg.workdir)
+    })?;
     Ok(ns)
 }
 

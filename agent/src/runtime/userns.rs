@@ -240,6 +240,22 @@ pub fn open_network_sysctls() -> Result<(), NsError> {
     Ok(())
 }
 
+/// Runs `f` with the mapped root as the filesystem user (setfsuid/setfsgid), so what it
+/// creates (a missing working directory) is the container's root's, not the host's. Without
+/// a map it just runs `f`. The fs capabilities drop while the fsuid is not 0 and come back
+/// with it.
+pub fn as_mapped_root<T>(map: Option<&IdMap>, f: impl FnOnce() -> T) -> T {
+    let Some(map) = map else {
+        return f();
+    };
+    let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(map.host_start));
+    let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(map.host_start));
+    let out = f();
+    nix::unistd::setfsgid(gid);
+    nix::unistd::setfsuid(uid);
+    out
+}
+
 /// Enters the user namespace `userns`: the process keeps its (host root) ids, which are
 /// unmapped there until it sets the container's, and holds every capability inside.
 pub fn enter(userns: &OwnedFd) -> Result<(), NsError> {
