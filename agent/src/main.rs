@@ -200,6 +200,13 @@ fn dispatch() -> anyhow::Result<()> {
         .as_deref()
         .map(rctl_agent::runtime::userns::IdMap::parse)
         .transpose()?;
+    // Here, while the agent is still one thread (the probe forks), and before anything is
+    // created: a host that cannot remap would otherwise fail every container's start.
+    if let Some(map) = &userns_remap {
+        // Formatted here, not as context: its Display already ends with the errno.
+        rctl_agent::runtime::userns::probe(map, &args.root)
+            .map_err(|e| anyhow::anyhow!("--userns-remap {}:{}: {e}", map.host_start, map.count))?;
+    }
     let security = args.tls.security_or_exit();
     if let Err(e) = security.check_url(&args.etcd, "--etcd") {
         rctl_api::tls::usage_exit(&e.to_string());

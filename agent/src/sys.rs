@@ -48,8 +48,9 @@ pub enum Forked {
 /// exec helper).
 pub fn fork() -> io::Result<Forked> {
     // SAFETY: the only callers are the shim, the container's PID 1 it forks (making a user
-    // namespace) and the `__exec` helper: freshly exec'd processes, or their forks, that
-    // never start threads, so the child cannot inherit a lock held by another thread.
+    // namespace), the `__exec` helper, and the agent's main before its runtime starts
+    // (probing --userns-remap): freshly exec'd processes, or their forks, with no thread
+    // yet, so the child cannot inherit a lock held by another thread.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { child }),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),

@@ -293,28 +293,51 @@ async fn delete_leaves_nothing_of_a_remapped_container() {
     assert!(!mi.contains(&root), "mount under {root} left:\n{mi}");
 }
 
+/// `rctl-agent` with `--userns-remap remap` and state under `root`; it must stop at once.
+fn agent_refusal(remap: &str, root: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rctl-agent"))
+        .args([
+            "--node-name",
+            "uns-bad",
+            "--advertise-ip",
+            "127.0.0.1",
+            "--subnet",
+            "198.19.250.0/24",
+            "--etcd",
+            "http://127.0.0.1:1",
+            "--root",
+        ])
+        .arg(root)
+        .args(["--userns-remap", remap])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn agent_refuses_a_root_it_cannot_idmap_with_one_line() {
+    // procfs cannot be idmapped: a stand-in for an agent root on such a filesystem.
+    let (code, err) = agent_refusal("100000:65536", Path::new("/proc/rctl-uns-test"));
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("error: --userns-remap 100000:65536: user namespace: idmap a mount"),
+        "{err}"
+    );
+}
+
 #[test]
 fn agent_refuses_a_malformed_remap_with_one_line() {
+    let root = tempfile::tempdir().unwrap();
     for bad in ["100000", "0:65536", "100000:0", "x:y"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rctl-agent"))
-            .args([
-                "--node-name",
-                "uns-bad",
-                "--advertise-ip",
-                "127.0.0.1",
-                "--subnet",
-                "198.19.250.0/24",
-                "--etcd",
-                "http://127.0.0.1:1",
-                "--root",
-            ])
-            .arg(tempfile::tempdir().unwrap().path())
-            .args(["--userns-remap", bad])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        let (code, err) = agent_refusal(bad, root.path());
+        assert_eq!(code, Some(1), "{bad}: {err}");
         assert_eq!(err.lines().count(), 1, "{bad}: one line: {err}");
         assert!(err.starts_with("error: bad --userns-remap"), "{bad}: {err}");
     }
+    // Nothing was created under the root.
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
 }

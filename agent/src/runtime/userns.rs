@@ -174,6 +174,24 @@ fn open_helper_ns(msg: &str, map: &IdMap) -> Result<OwnedFd, NsError> {
         .map_err(step("open the namespace"))
 }
 
+/// Checks, at agent start, that this kernel and the filesystem holding `root` (or its
+/// nearest existing ancestor) can do what every remapped container needs: make a user
+/// namespace with `map` and idmap a mount of `root` through it. Nothing is mounted: the
+/// idmapped clone stays detached and goes with its fd. Must run before the process has
+/// threads (it forks).
+pub fn probe(map: &IdMap, root: &Path) -> Result<(), NsError> {
+    let ns = create(map)?;
+    let dir = root
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"));
+    let mnt = sys::open_tree_clone(dir).map_err(step("open_tree"))?;
+    sys::idmap_mount(&mnt, &ns).map_err(|source| NsError {
+        step: "idmap a mount of the agent root (does its filesystem support idmapped mounts?)",
+        source,
+    })
+}
+
 /// Attaches each of `layers` (bottom-first) at `at/0`, `at/1`, ... as a detached clone
 /// idmapped through `userns`; [`overlay_options`] then stacks them.
 pub fn idmap_layers(layers: &[PathBuf], at: &Path, userns: &OwnedFd) -> Result<(), NsError> {
