@@ -1213,6 +1213,22 @@ async fn supervise(
 mod tests {
     use super::*;
 
+    #[test]
+    fn run_task_takes_userns_host_or_nothing() {
+        let mut t = pb::Task {
+            id: "t1".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        assert!(validate(&t).is_ok());
+        t.userns = "host".into();
+        assert!(validate(&t).is_ok());
+        t.userns = "private".into();
+        let e = validate(&t).unwrap_err();
+        assert!(matches!(e, TaskError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("bad userns \"private\""), "{e}");
+    }
+
     fn task(node: &str, desired: pb::DesiredState) -> pb::Task {
         pb::Task {
             id: "t1".into(),

@@ -6,8 +6,9 @@
 //! cannot open its /proc/PID/exe, the agent binary: CVE-2019-5736), joins the container's
 //! cgroup, enters its namespaces (cgroup, ipc, uts, net, pid, then mnt, which also moves
 //! it to the container's root), and forks: the child is inside the pid namespace, enters
-//! the container's user namespace if it has one (last), takes the container's profile (user, rlimits, capabilities, no-new-privileges, seccomp,
-//! no inherited fds) and execs. The helper exits with the child's status.
+//! the container's user namespace if it has one (last), takes the container's profile
+//! (user, rlimits, capabilities, no-new-privileges, seccomp, no inherited fds) and execs.
+//! The helper exits with the child's status.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
