@@ -6,6 +6,8 @@
 //! a line on stdin, then kills and removes them (for the RSS figures).
 //!
 //! Usage: `start AGENT_BIN ROOTFS WORKDIR RUNS` or `start AGENT_BIN ROOTFS WORKDIR --hold N`.
+//! `START_USERNS=START:COUNT` runs the containers in a user namespace (the agent's
+//! `--userns-remap`), to measure what it costs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,6 +41,11 @@ fn create(work: &Path, id: &str, rootfs: &Path, argv: &[&str]) -> anyhow::Result
     let dir = ContainerDir(work.join(id));
     for d in [dir.upper(), dir.work(), dir.rootfs()] {
         std::fs::create_dir_all(d)?;
+    }
+    if let Ok(map) = std::env::var("START_USERNS") {
+        let mut profile = rctl_agent::runtime::security::Profile::docker_default("");
+        profile.userns = Some(rctl_agent::runtime::userns::IdMap::parse(&map)?);
+        write_atomic_sync(&dir.profile(), &serde_json::to_vec(&profile)?)?;
     }
     write_atomic_sync(
         &dir.config(),

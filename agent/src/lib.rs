@@ -78,6 +78,9 @@ pub struct AgentConfig {
     pub layer_limits: image::unpack::Limits,
     /// Where container cgroups go, relative to each cgroup hierarchy's root.
     pub cgroup_parent: PathBuf,
+    /// `--userns-remap`: every container's user namespace map; None runs them in the
+    /// host's user namespace.
+    pub userns_remap: Option<runtime::userns::IdMap>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +286,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         store,
         images.clone(),
         net,
-    );
+    )
+    .with_userns_remap(cfg.userns_remap);
     tasks.adopt().await;
     tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 

@@ -64,6 +64,11 @@ struct Args {
     /// Most entries (files, dirs, links) one image layer may hold.
     #[arg(long, default_value_t = rctl_agent::image::unpack::Limits::default().max_entries)]
     max_layer_files: u64,
+    /// Run every container in a user namespace whose ids 0..COUNT are the host's
+    /// START..START+COUNT, e.g. 100000:65536 (Docker's userns-remap); a task may opt out
+    /// with userns = "host". Default: off.
+    #[arg(long, value_name = "START:COUNT")]
+    userns_remap: Option<String>,
 }
 
 /// Simulated nodes for scale tests: the real node registration, Agent API and status
@@ -189,6 +194,19 @@ fn dispatch() -> anyhow::Result<()> {
     // Before the runtime's threads exist: the agent runs for months next to its containers.
     rctl_agent::tune_malloc();
     let args = Args::parse();
+    // Checked first: a bad range must stop the agent before it touches anything.
+    let userns_remap = args
+        .userns_remap
+        .as_deref()
+        .map(rctl_agent::runtime::userns::IdMap::parse)
+        .transpose()?;
+    // Here, while the agent is still one thread (the probe forks), and before anything is
+    // created: a host that cannot remap would otherwise fail every container's start.
+    if let Some(map) = &userns_remap {
+        // Formatted here, not as context: its Display already ends with the errno.
+        rctl_agent::runtime::userns::probe(map, &args.root)
+            .map_err(|e| anyhow::anyhow!("--userns-remap {}:{}: {e}", map.host_start, map.count))?;
+    }
     let security = args.tls.security_or_exit();
     if let Err(e) = security.check_url(&args.etcd, "--etcd") {
         rctl_api::tls::usage_exit(&e.to_string());
@@ -217,6 +235,7 @@ fn dispatch() -> anyhow::Result<()> {
         security,
         registry_config: args.registry_config,
         cgroup_parent: args.cgroup_parent,
+        userns_remap,
         layer_limits: rctl_agent::image::unpack::Limits {
             max_bytes: args.max_layer_bytes,
             max_entries: args.max_layer_files,

@@ -47,9 +47,10 @@ pub enum Forked {
 /// Forks the current process. Only sound in a single-threaded process (the shim, the
 /// exec helper).
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: the only callers are the shim and the `__exec` helper, freshly exec'd
-    // processes that never start threads, so the child cannot inherit a lock held by
-    // another thread.
+    // SAFETY: the only callers are the shim, the container's PID 1 it forks (making a user
+    // namespace), the `__exec` helper, and the agent's main before its runtime starts
+    // (probing --userns-remap): freshly exec'd processes, or their forks, with no thread
+    // yet, so the child cannot inherit a lock held by another thread.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { child }),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
@@ -162,5 +163,128 @@ fn tune_glibc_malloc() {
         // SAFETY: mallopt only sets malloc tunables; it is called at start-up, before any
         // other thread exists.
         unsafe { libc::mallopt(param, value) };
+    }
+}
+
+// === the new mount API, for idmapped mounts (user namespaces) ===
+
+/// `open_tree(2)`: a detached clone of the mount tree.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `mount_setattr(2)`: apply to the whole tree.
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+/// `mount_setattr(2)`: map file owners through the user namespace in `userns_fd`.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// `move_mount(2)`: the source is the fd itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `struct mount_attr` of `<linux/mount.h>` (size version 0, 32 bytes).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn path_cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// A detached clone of the mount tree at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`):
+/// it is attached nowhere until [`move_mount_to`], so its attributes can change first.
+pub fn open_tree_clone(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let p = path_cstring(path)?;
+    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: p is a valid NUL-terminated path that outlives the call; the syscall only
+    // reads it and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Makes the detached mount `mnt` idmapped through the user namespace `userns`
+/// (`mount_setattr(2)` with `MOUNT_ATTR_IDMAP`): a file owned by uid N on disk is seen
+/// as the host uid that N maps to in `userns`.
+pub fn idmap_mount(
+    mnt: &impl std::os::fd::AsRawFd,
+    userns: &impl std::os::fd::AsRawFd,
+) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: the path is a static empty C string, attr is a live, properly laid out
+    // struct mount_attr whose size is passed along; the kernel only reads both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `move_mount(2)`: the target is the fd itself.
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// Attaches the detached mount `mnt` onto the directory or file `target` is an fd of
+/// (`O_PATH` is enough), so the target is exactly what was resolved, never a path looked
+/// up again.
+pub fn move_mount_onto(
+    mnt: &impl std::os::fd::AsRawFd,
+    target: &impl std::os::fd::AsRawFd,
+) -> io::Result<()> {
+    // SAFETY: both paths are static empty C strings; the kernel only reads them and the
+    // two fds, which the caller keeps open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Attaches the detached mount `mnt` at `target` (`move_mount(2)`).
+pub fn move_mount_to(mnt: &impl std::os::fd::AsRawFd, target: &Path) -> io::Result<()> {
+    let t = path_cstring(target)?;
+    // SAFETY: both paths are valid NUL-terminated C strings that outlive the call; the
+    // kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

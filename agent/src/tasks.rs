@@ -150,6 +150,7 @@ pub fn validate(task: &pb::Task) -> Result<(), TaskError> {
     }
     lifecycle::stop_signal(&task.stop_signal, "")?;
     RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts)?;
+    runtime::userns::host_requested(&task.userns).map_err(|e| TaskError::Invalid(e.to_string()))?;
     Ok(())
 }
 
@@ -227,6 +228,15 @@ impl Tasks {
                 actors: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Runs every container in a user namespace with `map` (the agent's
+    /// `--userns-remap`), except tasks that ask for the host's. Call before the tasks are
+    /// shared (right after [`Tasks::new`]).
+    pub fn with_userns_remap(mut self, map: Option<runtime::userns::IdMap>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
+        inner.runtime = inner.runtime.clone().with_userns_remap(map);
+        self
     }
 
     fn dir(&self, id: &str) -> ContainerDir {
@@ -1350,6 +1360,22 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_task_takes_userns_host_or_nothing() {
+        let mut t = pb::Task {
+            id: "t1".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        assert!(validate(&t).is_ok());
+        t.userns = "host".into();
+        assert!(validate(&t).is_ok());
+        t.userns = "private".into();
+        let e = validate(&t).unwrap_err();
+        assert!(matches!(e, TaskError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("bad userns \"private\""), "{e}");
+    }
 
     fn task(node: &str, desired: pb::DesiredState) -> pb::Task {
         pb::Task {

@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// Allocate a terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// User namespace: "host" keeps the container in the host's even on a node whose
+    /// agent remaps (--userns-remap), as Docker's --userns=host.
+    #[arg(long, value_name = "host")]
+    pub userns: Option<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
@@ -317,6 +321,15 @@ pub fn build(a: &RunArgs) -> Result<CreateContainerRequest, CliError> {
             pids: 0,
         });
     }
+    match a.userns.as_deref() {
+        None => {}
+        Some("host") => task.userns = "host".into(),
+        Some(other) => {
+            return Err(usage(format!(
+                "invalid --userns {other:?} (the only mode is host)"
+            )))
+        }
+    }
     crate::registry_auth::check_reference(&a.image).map_err(usage)?;
     Ok(CreateContainerRequest {
         task: Some(task),
@@ -388,6 +401,21 @@ async fn follow_pull(conn: &mut Conn, id: &str, image: &str) -> Result<(), CliEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userns_host_is_the_only_mode() {
+        let args = |userns: Option<&str>| RunArgs {
+            image: "busybox".into(),
+            userns: userns.map(str::to_string),
+            restart: "no".into(),
+            ..Default::default()
+        };
+        let task = |r: CreateContainerRequest| r.task.unwrap();
+        assert_eq!(task(build(&args(None)).unwrap()).userns, "");
+        assert_eq!(task(build(&args(Some("host"))).unwrap()).userns, "host");
+        let e = build(&args(Some("private"))).unwrap_err().to_string();
+        assert!(e.contains("invalid --userns \"private\""), "{e}");
+    }
 
     #[test]
     fn port_specs_take_an_optional_ip_and_protocol() {

@@ -83,6 +83,8 @@ pub struct Cluster {
     torn_down: bool,
     /// More registries the agents reach over plain HTTP (a test's own, e.g. with auth).
     insecure_registries: Vec<String>,
+    /// Every agent's `--userns-remap` (START:COUNT), if any.
+    userns_remap: Option<String>,
     _slot: Slot,
 }
 
@@ -106,14 +108,26 @@ impl Cluster {
     /// Starts a one-scheduler cluster whose agents also reach [`Cluster::private_registry`]
     /// over plain HTTP, for a test that runs a registry of its own there.
     pub fn start_with_private_registry(hosts: u32) -> Cluster {
-        Self::launch_with(hosts, 1, false, true)
+        Self::launch_with(hosts, 1, false, true, None)
+    }
+
+    /// Starts a one-scheduler cluster whose agents run every container in a user
+    /// namespace (`--userns-remap remap`, e.g. `100000:65536`).
+    pub fn start_userns(hosts: u32, remap: &str) -> Cluster {
+        Self::launch_with(hosts, 1, false, false, Some(remap.to_string()))
     }
 
     fn launch(hosts: u32, schedulers: u32, tls: bool) -> Cluster {
-        Self::launch_with(hosts, schedulers, tls, false)
+        Self::launch_with(hosts, schedulers, tls, false, None)
     }
 
-    fn launch_with(hosts: u32, schedulers: u32, tls: bool, private: bool) -> Cluster {
+    fn launch_with(
+        hosts: u32,
+        schedulers: u32,
+        tls: bool,
+        private: bool,
+        userns_remap: Option<String>,
+    ) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
         let insecure_registries = if private {
@@ -132,6 +146,7 @@ impl Cluster {
             bin: bin_dir(),
             torn_down: false,
             insecure_registries,
+            userns_remap,
             _slot: slot,
         };
         // A previous run killed hard may have left this slot's resources behind.
@@ -175,6 +190,10 @@ impl Cluster {
             .env(
                 "RCTL_CLUSTER_INSECURE_REGISTRIES",
                 self.insecure_registries.join(","),
+            )
+            .env(
+                "RCTL_CLUSTER_USERNS_REMAP",
+                self.userns_remap.as_deref().unwrap_or_default(),
             );
         cmd.output().expect("run deploy/local/cluster")
     }

@@ -4,6 +4,7 @@
 //! what it forbids) → close every inherited fd. Runs in a single-threaded process (the
 //! shim's child or the `__exec` helper) inside the container's root.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -35,6 +36,8 @@ pub enum ConfineError {
     User(#[from] UserError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Userns(#[from] super::userns::NsError),
     #[error("install seccomp filter: {0}")]
     SeccompInstall(String),
     #[error("read {path}: {source}")]
@@ -139,9 +142,14 @@ fn cap_set(profile: &Profile) -> Result<CapsHashSet, ConfineError> {
         .collect()
 }
 
-/// Everything after the paths: rlimits, user, capabilities, no-new-privileges, seccomp,
-/// and the fds. After this only execve is left.
-pub fn apply_process(profile: &Profile, id: &Identity) -> Result<(), ConfineError> {
+/// Everything after the paths: rlimits, the user namespace (`userns`, entered after the
+/// rlimits, which only the host's root may raise), user, capabilities, no-new-privileges,
+/// seccomp, and the fds. After this only execve is left.
+pub fn apply_process(
+    profile: &Profile,
+    id: &Identity,
+    userns: Option<&OwnedFd>,
+) -> Result<(), ConfineError> {
     let sys = |step| move |source| ConfineError::Sys { step, source };
     let caps_err = |e: caps::errors::CapsError| ConfineError::Caps(e.to_string());
     for r in &profile.rlimits {
@@ -157,6 +165,10 @@ pub fn apply_process(profile: &Profile, id: &Identity) -> Result<(), ConfineErro
             let (soft, hard) = super::security::clamp_rlimit(r, hard);
             setrlimit(res, soft, hard).map_err(sys("setrlimit"))?;
         }
+    }
+    if let Some(ns) = userns {
+        // From here the ids below are the namespace's: 0 is the mapped root.
+        super::userns::enter(ns)?;
     }
     let keep = cap_set(profile)?;
     // The bounding set first: dropping from it needs CAP_SETPCAP, which we still hold.

@@ -17,6 +17,7 @@ use super::mounts::{self, MountError, MountSpec};
 use super::security::Profile;
 use super::spec::{self, SpecError};
 use super::state::{write_atomic, ContainerConfig, ContainerDir, PidRecord};
+use super::userns::IdMap;
 use super::{RuntimeError, Shim};
 use crate::image::RunConfig;
 
@@ -73,6 +74,9 @@ pub struct ContainerSpec {
     pub limits: Limits,
     /// Bind mounts, volumes and tmpfs.
     pub mounts: Vec<MountSpec>,
+    /// Stay in the host's user namespace even when the runtime remaps (Docker's
+    /// `--userns=host`).
+    pub host_userns: bool,
 }
 
 /// How a container ended.
@@ -130,6 +134,8 @@ pub struct Runtime {
     agent_exe: PathBuf,
     /// Where container cgroups go, relative to each hierarchy's root.
     cgroup_parent: PathBuf,
+    /// Every container's user namespace map (`--userns-remap`); None: the host's.
+    userns: Option<IdMap>,
 }
 
 impl Runtime {
@@ -145,7 +151,15 @@ impl Runtime {
             root,
             agent_exe,
             cgroup_parent: PathBuf::from(cgroups::PARENT),
+            userns: None,
         }
+    }
+
+    /// Runs containers in a user namespace mapping their ids 0..count to the host's
+    /// `map.host_start..` (Docker's `userns-remap`), unless their spec asks for the host's.
+    pub fn with_userns_remap(mut self, map: Option<IdMap>) -> Self {
+        self.userns = map;
+        self
     }
 
     /// Container cgroups under `parent` (relative to each hierarchy's root) instead of
@@ -233,6 +247,7 @@ impl Runtime {
             &spec.limits,
         )?;
         profile.cgroup = Some(cgroup.clone());
+        profile.userns = self.userns.filter(|_| !spec.host_userns);
         Ok((profile, cgroup))
     }
 
@@ -441,6 +456,8 @@ pub fn spec_of(
         hostname: some(&task.hostname),
         limits: limits_of(task.resources.as_ref()),
         mounts: mounts_of(task)?,
+        // RunTask refused anything but "" and "host" (tasks::validate).
+        host_userns: task.userns == "host",
     })
 }
 

@@ -5,9 +5,10 @@
 //! fresh single-threaded process: it makes itself non-dumpable (so a container process
 //! cannot open its /proc/PID/exe, the agent binary: CVE-2019-5736), joins the container's
 //! cgroup, enters its namespaces (cgroup, ipc, uts, net, pid, then mnt, which also moves
-//! it to the container's root), and forks: the child is inside the pid namespace, takes
-//! the container's profile (user, rlimits, capabilities, no-new-privileges, seccomp,
-//! no inherited fds) and execs. The helper exits with the child's status.
+//! it to the container's root), and forks: the child is inside the pid namespace, enters
+//! the container's user namespace if it has one (last), takes the container's profile
+//! (user, rlimits, capabilities, no-new-privileges, seccomp, no inherited fds) and execs.
+//! The helper exits with the child's status.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -155,6 +156,17 @@ fn run(dir: &ContainerDir, request: &Path) -> Result<i32, String> {
         let fd = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
         ns.push((fd.into(), flag));
     }
+    // The user namespace is entered last, by the child, right before it takes the
+    // container's user: the others belong to the host's user namespace, and entering
+    // them needs the host root's capabilities.
+    let userns: Option<OwnedFd> = match profile.userns {
+        None => None,
+        Some(_) => {
+            let path = format!("/proc/{}/ns/user", pid.pid);
+            let fd = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            Some(fd.into())
+        }
+    };
     if let Some(cg) = &profile.cgroup {
         cg.join_self().map_err(|e| e.to_string())?;
     }
@@ -168,7 +180,7 @@ fn run(dir: &ContainerDir, request: &Path) -> Result<i32, String> {
     drop(ns);
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
-            let e = child(&cfg.env, &cfg.workdir, &spec, &mut profile);
+            let e = child(&cfg.env, &cfg.workdir, &spec, &mut profile, userns.as_ref());
             eprintln!("rctl exec: {e}");
             std::process::exit(if e.contains("not found") { 127 } else { 126 });
         }
@@ -189,6 +201,7 @@ fn child(
     base_workdir: &str,
     spec: &ExecSpec,
     profile: &mut security::Profile,
+    userns: Option<&OwnedFd>,
 ) -> String {
     let mut go = || -> Result<std::convert::Infallible, String> {
         if spec.tty {
@@ -197,13 +210,17 @@ fn child(
                 .map_err(|e| format!("make the pty the controlling terminal: {e}"))?;
         }
         let workdir = spec.workdir.as_deref().unwrap_or(base_workdir);
-        mounts::chdir_in_root(workdir).map_err(|e| e.to_string())?;
+        super::userns::as_mapped_root(profile.userns.as_ref(), || mounts::chdir_in_root(workdir))
+            .map_err(|e| e.to_string())?;
         if let Some(u) = &spec.user {
             profile.user = u.clone();
         }
         let id = confine::identity(profile).map_err(|e| e.to_string())?;
         let env = security::with_home(merge_env(base_env, &spec.env), &id);
-        confine::apply_process(profile, &id).map_err(|e| e.to_string())?;
+        if let Some(map) = &profile.userns {
+            super::userns::give_stdio_to_root(map);
+        }
+        confine::apply_process(profile, &id, userns).map_err(|e| e.to_string())?;
         rootfs::exec(&spec.argv, &env, || {}).map_err(|e| e.to_string())
     };
     match go() {

@@ -12,6 +12,7 @@ pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod state;
+pub mod userns;
 
 use std::io::Write;
 use std::path::Path;

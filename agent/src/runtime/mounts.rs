@@ -49,6 +49,11 @@ pub struct Mount {
     pub readonly: bool,
     /// The source is a file: the target is made as an empty file, not a directory.
     pub file: bool,
+    /// A named volume: the agent's own storage, which a container in a user namespace
+    /// sees idmapped (its root owns what the host's root owns), as Docker gives such a
+    /// container volumes of its remapped root. Host bind mounts keep the host's owners.
+    #[serde(default)]
+    pub volume: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -211,6 +216,7 @@ pub fn resolve(specs: &[MountSpec], root: &Path) -> Result<Vec<Mount>, MountErro
                 target: m.target.clone(),
                 readonly: m.readonly,
                 file,
+                volume: m.kind == MountKind::Volume,
             })
         })
         .collect()
@@ -331,8 +337,15 @@ pub fn open_in_root(root: &impl AsFd, path: &str, file: bool) -> Result<OwnedFd,
 }
 
 /// Writes `data` to file `name` in directory `dir` of the root, replacing whatever is
-/// there (an image's symlink included) without following it.
-pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Result<(), MountError> {
+/// there (an image's symlink included) without following it. `owner` (uid and gid) gets
+/// the file: a user namespace's root, whose files these are.
+pub fn write_in_root(
+    rootfs: &Path,
+    dir: &str,
+    name: &str,
+    data: &[u8],
+    owner: Option<u32>,
+) -> Result<(), MountError> {
     use std::io::Write;
     let root = open_root(rootfs)?;
     let d = open_in_root(&root, dir, false)?;
@@ -348,6 +361,13 @@ pub fn write_in_root(rootfs: &Path, dir: &str, name: &str, data: &[u8]) -> Resul
         Mode::from_bits_truncate(0o644),
     )
     .map_err(sys("create", &target))?;
+    if let Some(id) = owner {
+        let (u, g) = (
+            nix::unistd::Uid::from_raw(id),
+            nix::unistd::Gid::from_raw(id),
+        );
+        nix::unistd::fchown(&f, Some(u), Some(g)).map_err(sys("chown", &target))?;
+    }
     std::fs::File::from(f)
         .write_all(data)
         .map_err(|e| sys("write", &target)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))
@@ -368,13 +388,24 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// Mounts `m` in the container whose root directory is `rootfs` (before pivot_root).
-pub fn mount_in_root(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
+/// Mounts `m` in the container whose root directory is `rootfs` (before pivot_root); a
+/// volume is idmapped through `userns` when the container has one.
+pub fn mount_in_root(rootfs: &Path, m: &Mount, userns: Option<&OwnedFd>) -> Result<(), MountError> {
     let root = open_root(rootfs)?;
     let target = open_in_root(&root, &m.target, m.file)?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    match &m.source {
-        Some(src) => mount(
+    let io = |step| {
+        move |e: std::io::Error| {
+            sys(step, &m.target)(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        }
+    };
+    match (&m.source, userns) {
+        (Some(src), Some(ns)) if m.volume => {
+            let mnt = crate::sys::open_tree_clone(src).map_err(io("open volume"))?;
+            crate::sys::idmap_mount(&mnt, ns).map_err(io("idmap volume"))?;
+            crate::sys::move_mount_onto(&mnt, &target).map_err(io("mount volume onto"))?;
+        }
+        (Some(src), _) => mount(
             Some(src.as_path()),
             fd_path(&target).as_str(),
             None::<&str>,
@@ -382,7 +413,7 @@ pub fn mount_in_root(rootfs: &Path, m: &Mount) -> Result<(), MountError> {
             None::<&str>,
         )
         .map_err(sys("bind mount onto", &m.target))?,
-        None => mount(
+        (None, _) => mount(
             Some("tmpfs"),
             fd_path(&target).as_str(),
             Some("tmpfs"),

@@ -3,6 +3,7 @@
 //! `pivot_root` into it. Runs in the shim's child, PID 1 of the new pid namespace.
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use nix::sys::stat::{mknod, Mode, SFlag};
 
 use super::security::Profile;
 use super::state::{ContainerConfig, ContainerDir};
-use super::{confine, mounts, security, spec};
+use super::{confine, mounts, security, spec, userns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -48,6 +49,8 @@ pub enum RootfsError {
     Cgroup(#[from] super::cgroups::CgroupError),
     #[error(transparent)]
     Confine(#[from] super::confine::ConfineError),
+    #[error(transparent)]
+    Userns(#[from] userns::NsError),
     #[error("read {path}: {source}")]
     Profile {
         path: PathBuf,
@@ -166,21 +169,26 @@ fn enter(cfg: &ContainerConfig, dir: &ContainerDir) -> Result<Vec<String>, Rootf
             source,
         }
     })?;
-    prepare(cfg, dir, &profile)?;
+    let ns = prepare(cfg, dir, &profile)?;
     confine::apply_paths(&profile)?;
     // The user is resolved after pivot_root: /etc/passwd is the container's, and any
     // symlink in its path resolves inside the container's root.
     let id = confine::identity(&profile)?;
     let env = security::with_home(cfg.env.clone(), &id);
-    confine::apply_process(&profile, &id)?;
+    if let Some(map) = &profile.userns {
+        userns::give_stdio_to_root(map);
+    }
+    confine::apply_process(&profile, &id, ns.as_ref())?;
     Ok(env)
 }
 
+/// Builds the root and enters it; returns the container's user namespace, if it has one,
+/// for the process to enter last.
 fn prepare(
     cfg: &ContainerConfig,
     dir: &ContainerDir,
     profile: &Profile,
-) -> Result<(), RootfsError> {
+) -> Result<Option<OwnedFd>, RootfsError> {
     // A mount namespace of our own: pivot_root moves the root of every process in the
     // namespace, and the shim must keep seeing the host's filesystem to write pid and exit.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|source| {
@@ -206,14 +214,32 @@ fn prepare(
         step: "chdir container dir",
         source,
     })?;
+    // With a user namespace the layers are idmapped through it first (see `userns`), and
+    // the writable layer is its root's.
+    let ns = match &profile.userns {
+        None => None,
+        Some(map) => {
+            let ns = userns::create(map)?;
+            userns::idmap_layers(&cfg.layers, &dir.0.join(userns::IDMAPPED), &ns)?;
+            userns::give_to_root(&dir.upper(), map)?;
+            userns::give_to_root(&dir.work(), map)?;
+            userns::open_network_sysctls()?;
+            Some(ns)
+        }
+    };
+    let options = match ns {
+        Some(_) => userns::overlay_options(cfg.layers.len()),
+        None => overlay_options(cfg, dir),
+    };
     do_mount(
         "overlay",
         "overlay",
         &root,
         "overlay",
         MsFlags::empty(),
-        Some(&overlay_options(cfg, dir)),
+        Some(&options),
     )?;
+    let mapped_root = profile.userns.map(|m| m.host_start);
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
     // Identity files and user mounts first, while /proc, /dev and /sys are still plain
@@ -231,10 +257,10 @@ fn prepare(
         ("hosts", hosts),
         ("resolv.conf", String::new()),
     ] {
-        mounts::write_in_root(&root, "/etc", name, data.as_bytes())?;
+        mounts::write_in_root(&root, "/etc", name, data.as_bytes(), mapped_root)?;
     }
     for m in &profile.mounts {
-        mounts::mount_in_root(&root, m)?;
+        mounts::mount_in_root(&root, m, ns.as_ref())?;
     }
 
     let proc_dir = root.join("proc");
@@ -243,13 +269,19 @@ fn prepare(
 
     let dev = root.join("dev");
     real_dir(&dev)?;
+    // The container's root owns its /dev (the nodes in it stay the host's root's: mknod
+    // runs here, before the user namespace, where it is allowed).
+    let dev_options = match mapped_root {
+        Some(id) => format!("mode=755,size=65536k,uid={id},gid={id}"),
+        None => "mode=755,size=65536k".to_string(),
+    };
     do_mount(
         "tmpfs /dev",
         "tmpfs",
         &dev,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
+        Some(&dev_options),
     )?;
     for (name, major, minor) in [
         ("null", 1u64, 3u64),
@@ -342,8 +374,10 @@ fn prepare(
     })?;
     // CVE-2024-21626: resolved in the new root without magic links, so a working dir
     // like /proc/self/fd/N cannot reach an fd that still points at the host.
-    mounts::chdir_in_root(&cfg.workdir)?;
-    Ok(())
+    userns::as_mapped_root(profile.userns.as_ref(), || {
+        mounts::chdir_in_root(&cfg.workdir)
+    })?;
+    Ok(ns)
 }
 
 /// Finds `argv[0]` in the container's PATH and execs it; `before` runs right before

@@ -92,6 +92,10 @@ pub struct Profile {
     /// Bind, volume and tmpfs mounts, host sides resolved.
     #[serde(default)]
     pub mounts: Vec<super::mounts::Mount>,
+    /// The user namespace's id map (`--userns-remap`); None: the host's user namespace.
+    /// PID 1 enters it last, right before taking the container's user, and so does exec.
+    #[serde(default)]
+    pub userns: Option<super::userns::IdMap>,
 }
 
 impl Profile {
@@ -111,6 +115,7 @@ impl Profile {
             user: user.to_string(),
             cgroup: None,
             mounts: Vec::new(),
+            userns: None,
         }
     }
 }
