@@ -1,9 +1,11 @@
 //! The L7 proxy: HTTP/1.1 and HTTP/2 from clients (h2c by prior knowledge, or over TLS
 //! by ALPN, see [`super::tls`]), HTTP/1.1 with keep-alive to backends, one backend chosen
 //! per request. A plaintext connection is HTTP/2 when it opens with the h2 preface, which
-//! is told by peeking at the socket, so HTTP/1.1 connections are served by hyper's own
-//! HTTP/1.1 server with nothing in between. `Upgrade: h2c` is not honoured (the request is
-//! served as HTTP/1.1, as RFC 9113 allows); CONNECT is answered 405 (not a forward proxy).
+//! is told by peeking at the socket. Plain HTTP/1.1 GET and HEAD requests take the fast
+//! path in [`super::h1`]; a connection goes to hyper's HTTP/1.1 server (with the bytes
+//! already read) at its first request that is anything else. `Upgrade: h2c` is not
+//! honoured (the request is served as HTTP/1.1, as RFC 9113 allows); CONNECT is answered
+//! 405 (not a forward proxy).
 //! `Connection: upgrade` requests (WebSocket and the like) go through with their Upgrade
 //! header; after the backend's 101 the two connections are spliced byte for byte.
 //!
@@ -143,6 +145,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'sta
 #[derive(Clone)]
 pub struct Forwarder {
     pool: Arc<Pool>,
+    /// Backend connections of the HTTP/1.1 fast path ([`super::h1`]).
+    pub(super) raw: Arc<super::h1::RawPool>,
     stats: Arc<Stats>,
     /// How long a client may take to send a request's head (slowloris protection).
     header_timeout: std::time::Duration,
@@ -160,6 +164,7 @@ impl Forwarder {
     pub fn new(stats: Arc<Stats>) -> Self {
         Self {
             pool: Arc::default(),
+            raw: Arc::default(),
             stats,
             header_timeout: HEADER_TIMEOUT,
         }
@@ -173,11 +178,11 @@ impl Forwarder {
 }
 
 /// Per-listener context of the request handler.
-struct Listener {
-    service: String,
-    routes: RoutesRx,
-    forwarder: Forwarder,
-    counters: Arc<ServiceCounters>,
+pub(super) struct Listener {
+    pub(super) service: String,
+    pub(super) routes: RoutesRx,
+    pub(super) forwarder: Forwarder,
+    pub(super) counters: Arc<ServiceCounters>,
     /// The TLS acceptor and the certificates it was built from, rebuilt when the
     /// service's certificates change (`None` inside: they failed to load).
     tls: Mutex<Option<(Vec<TlsCert>, Option<TlsAcceptor>)>>,
@@ -208,15 +213,15 @@ impl Listener {
 
 /// What a request's handling needs to know about its client connection.
 #[derive(Debug, Clone)]
-struct ConnInfo {
-    peer: SocketAddr,
+pub(super) struct ConnInfo {
+    pub(super) peer: SocketAddr,
     /// `"https"` when the LB terminated TLS.
-    proto: &'static str,
+    pub(super) proto: &'static str,
     /// The address the client connected to, for PROXY protocol headers (read only when
     /// the service sends them).
     local: Option<SocketAddr>,
     /// The peer's address as an `X-Forwarded-For` value ([`forwarded_for`]).
-    forwarded_for: HeaderValue,
+    pub(super) forwarded_for: HeaderValue,
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -359,6 +364,17 @@ async fn serve_connection(
     };
     match sniffed {
         Some(Preface::Http2) => serve_h2(stream, info, ctx, header_timeout, shutdown).await,
+        // Plain requests take the fast path; the connection goes to hyper at the first
+        // request that is not plain (PROXY protocol services never take it).
+        Some(_) if !proxied => {
+            match super::h1::serve(stream, &info, &ctx, header_timeout, &shutdown).await {
+                super::h1::Outcome::Closed => {}
+                super::h1::Outcome::Handoff(stream, rest) => {
+                    let io = super::h1::Prefixed::new(stream, rest);
+                    serve_h1(io, info, ctx, header_timeout, shutdown).await;
+                }
+            }
+        }
         Some(_) => serve_h1(stream, info, ctx, header_timeout, shutdown).await,
         None => debug!(%peer, "client sent no request"),
     }

@@ -5,6 +5,7 @@
 //! before anything of the client's was sent (HTTP also retries a GET or HEAD once more
 //! after a failure before any response byte).
 
+mod h1;
 pub mod http;
 mod pool;
 pub mod proxy_protocol;
