@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod attach;
+pub mod dirwatch;
 pub mod health;
 pub mod hollow;
 pub mod image;

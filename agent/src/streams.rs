@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::attach::{self, Request};
+use crate::dirwatch::DirWatch;
 use crate::logs::{self, Filter, Follower, Rotation};
 use crate::runtime::cgroups;
 use crate::runtime::exec::{self, ExecSpec, ExecStdio};
@@ -42,6 +43,8 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 const DRAIN: Duration = Duration::from_secs(1);
 /// How long an attach waits for a container that is still being created (image pull).
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
+/// How long the exit status is awaited once the shim closed the attach connection.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// CPU % window when the request names none.
 const DEFAULT_SAMPLE: Duration = Duration::from_millis(500);
 /// A pty's size before the client sends one.
@@ -214,9 +217,11 @@ fn out(kind: pb::stream_output::Kind) -> Result<pb::StreamOutput, Status> {
 }
 
 /// Waits until the container in `dir` has an attach socket; `Ok(None)` when it already
-/// exited (no socket will come).
+/// exited (no socket will come). Woken by the directory's changes, not a poll interval:
+/// the socket is on `run`'s path from create to the container's first instruction.
 async fn await_socket(dir: &ContainerDir, id: &str) -> Result<Option<()>, StreamError> {
     let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+    let mut watch = DirWatch::new(&dir.0).map_err(io("watch the container directory"))?;
     loop {
         if dir.attach_sock().exists() {
             return Ok(Some(()));
@@ -224,26 +229,33 @@ async fn await_socket(dir: &ContainerDir, id: &str) -> Result<Option<()>, Stream
         if dir.exit().exists() {
             return Ok(None);
         }
-        if tokio::time::Instant::now() > deadline {
-            return Err(if dir.0.exists() {
-                StreamError::NotRunning(display_name(&task_of(dir), id))
-            } else {
-                StreamError::NotFound(id.to_string())
-            });
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(r) => r.map_err(io("watch the container directory"))?,
+            Err(_) => {
+                return Err(if dir.0.exists() {
+                    StreamError::NotRunning(display_name(&task_of(dir), id))
+                } else {
+                    StreamError::NotFound(id.to_string())
+                })
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// The exit status the shim records right after the container's output is drained.
+/// The exit status the shim records right after the container's output is drained (it
+/// writes it before it closes its attach clients, so it is usually there already).
 async fn exit_status(dir: &ContainerDir) -> Option<i32> {
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    let mut watch = DirWatch::new(&dir.0).ok()?;
+    loop {
         if let Some(c) = dir.read_exit() {
             return Some(c);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
     }
-    None
 }
 
 /// Attaches to the container in `dir` (id `id`): output from now on, then its exit code.

@@ -142,6 +142,32 @@ pub fn watch_exit(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::
         .map_err(|e| e.into_parts().1)
 }
 
+/// An inotify instance that tokio's reactor can watch ([`watch_inotify`]).
+pub struct InotifyFd(pub nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers `ino` (opened with IN_NONBLOCK) with the current tokio runtime, readable when
+/// events are queued. Must be called inside the runtime.
+pub fn watch_inotify(
+    ino: nix::sys::inotify::Inotify,
+) -> io::Result<tokio::io::unix::AsyncFd<InotifyFd>> {
+    // SAFETY: InotifyFd owns the inotify fd (through Inotify's OwnedFd) until the AsyncFd
+    // drops it, and as_raw_fd always returns that same fd.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            InotifyFd(ino),
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
 /// Bounds glibc malloc's memory for a long-running agent: at most two arenas (glibc makes
 /// up to 8 per core, one per thread that allocates, and each keeps freed memory), and fixed
 /// mmap/trim thresholds (glibc's dynamic ones only grow, so freed buffers stay resident).

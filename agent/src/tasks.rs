@@ -617,11 +617,25 @@ impl Inner {
         feed: Option<&PullFeed>,
     ) -> Result<(ContainerConfig, PidRecord), TaskError> {
         status.state = pb::TaskState::Starting as i32;
-        status.message = "pulling image".into();
-        self.report(status).await;
-        let image = self.pull(&task.image, feed).await?;
-        status.message = "creating container".into();
-        self.report(status).await;
+        // An image already on the host starts at once without interim statuses: each is an
+        // etcd write (a WAL fsync, ~10 ms) on `run`'s path, and "running" follows within
+        // milliseconds anyway. With a feed, RunTask found the image missing and `rctl run`
+        // follows this pull: it goes through `pull`, which ends the feed either way.
+        let cached = match feed {
+            None => self.images.cached(&task.image).await,
+            Some(_) => None,
+        };
+        let image = match cached {
+            Some(image) => image,
+            None => {
+                status.message = "pulling image".into();
+                self.report(status).await;
+                let image = self.pull(&task.image, feed).await?;
+                status.message = "creating container".into();
+                self.report(status).await;
+                image
+            }
+        };
 
         // Anonymous volumes get their names here, where they live; the task as written to
         // the config carries them, so a restart mounts the same ones.

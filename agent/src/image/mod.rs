@@ -243,7 +243,7 @@ impl ImageStore {
     }
 
     /// The recorded image, if it was pulled before and its layers are still there.
-    async fn cached(&self, reference: &str) -> Option<Image> {
+    pub async fn cached(&self, reference: &str) -> Option<Image> {
         let data = tokio::fs::read(self.record_path(reference)).await.ok()?;
         let img: Image = serde_json::from_slice(&data).ok()?;
         img.layers.iter().all(|l| l.is_dir()).then_some(img)

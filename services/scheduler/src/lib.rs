@@ -99,7 +99,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(addr = %cfg.listen, "scheduler API listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY, which tonic sets only for listeners it binds itself: without it a reply
+    // whose trailers go out in a second small write waits for the client's delayed ACK
+    // (40 ms), on every unary call (`rctl ps` took 55 ms instead of 13) and on `run`.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // The CLI holds client certificates; other replicas may forward to this one.
     let roles = cfg
         .security
