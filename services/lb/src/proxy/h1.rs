@@ -851,6 +851,7 @@ impl Conn<'_> {
             let attempt = self
                 .exchange(up, addr, request, head, close, deadline)
                 .await;
+            let connect_failed = matches!(attempt, Attempt::ConnectFailed(_));
             match attempt {
                 Attempt::Answered(mut up, resp) => {
                     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
@@ -879,21 +880,6 @@ impl Conn<'_> {
                     warn!(service, %addr, task = backend.task_id, error = %e, "connect failed; trying another endpoint");
                     tried.push(addr);
                 }
-                Attempt::ConnectFailed(e) => {
-                    backend.record(false);
-                    ctx.counters.record_connect_failure(backend.revision);
-                    warn!(service, %addr, task = backend.task_id, error = %e, "backend request failed");
-                    return Ok(self
-                        .short(
-                            stream,
-                            start,
-                            served,
-                            StatusCode::BAD_GATEWAY,
-                            "bad gateway\n",
-                            close,
-                        )
-                        .await);
-                }
                 Attempt::TimedOut => {
                     backend.record(false);
                     warn!(service, %addr, task = backend.task_id, timeout = ?request_timeout, "backend sent no response headers in time");
@@ -915,7 +901,11 @@ impl Conn<'_> {
                     tried.push(addr);
                     retried = true;
                 }
-                Attempt::Failed(e) => {
+                // Out of endpoints to try, or already retried once.
+                Attempt::ConnectFailed(e) | Attempt::Failed(e) => {
+                    if connect_failed {
+                        ctx.counters.record_connect_failure(backend.revision);
+                    }
                     backend.record(false);
                     warn!(service, %addr, task = backend.task_id, error = %e, "backend request failed");
                     return Ok(self
