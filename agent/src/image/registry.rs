@@ -258,8 +258,7 @@ impl Registry {
     }
 
     pub fn parse(image: &str) -> Result<Reference, RegistryError> {
-        image
-            .parse::<Reference>()
+        super::reference::parse(image)
             .map_err(|e| RegistryError::Reference(format!("{image}: {e}")))
     }
 
