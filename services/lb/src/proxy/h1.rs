@@ -817,17 +817,7 @@ impl Conn<'_> {
                 .service(service)
                 .and_then(|route| balance::pick(route, revision, &tried));
             let Some(backend) = backend else {
-                let (status, body) = if tried.is_empty() {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("no healthy endpoint for service {service:?}\n"),
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        format!("no endpoint of service {service:?} accepted a connection\n"),
-                    )
-                };
+                let (status, body) = super::http::unserved(service, !tried.is_empty());
                 return Ok(self
                     .short(stream, start, served, status, &body, close)
                     .await);

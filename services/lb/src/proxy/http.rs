@@ -540,14 +540,8 @@ async fn route(
             .service(service)
             .and_then(|route| balance::pick(route, revision, &tried));
         let Some(backend) = backend else {
-            return if tried.is_empty() {
-                no_endpoint(service)
-            } else {
-                short(
-                    StatusCode::BAD_GATEWAY,
-                    format!("no endpoint of service {service:?} accepted a connection\n"),
-                )
-            };
+            let (status, body) = unserved(service, !tried.is_empty());
+            return short(status, body);
         };
         let inflight = backend.start();
         let addr = backend.address;
@@ -696,10 +690,24 @@ fn untouched(slot: &BodySlot) -> bool {
 }
 
 fn no_endpoint(service: &str) -> Response<ProxyBody> {
-    short(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("no healthy endpoint for service {service:?}\n"),
-    )
+    let (status, body) = unserved(service, false);
+    short(status, body)
+}
+
+/// The LB's own answer when no endpoint is left to pick: 503 if none was healthy, 502 if
+/// every one tried refused the connection. Shared with the HTTP/1.1 fast path.
+pub(super) fn unserved(service: &str, tried_any: bool) -> (StatusCode, String) {
+    if tried_any {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("no endpoint of service {service:?} accepted a connection\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no healthy endpoint for service {service:?}\n"),
+        )
+    }
 }
 
 fn short(status: StatusCode, body: String) -> Response<ProxyBody> {
