@@ -174,10 +174,18 @@ struct Actor {
     pull: Option<Arc<PullFeed>>,
 }
 
+/// Where a new container's image comes from, as RunTask found it.
+enum ImageSource {
+    /// On this host already.
+    Here(Box<crate::image::Image>),
+    /// Missing: pulled with its progress in this feed, which `rctl run` follows.
+    Pull(Arc<PullFeed>),
+}
+
 /// How an actor begins.
 enum Start {
-    /// Create the container; its image is pulled with progress into the feed when given.
-    New(Option<Arc<PullFeed>>),
+    /// Create the container from its image.
+    New(ImageSource),
     Running(Box<ContainerConfig>, PidRecord),
     Finished(Option<i32>, String),
     /// Exited while no agent watched it and its restart policy restarts it after `delay`.
@@ -274,8 +282,15 @@ impl Tasks {
             return Ok(false);
         }
         // Asked before the actor exists so the answer can say so, and the feed is there
-        // before anyone can ask to follow it.
-        let feed = (!self.inner.images.has(&task.image).await).then(Arc::<PullFeed>::default);
+        // before anyone can ask to follow it. The image found here is the one created from.
+        let source = match self.inner.images.cached(&task.image).await {
+            Some(image) => ImageSource::Here(Box::new(image)),
+            None => ImageSource::Pull(Arc::default()),
+        };
+        let feed = match &source {
+            ImageSource::Pull(feed) => Some(feed.clone()),
+            ImageSource::Here(_) => None,
+        };
         let pulling = feed.is_some();
         {
             let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,7 +303,7 @@ impl Tasks {
                 Actor {
                     tx,
                     accepted: Some(Instant::now()),
-                    pull: feed.clone(),
+                    pull: feed,
                 },
             );
             let status = self.inner.base_status(&task);
@@ -297,7 +312,7 @@ impl Tasks {
                 task,
                 status,
                 rx,
-                Start::New(feed),
+                Start::New(source),
             ));
         }
         Ok(pulling)
@@ -608,29 +623,25 @@ impl Inner {
         }
     }
 
-    /// Pulls the image (into `feed` when given), prepares the container and starts it
+    /// Pulls the image if RunTask found it missing, prepares the container and starts it
     /// through its shim.
     async fn create(
         &self,
         task: &pb::Task,
         status: &mut pb::TaskStatus,
-        feed: Option<&PullFeed>,
+        source: ImageSource,
     ) -> Result<(ContainerConfig, PidRecord), TaskError> {
         status.state = pb::TaskState::Starting as i32;
         // An image already on the host starts at once without interim statuses: each is an
         // etcd write (a WAL fsync, ~10 ms) on `run`'s path, and "running" follows within
-        // milliseconds anyway. With a feed, RunTask found the image missing and `rctl run`
-        // follows this pull: it goes through `pull`, which ends the feed either way.
-        let cached = match feed {
-            None => self.images.cached(&task.image).await,
-            Some(_) => None,
-        };
-        let image = match cached {
-            Some(image) => image,
-            None => {
+        // milliseconds anyway. A missing one is pulled into the feed `rctl run` follows,
+        // which `pull` ends either way.
+        let image = match source {
+            ImageSource::Here(image) => *image,
+            ImageSource::Pull(feed) => {
                 status.message = "pulling image".into();
                 self.report(status).await;
-                let image = self.pull(&task.image, feed).await?;
+                let image = self.pull(&task.image, &feed).await?;
                 status.message = "creating container".into();
                 self.report(status).await;
                 image
@@ -733,18 +744,15 @@ impl Inner {
         Ok((cfg, pid))
     }
 
-    /// Makes `reference` available here; with a feed, its progress and end go there.
+    /// Makes `reference` available here, its progress and end going to `feed`.
     async fn pull(
         &self,
         reference: &str,
-        feed: Option<&PullFeed>,
+        feed: &PullFeed,
     ) -> Result<crate::image::Image, TaskError> {
         let failed = |source| TaskError::Pull {
             image: reference.to_string(),
             source,
-        };
-        let Some(feed) = feed else {
-            return self.images.ensure(reference).await.map_err(failed);
         };
         let (ptx, mut prx) = mpsc::unbounded_channel();
         let opts = crate::image::PullOptions::new(Some(ptx), None);
@@ -901,11 +909,11 @@ async fn actor(
 ) {
     let dir = inner.dir(&task.id);
     let running = match start {
-        Start::New(feed) => {
+        Start::New(source) => {
             status.state = pb::TaskState::Pending as i32;
             inner.report(&mut status).await;
             let outcome = {
-                let create = inner.create(&task, &mut status, feed.as_deref());
+                let create = inner.create(&task, &mut status, source);
                 tokio::pin!(create);
                 // Only a stop interrupts a create; a start or a kill has nothing to act on yet.
                 loop {

@@ -250,12 +250,6 @@ impl ImageStore {
         img.layers.iter().all(|l| l.is_dir()).then_some(img)
     }
 
-    /// Whether `reference` was pulled here and its layers are all still there: then
-    /// [`ensure`](Self::ensure) needs no registry.
-    pub async fn has(&self, reference: &str) -> bool {
-        self.cached(reference).await.is_some()
-    }
-
     /// The manifest digest `reference` names in its registry (an index resolves to this
     /// platform's manifest), fetching only the manifest: how the scheduler learns that a new
     /// revision's image exists before writing it.
