@@ -121,7 +121,9 @@ fn output_goes_to_the_json_log_by_stream() {
         &[
             "sh",
             "-c",
-            "echo out1; echo err1 >&2; printf 'no newline'; exit 7",
+            // The pause puts the last line last: stdout and stderr are two pipes, read
+            // concurrently, so lines written at once may land in either order.
+            "echo out1; echo err1 >&2; sleep 0.3; printf 'no newline'; exit 7",
         ],
         pb::Task::default(),
     );

@@ -28,7 +28,12 @@ impl Tmux {
             code_file,
             _dir: dir,
         };
-        let line = format!("{command}; echo $? > '{}'", t.code_file.display());
+        // The pane stays after the command ends (the trailing sleep, ended by Drop), so a
+        // failure shows what the command printed, not an empty pane of a closed session.
+        let line = format!(
+            "{command}; c=$?; echo $c > '{}'; echo \"[command exited with $c]\"; sleep 600",
+            t.code_file.display()
+        );
         let out = t.cmd(&[
             "new-session",
             "-d",
@@ -76,7 +81,10 @@ impl Tmux {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; the pane shows:\n{pane}");
+                panic!(
+                    "timed out waiting for {what} ({}); the pane shows:\n{pane}",
+                    self.ended()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -112,6 +120,14 @@ impl Tmux {
         let size = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(size.ends_with(&format!(" {cols}")), "tmux reports {size}");
         size
+    }
+
+    /// Whether the command has ended, for failure messages.
+    fn ended(&self) -> String {
+        match std::fs::read_to_string(&self.code_file) {
+            Ok(code) => format!("the command ended with {}", code.trim()),
+            Err(_) => "the command is still running".to_string(),
+        }
     }
 
     /// The command's exit code, once it has ended.
