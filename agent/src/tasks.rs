@@ -786,7 +786,14 @@ impl Inner {
         dir: &ContainerDir,
         cfg: &ContainerConfig,
     ) -> Result<PidRecord, TaskError> {
-        for f in [dir.pid(), dir.exit(), dir.stopped(), dir.restart()] {
+        // The start file too: the last run's `exec` note must not pass this one as started.
+        for f in [
+            dir.pid(),
+            dir.exit(),
+            dir.stopped(),
+            dir.restart(),
+            dir.start(),
+        ] {
             match tokio::fs::remove_file(&f).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(TaskError::State { path: f, source: e })

@@ -69,9 +69,12 @@ impl Container {
             .enable_time()
             .build()
             .unwrap();
+        // A container whose start fails (a missing entrypoint) still has its pid recorded.
         let pid = rt
             .block_on(runtime::wait_started(&dir, Duration::from_secs(10)))
-            .unwrap();
+            .ok()
+            .or_else(|| dir.read_pid())
+            .expect("the shim records PID 1's pid");
         Container {
             _tmp: tmp,
             dir,

@@ -284,25 +284,7 @@ impl Runtime {
         let res = async {
             let shim = Shim::spawn_with(&self.agent_exe, &c.dir)?;
             shim.release()?;
-            let pid = super::wait_started(&c.dir, START_TIMEOUT).await?;
-            // The pid is recorded at fork; setup (user, mounts, confinement) comes after.
-            let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-            loop {
-                match c.dir.read_start() {
-                    Ok(true) => return Ok(pid),
-                    Err(why) => return Err(RuntimeError::NoStart(why)),
-                    Ok(false) if c.dir.exit().exists() => {
-                        let why = c.dir.last_log_line().unwrap_or_default();
-                        return Err(RuntimeError::NoStart(why));
-                    }
-                    Ok(false) if tokio::time::Instant::now() > deadline => {
-                        return Err(RuntimeError::NoStart(
-                            "container setup did not finish".into(),
-                        ));
-                    }
-                    Ok(false) => tokio::time::sleep(Duration::from_millis(2)).await,
-                }
-            }
+            Ok::<_, RuntimeError>(super::wait_started(&c.dir, START_TIMEOUT).await?)
         }
         .await;
         match res {

@@ -13,6 +13,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -75,6 +76,10 @@ pub async fn exec(
     if !dir.read_pid().is_some_and(|p| p.alive()) || dir.exit().exists() {
         return Err(ExecError::NotRunning);
     }
+    // A container that is (re)starting is joined only once PID 1 finished its setup.
+    super::wait_started(dir, STARTING_WAIT)
+        .await
+        .map_err(|_| ExecError::NotRunning)?;
     let req = dir
         .0
         .join(format!("exec-{:016x}.json", rand::random::<u64>()));
@@ -109,6 +114,9 @@ pub async fn exec(
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
+
+/// How long an exec waits for a container that is (re)starting to finish its setup.
+const STARTING_WAIT: Duration = Duration::from_secs(10);
 
 /// The namespaces an exec enters, in order: mnt last, since it changes the root and so
 /// what /proc/PID/ns paths mean.
@@ -149,6 +157,10 @@ fn run(dir: &ContainerDir, request: &Path) -> Result<i32, String> {
         .read_pid()
         .filter(|p| p.alive())
         .ok_or("container is not running")?;
+    // Never join a PID 1 still setting up: its namespaces are not all the container's yet.
+    if dir.read_start() != Ok(true) {
+        return Err("container is still starting".into());
+    }
     // Open every namespace first: once in the mount namespace, /proc is the container's.
     let mut ns: Vec<(OwnedFd, CloneFlags)> = Vec::new();
     for (name, flag) in JOIN_ORDER {

@@ -136,8 +136,11 @@ fn reap(mut child: std::process::Child) {
     });
 }
 
-/// Waits until the shim recorded the container's pid (or its exit, for a container that
-/// failed immediately).
+/// Waits until the container has started: the shim recorded PID 1's pid, and PID 1 got
+/// through its setup (namespaces, root, user, confinement) to execve. Only then is it
+/// running: an `exec` before that would join namespaces PID 1 has not entered yet (its
+/// mount namespace, then still the host's view; its user namespace). A container whose
+/// setup failed, or that exited at once, is an error saying why.
 pub async fn wait_started(
     dir: &ContainerDir,
     timeout: Duration,
@@ -147,15 +150,25 @@ pub async fn wait_started(
     // then back off, so a start is not rounded up to a fixed poll interval.
     let mut pause = Duration::from_micros(100);
     loop {
-        if let Some(p) = dir.read_pid() {
-            return Ok(p);
+        match dir.read_start() {
+            Err(why) => return Err(RuntimeError::NoStart(why)),
+            Ok(true) => {
+                if let Some(p) = dir.read_pid() {
+                    return Ok(p);
+                }
+            }
+            Ok(false) => {}
         }
         if let Some(code) = dir.read_exit() {
             let why = dir.last_log_line().unwrap_or_default();
             return Err(RuntimeError::NoStart(format!("exit code {code}: {why}")));
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(RuntimeError::NoStart("shim did not report a pid".into()));
+            let what = match dir.read_pid() {
+                Some(_) => "container setup did not finish",
+                None => "shim did not report a pid",
+            };
+            return Err(RuntimeError::NoStart(what.into()));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -223,4 +236,39 @@ pub async fn remove_dir(dir: &Path) -> std::io::Result<()> {
 pub async fn empty_trash(containers: &Path) {
     let trash = containers.join(".trash");
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_container_is_started_only_once_pid_1_reached_exec() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ContainerDir(tmp.path().to_path_buf());
+        let me = PidRecord {
+            pid: std::process::id() as i32,
+            start_time: 0,
+        };
+        std::fs::write(dir.pid(), me.render()).unwrap();
+        // Forked, still setting up: not started.
+        std::fs::write(dir.start(), "").unwrap();
+        let err = wait_started(&dir, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("setup did not finish"), "{err}");
+        // A start file left by an earlier run of the container is removed before a restart;
+        // here the current run reaches exec.
+        std::fs::write(dir.start(), "exec\n").unwrap();
+        assert_eq!(
+            wait_started(&dir, Duration::from_millis(50)).await.unwrap(),
+            me
+        );
+        // Setup failed: the reason, not a pid.
+        std::fs::write(dir.start(), "error: no such user: nobody2\n").unwrap();
+        let err = wait_started(&dir, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no such user: nobody2"), "{err}");
+    }
 }
