@@ -284,7 +284,7 @@ impl Runtime {
         let res = async {
             let shim = Shim::spawn_with(&self.agent_exe, &c.dir)?;
             shim.release()?;
-            Ok::<_, RuntimeError>(super::wait_started(&c.dir, START_TIMEOUT).await?)
+            super::wait_started(&c.dir, START_TIMEOUT).await
         }
         .await;
         match res {
