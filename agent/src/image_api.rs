@@ -228,7 +228,7 @@ pub async fn resolve(
 }
 
 /// The logins a request carries, if any.
-fn credentials(auth: &[pb::RegistryAuth]) -> Option<Credentials> {
+pub(crate) fn credentials(auth: &[pb::RegistryAuth]) -> Option<Credentials> {
     let mut credentials = None::<Credentials>;
     for a in auth {
         credentials.get_or_insert_with(Credentials::default).insert(

@@ -79,12 +79,13 @@ impl pb::agent_server::Agent for AgentService {
         rctl_api::telemetry::accept(&req, &span);
         let tasks = self.tasks.clone();
         async move {
+            let req = req.into_inner();
+            let credentials = crate::image_api::credentials(&req.auth);
             let task = req
-                .into_inner()
                 .task
                 .ok_or_else(|| Status::invalid_argument("missing task"))?;
             tracing::Span::current().record("task", task.id.as_str());
-            let pulling = tasks.run_task(task).await.map_err(to_status)?;
+            let pulling = tasks.run_task(task, credentials).await.map_err(to_status)?;
             Ok(Response::new(pb::RunTaskResponse { pulling }))
         }
         .instrument(span)

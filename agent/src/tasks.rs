@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::health::{self, Health, Transition};
 use crate::image::feed::PullFeed;
+use crate::image::registry::Credentials;
 use crate::image::{ImageError, ImageStore};
 use crate::lifecycle::{self, LifecycleError, RestartPolicy, Restarts};
 use crate::network::{ipam, Network, NetworkError};
@@ -178,8 +179,9 @@ struct Actor {
 enum ImageSource {
     /// On this host already.
     Here(Box<crate::image::Image>),
-    /// Missing: pulled with its progress in this feed, which `rctl run` follows.
-    Pull(Arc<PullFeed>),
+    /// Missing: pulled with its progress in this feed, which `rctl run` follows, with the
+    /// logins RunTask carried (besides the agent's own).
+    Pull(Arc<PullFeed>, Option<Credentials>),
 }
 
 /// How an actor begins.
@@ -263,7 +265,11 @@ impl Tasks {
 
     /// Accepts `task` (idempotent by id) and starts it in the background; true when its
     /// image is not here and is being pulled first (see [`Tasks::follow_pull`]).
-    pub async fn run_task(&self, task: pb::Task) -> Result<bool, TaskError> {
+    pub async fn run_task(
+        &self,
+        task: pb::Task,
+        credentials: Option<Credentials>,
+    ) -> Result<bool, TaskError> {
         validate(&task)?;
         if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
             let (_, held) = self.inner.used().await;
@@ -285,10 +291,10 @@ impl Tasks {
         // before anyone can ask to follow it. The image found here is the one created from.
         let source = match self.inner.images.cached(&task.image).await {
             Some(image) => ImageSource::Here(Box::new(image)),
-            None => ImageSource::Pull(Arc::default()),
+            None => ImageSource::Pull(Arc::default(), credentials),
         };
         let feed = match &source {
-            ImageSource::Pull(feed) => Some(feed.clone()),
+            ImageSource::Pull(feed, _) => Some(feed.clone()),
             ImageSource::Here(_) => None,
         };
         let pulling = feed.is_some();
@@ -638,10 +644,10 @@ impl Inner {
         // which `pull` ends either way.
         let image = match source {
             ImageSource::Here(image) => *image,
-            ImageSource::Pull(feed) => {
+            ImageSource::Pull(feed, credentials) => {
                 status.message = "pulling image".into();
                 self.report(status).await;
-                let image = self.pull(&task.image, &feed).await?;
+                let image = self.pull(&task.image, &feed, credentials).await?;
                 status.message = "creating container".into();
                 self.report(status).await;
                 image
@@ -749,13 +755,14 @@ impl Inner {
         &self,
         reference: &str,
         feed: &PullFeed,
+        credentials: Option<Credentials>,
     ) -> Result<crate::image::Image, TaskError> {
         let failed = |source| TaskError::Pull {
             image: reference.to_string(),
             source,
         };
         let (ptx, mut prx) = mpsc::unbounded_channel();
-        let opts = crate::image::PullOptions::new(Some(ptx), None);
+        let opts = crate::image::PullOptions::new(Some(ptx), credentials);
         let pulling = self.images.pull(reference, &opts);
         tokio::pin!(pulling);
         let r = loop {

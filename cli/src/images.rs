@@ -106,7 +106,7 @@ pub async fn list(
 }
 
 /// The credentials to send with a pull of `reference`, from `rctl login` (or docker's).
-fn auth_for(reference: &str) -> Vec<RegistryAuth> {
+pub(crate) fn auth_for(reference: &str) -> Vec<RegistryAuth> {
     let registry = registry_auth::registry_of(reference);
     registry_auth::lookup(&registry)
         .map(|(username, password)| RegistryAuth {

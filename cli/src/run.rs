@@ -334,12 +334,15 @@ pub fn build(a: &RunArgs) -> Result<CreateContainerRequest, CliError> {
     Ok(CreateContainerRequest {
         task: Some(task),
         node: a.node.clone().unwrap_or_default(),
+        auth: Vec::new(),
     })
 }
 
 /// Creates the container and, without -d, attaches to it until it exits.
 pub async fn run(conn: &mut Conn, a: RunArgs) -> Result<(), CliError> {
-    let req = build(&a)?;
+    let mut req = build(&a)?;
+    // A missing image is pulled with the stored login for its registry, as `rctl pull` does.
+    req.auth = crate::images::auth_for(&a.image);
     let resp = conn
         .client
         .create_container(req)

@@ -255,6 +255,7 @@ fn restart_policy_applies_to_exits_while_the_agent_was_down() {
             .expect("agent API");
         rt.block_on(client.run_task(pb::RunTaskRequest {
             task: Some(t.clone()),
+            ..Default::default()
         }))
         .expect("run task");
     }

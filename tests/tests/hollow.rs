@@ -114,11 +114,12 @@ fn hollow_nodes_refuse_bad_input_and_keep_serving() {
                 image: image.into(),
                 ..Default::default()
             }),
+            auth: Vec::new(),
         };
         for (req, why) in [
             (bad("../etc", "img"), "bad task id"),
             (bad("t1", ""), "no image"),
-            (pb::RunTaskRequest { task: None }, "missing task"),
+            (pb::RunTaskRequest::default(), "missing task"),
         ] {
             let e = client.run_task(req).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");

@@ -281,23 +281,26 @@ fn login_then_pull_a_private_image() {
     let c = Cluster::start_with_private_registry(1);
     let private = c.private_registry();
     let registry = PrivateRegistry::start(&private);
-    let out = std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "alice:s3cret",
-            &format!("docker://{}/rctl/busybox:latest", c.registry()),
-            &format!("docker://{private}/private/busybox:1"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // :1 for `pull`, :run for `run`, which pulls what the node does not have.
+    for tag in ["1", "run"] {
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                "alice:s3cret",
+                &format!("docker://{}/rctl/busybox:latest", c.registry()),
+                &format!("docker://{private}/private/busybox:{tag}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Logins go to RCTL_CONFIG; HOME is empty so no ~/.docker/config.json is read.
     let home = tempfile::tempdir().unwrap();
@@ -317,6 +320,12 @@ fn login_then_pull_a_private_image() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+    let run_image = format!("{private}/private/busybox:run");
+    let out = rctl(&["run", "--rm", &run_image, "echo", "from-private"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    assert!(c.ps(&["-a"]).is_empty(), "a refused pull left a container");
 
     let out = rctl(&[
         "login",
@@ -356,6 +365,16 @@ fn login_then_pull_a_private_image() {
     );
     let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(stored["auths"][&private]["auth"], "YWxpY2U6czNjcmV0");
+
+    // `run` pulls the missing image with the stored login, as `pull` does.
+    let out = rctl(&["run", "--rm", &run_image, "echo", "from-private"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-private\n");
 
     let out = rctl(&["pull", &image]);
     let stdout = String::from_utf8_lossy(&out.stdout);

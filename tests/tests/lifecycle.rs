@@ -58,7 +58,10 @@ fn restart_policy_stop_signal_and_remove_as_docker_does() {
         .expect("agent API");
     let run = |t: pb::Task| {
         let mut cl = client.clone();
-        rt.block_on(cl.run_task(pb::RunTaskRequest { task: Some(t) }))
+        rt.block_on(cl.run_task(pb::RunTaskRequest {
+            task: Some(t),
+            ..Default::default()
+        }))
     };
 
     // Bad input: refused before anything is created.

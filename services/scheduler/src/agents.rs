@@ -119,6 +119,7 @@ impl Agents {
     pub fn run(&self, addr: &str, task: &Task, force: bool) {
         let req = RunTaskRequest {
             task: Some(task.clone()),
+            auth: Vec::new(),
         };
         self.send(addr, task, "run", force, |mut c| async move {
             c.run_task(req).await.map(drop)

@@ -318,6 +318,7 @@ impl Containers {
         let sent = client
             .run_task(RunTaskRequest {
                 task: Some(task.clone()),
+                auth: req.auth,
             })
             .await;
         let pulling = match sent {
