@@ -43,7 +43,6 @@ use tracing::{debug, warn};
 
 use super::http::{ConnInfo, Listener, MAX_HEADER_SIZE};
 use super::{CONNECT_TIMEOUT, MAX_RETRIES};
-use crate::balance;
 use crate::routes::Routes;
 
 /// Most header lines in a head the fast path parses; more go to hyper.
@@ -810,12 +809,7 @@ impl Conn<'_> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retried = false;
         loop {
-            if !tried.is_empty() {
-                current = ctx.routes.borrow().clone();
-            }
-            let backend = current
-                .service(service)
-                .and_then(|route| balance::pick(route, revision, &tried));
+            let backend = super::pick_attempt(&ctx.routes, &mut current, service, revision, &tried);
             let Some(backend) = backend else {
                 let (status, body) = super::http::unserved(service, !tried.is_empty());
                 return Ok(self

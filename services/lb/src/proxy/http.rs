@@ -44,7 +44,6 @@ use tracing::{debug, warn};
 
 use super::pool::{Lease, Pool};
 use super::MAX_RETRIES;
-use crate::balance;
 use crate::routes::{InFlight, RoutesRx, TlsCert};
 use crate::stats::{ServiceCounters, Stats};
 
@@ -532,13 +531,7 @@ async fn route(
     let mut tried = Vec::new();
     let mut retried = false;
     loop {
-        if !tried.is_empty() {
-            // A retry takes the newest table: the failure may be what changed it.
-            current = ctx.routes.borrow().clone();
-        }
-        let backend = current
-            .service(service)
-            .and_then(|route| balance::pick(route, revision, &tried));
+        let backend = super::pick_attempt(&ctx.routes, &mut current, service, revision, &tried);
         let Some(backend) = backend else {
             let (status, body) = unserved(service, !tried.is_empty());
             return short(status, body);

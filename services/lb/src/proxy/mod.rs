@@ -14,12 +14,16 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+use crate::balance;
+use crate::routes::{Backend, Routes, RoutesRx};
 
 /// At most this many extra backends are tried after a connection failure.
 pub const MAX_RETRIES: usize = 2;
@@ -59,4 +63,22 @@ pub(crate) async fn accept_loop<F, Fut>(
     drop(listener);
     conns.close();
     conns.wait().await;
+}
+
+/// The backend for one attempt at an HTTP request of `service` meant for `revision`,
+/// skipping `tried` (the endpoints that already failed it). A retry first takes the newest
+/// table into `current`: the failure may be what changed it.
+pub(crate) fn pick_attempt(
+    routes: &RoutesRx,
+    current: &mut Arc<Routes>,
+    service: &str,
+    revision: u64,
+    tried: &[SocketAddr],
+) -> Option<Arc<Backend>> {
+    if !tried.is_empty() {
+        *current = routes.borrow().clone();
+    }
+    current
+        .service(service)
+        .and_then(|route| balance::pick(route, revision, tried))
 }
