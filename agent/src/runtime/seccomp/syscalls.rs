@@ -2,14 +2,14 @@
 //! can be written with Docker's names. Names a table lacks (the 32-bit `chown32`, another
 //! architecture's calls) have no number here and are left out of the filter.
 
-/// Syscall numbers of this architecture, ascending.
+/// Syscall numbers below 424 of this architecture, ascending.
 #[cfg(target_arch = "x86_64")]
-pub const TABLE: &[(u32, &str)] = X86_64;
+const ARCH: &[(u32, &str)] = X86_64;
 #[cfg(target_arch = "aarch64")]
-pub const TABLE: &[(u32, &str)] = AARCH64;
+const ARCH: &[(u32, &str)] = AARCH64;
 
 /// x86_64, from the kernel's `arch/x86/entry/syscalls/syscall_64.tbl` (Linux 6.18): the
-/// `common` and `64` entries. The x32 ones (512–547) are never native.
+/// `common` and `64` entries below 424. The x32 ones (512–547) are never native.
 #[allow(dead_code)]
 #[rustfmt::skip]
 const X86_64: &[(u32, &str)] = &[
@@ -91,23 +91,10 @@ const X86_64: &[(u32, &str)] = &[
     (322, "execveat"), (323, "userfaultfd"), (324, "membarrier"), (325, "mlock2"),
     (326, "copy_file_range"), (327, "preadv2"), (328, "pwritev2"), (329, "pkey_mprotect"),
     (330, "pkey_alloc"), (331, "pkey_free"), (332, "statx"), (333, "io_pgetevents"),
-    (334, "rseq"), (335, "uretprobe"), (336, "uprobe"), (424, "pidfd_send_signal"),
-    (425, "io_uring_setup"), (426, "io_uring_enter"), (427, "io_uring_register"),
-    (428, "open_tree"), (429, "move_mount"), (430, "fsopen"), (431, "fsconfig"),
-    (432, "fsmount"), (433, "fspick"), (434, "pidfd_open"), (435, "clone3"),
-    (436, "close_range"), (437, "openat2"), (438, "pidfd_getfd"), (439, "faccessat2"),
-    (440, "process_madvise"), (441, "epoll_pwait2"), (442, "mount_setattr"),
-    (443, "quotactl_fd"), (444, "landlock_create_ruleset"), (445, "landlock_add_rule"),
-    (446, "landlock_restrict_self"), (447, "memfd_secret"), (448, "process_mrelease"),
-    (449, "futex_waitv"), (450, "set_mempolicy_home_node"), (451, "cachestat"),
-    (452, "fchmodat2"), (453, "map_shadow_stack"), (454, "futex_wake"), (455, "futex_wait"),
-    (456, "futex_requeue"), (457, "statmount"), (458, "listmount"), (459, "lsm_get_self_attr"),
-    (460, "lsm_set_self_attr"), (461, "lsm_list_modules"), (462, "mseal"), (463, "setxattrat"),
-    (464, "getxattrat"), (465, "listxattrat"), (466, "removexattrat"), (467, "open_tree_attr"),
-    (468, "file_getattr"), (469, "file_setattr"), (470, "listns"),
+    (334, "rseq"), (335, "uretprobe"), (336, "uprobe"),
 ];
 
-/// aarch64, from the kernel's `include/uapi/asm-generic/unistd.h` (Linux 6.18).
+/// aarch64, from the kernel's `include/uapi/asm-generic/unistd.h` (Linux 6.18), below 424.
 #[allow(dead_code)]
 #[rustfmt::skip]
 const AARCH64: &[(u32, &str)] = &[
@@ -177,6 +164,11 @@ const AARCH64: &[(u32, &str)] = &[
     (283, "membarrier"), (284, "mlock2"), (285, "copy_file_range"), (286, "preadv2"),
     (287, "pwritev2"), (288, "pkey_mprotect"), (289, "pkey_alloc"), (290, "pkey_free"),
     (291, "statx"), (292, "io_pgetevents"), (293, "rseq"), (294, "kexec_file_load"),
+];
+
+/// From 424 (`pidfd_send_signal`) every architecture numbers syscalls alike (Linux 6.18).
+#[rustfmt::skip]
+const UNIFIED: &[(u32, &str)] = &[
     (424, "pidfd_send_signal"), (425, "io_uring_setup"), (426, "io_uring_enter"),
     (427, "io_uring_register"), (428, "open_tree"), (429, "move_mount"), (430, "fsopen"),
     (431, "fsconfig"), (432, "fsmount"), (433, "fspick"), (434, "pidfd_open"), (435, "clone3"),
@@ -192,14 +184,19 @@ const AARCH64: &[(u32, &str)] = &[
     (468, "file_getattr"), (469, "file_setattr"), (470, "listns"),
 ];
 
+/// Every syscall of this architecture, ascending.
+pub fn all() -> impl Iterator<Item = (u32, &'static str)> {
+    ARCH.iter().chain(UNIFIED).copied()
+}
+
 /// The number of `name` on this architecture.
 pub fn number(name: &str) -> Option<u32> {
-    TABLE.iter().find(|(_, n)| *n == name).map(|(nr, _)| *nr)
+    all().find(|(_, n)| *n == name).map(|(nr, _)| nr)
 }
 
 /// The highest syscall number this table knows: anything above is newer than the policy.
 pub fn highest() -> u32 {
-    TABLE.iter().map(|(nr, _)| *nr).max().unwrap_or(0)
+    all().map(|(nr, _)| nr).max().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -220,10 +217,12 @@ mod tests {
         ] {
             assert_eq!(number(name), Some(nr as u32), "{name}");
         }
+        let nrs: Vec<u32> = all().map(|(nr, _)| nr).collect();
         assert!(
-            TABLE.windows(2).all(|w| w[0].0 < w[1].0),
+            nrs.windows(2).all(|w| w[0] < w[1]),
             "ascending, no duplicates"
         );
+        assert_eq!(highest(), 470);
         assert_eq!(number("chown32"), None);
     }
 }
