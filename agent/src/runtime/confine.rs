@@ -209,10 +209,9 @@ pub fn apply_process(
         nix::sys::prctl::set_no_new_privs().map_err(sys("no_new_privs"))?;
     }
     if profile.seccomp {
-        for prog in seccomp::default_filters()? {
-            seccompiler::apply_filter(&prog)
-                .map_err(|e| ConfineError::SeccompInstall(e.to_string()))?;
-        }
+        let prog = seccomp::default_filter(&profile.capabilities)?;
+        seccompiler::apply_filter(&prog)
+            .map_err(|e| ConfineError::SeccompInstall(e.to_string()))?;
     }
     // CVE-2024-21626: no fd of the shim or agent may survive into the container. CLOEXEC
     // rather than close, so an execve failure can still be reported on stderr.

@@ -1,6 +1,8 @@
 /* probe: tries syscalls a container must not be able to make and prints NAME=ok or
  * NAME=EPERM/ENOSYS/errno-N for each argument; `fds` prints the process's open fds;
- * `forkbomb` never returns.
+ * `forkbomb` never returns. `x32_*` make the call with x32's syscall bit set, `i386_getpid`
+ * through `int 0x80` (in a child: `unavailable` if the kernel has no ia32 entry), and
+ * `unknown_hole`/`unknown_new` use numbers never assigned / above every assigned one.
  * Built static by the agent tests (gcc -static) and run inside test containers. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -10,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/personality.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +28,35 @@ static void report(const char *name, long r) {
         printf("%s=ENOSYS\n", name);
     else
         printf("%s=errno-%d\n", name, errno);
+}
+
+#define X32_BIT 0x40000000L
+
+/* getpid through the i386 entry, in a child that exits with the errno (0: it worked). */
+static long i386_getpid(void) {
+#if defined(__x86_64__)
+    pid_t pid = fork();
+    if (pid == 0) {
+        long r;
+        __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");
+        _exit(r < 0 ? (int)-r : 0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st))
+        return -2;
+    errno = WEXITSTATUS(st);
+    return errno ? -1 : 0;
+#else
+    return -2;
+#endif
+}
+
+static long sock(int family) {
+    long r = socket(family, SOCK_STREAM, 0);
+    if (r >= 0)
+        close((int)r);
+    return r;
 }
 
 static long reap(long pid) {
@@ -63,6 +96,32 @@ int main(int argc, char **argv) {
             r = syscall(SYS_mount, "x", "/mnt", "tmpfs", 0, NULL);
         else if (!strcmp(n, "setns"))
             r = syscall(SYS_setns, 0, 0);
+        else if (!strcmp(n, "x32_unshare_user"))
+            r = syscall(X32_BIT | SYS_unshare, CLONE_NEWUSER);
+        else if (!strcmp(n, "x32_getpid"))
+            r = syscall(X32_BIT | SYS_getpid);
+        else if (!strcmp(n, "i386_getpid")) {
+            r = i386_getpid();
+            if (r == -2) {
+                printf("%s=unavailable\n", n);
+                continue;
+            }
+        } else if (!strcmp(n, "unknown_hole"))
+            r = syscall(380);
+        else if (!strcmp(n, "unknown_new"))
+            r = syscall(1000);
+        else if (!strcmp(n, "personality_query"))
+            r = personality(0xffffffff);
+        else if (!strcmp(n, "personality_rx")) {
+            r = syscall(SYS_personality, READ_IMPLIES_EXEC);
+            if (r >= 0)
+                personality(PER_LINUX);
+        } else if (!strcmp(n, "socket_inet"))
+            r = sock(AF_INET);
+        else if (!strcmp(n, "socket_vsock"))
+            r = sock(AF_VSOCK);
+        else if (!strcmp(n, "socket_alg"))
+            r = sock(AF_ALG);
         else if (!strcmp(n, "forkbomb")) {
             /* Every copy forks forever and retries when refused: it holds the limit. */
             for (;;)
