@@ -10,6 +10,7 @@
 
 use std::io::{IsTerminal, Write};
 
+use clap::Args;
 use rctl_api::pb::{stream_input, stream_output, AttachStart, Resize, StreamInput};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 
 /// Stdin bytes read per message.
 const STDIN_CHUNK: usize = 16 * 1024;
@@ -166,9 +168,20 @@ pub async fn session(
 }
 
 /// `rctl attach TARGET`: the container's output from now on, stdin when it has one open.
-pub async fn run(conn: &Conn, target: &str) -> Result<i32, CliError> {
-    let tty = std::io::stdin().is_terminal();
-    attach_target(conn, target, tty, true).await
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    pub target: String,
+}
+
+impl AttachArgs {
+    /// Ends with the container's exit code, which becomes rctl's.
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = g.connect().await?;
+        let tty = std::io::stdin().is_terminal();
+        Err(CliError::Exit(
+            attach_target(&conn, &self.target, tty, true).await?,
+        ))
+    }
 }
 
 async fn attach_target(conn: &Conn, target: &str, tty: bool, stdin: bool) -> Result<i32, CliError> {

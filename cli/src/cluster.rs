@@ -5,11 +5,100 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::Subcommand;
 use rctl_api::tls::{self, Issued, Role, Sans};
 
 use crate::error::CliError;
+use crate::global::Global;
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates signed by the cluster CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Make a new cluster CA (ca.crt, ca.key) in --dir.
+    Init {
+        /// TLS directory [default: $RCTL_TLS_DIR, else ~/.rctl/tls]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Cluster name, shown in the CA's subject.
+        #[arg(long, default_value = "rctl")]
+        name: String,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Issue NAME.crt and NAME.key for a component or user, signed by the CA in --dir.
+    Issue {
+        /// What the certificate may do: scheduler, agent, lb, client or etcd.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Who holds it (CN and DNS SAN); for an agent, its node name.
+        name: String,
+        /// IP address SANs (repeatable or comma-separated), e.g. the address servers listen on.
+        #[arg(long, value_delimiter = ',')]
+        ip: Vec<IpAddr>,
+        /// Extra DNS SANs (repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+        /// TLS directory [default: $RCTL_TLS_DIR, else ~/.rctl/tls]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Replace an existing certificate of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse().map_err(|e: tls::TlsError| e.to_string())
+}
+
+impl ClusterCommand {
+    /// Works on local files only: no scheduler is asked.
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        // --dir, else the global --tls-dir, else ~/.rctl/tls.
+        let dir = |d: Option<PathBuf>| d.unwrap_or_else(|| g.tls_dir());
+        match self {
+            ClusterCommand::Ca {
+                command:
+                    CaCommand::Init {
+                        dir: d,
+                        name,
+                        force,
+                    },
+            } => ca_init(&dir(d), &name, force),
+            ClusterCommand::Cert {
+                command:
+                    CertCommand::Issue {
+                        role,
+                        name,
+                        ip,
+                        dns,
+                        dir: d,
+                        force,
+                    },
+            } => cert_issue(&dir(d), role, &name, &ip, &dns, force),
+        }
+    }
+}
 
 fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CliError {
     CliError::Failed(format!("{what} {}: {e}", path.display()))

@@ -3,6 +3,7 @@
 //! `rename`, `port`, `ps` over one-off containers and service tasks, and the container
 //! half of `inspect` (Docker-like JSON).
 
+use clap::Args;
 use rctl_api::pb::{
     self, ContainerRequest, ListContainersRequest, RenameContainerRequest, TaskState, TaskView,
 };
@@ -11,7 +12,150 @@ use serde_json::json;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::{print_json, print_table, rfc3339, state_name, Format};
+
+/// `rctl ps`.
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Include exited containers and retired tasks.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only short ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// name=, status=, node=, service= or id= (repeatable).
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Format,
+}
+
+impl PsArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let filters = parse_filters(&self.filter).map_err(CliError::Usage)?;
+        ps(&mut g.connect().await?, self, filters).await
+    }
+}
+
+/// `rctl start`.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+impl StartArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let req = Default::default();
+        each(&mut g.connect().await?, Verb::Start, &self.targets, req).await
+    }
+}
+
+/// `rctl stop` and `rctl restart`.
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before SIGKILL.
+    #[arg(short = 't', long = "time")]
+    pub time: Option<u64>,
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+impl StopArgs {
+    pub async fn stop(self, g: &Global) -> Result<(), CliError> {
+        self.run(Verb::Stop, g).await
+    }
+
+    pub async fn restart(self, g: &Global) -> Result<(), CliError> {
+        self.run(Verb::Restart, g).await
+    }
+
+    async fn run(self, verb: Verb, g: &Global) -> Result<(), CliError> {
+        let req = ContainerRequest {
+            timeout_ms: self.time.map(stop_timeout_ms).unwrap_or(0),
+            ..Default::default()
+        };
+        each(&mut g.connect().await?, verb, &self.targets, req).await
+    }
+}
+
+/// `-t SECONDS` as the API's grace period; 0 ms means "the default" there, so `-t 0`
+/// (kill at once) is sent as 1 ms.
+fn stop_timeout_ms(secs: u64) -> u64 {
+    (secs * 1000).max(1)
+}
+
+/// `rctl kill`.
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    #[arg(short = 's', long = "signal", default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+impl KillArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let req = ContainerRequest {
+            signal: parse_signal(&self.signal).map_err(CliError::Usage)?,
+            ..Default::default()
+        };
+        each(&mut g.connect().await?, Verb::Kill, &self.targets, req).await
+    }
+}
+
+/// `rctl rm`.
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Also remove the container's anonymous volumes (named volumes and bind mounts stay).
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+impl RmArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let req = ContainerRequest {
+            force: self.force,
+            volumes: self.volumes,
+            ..Default::default()
+        };
+        each(&mut g.connect().await?, Verb::Remove, &self.targets, req).await
+    }
+}
+
+/// `rctl rename`.
+#[derive(Args, Debug)]
+pub struct RenameArgs {
+    pub old: String,
+    pub new: String,
+}
+
+impl RenameArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        rename(&mut g.connect().await?, &self.old, &self.new).await
+    }
+}
+
+/// `rctl port`.
+#[derive(Args, Debug)]
+pub struct PortArgs {
+    pub target: String,
+}
+
+impl PortArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        port(&mut g.connect().await?, &self.target).await
+    }
+}
 
 /// A lifecycle verb applied to one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +168,7 @@ pub enum Verb {
 }
 
 /// Applies `verb` to each target in turn, printing each target as it is done.
-pub async fn each(
+async fn each(
     conn: &mut Conn,
     verb: Verb,
     targets: &[String],
@@ -88,7 +232,7 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         .ok_or_else(|| format!("invalid signal {s:?}"))
 }
 
-pub async fn rename(conn: &mut Conn, old: &str, new: &str) -> Result<(), CliError> {
+async fn rename(conn: &mut Conn, old: &str, new: &str) -> Result<(), CliError> {
     let req = RenameContainerRequest {
         target: old.into(),
         new_name: new.into(),
@@ -114,7 +258,7 @@ async fn inspect_one(conn: &mut Conn, target: &str) -> Result<TaskView, tonic::S
 }
 
 /// `rctl port CONTAINER`: `8080/tcp -> 198.18.0.11:8080`, one line per binding.
-pub async fn port(conn: &mut Conn, target: &str) -> Result<(), CliError> {
+async fn port(conn: &mut Conn, target: &str) -> Result<(), CliError> {
     let v = inspect_one(conn, target).await.map_err(|s| conn.err(s))?;
     for line in port_lines(&v) {
         println!("{line}");
@@ -393,16 +537,15 @@ fn keep(v: &TaskView, filters: &[(String, String)]) -> bool {
 }
 
 /// `rctl ps`: one-off containers and service tasks, newest first.
-pub async fn ps(
-    conn: &mut Conn,
-    all: bool,
-    quiet: bool,
-    filters: Vec<String>,
-    service: Option<String>,
-    node: Option<String>,
-    format: Format,
-) -> Result<(), CliError> {
-    let filters = parse_filters(&filters).map_err(CliError::Usage)?;
+async fn ps(conn: &mut Conn, a: PsArgs, filters: Vec<(String, String)>) -> Result<(), CliError> {
+    let PsArgs {
+        all,
+        quiet,
+        service,
+        node,
+        output: format,
+        ..
+    } = a;
     // Asking for exited ones means looking at all of them.
     let all = all || filters.iter().any(|(k, v)| k == "status" && v != "running");
     let req = ListContainersRequest {

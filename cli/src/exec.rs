@@ -4,20 +4,42 @@
 
 use rctl_api::pb::{stream_input, ExecStart};
 
+use clap::Args;
+
 use crate::attach::{session, window_size};
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 
 /// What `exec` was asked to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct ExecArgs {
-    pub target: String,
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub user: Option<String>,
-    pub workdir: Option<String>,
+    /// Keep stdin open and stream it to the command.
+    #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Allocate a terminal (the local one goes into raw mode).
+    #[arg(short = 't', long)]
     pub tty: bool,
+    /// Set an environment variable (NAME=VALUE, or NAME for this side's value).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Run as this user (name, uid or uid:gid).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    pub target: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+impl ExecArgs {
+    /// Ends with the command's exit code, which becomes rctl's.
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        validate(&self)?;
+        Err(CliError::Exit(exec(&g.connect().await?, self).await?))
+    }
 }
 
 /// Refuses what no container could run, before anything is sent.
@@ -39,8 +61,7 @@ pub fn validate(a: &ExecArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn run(conn: &Conn, a: ExecArgs) -> Result<i32, CliError> {
-    validate(&a)?;
+async fn exec(conn: &Conn, a: ExecArgs) -> Result<i32, CliError> {
     let (rows, cols) = if a.tty {
         window_size().unwrap_or((0, 0))
     } else {

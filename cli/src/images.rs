@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 
+use clap::{Args, Subcommand};
 use futures::StreamExt;
 use rctl_api::pb::{
     self, pull_event, ImageSummary, InspectImageRequest, ListImagesRequest, PullImageRequest,
@@ -13,9 +14,95 @@ use serde::Serialize;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::{ago, print_json, print_table, rfc3339, Format};
 use crate::progress::{human, short, Progress};
 use crate::registry_auth;
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Show an image's config, layers and sizes as JSON.
+    Inspect {
+        image: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Same as `rctl images`.
+    Ls(ImagesArgs),
+    /// Same as `rctl pull`.
+    Pull(PullArgs),
+    /// Same as `rctl rmi`.
+    Rm(RmiArgs),
+}
+
+impl ImageCommand {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        match self {
+            ImageCommand::Inspect { image, node } => {
+                inspect_image(&mut g.connect().await?, &image, node).await
+            }
+            ImageCommand::Ls(a) => a.run(g).await,
+            ImageCommand::Pull(a) => a.run(g).await,
+            ImageCommand::Rm(a) => a.run(g).await,
+        }
+    }
+}
+
+/// `rctl images` and `rctl image ls`.
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Show all images (there are no intermediate images: same as without).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only image ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Format,
+}
+
+impl ImagesArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        list(conn, self.all, self.quiet, self.node, self.output).await
+    }
+}
+
+/// `rctl pull` and `rctl image pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    pub image: String,
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+impl PullArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        // A malformed reference fails with exit 2 before anything is sent.
+        registry_auth::check_reference(&self.image).map_err(CliError::Usage)?;
+        pull(&mut g.connect().await?, &self.image, self.node).await
+    }
+}
+
+/// `rctl rmi` and `rctl image rm`.
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+impl RmiArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        rmi(conn, &self.images, self.force, self.node).await
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct ImageJson {
@@ -67,7 +154,7 @@ pub fn image_rows(images: &[ImageSummary]) -> Vec<Vec<String>> {
 
 pub const IMAGE_HEADER: [&str; 6] = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "NODE"];
 
-pub async fn list(
+async fn list(
     conn: &mut Conn,
     all: bool,
     quiet: bool,
@@ -118,8 +205,7 @@ pub(crate) fn auth_for(reference: &str) -> Vec<RegistryAuth> {
         .collect()
 }
 
-pub async fn pull(conn: &mut Conn, reference: &str, node: Option<String>) -> Result<(), CliError> {
-    registry_auth::check_reference(reference).map_err(CliError::Usage)?;
+async fn pull(conn: &mut Conn, reference: &str, node: Option<String>) -> Result<(), CliError> {
     let req = PullImageRequest {
         node: node.unwrap_or_default(),
         reference: reference.to_string(),
@@ -154,7 +240,7 @@ pub async fn pull(conn: &mut Conn, reference: &str, node: Option<String>) -> Res
     }
 }
 
-pub async fn rmi(
+async fn rmi(
     conn: &mut Conn,
     images: &[String],
     force: bool,
@@ -262,11 +348,7 @@ pub async fn find_images(
     }
 }
 
-pub async fn inspect_image(
-    conn: &mut Conn,
-    image: &str,
-    node: Option<String>,
-) -> Result<(), CliError> {
+async fn inspect_image(conn: &mut Conn, image: &str, node: Option<String>) -> Result<(), CliError> {
     match find_images(conn, image, node).await? {
         Some(v) => {
             print_json(&v);

@@ -2,11 +2,27 @@
 //! resolver; the first that knows TARGET answers. Containers and tasks first (issue 9),
 //! then images.
 
+use clap::Args;
+
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::print_json;
 
-pub async fn run(conn: &mut Conn, target: &str, node: Option<String>) -> Result<(), CliError> {
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    pub target: String,
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+impl InspectArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        inspect(&mut g.connect().await?, &self.target, self.node).await
+    }
+}
+
+async fn inspect(conn: &mut Conn, target: &str, node: Option<String>) -> Result<(), CliError> {
     if node.is_none() {
         if let Some(v) = crate::container::inspect_json(conn, target).await? {
             print_json(&vec![v]);

@@ -4,8 +4,56 @@
 
 use std::io::{IsTerminal, Read};
 
+use clap::Args;
+
 use crate::error::CliError;
+use crate::global::Global;
 use crate::registry_auth;
+
+/// `rctl login`.
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// HOST[:PORT]
+    pub registry: String,
+    #[arg(short = 'u', long = "username")]
+    pub username: Option<String>,
+    #[arg(short = 'p', long = "password")]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Check the login over plain HTTP (a registry the agents reach with
+    /// --insecure-registry); registries on this host always are.
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+impl LoginArgs {
+    /// Talks to the registry, not the scheduler.
+    pub async fn run(self, _: &Global) -> Result<(), CliError> {
+        login(
+            &self.registry,
+            self.username,
+            self.password,
+            self.password_stdin,
+            self.plain_http,
+        )
+        .await
+    }
+}
+
+/// `rctl logout`.
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    pub registry: String,
+}
+
+impl LogoutArgs {
+    /// Local files only.
+    pub async fn run(self, _: &Global) -> Result<(), CliError> {
+        logout(&self.registry)
+    }
+}
 
 /// How the registry asks for credentials on `/v2/` (its `WWW-Authenticate` header).
 #[derive(Debug, PartialEq, Eq)]
@@ -128,7 +176,7 @@ pub async fn verify(
     }
 }
 
-pub async fn login(
+async fn login(
     registry: &str,
     user: Option<String>,
     password: Option<String>,
@@ -182,7 +230,7 @@ pub async fn login(
     Ok(())
 }
 
-pub fn logout(registry: &str) -> Result<(), CliError> {
+fn logout(registry: &str) -> Result<(), CliError> {
     if registry_auth::update(|cfg| registry_auth::set_login(cfg, registry, None))? {
         println!("Removed login credentials for {registry}");
     } else {

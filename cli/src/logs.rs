@@ -8,18 +8,37 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rctl_api::pb::{LogLine, LogsRequest};
 
+use clap::Args;
+
 use crate::attach::stream_err;
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 
 /// What `logs` was asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct LogsArgs {
-    pub target: String,
+    /// Keep following new lines (across restarts) until ^C or the container is removed.
+    #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only the last N lines (of each replica), or "all".
+    #[arg(short = 'n', long, value_name = "N")]
     pub tail: Option<String>,
+    /// Only lines since a duration ago (10m) or a time (RFC 3339).
+    #[arg(long, value_name = "DUR|TIME")]
     pub since: Option<String>,
+    /// Show each line's timestamp.
+    #[arg(short = 't', long)]
     pub timestamps: bool,
+    pub target: String,
+}
+
+impl LogsArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        // A bad --tail or --since fails with exit 2 before anything is sent.
+        let req = request(&self, SystemTime::now())?;
+        follow(&g.connect().await?, req, self.timestamps).await
+    }
 }
 
 /// `--tail N` or `--tail all`.
@@ -79,8 +98,8 @@ pub fn render(l: &LogLine, service: bool, timestamps: bool) -> String {
     out
 }
 
-pub async fn run(conn: &Conn, a: LogsArgs) -> Result<(), CliError> {
-    let req = request(&a, SystemTime::now())?;
+/// Prints the lines of `req` as they come, stdout and stderr apart.
+async fn follow(conn: &Conn, req: LogsRequest, timestamps: bool) -> Result<(), CliError> {
     let mut s = conn
         .client
         .clone()
@@ -92,7 +111,7 @@ pub async fn run(conn: &Conn, a: LogsArgs) -> Result<(), CliError> {
         let mut out = std::io::stdout().lock();
         let mut err = std::io::stderr().lock();
         for l in &batch.lines {
-            let text = render(l, batch.service, a.timestamps);
+            let text = render(l, batch.service, timestamps);
             let _ = if l.stream == "stderr" {
                 err.write_all(text.as_bytes())
             } else {

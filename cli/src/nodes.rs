@@ -2,12 +2,45 @@
 
 use std::collections::BTreeMap;
 
+use clap::{Args, Subcommand};
 use rctl_api::pb::{ActivateNodeRequest, DrainNodeRequest, ListNodesRequest};
 use serde::Serialize;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::{ago, print_json, print_table, rfc3339, Format};
+
+/// `rctl nodes`.
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Format,
+}
+
+impl NodesArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        list(&mut g.connect().await?, self.output).await
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Take no new tasks on NODE and move its tasks elsewhere (surge-first).
+    Drain { name: String },
+    /// Let NODE take new tasks again; running tasks stay where they are.
+    Activate { name: String },
+}
+
+impl NodeCommand {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        match self {
+            NodeCommand::Drain { name } => drain(conn, &name).await,
+            NodeCommand::Activate { name } => activate(conn, &name).await,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct NodeJson {
@@ -25,7 +58,7 @@ struct NodeJson {
     last_heartbeat_unix_ms: i64,
 }
 
-pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
+async fn list(conn: &mut Conn, format: Format) -> Result<(), CliError> {
     let nodes = conn
         .client
         .list_nodes(ListNodesRequest {})
@@ -97,7 +130,7 @@ pub async fn run(conn: &mut Conn, format: Format) -> Result<(), CliError> {
 }
 
 /// Marks `name` draining; prints the node's name.
-pub async fn drain(conn: &mut Conn, name: &str) -> Result<(), CliError> {
+async fn drain(conn: &mut Conn, name: &str) -> Result<(), CliError> {
     conn.write(|mut c| async move { c.drain_node(DrainNodeRequest { node: name.into() }).await })
         .await?;
     println!("{name}");
@@ -105,7 +138,7 @@ pub async fn drain(conn: &mut Conn, name: &str) -> Result<(), CliError> {
 }
 
 /// Clears `name`'s drain mark; prints the node's name.
-pub async fn activate(conn: &mut Conn, name: &str) -> Result<(), CliError> {
+async fn activate(conn: &mut Conn, name: &str) -> Result<(), CliError> {
     conn.write(|mut c| async move {
         c.activate_node(ActivateNodeRequest { node: name.into() })
             .await

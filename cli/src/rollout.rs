@@ -1,9 +1,11 @@
-//! `rctl rollout history NAME`, `rctl rollout status NAME` and `rctl rollback NAME [--to N]`:
-//! a service's kept revisions, where its latest change stands, and going back to an earlier
+//! `rctl rollout start|promote|abort|explain|status|history NAME` and `rctl rollback NAME
+//! [--to N]`: rolling a service out to another image (surge-first or as a canary), a
+//! service's kept revisions, where its latest change stands, and going back to an earlier
 //! revision through the ordinary (surge-first) update path.
 
 use std::time::Duration;
 
+use clap::{Args, Subcommand};
 use rctl_api::pb::{
     ApplyRequest, CanaryRollout, CanaryState, ControlRolloutRequest, InspectServiceResponse,
     Revision, RevisionHistoryRequest, RollbackRequest,
@@ -12,7 +14,114 @@ use serde::Serialize;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::{print_json, print_table, rfc3339, Format};
+use crate::values;
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Roll the service out to another image (surge-first per [update]); exit 3 if rctl
+    /// rolls it back by itself because the new revision never turns healthy.
+    Start {
+        name: String,
+        #[arg(long)]
+        image: String,
+        /// Why, recorded with the new revision (default: "image: OLD → NEW").
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Block until every task runs the new revision, healthy (or it is rolled back).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = values::duration)]
+        timeout: Duration,
+        /// Roll out as a canary per [canary]: canary.replicas new tasks next to the stable
+        /// ones, traffic moved step by step while the LB's figures pass the rules, then
+        /// finished (exit 0) or rolled back by itself (exit 3).
+        #[arg(long)]
+        canary: bool,
+        /// `json`: the result as `rollout status -o json` prints it, once the change is
+        /// written (or, with --wait, once it ended); progress goes to stderr.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Pass the running canary's current step now (at the last step: finish it).
+    Promote { name: String },
+    /// Roll the running canary back (its weight to 0 first, then its tasks stop).
+    Abort { name: String },
+    /// Each judged canary step's figures (requests, 5xx, error rate, p99 canary vs stable)
+    /// and the rule that decided.
+    Explain {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Where the service's latest change stands: rolling, done or rolled_back (and why).
+    Status {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// The kept revisions of a service (newest 10), with who made each and why.
+    History {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+impl RolloutCommand {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        match self {
+            RolloutCommand::Start {
+                name,
+                image,
+                message,
+                wait,
+                timeout,
+                canary,
+                output,
+            } => {
+                let res = start(conn, &name, &image, message, canary, wait, timeout, output).await;
+                report(conn, &name, output, res).await
+            }
+            RolloutCommand::Promote { name } => control(conn, &name, "promote").await,
+            RolloutCommand::Abort { name } => control(conn, &name, "abort").await,
+            RolloutCommand::Explain { name, output } => explain(conn, &name, output).await,
+            RolloutCommand::Status { name, output } => status(conn, &name, output).await,
+            RolloutCommand::History { name, output } => history(conn, &name, output).await,
+        }
+    }
+}
+
+/// `rctl rollback NAME [--to N]`.
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    pub name: String,
+    /// The revision to return to (see: rctl rollout history NAME).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Why, recorded with the new revision.
+    #[arg(short = 'm', long)]
+    pub message: Option<String>,
+    /// Block until the service runs the restored spec and is healthy.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value = "5m", value_parser = values::duration)]
+    pub timeout: Duration,
+    /// `json`: the result as `rollout status -o json` prints it, once the change is
+    /// written (or, with --wait, once it ended); progress goes to stderr.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Format,
+}
+
+impl RollbackArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        let res = rollback(conn, &self).await;
+        report(conn, &self.name, self.output, res).await
+    }
+}
 
 /// One entry of `rollout history -o json` (stable field names).
 #[derive(Debug, Serialize, PartialEq)]
@@ -470,20 +579,13 @@ pub async fn report(
     res
 }
 
-pub async fn rollback(
-    conn: &mut Conn,
-    name: &str,
-    to: Option<u64>,
-    message: Option<String>,
-    wait: bool,
-    timeout: Duration,
-    format: Format,
-) -> Result<(), CliError> {
+async fn rollback(conn: &mut Conn, a: &RollbackArgs) -> Result<(), CliError> {
+    let name = &a.name;
     let req = RollbackRequest {
-        service: name.into(),
-        to: to.unwrap_or(0),
+        service: name.clone(),
+        to: a.to.unwrap_or(0),
         who: who(),
-        message: message.unwrap_or_default(),
+        message: a.message.clone().unwrap_or_default(),
     };
     let resp = conn
         .write(|mut c| {
@@ -493,14 +595,14 @@ pub async fn rollback(
         .await?;
     let rev = resp.service.map(|s| s.revision).unwrap_or(0);
     confirm(
-        format,
+        a.output,
         &format!(
             "service {name} rolled back to revision {} (as revision {rev})",
             resp.from_revision
         ),
     );
-    if wait {
-        crate::wait::services_from(conn, &[name.to_string()], &[rev], timeout).await?;
+    if a.wait {
+        crate::wait::services_from(conn, std::slice::from_ref(name), &[rev], a.timeout).await?;
     }
     Ok(())
 }

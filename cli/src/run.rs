@@ -29,6 +29,7 @@ use rctl_api::pb::{
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::progress::Progress;
 
 /// How long a created container waits for `rctl run`'s attach before it starts anyway.
@@ -338,9 +339,16 @@ pub fn build(a: &RunArgs) -> Result<CreateContainerRequest, CliError> {
     })
 }
 
-/// Creates the container and, without -d, attaches to it until it exits.
-pub async fn run(conn: &mut Conn, a: RunArgs) -> Result<(), CliError> {
-    let mut req = build(&a)?;
+impl RunArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        // Bad input fails with exit 2 before anything is sent.
+        let req = build(&self)?;
+        run(&mut g.connect().await?, self, req).await
+    }
+}
+
+/// Creates the container `req` and, without -d, attaches to it until it exits.
+async fn run(conn: &mut Conn, a: RunArgs, mut req: CreateContainerRequest) -> Result<(), CliError> {
     // A missing image is pulled with the stored login for its registry, as `rctl pull` does.
     req.auth = crate::images::auth_for(&a.image);
     let resp = conn

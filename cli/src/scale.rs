@@ -2,10 +2,22 @@
 
 use std::time::Duration;
 
+use clap::Args;
 use rctl_api::pb::{ScaleRequest, ScaleTarget};
 
-use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
+use crate::values;
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    #[arg(required = true, value_name = "NAME=N")]
+    pub targets: Vec<String>,
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value = "5m", value_parser = values::duration)]
+    pub timeout: Duration,
+}
 
 /// Parses one `NAME=N` argument.
 pub fn parse_target(arg: &str) -> Result<ScaleTarget, CliError> {
@@ -31,29 +43,28 @@ pub fn parse_target(arg: &str) -> Result<ScaleTarget, CliError> {
     })
 }
 
-pub async fn run(
-    conn: &mut Conn,
-    args: &[String],
-    wait: bool,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let targets = args
-        .iter()
-        .map(|a| parse_target(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let names: Vec<String> = targets.iter().map(|t| t.service.clone()).collect();
-    conn.write(|mut c| {
-        let targets = targets.clone();
-        async move { c.scale(ScaleRequest { targets }).await }
-    })
-    .await?;
-    for t in &targets {
-        println!("{} scaled to {}", t.service, t.replicas);
+impl ScaleArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let targets = self
+            .targets
+            .iter()
+            .map(|a| parse_target(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let conn = &mut g.connect().await?;
+        let names: Vec<String> = targets.iter().map(|t| t.service.clone()).collect();
+        conn.write(|mut c| {
+            let targets = targets.clone();
+            async move { c.scale(ScaleRequest { targets }).await }
+        })
+        .await?;
+        for t in &targets {
+            println!("{} scaled to {}", t.service, t.replicas);
+        }
+        if self.wait {
+            crate::wait::services(conn, &names, self.timeout).await?;
+        }
+        Ok(())
     }
-    if wait {
-        crate::wait::services(conn, &names, timeout).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

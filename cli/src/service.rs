@@ -2,12 +2,45 @@
 
 use std::collections::BTreeMap;
 
+use clap::Subcommand;
 use rctl_api::pb::{self, ListServicesRequest, RemoveServiceRequest};
 use serde::Serialize;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::{print_json, print_table, print_tasks, rfc3339, Format, TaskJson};
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// List services.
+    Ls {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a service and its tasks.
+    Inspect {
+        name: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Remove services (their tasks are stopped).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+impl ServiceCommand {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        match self {
+            ServiceCommand::Ls { output } => ls(conn, output).await,
+            ServiceCommand::Inspect { name, output } => inspect(conn, &name, output).await,
+            ServiceCommand::Rm { names } => rm(conn, &names).await,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct ServiceJson {
@@ -54,7 +87,7 @@ fn service_json(s: &pb::Service, running: u32, unplaced: &str) -> ServiceJson {
     }
 }
 
-pub async fn ls(conn: &mut Conn, format: Format) -> Result<(), CliError> {
+async fn ls(conn: &mut Conn, format: Format) -> Result<(), CliError> {
     let list = conn
         .client
         .list_services(ListServicesRequest {})
@@ -103,7 +136,7 @@ struct InspectJson {
     tasks: Vec<TaskJson>,
 }
 
-pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
+async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
     let resp = conn.inspect_service(name).await?;
     let progress = crate::wait::progress(&resp);
     let svc = service_json(
@@ -150,7 +183,7 @@ pub async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), 
     Ok(())
 }
 
-pub async fn rm(conn: &mut Conn, names: &[String]) -> Result<(), CliError> {
+async fn rm(conn: &mut Conn, names: &[String]) -> Result<(), CliError> {
     for name in names {
         conn.write(|mut c| async move {
             c.remove_service(RemoveServiceRequest { name: name.clone() })

@@ -5,12 +5,14 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use clap::Args;
 use rctl_api::pb::{ContainerStats, StatsRequest};
 use serde::Serialize;
 
 use crate::attach::stream_err;
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::output::{print_json, print_table, Format};
 
 /// The window CPU % is measured over; also the refresh period.
@@ -125,7 +127,25 @@ const HEADER: [&str; 8] = [
     "NODE",
 ];
 
-pub async fn run(
+/// `rctl stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Print one sample and exit.
+    #[arg(long)]
+    pub no_stream: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Format,
+    pub targets: Vec<String>,
+}
+
+impl StatsArgs {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = g.connect().await?;
+        show(&conn, self.targets, self.no_stream, self.output).await
+    }
+}
+
+async fn show(
     conn: &Conn,
     targets: Vec<String>,
     no_stream: bool,

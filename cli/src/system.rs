@@ -2,14 +2,63 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use clap::Subcommand;
 use rctl_api::pb::{DiskUsageRequest, PruneRequest, UsageLine};
 use serde::Serialize;
 
 use crate::client::Conn;
 use crate::error::CliError;
+use crate::global::Global;
 use crate::images::{image_rows, ImageJson, IMAGE_HEADER};
 use crate::output::{print_json, print_table, Format};
 use crate::progress::human;
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Space used by images, containers and volumes, and what could be reclaimed.
+    Df {
+        /// Also list the images.
+        #[arg(short = 'v', long)]
+        verbose: bool,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Remove stopped containers (not service tasks), unused data and, with -a, every
+    /// image no container uses.
+    Prune {
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Also remove volumes no container uses.
+        #[arg(long)]
+        volumes: bool,
+        /// Do not ask (required when not on a terminal).
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+impl SystemCommand {
+    pub async fn run(self, g: &Global) -> Result<(), CliError> {
+        let conn = &mut g.connect().await?;
+        match self {
+            SystemCommand::Df {
+                verbose,
+                node,
+                output,
+            } => df(conn, verbose, node, output).await,
+            SystemCommand::Prune {
+                all,
+                volumes,
+                force,
+                node,
+            } => prune(conn, all, volumes, force, node).await,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct LineJson {
@@ -45,7 +94,7 @@ fn reclaimable(l: &LineJson) -> String {
     format!("{} ({pct}%)", human(l.reclaimable))
 }
 
-pub async fn df(
+async fn df(
     conn: &mut Conn,
     verbose: bool,
     node: Option<String>,
@@ -126,7 +175,7 @@ fn confirm(what: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
-pub async fn prune(
+async fn prune(
     conn: &mut Conn,
     all: bool,
     volumes: bool,
