@@ -534,6 +534,7 @@ fn scale_down_order<'a>(s: &Snapshot<'_>, tasks: &[&'a Task]) -> Vec<&'a Task> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Loaded;
     use rctl_api::pb::{CanaryRollout, Node, ServiceSpec, TaskStatus};
 
     fn plan(
@@ -1333,6 +1334,17 @@ mod tests {
         }
     }
 
+    /// A snapshot of `tasks` (all running) and `containers` on `nodes`.
+    fn with_containers(tasks: &[Task], containers: &[Task], nodes: &[Node]) -> Loaded {
+        Loaded {
+            tasks: tasks.to_vec(),
+            containers: containers.to_vec(),
+            statuses: running(tasks),
+            nodes: nodes.to_vec(),
+            ..Default::default()
+        }
+    }
+
     /// Reconcile over `containers` next to the services' tasks.
     fn plan_with_containers(
         services: &[Service],
@@ -1340,22 +1352,9 @@ mod tests {
         containers: &[Task],
         nodes: &[Node],
     ) -> Plan {
-        let statuses = running(tasks);
-        reconcile(&Snapshot {
-            services,
-            tasks,
-            containers,
-            statuses: &statuses,
-            nodes,
-            draining: &HashSet::new(),
-            lbs: &HashSet::new(),
-            drained: &HashMap::new(),
-            endpoints: &HashSet::new(),
-            rollouts: &HashMap::new(),
-            revisions: &HashMap::new(),
-            stats: &HashMap::new(),
-            now_ms: 0,
-        })
+        let mut loaded = with_containers(tasks, containers, nodes);
+        loaded.services = services.to_vec();
+        reconcile(&loaded.snapshot(0))
     }
 
     #[test]
@@ -1391,23 +1390,8 @@ mod tests {
         let db = [sized_task("db", "db", "h1", 1, 3)];
         let c = [sized_task("c", "", "h2", 0, 2)];
         let place = |tasks: &[Task], containers: &[Task], gi| {
-            let statuses = running(tasks);
             place_container(
-                &Snapshot {
-                    services: &[],
-                    tasks,
-                    containers,
-                    statuses: &statuses,
-                    nodes: &nodes,
-                    draining: &HashSet::new(),
-                    lbs: &HashSet::new(),
-                    drained: &HashMap::new(),
-                    endpoints: &HashSet::new(),
-                    rollouts: &HashMap::new(),
-                    revisions: &HashMap::new(),
-                    stats: &HashMap::new(),
-                    now_ms: 0,
-                },
+                &with_containers(tasks, containers, &nodes).snapshot(0),
                 ask(gi),
             )
         };
