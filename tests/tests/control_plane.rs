@@ -1,6 +1,7 @@
 //! End-to-end: the control plane survives losing its parts (issue 6's acceptance): a leader
 //! killed or paused mid-change, etcd restarted and compacted, and a pending task placed as
-//! soon as room frees up. Each test owns its cluster.
+//! soon as room frees up (from another service or a one-off container). Each test owns its
+//! cluster.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -65,6 +66,16 @@ fn assert_no_duplicates(tasks: &[Value]) {
             "two tasks named {name}: {tasks:#?}"
         );
     }
+}
+
+/// Memory of the smallest node, in bytes, as `rctl nodes` reports it.
+fn smallest_node_memory(c: &Cluster) -> u64 {
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    nodes
+        .iter()
+        .map(|n| n["memory"].as_u64().expect("node memory in bytes"))
+        .min()
+        .unwrap()
 }
 
 fn signal(pid: i32, sig: Signal) {
@@ -225,12 +236,7 @@ fn an_etcd_restart_and_a_compaction_lose_and_double_nothing() {
 #[test]
 fn a_task_that_fits_nowhere_is_placed_as_soon_as_a_node_frees_up() {
     let c = Cluster::start(2);
-    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
-    let memory = nodes
-        .iter()
-        .map(|n| n["memory"].as_u64().expect("node memory in bytes"))
-        .min()
-        .unwrap();
+    let memory = smallest_node_memory(&c);
     // Each task takes 60% of a node: one per node, and no room for a third.
     let big = format!(
         "\n[resources]\nmemory = \"{}Mi\"\n",
@@ -255,6 +261,49 @@ fn a_task_that_fits_nowhere_is_placed_as_soon_as_a_node_frees_up() {
         inspect["unplaced"].as_str().unwrap_or("").is_empty(),
         "{inspect:#}"
     );
+    c.down_leaving_nothing();
+}
+
+#[test]
+fn a_one_off_container_takes_room_from_service_tasks() {
+    let c = Cluster::start(2);
+    let memory = smallest_node_memory(&c);
+    // 60% of a node: one such task or container per node.
+    let big_mi = (memory * 6 / 10) >> 20;
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    c.rctl_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hog",
+        "--node",
+        "h1",
+        "--memory",
+        &format!("{big_mi}m"),
+        &bb,
+        "sleep",
+        "3600",
+    ]);
+    let big = format!("\n[resources]\nmemory = \"{big_mi}Mi\"\n");
+    let file = c.service_file("late.toml", &plain_service(&c, "late", 2, &big));
+    c.rctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let tasks = exactly_running(&c, "late", 1);
+    assert_eq!(
+        tasks[0]["node"], "h2",
+        "h1 is taken by the container: {tasks:#?}"
+    );
+    let inspect: Value =
+        serde_json::from_str(&c.rctl_ok(&["service", "inspect", "late", "-o", "json"])).unwrap();
+    assert_eq!(
+        inspect["unplaced"], "1 task: 0/2 nodes: 2 insufficient memory",
+        "{inspect:#}"
+    );
+
+    // Removing the container frees h1 for the second task.
+    c.rctl_ok(&["rm", "-f", "hog"]);
+    let tasks = exactly_running(&c, "late", 2);
+    let on: BTreeSet<&str> = tasks.iter().filter_map(|t| t["node"].as_str()).collect();
+    assert_eq!(on, BTreeSet::from(["h1", "h2"]), "{tasks:#?}");
     c.down_leaving_nothing();
 }
 

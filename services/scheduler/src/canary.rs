@@ -58,6 +58,20 @@ pub fn steps(spec: &CanarySpec) -> Vec<u32> {
     }
 }
 
+/// The record of a canary of revision `canary` next to `stable`, started at `now_ms`: the
+/// new revision starts at weight 0 and the leader takes it on.
+pub fn start(stable: u64, canary: u64, now_ms: i64) -> CanaryRollout {
+    let mut r = CanaryRollout {
+        stable_revision: stable,
+        canary_revision: canary,
+        step_started_unix_ms: now_ms,
+        started_unix_ms: now_ms,
+        ..Default::default()
+    };
+    r.set_state(CanaryState::Starting);
+    r
+}
+
 /// Whether the rollout still needs the leader.
 pub fn in_progress(r: &CanaryRollout) -> bool {
     !matches!(

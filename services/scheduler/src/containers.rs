@@ -8,7 +8,6 @@
 //! `docker stop` returns once the container stopped). A lost host's containers are not
 //! replaced elsewhere, as with Docker; restart policies are the agent's.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rctl_api::pb::*;
@@ -19,7 +18,7 @@ use futures::StreamExt;
 use crate::agents::{Agents, Client};
 use crate::grpc::ApiError;
 use crate::images::PullStream;
-use crate::placement::{self, Ask, Usage};
+use crate::placement::Ask;
 use crate::store::{Loaded, Store, StoreError};
 use crate::targets::{candidates, resolve, Accept, Resolved};
 
@@ -679,29 +678,16 @@ fn stop_grace_ms(t: &Task) -> u64 {
     }
 }
 
-/// The node for one new container: the placement filters and scores services use, over
-/// what every running task and container asks of each node.
+/// The node for one new container: reconcile's placement over the same snapshot, so a
+/// container and a service task never count each other's room twice.
 fn place(loaded: &Loaded, task: &Task) -> Result<String, ApiError> {
-    let mut usage: HashMap<String, Usage> = HashMap::new();
-    for t in loaded.tasks.iter().chain(loaded.containers.iter()) {
-        if t.desired_state() == DesiredState::Running {
-            usage
-                .entry(t.node.clone())
-                .or_default()
-                .add(Ask::of(t.resources.as_ref()));
-        }
-    }
-    let cands = placement::candidates(&loaded.nodes, &loaded.draining, &usage, []);
-    let req = placement::Request {
-        ask: Ask::of(task.resources.as_ref()),
-        ..Default::default()
-    };
-    placement::pick(&cands, &req)
-        .map(|c| c.name.clone())
-        .map_err(|why| ApiError::Container {
+    let snapshot = loaded.snapshot(rctl_api::clock::now_unix_ms());
+    crate::reconcile::place_container(&snapshot, Ask::of(task.resources.as_ref())).map_err(|why| {
+        ApiError::Container {
             code: Code::ResourceExhausted,
             message: format!("no node can run the container: {why}"),
-        })
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! The reconcile loop: read everything, decide with [`reconcile`], write the decisions to
-//! etcd (guarded), then tell agents. Woken by any etcd change under `/rctl/v1/` and by a
-//! periodic tick, so it is level-triggered: a missed event only delays the next pass.
+//! The reconcile loop: load everything, plan with [`reconcile`] (a pure function of the
+//! snapshot), commit the plan to etcd (guarded and fenced), then tell agents. A pass first
+//! commits the plan's rollout progress (automatic rollbacks, canary steps); if any of it is
+//! written the pass ends there and the next one reconciles tasks against it. Woken by any
+//! etcd change under `/rctl/v1/` and by a periodic tick, so it is level-triggered: a missed
+//! event only delays the next pass.
 //!
 //! Only the elected leader ([`crate::leader`]) runs passes. A term ends, and the pass in
 //! flight is dropped at once, when the lease is lost or a fenced write is refused; the
@@ -20,10 +23,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::Agents;
+use crate::drain;
 use crate::leader::{Election, Term};
+use crate::progress::Progress;
 use crate::reconcile::{self, reconcile, Action};
-use crate::store::{split, Change, Store, StoreError};
-use crate::{canary, revisions, rollout};
+use crate::revisions::{self, ServiceWrite};
+use crate::store::{split, Change, Loaded, Store, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -133,221 +138,82 @@ fn commit<'a>(store: &'a Store, leader: &'a LeaderKey, chunk: &'a [Pending]) -> 
     })
 }
 
-/// Rolling updates whose new revision never turns healthy ([`rollout::stalled`]) go back:
-/// a new revision with the spec of the one still running, written like `rollback` (with
-/// its history record) but fenced by `leader`. True if anything was written.
-async fn roll_back_stalled(
+/// Writes one service change of the plan, fenced by `leader` and guarded by the mod
+/// revisions `loaded` read. False when it lost a race: the next pass decides again.
+async fn commit_service(
     store: &Store,
     leader: &LeaderKey,
-    loaded: &crate::store::Loaded,
+    loaded: &Loaded,
+    write: &ServiceWrite,
 ) -> Result<bool, StoreError> {
+    match store.write_service(Some(leader), write, loaded).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the plan's rollout progress: automatic rollbacks first, then (if none was
+/// written) canary steps. True if anything was written; the pass then ends, and the next
+/// reconciles tasks against the changed services.
+async fn commit_progress(
+    store: &Store,
+    leader: &LeaderKey,
+    loaded: &Loaded,
+    progress: &Progress,
+) -> Result<bool, StoreError> {
+    for s in &progress.stuck {
+        tracing::warn!(service = %s.service, reason = %s.reason, "rollout cannot progress");
+    }
     let mut wrote = false;
-    for svc in &loaded.services {
-        let Some(spec) = svc.spec.as_ref() else {
-            continue;
-        };
-        let tasks: Vec<&Task> = loaded
-            .tasks
-            .iter()
-            .filter(|t| t.service == spec.name)
-            .collect();
-        // A canary that cannot start is rolled back by its own controller, stable untouched;
-        // once finishing it is an ordinary update.
-        if loaded.rollouts.get(&spec.name).is_some_and(|r| {
-            canary::in_progress(r)
-                && r.state() != rctl_api::pb::CanaryState::Finishing
-                && r.canary_revision == svc.revision
-        }) {
-            continue;
+    for r in &progress.rollbacks {
+        if commit_service(store, leader, loaded, &r.write).await? {
+            let svc = &r.write.service;
+            tracing::warn!(service = %name_of(svc), revision = svc.revision, reason = %r.why, "rolled back");
+            wrote = true;
         }
-        let Some(stalled) = rollout::stalled(svc, &tasks, &loaded.statuses) else {
-            continue;
-        };
-        let history = store.revisions(&spec.name).await?;
-        let Ok(target) =
-            revisions::rollback_target(&spec.name, &history, svc.revision, stalled.back_to)
-        else {
-            tracing::warn!(service = %spec.name, back_to = stalled.back_to, "revision to roll back to is not kept");
-            continue;
-        };
-        let restored = revisions::rollback_spec(spec, target.spec.as_ref().unwrap_or(spec));
-        let now = rctl_api::clock::now_unix_ms();
-        let why = format!(
-            "automatic rollback to revision {}: {}",
-            stalled.back_to, stalled.reason
-        );
-        let mut record =
-            revisions::record(&restored, svc.revision + 1, rollout::SCHEDULER, &why, now);
-        if let Some(c) = record.cause.as_mut() {
-            c.automatic = true;
-        }
-        let next = rctl_api::pb::Service {
-            spec: Some(restored),
-            revision: svc.revision + 1,
-            created_unix_ms: svc.created_unix_ms,
-            updated_unix_ms: now,
-            traffic: None,
-            cause: record.cause.clone(),
-        };
-        let kept: Vec<u64> = history.iter().map(|r| r.revision).collect();
-        let key = rctl_api::keys::service(&spec.name);
-        match store
-            .put_service_revision_if(
-                Some(leader),
-                &next,
-                loaded.mod_revision(&key),
-                Some(&record),
-                &revisions::to_prune(&kept, next.revision),
-                None,
-            )
-            .await
-        {
-            Ok(()) => {
-                tracing::warn!(service = %spec.name, revision = next.revision, reason = %why, "rolled back");
-                wrote = true;
-            }
-            Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e),
+    }
+    if wrote {
+        return Ok(true);
+    }
+    for w in &progress.canaries {
+        if commit_service(store, leader, loaded, w).await? {
+            let r = w.rollout.as_ref().expect("canary steps carry their record");
+            tracing::info!(
+                service = %name_of(&w.service),
+                state = ?r.state(),
+                step = r.step,
+                reason = %r.reason,
+                "canary advanced"
+            );
+            wrote = true;
         }
     }
     Ok(wrote)
 }
 
-/// Advances every running canary one transition ([`canary::advance`]): the record and the
-/// service's split in one transaction fenced by `leader` and guarded by both keys' mod
-/// revisions, so a failover or a concurrent `promote`/`abort` can neither skip nor repeat a
-/// step. A canary rolled back returns the service to its stable revision (same spec, same
-/// tasks). True if anything was written.
-async fn advance_canaries(
-    store: &Store,
-    leader: &LeaderKey,
-    loaded: &crate::store::Loaded,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let mut wrote = false;
-    for (name, r) in &loaded.rollouts {
-        if !canary::in_progress(r) {
-            continue;
-        }
-        let Some(svc) = loaded.service(name) else {
-            continue;
-        };
-        let Some(spec) = svc.spec.as_ref() else {
-            continue;
-        };
-        let tasks: Vec<&Task> = loaded.tasks.iter().filter(|t| &t.service == name).collect();
-        let step = if svc.revision != r.canary_revision && svc.revision != r.stable_revision {
-            // Another apply took over: the canary is over, its tasks go with the update.
-            let mut next = r.clone();
-            next.set_state(rctl_api::pb::CanaryState::RolledBack);
-            next.reason = format!("superseded by revision {}", svc.revision);
-            Some(canary::Advance {
-                rollout: next,
-                traffic: canary::Traffic::Keep,
-            })
-        } else {
-            let ready = tasks
-                .iter()
-                .filter(|t| {
-                    t.revision == r.canary_revision
-                        && t.desired_state() == DesiredState::Running
-                        && reconcile::needs_drain(t, loaded.statuses.get(&t.id))
-                })
-                .count();
-            let stats = loaded.stats.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            let stalled = rollout::stalled(svc, &tasks, &loaded.statuses);
-            let observed = canary::Observed {
-                canary_ready: ready,
-                replaced: !rollout::rolling(svc, &tasks, &loaded.statuses),
-                stats,
-                failed: stalled.as_ref().map(|s| s.reason.as_str()),
-                now_ms,
-            };
-            match canary::advance(r, &spec.canary.clone().unwrap_or_default(), &observed) {
-                Ok(step) => step,
-                Err(e) => {
-                    tracing::warn!(service = %name, error = %e, "canary window unreadable");
-                    None
-                }
-            }
-        };
-        let Some(step) = step else { continue };
-        let mut next_svc = svc.clone();
-        match &step.traffic {
-            canary::Traffic::Keep => {}
-            canary::Traffic::Set(t) => next_svc.traffic = Some(t.clone()),
-            canary::Traffic::Clear => next_svc.traffic = None,
-        }
-        if step.rollout.state() == rctl_api::pb::CanaryState::RolledBack
-            && svc.revision == r.canary_revision
-        {
-            // Back to the stable revision itself: its tasks stay, the canary's retire
-            // (drained first), and all traffic goes to stable again.
-            let history = store.revisions(name).await?;
-            let Some(stable) = history.iter().find(|h| h.revision == r.stable_revision) else {
-                tracing::warn!(service = %name, revision = r.stable_revision, "stable revision not kept; cannot roll back");
-                continue;
-            };
-            let mut restored = stable.spec.clone().unwrap_or_default();
-            // Scaling and rollout settings made during the canary stay.
-            restored.replicas = spec.replicas;
-            restored.update = spec.update;
-            restored.canary = spec.canary.clone();
-            next_svc.spec = Some(restored);
-            next_svc.revision = r.stable_revision;
-            next_svc.traffic = None;
-            next_svc.cause = stable.cause.clone();
-            next_svc.updated_unix_ms = now_ms;
-        }
-        let key = rctl_api::keys::service(name);
-        let rkey = rctl_api::keys::rollout(name);
-        match store
-            .put_service_revision_if(
-                Some(leader),
-                &next_svc,
-                loaded.mod_revision(&key),
-                None,
-                &[],
-                Some((&step.rollout, loaded.mod_revision(&rkey))),
-            )
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(
-                    service = %name,
-                    state = ?step.rollout.state(),
-                    step = step.rollout.step,
-                    reason = %step.rollout.reason,
-                    "canary advanced"
-                );
-                wrote = true;
-            }
-            Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(wrote)
+fn name_of(svc: &rctl_api::pb::Service) -> &str {
+    svc.spec
+        .as_ref()
+        .map(|s| s.name.as_str())
+        .unwrap_or_default()
 }
 
-/// One read → decide → act pass, every write fenced by `leader`. Task changes are written in
+/// One load → plan → commit pass, every write fenced by `leader`. Task changes are written in
 /// batches ([`Store::commit_changes`]), a few transactions at a time, and each batch's
 /// agents are told as soon as it is written. Returns once etcd writes are done (RPCs run
 /// on); [`StoreError::NotLeader`] ends the pass early.
 pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<(), StoreError> {
     let started = Instant::now();
     let loaded = store.load().await?;
-    if roll_back_stalled(store, leader, &loaded).await? {
-        // The next pass reconciles towards the restored revision.
-        return Ok(());
-    }
-    if advance_canaries(store, leader, &loaded, rctl_api::clock::now_unix_ms()).await? {
-        // The next pass reconciles with the new record and split.
-        return Ok(());
-    }
     let read = started.elapsed();
     let now_ms = rctl_api::clock::now_unix_ms();
-    let plan = reconcile(&loaded.snapshot(now_ms));
+    let snapshot = loaded.snapshot(now_ms);
+    let plan = reconcile(&snapshot);
     let decided = started.elapsed();
+    if commit_progress(store, leader, &loaded, &plan.progress).await? {
+        return Ok(());
+    }
     for u in &plan.unplaced {
         tracing::debug!(service = %u.service, missing = u.missing, reason = %u.reason, "cannot place");
     }
@@ -357,9 +223,6 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
         .map(|n| (n.name.as_str(), n.address.as_str()))
         .collect();
     let mut pending = Vec::new();
-    // Specs of earlier revisions, read once per pass: a stable task lost mid-canary is
-    // replaced with the stable revision, whose spec only the history keeps.
-    let mut earlier: HashMap<String, Vec<rctl_api::pb::Revision>> = HashMap::new();
     for action in plan.actions {
         match action {
             Action::Place {
@@ -368,48 +231,18 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                 slot,
                 revision,
             } => {
-                let Some(svc) = loaded.service(&service) else {
+                let Some(svc) = snapshot.service(&service) else {
                     continue;
                 };
-                let spec = if revision == svc.revision {
-                    svc.spec.clone().unwrap_or_default()
-                } else {
-                    if let std::collections::hash_map::Entry::Vacant(e) =
-                        earlier.entry(service.clone())
-                    {
-                        e.insert(store.revisions(&service).await?);
-                    }
-                    match earlier[&service]
-                        .iter()
-                        .find(|r| r.revision == revision)
-                        .and_then(|r| r.spec.clone())
-                    {
-                        Some(spec) => spec,
-                        None => {
-                            tracing::warn!(%service, revision, "no spec kept for the revision; not placing");
-                            continue;
-                        }
-                    }
+                // A stable task lost mid-canary is replaced with the stable revision, whose
+                // spec only the history keeps.
+                let Some(spec) = revisions::spec_of(svc, snapshot.history(&service), revision)
+                else {
+                    tracing::warn!(%service, revision, "no spec kept for the revision; not placing");
+                    continue;
                 };
                 let service_mod_rev = loaded.mod_revision(&rctl_api::keys::service(&service));
-                let task = Task {
-                    id: new_task_id(),
-                    service,
-                    node,
-                    revision,
-                    image: spec.image,
-                    command: spec.command,
-                    env: spec.env,
-                    container_port: spec.port.map(|p| p.container).unwrap_or(0),
-                    desired_state: DesiredState::Running as i32,
-                    created_unix_ms: rctl_api::clock::now_unix_ms(),
-                    resources: spec.resources,
-                    slot,
-                    health: spec.health,
-                    // tty, stdin, restart policy, stop signal and log rotation: the
-                    // agent's defaults until service specs carry them.
-                    ..Default::default()
-                };
+                let task = reconcile::new_task(spec, node, slot, revision, new_task_id(), now_ms);
                 pending.push(Pending {
                     task,
                     kind: Kind::Create { service_mod_rev },
@@ -491,7 +324,7 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                 retired += 1;
                 // One serving traffic is stopped by a later pass, once drained (reconcile's
                 // drain gate); the write wakes that pass.
-                let serving = reconcile::needs_drain(t, loaded.statuses.get(&t.id));
+                let serving = drain::needs_drain(t, loaded.statuses.get(&t.id));
                 if let (Some(a), false) = (a, serving) {
                     agents.stop(a, t, true);
                 }

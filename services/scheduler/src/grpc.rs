@@ -18,8 +18,6 @@ pub enum ApiError {
     Invalid(#[from] SpecError),
     #[error(transparent)]
     Revision(#[from] RevisionError),
-    #[error("revision {revision} of {service:?} is still rolling out; wait for it (rctl rollout status {service}) or change it with apply")]
-    RolloutRunning { service: String, revision: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
     /// The change's image is missing from its registry, or the registry refused it.
@@ -62,6 +60,10 @@ impl From<ApiError> for Status {
             | ApiError::NodeNotFound(_)
             | ApiError::Target(TargetError::NotFound(_)) => Status::not_found(e.to_string()),
             ApiError::Target(_) => Status::invalid_argument(e.to_string()),
+            // Exit 1, not 2: the request is fine, the service is busy.
+            ApiError::Revision(RevisionError::RolloutRunning { .. }) => {
+                Status::failed_precondition(e.to_string())
+            }
             ApiError::Invalid(_) | ApiError::BadRequest(_) | ApiError::Revision(_) => {
                 Status::invalid_argument(e.to_string())
             }
@@ -74,7 +76,7 @@ impl From<ApiError> for Status {
             }
             ApiError::PortAllocated { .. } => Status::failed_precondition(e.to_string()),
             // Exit 1, not 2 (issue 8): the file is fine, the registry lacks what it names.
-            ApiError::RolloutRunning { .. } | ApiError::NoCanary(_) | ApiError::Image(_) => {
+            ApiError::NoCanary(_) | ApiError::Image(_) => {
                 Status::failed_precondition(e.to_string())
             }
             ApiError::NotLeader(Some(addr)) => {

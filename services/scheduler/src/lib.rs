@@ -7,10 +7,18 @@
 //! - [`spec`]: validation of service specs and revisions.
 //! - [`image_check`]: a new image is resolved in its registry before it is written.
 //! - [`store`]: etcd reads and guarded writes.
-//! - [`reconcile`] and [`placement`]: pure decisions (drain gating of retired tasks included).
+//! - [`snapshot`]: the plain-data view every decision reads (services, tasks, one-off
+//!   containers, nodes, rollouts, kept revisions, LB stats).
+//! - [`reconcile`]: the pure plan of a pass: task actions, unplaced reasons, and (through
+//!   [`progress`]) automatic rollbacks and canary steps; also where a one-off container goes.
+//! - [`placement`]: filters and scores; [`drain`]: the drain gate of retired tasks.
+//! - [`revisions`]: the next revision of a service (apply, rollback, automatic rollback),
+//!   history and rollback targets.
 //! - [`rollout`] and [`canary`]: pure rollout judgement and the canary step machine.
 //! - [`leader`]: election among replicas; only the leader runs the controller.
-//! - [`controller`]: the loop that reads, decides and acts.
+//! - [`controller`]: the loop that loads, plans ([`reconcile`]) and commits.
+//! - [`containers`]: one-off containers (`rctl run`), placed at once by reconcile's
+//!   placement over the same snapshot and commanded on their agent.
 //! - [`agents`]: the gRPC edge towards agents.
 //! - [`streams`]: logs, attach, exec, stats and top, proxied to the container's agent.
 #![forbid(unsafe_code)]
@@ -20,14 +28,17 @@ pub mod api;
 pub mod canary;
 pub mod containers;
 pub mod controller;
+pub mod drain;
 pub mod grpc;
 pub mod image_check;
 pub mod images;
 pub mod leader;
 pub mod placement;
+pub mod progress;
 pub mod reconcile;
 pub mod revisions;
 pub mod rollout;
+pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod streams;
@@ -52,8 +63,30 @@ pub struct Config {
     pub security: rctl_api::tls::Security,
 }
 
+/// Why the scheduler could not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// etcd could not be reached.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The leader election could not be joined.
+    #[error(transparent)]
+    Election(#[from] leader::LeaderError),
+    /// The API's TLS configuration does not load.
+    #[error(transparent)]
+    Tls(#[from] rctl_api::tls::TlsError),
+    #[error("bind the API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serve the API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
 /// Runs the API server and the controller until `shutdown` is cancelled.
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let store = store::Store::connect(&cfg.etcd, &cfg.security).await?;
     let agents = agents::Agents::new(cfg.security.clone());
     let tasks = TaskTracker::new();
@@ -97,7 +130,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         });
     }
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
     tracing::info!(addr = %cfg.listen, "scheduler API listening");
     // TCP_NODELAY, which tonic sets only for listeners it binds itself: without it a reply
     // whose trailers go out in a second small write waits for the client's delayed ACK

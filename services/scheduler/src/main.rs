@@ -53,5 +53,6 @@ async fn main() -> anyhow::Result<()> {
         },
         token,
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -13,15 +13,16 @@
 //!   replacement is ready).
 //! - *drain gate*: a retired task that serves traffic is stopped only after its endpoint is
 //!   withdrawn and every live rctl-lb reported it drained, or `[update] drain` passed
-//!   ([`drain_gate`]), so no request in flight through an LB meets a SIGTERM.
+//!   ([`crate::drain`]), so no request in flight through an LB meets a SIGTERM.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rctl_api::pb::{
-    CanaryRollout, CanaryState, DesiredState, Node, Service, Task, TaskState, TaskStatus,
-};
+use rctl_api::pb::{CanaryState, DesiredState, Service, Task, TaskState};
 
+use crate::drain::{drain_gate, drain_ms, needs_drain, Drain, DEFAULT_DRAIN_MS};
 use crate::placement;
+use crate::progress::{progress, Progress};
+use crate::snapshot::Snapshot;
 
 /// How many retired tasks of a service are kept for `ps -a`.
 pub const HISTORY_PER_SERVICE: usize = 5;
@@ -29,28 +30,6 @@ pub const HISTORY_PER_SERVICE: usize = 5;
 pub const RESTART_DELAY_MS: i64 = 1_000;
 /// Upper bound of the restart delay.
 pub const MAX_RESTART_DELAY_MS: i64 = 30_000;
-
-/// Everything reconcile reads.
-#[derive(Debug, Clone, Copy)]
-pub struct Snapshot<'a> {
-    pub services: &'a [Service],
-    pub tasks: &'a [Task],
-    /// Last reported status, by task id.
-    pub statuses: &'a HashMap<String, TaskStatus>,
-    /// Nodes that hold a lease now.
-    pub nodes: &'a [Node],
-    /// Names of the nodes being drained.
-    pub draining: &'a HashSet<String>,
-    /// Names of the live load balancers (`lbs/{name}`).
-    pub lbs: &'a HashSet<String>,
-    /// LBs that reported a task drained (`drained/{svc}/{task}/{lb}`), by task id.
-    pub drained: &'a HashMap<String, HashSet<String>>,
-    /// Ids of the tasks with an endpoint in etcd (`endpoints/{svc}/{task}`).
-    pub endpoints: &'a HashSet<String>,
-    /// Canary rollouts (`rollouts/{svc}`), by service name.
-    pub rollouts: &'a HashMap<String, CanaryRollout>,
-    pub now_ms: i64,
-}
 
 /// One thing to do. Task-changing actions are applied to etcd first; RPCs follow.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,8 +71,12 @@ impl Unplaced {
     }
 }
 
+/// What one pass does. The leader writes `progress` first; when any of it is written the
+/// pass ends there, and the next one reconciles tasks against the changed services.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
+    /// Service changes: automatic rollbacks and canary steps.
+    pub progress: Progress,
     pub actions: Vec<Action>,
     pub unplaced: Vec<Unplaced>,
 }
@@ -101,12 +84,14 @@ pub struct Plan {
 impl Plan {
     /// True when nothing changes state in etcd (resending RPCs does not count).
     pub fn is_quiet(&self) -> bool {
-        self.actions.iter().all(|a| {
-            matches!(
-                a,
-                Action::EnsureRunning { .. } | Action::EnsureStopped { .. }
-            )
-        })
+        self.progress.rollbacks.is_empty()
+            && self.progress.canaries.is_empty()
+            && self.actions.iter().all(|a| {
+                matches!(
+                    a,
+                    Action::EnsureRunning { .. } | Action::EnsureStopped { .. }
+                )
+            })
     }
 }
 
@@ -137,65 +122,6 @@ fn canary_of(s: &Snapshot<'_>, svc: &Service) -> Option<(u64, u64, usize)> {
         replicas as usize,
     ))
 }
-/// How long a retired task waits for the LBs to drain it when `[update] drain` is unset.
-pub const DEFAULT_DRAIN_MS: i64 = 5_000;
-
-/// The next step for a retired task that is still alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drain {
-    /// Delete its endpoint first.
-    Withdraw,
-    /// Endpoint gone; LBs still draining it.
-    Wait,
-    /// Send StopTask (SIGTERM).
-    Stop,
-}
-
-/// Whether a task must be drained by the LBs before it stops: it serves traffic (a port
-/// and a healthy, running status). Others stop at once.
-pub fn needs_drain(task: &Task, status: Option<&TaskStatus>) -> bool {
-    task.container_port != 0
-        && status.is_some_and(|st| st.state() == TaskState::Running && st.health == "healthy")
-}
-
-/// Decides the drain step of a retired task that needs draining: withdraw its endpoint,
-/// then wait until every live LB in `lbs` reported it drained (`drained_by`) or `drain_ms`
-/// passed since it was retired. A task retired with no time recorded does not wait.
-pub fn drain_gate(
-    has_endpoint: bool,
-    lbs: &HashSet<String>,
-    drained_by: Option<&HashSet<String>>,
-    retired_unix_ms: i64,
-    drain_ms: i64,
-    now_ms: i64,
-) -> Drain {
-    let timed_out = retired_unix_ms <= 0 || now_ms - retired_unix_ms >= drain_ms;
-    if timed_out {
-        // The agent withdraws the endpoint itself when it stops the task.
-        return Drain::Stop;
-    }
-    if has_endpoint {
-        return Drain::Withdraw;
-    }
-    let all_drained = lbs
-        .iter()
-        .all(|lb| drained_by.is_some_and(|d| d.contains(lb)));
-    if all_drained {
-        Drain::Stop
-    } else {
-        Drain::Wait
-    }
-}
-
-/// `[update] drain` of a service in ms, or the default.
-pub fn drain_ms(svc: Option<&Service>) -> i64 {
-    svc.and_then(|s| s.spec.as_ref())
-        .and_then(|sp| sp.update.as_ref())
-        .map(|u| u.drain_ms as i64)
-        .filter(|&ms| ms > 0)
-        .unwrap_or(DEFAULT_DRAIN_MS)
-}
-
 /// The action for a retired task still alive on its node, through the drain gate.
 fn stop_retired(s: &Snapshot<'_>, t: &Task, drain_ms: i64, plan: &mut Plan) {
     let step = if needs_drain(t, s.statuses.get(&t.id)) {
@@ -237,8 +163,13 @@ pub fn restart_delay_ms(recent_failures: usize) -> i64 {
     (RESTART_DELAY_MS << shift).min(MAX_RESTART_DELAY_MS)
 }
 
+/// The plan for `s`: rollout progress ([`crate::progress`]), then the task actions that
+/// bring every service to its desired tasks.
 pub fn reconcile(s: &Snapshot<'_>) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        progress: progress(s),
+        ..Default::default()
+    };
     let live_nodes: HashSet<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
     let services: HashMap<&str, &Service> = s
         .services
@@ -251,17 +182,9 @@ pub fn reconcile(s: &Snapshot<'_>) -> Plan {
         by_service.entry(t.service.as_str()).or_default().push(t);
     }
 
-    // Count and resources of the active tasks on every live node: what placement spreads
-    // against and what it finds free. A task asks what its own spec asked.
-    let mut usage: HashMap<String, placement::Usage> = HashMap::new();
-    for t in s.tasks.iter().filter(|t| {
-        t.desired_state() == DesiredState::Running && live_nodes.contains(t.node.as_str())
-    }) {
-        usage
-            .entry(t.node.clone())
-            .or_default()
-            .add(placement::Ask::of(t.resources.as_ref()));
-    }
+    // What runs on every live node, service tasks and one-off containers alike: what
+    // placement spreads against and what it finds free.
+    let mut usage = s.usage();
 
     let mut names: BTreeSet<&str> = by_service.keys().copied().collect();
     names.extend(services.keys().copied());
@@ -273,6 +196,52 @@ pub fn reconcile(s: &Snapshot<'_>) -> Plan {
         }
     }
     plan
+}
+
+/// The task an [`Action::Place`] creates, running what `spec` (its revision's) runs. The
+/// caller names it (`id`) and dates it: randomness and the clock stay outside.
+pub fn new_task(
+    spec: &rctl_api::pb::ServiceSpec,
+    node: String,
+    slot: u32,
+    revision: u64,
+    id: String,
+    now_ms: i64,
+) -> Task {
+    Task {
+        id,
+        service: spec.name.clone(),
+        node,
+        revision,
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        env: spec.env.clone(),
+        container_port: spec.port.as_ref().map(|p| p.container).unwrap_or(0),
+        desired_state: DesiredState::Running as i32,
+        created_unix_ms: now_ms,
+        resources: spec.resources,
+        slot,
+        health: spec.health.clone(),
+        // tty, stdin, restart policy, stop signal and log rotation: the agent's defaults
+        // until service specs carry them.
+        ..Default::default()
+    }
+}
+
+/// The node for one new one-off container asking `ask`: the filters and scores service
+/// tasks go through, over what every task and container on each node asks
+/// ([`Snapshot::usage`]). `Err` carries the summary ("0/3 nodes: ...").
+pub fn place_container(s: &Snapshot<'_>, ask: placement::Ask) -> Result<String, String> {
+    let usage = s.usage();
+    let mut candidates = placement::candidates(s.nodes, s.draining, &usage, []);
+    let request = placement::Request {
+        ask,
+        ..Default::default()
+    };
+    match placement::place(&mut candidates, &request, 1) {
+        (chosen, None) => Ok(chosen.into_iter().next().expect("one placed")),
+        (_, Some(why)) => Err(why),
+    }
 }
 
 fn reconcile_removed(s: &Snapshot<'_>, tasks: &[&Task], live: &HashSet<&str>, plan: &mut Plan) {
@@ -565,7 +534,8 @@ fn scale_down_order<'a>(s: &Snapshot<'_>, tasks: &[&'a Task]) -> Vec<&'a Task> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rctl_api::pb::ServiceSpec;
+    use crate::store::Loaded;
+    use rctl_api::pb::{CanaryRollout, Node, ServiceSpec, TaskStatus};
 
     fn plan(
         services: &[Service],
@@ -588,6 +558,7 @@ mod tests {
         reconcile(&Snapshot {
             services,
             tasks,
+            containers: &[],
             statuses,
             nodes,
             draining: &draining.iter().map(|n| n.to_string()).collect(),
@@ -595,6 +566,8 @@ mod tests {
             drained: &HashMap::new(),
             endpoints: &HashSet::new(),
             rollouts: &HashMap::new(),
+            revisions: &HashMap::new(),
+            stats: &HashMap::new(),
             now_ms,
         })
     }
@@ -836,29 +809,6 @@ mod tests {
     }
 
     #[test]
-    fn drain_gate_withdraws_then_waits_for_every_lb_or_the_timeout() {
-        let lbs = set(&["lb1", "lb2"]);
-        let one = set(&["lb1"]);
-        let both = set(&["lb1", "lb2", "gone-lb"]);
-        // Retired at 1 s with a 5 s drain.
-        let gate = |ep, by, now| drain_gate(ep, &lbs, by, 1_000, 5_000, now);
-        assert_eq!(gate(true, None, 1_000), Drain::Withdraw);
-        assert_eq!(gate(false, None, 2_000), Drain::Wait);
-        assert_eq!(gate(false, Some(&one), 2_000), Drain::Wait);
-        assert_eq!(gate(false, Some(&both), 2_000), Drain::Stop);
-        // Timed out: stop whatever the LBs said (an LB may have died mid-drain).
-        assert_eq!(gate(false, Some(&one), 6_000), Drain::Stop);
-        assert_eq!(gate(true, None, 6_000), Drain::Stop);
-        // No LB running: nothing to wait for once the endpoint is gone.
-        assert_eq!(
-            drain_gate(false, &HashSet::new(), None, 1_000, 5_000, 1_000),
-            Drain::Stop
-        );
-        // Retired before retirement times were recorded: no wait.
-        assert_eq!(drain_gate(true, &lbs, None, 0, 5_000, 1_000), Drain::Stop);
-    }
-
-    #[test]
     fn a_retired_serving_task_is_stopped_only_after_its_drain() {
         let svcs = [service("web", 0, 1)];
         let mut t = task("a", "web", "h1", 1);
@@ -875,6 +825,7 @@ mod tests {
             reconcile(&Snapshot {
                 services: &svcs,
                 tasks: &tasks,
+                containers: &[],
                 statuses: &st,
                 nodes: &nodes,
                 draining: &HashSet::new(),
@@ -882,6 +833,8 @@ mod tests {
                 drained,
                 endpoints,
                 rollouts: &HashMap::new(),
+                revisions: &HashMap::new(),
+                stats: &HashMap::new(),
                 now_ms: now,
             })
             .actions
@@ -924,6 +877,7 @@ mod tests {
             reconcile(&Snapshot {
                 services: svcs,
                 tasks,
+                containers: &[],
                 statuses: st,
                 nodes: &nodes,
                 draining: &HashSet::new(),
@@ -931,6 +885,8 @@ mod tests {
                 drained: &HashMap::new(),
                 endpoints: &HashSet::new(),
                 rollouts,
+                revisions: &HashMap::new(),
+                stats: &HashMap::new(),
                 now_ms: 0,
             })
         };
@@ -1376,6 +1332,79 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A snapshot of `tasks` (all running) and `containers` on `nodes`.
+    fn with_containers(tasks: &[Task], containers: &[Task], nodes: &[Node]) -> Loaded {
+        Loaded {
+            tasks: tasks.to_vec(),
+            containers: containers.to_vec(),
+            statuses: running(tasks),
+            nodes: nodes.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Reconcile over `containers` next to the services' tasks.
+    fn plan_with_containers(
+        services: &[Service],
+        tasks: &[Task],
+        containers: &[Task],
+        nodes: &[Node],
+    ) -> Plan {
+        let mut loaded = with_containers(tasks, containers, nodes);
+        loaded.services = services.to_vec();
+        reconcile(&loaded.snapshot(0))
+    }
+
+    #[test]
+    fn one_off_containers_take_room_from_service_tasks() {
+        // A container holding 3 of h1's 4 GiB: a 2 GiB task goes to h2; once h2 holds one
+        // too, nowhere, and the reason says so.
+        let web = [placed(&service("web", 1, 1), 2, "", &[])];
+        let nodes = [sized_node("h1", 4, &[]), sized_node("h2", 4, &[])];
+        let mut c1 = sized_task("c1", "", "h1", 0, 3);
+        let p = plan_with_containers(&web, &[], std::slice::from_ref(&c1), &nodes);
+        assert_eq!(places(&p), vec![("h2".to_string(), 1)]);
+        let c2 = sized_task("c2", "", "h2", 0, 3);
+        let p = plan_with_containers(&web, &[], &[c1.clone(), c2], &nodes);
+        assert!(places(&p).is_empty(), "{p:?}");
+        assert_eq!(
+            p.unplaced[0].describe(),
+            "1 task: 0/2 nodes: 2 insufficient memory"
+        );
+        assert!(p.actions.is_empty(), "containers are not reconciled: {p:?}");
+        // A stopped container holds nothing.
+        c1.set_desired_state(DesiredState::Stopped);
+        let p = plan_with_containers(&web, &[], &[c1], &nodes);
+        assert_eq!(places(&p), vec![("h1".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_container_is_placed_by_the_same_filters_over_tasks_and_containers() {
+        let nodes = [sized_node("h1", 4, &[]), sized_node("h2", 4, &[])];
+        let ask = |gi: u64| placement::Ask {
+            memory_bytes: gi * GI,
+            ..Default::default()
+        };
+        let db = [sized_task("db", "db", "h1", 1, 3)];
+        let c = [sized_task("c", "", "h2", 0, 2)];
+        let place = |tasks: &[Task], containers: &[Task], gi| {
+            place_container(
+                &with_containers(tasks, containers, &nodes).snapshot(0),
+                ask(gi),
+            )
+        };
+        // Fewest tasks first, then the name.
+        assert_eq!(place(&[], &[], 1).as_deref(), Ok("h1"));
+        assert_eq!(place(&db, &[], 0).as_deref(), Ok("h2"));
+        assert_eq!(place(&[], &c, 0).as_deref(), Ok("h1"));
+        // Room left: h1 1 GiB (a service task), h2 2 GiB (a container).
+        assert_eq!(place(&db, &c, 2).as_deref(), Ok("h2"));
+        assert_eq!(
+            place(&db, &c, 3),
+            Err("0/2 nodes: 2 insufficient memory".to_string())
+        );
     }
 
     #[test]

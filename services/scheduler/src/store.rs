@@ -12,6 +12,8 @@ use rctl_api::codec::{decode, encode};
 use rctl_api::keys;
 use rctl_api::pb::{Node, NodeDrain, Revision, Service, Task, TaskStatus};
 
+use crate::revisions::ServiceWrite;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("etcd {op}: {source}")]
@@ -60,6 +62,8 @@ pub struct Loaded {
     pub rollouts: HashMap<String, rctl_api::pb::CanaryRollout>,
     /// Every LB's stats of each service (`stats/{svc}/{lb}`), by service.
     pub stats: HashMap<String, Vec<rctl_api::pb::LbStats>>,
+    /// Kept revisions of each service (`revisions/{svc}/{n}`), oldest first, by service.
+    pub revisions: HashMap<String, Vec<Revision>>,
     /// Mod revision of every key read, for guarded writes.
     pub mod_revisions: HashMap<String, i64>,
 }
@@ -69,11 +73,12 @@ impl Loaded {
         self.mod_revisions.get(key).copied().unwrap_or(0)
     }
 
-    /// The view reconcile decides on, at wall-clock time `now_ms`.
-    pub fn snapshot(&self, now_ms: i64) -> crate::reconcile::Snapshot<'_> {
-        crate::reconcile::Snapshot {
+    /// The view the decisions are made on, at wall-clock time `now_ms`.
+    pub fn snapshot(&self, now_ms: i64) -> crate::snapshot::Snapshot<'_> {
+        crate::snapshot::Snapshot {
             services: &self.services,
             tasks: &self.tasks,
+            containers: &self.containers,
             statuses: &self.statuses,
             nodes: &self.nodes,
             draining: &self.draining,
@@ -81,6 +86,8 @@ impl Loaded {
             drained: &self.drained,
             endpoints: &self.endpoints,
             rollouts: &self.rollouts,
+            revisions: &self.revisions,
+            stats: &self.stats,
             now_ms,
         }
     }
@@ -89,6 +96,19 @@ impl Loaded {
         self.services
             .iter()
             .find(|s| s.spec.as_ref().is_some_and(|sp| sp.name == name))
+    }
+
+    /// The kept revisions of `service`, oldest first.
+    pub fn history(&self, service: &str) -> &[Revision] {
+        self.revisions
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The tasks of `service`.
+    pub fn tasks_of(&self, service: &str) -> Vec<&Task> {
+        self.tasks.iter().filter(|t| t.service == service).collect()
     }
 }
 
@@ -226,6 +246,7 @@ impl Store {
         );
         let (rollouts_p, stats_p) = (keys::rollouts_prefix(), keys::stats_prefix());
         let containers_p = keys::containers_prefix();
+        let revisions_p = keys::revisions_prefix();
         for kv in resp.kvs() {
             let Ok(key) = kv.key_str() else { continue };
             out.mod_revisions.insert(key.to_string(), kv.mod_revision());
@@ -248,6 +269,12 @@ impl Store {
             } else if key.starts_with(&rollouts_p) {
                 decode::<rctl_api::pb::CanaryRollout>(kv.key(), v).map(|r| {
                     out.rollouts.insert(keys::leaf(key).to_string(), r);
+                })
+            } else if let Some(rest) = key.strip_prefix(&revisions_p) {
+                // {svc}/{n}: the service is the key's, as `Store::revisions` reads it.
+                let service = rest.split('/').next().unwrap_or_default().to_string();
+                decode::<Revision>(kv.key(), v).map(|r| {
+                    out.revisions.entry(service).or_default().push(r);
                 })
             } else if key.starts_with(&stats_p) {
                 decode::<rctl_api::pb::LbStats>(kv.key(), v).map(|st| {
@@ -280,6 +307,11 @@ impl Store {
             if let Err(e) = res {
                 tracing::warn!(error = %e, "skipping undecodable value");
             }
+        }
+        // Keys are zero-padded, so this is already in order; sorting keeps it so whatever
+        // the key schema does.
+        for history in out.revisions.values_mut() {
+            history.sort_by_key(|r| r.revision);
         }
         Ok(out)
     }
@@ -462,6 +494,36 @@ impl Store {
         }
     }
 
+    /// Writes a service change ([`ServiceWrite`]) in one transaction, guarded by the mod
+    /// revisions of the service key and, when it carries a canary record, the rollout key,
+    /// as `loaded` read them. The controller's writes pass `leader` to fence them.
+    pub async fn write_service(
+        &self,
+        leader: Option<&LeaderKey>,
+        w: &ServiceWrite,
+        loaded: &Loaded,
+    ) -> Result<(), StoreError> {
+        let name = w
+            .service
+            .spec
+            .as_ref()
+            .map(|s| s.name.as_str())
+            .unwrap_or_default();
+        let rollout = w
+            .rollout
+            .as_ref()
+            .map(|r| (r, loaded.mod_revision(&keys::rollout(name))));
+        self.put_service_revision_if(
+            leader,
+            &w.service,
+            loaded.mod_revision(&keys::service(name)),
+            w.record.as_ref(),
+            &w.prune,
+            rollout,
+        )
+        .await
+    }
+
     /// Writes `service`'s canary record if its key is still at `expect_mod_rev`.
     pub async fn put_rollout_if(
         &self,
@@ -476,28 +538,6 @@ impl Store {
             "put rollout",
         )
         .await
-    }
-
-    /// The kept revisions of `service`, oldest first.
-    pub async fn revisions(&self, service: &str) -> Result<Vec<Revision>, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(
-                keys::service_revisions_prefix(service),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(etcd("read revisions"))?;
-        let mut out = Vec::new();
-        for kv in resp.kvs() {
-            match decode::<Revision>(kv.key(), kv.value()) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(error = %e, "skipping undecodable revision"),
-            }
-        }
-        out.sort_by_key(|r| r.revision);
-        Ok(out)
     }
 
     /// Writes several services at once, each guarded by its mod revision.
