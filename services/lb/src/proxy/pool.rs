@@ -1,8 +1,9 @@
 //! The upstream pool: kept-alive connections to backends, idle between requests, and how a
-//! new one is opened. One implementation with one set of limits for both HTTP paths: the
-//! fast path ([`super::h1`]) pools raw TCP streams, hyper's path ([`super::client`]) the
-//! request senders of its HTTP/1.1 client connections; each is a [`Pool`] of its own
-//! connection type (generic, so no dynamic dispatch).
+//! new one is opened (for the TCP proxy too, [`connect`]). One implementation with one set
+//! of limits for both HTTP paths: the fast path ([`super::h1`]) pools raw TCP streams,
+//! hyper's path ([`super::client`]) the request senders of its HTTP/1.1 client
+//! connections; each is a [`Pool`] of its own connection type (generic, so no dynamic
+//! dispatch).
 //!
 //! A service that sends PROXY protocol headers gets connections private to one client
 //! connection: the header, written first, names the client, so the pool key holds the
