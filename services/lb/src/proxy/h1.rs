@@ -1,6 +1,7 @@
-//! The plain HTTP/1.1 fast path: GET and HEAD requests without a body, read with httparse
-//! and forwarded by this connection's own task to a kept-alive backend connection, the
-//! answer streamed back by content length, chunked framing or until the backend closes.
+//! The plain HTTP/1.1 fast path's connection driver: GET and HEAD requests without a
+//! body, read and rewritten by [`super::codec`] and forwarded by this connection's own
+//! task to a kept-alive backend connection from [`super::pool`], the answer streamed back
+//! by content length, chunked framing or until the backend closes.
 //!
 //! Why: with hyper on both sides a proxied request went through two HTTP codecs, header
 //! maps, two tasks and a channel between them; that was most of rctl-lb's cost per
