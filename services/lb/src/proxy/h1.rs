@@ -1,6 +1,7 @@
-//! The plain HTTP/1.1 fast path: GET and HEAD requests without a body, read with httparse
-//! and forwarded by this connection's own task to a kept-alive backend connection, the
-//! answer streamed back by content length, chunked framing or until the backend closes.
+//! The plain HTTP/1.1 fast path's connection driver: GET and HEAD requests without a
+//! body, read and rewritten by [`super::codec`] and forwarded by this connection's own
+//! task to a kept-alive backend connection from [`super::pool`], the answer streamed back
+//! by content length, chunked framing or until the backend closes.
 //!
 //! Why: with hyper on both sides a proxied request went through two HTTP codecs, header
 //! maps, two tasks and a channel between them; that was most of rctl-lb's cost per
@@ -14,7 +15,7 @@
 //! implementation; the fast path never buffers a body (it has none to read, and answers
 //! are streamed through a fixed buffer).
 //!
-//! Retries follow [`super::http`]'s rules for GET and HEAD: a connection that could not
+//! Retries follow [`super::forward`]'s rules for GET and HEAD: a connection that could not
 //! be made is retried on another endpoint; a failure before a whole response head, once
 //! more on another endpoint. A kept-alive connection that turns out closed (the backend
 //! timed it out while idle) is first replaced by a new one to the same backend, as hyper's
@@ -24,12 +25,11 @@
 //! timeout), each connection has one [`Alarm`] that may fire early and is then re-armed,
 //! so a busy connection re-registers a timer about once per timeout, not per request.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,18 +41,16 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, warn};
 
-use super::http::{ConnInfo, Listener, MAX_HEADER_SIZE};
-use super::{CONNECT_TIMEOUT, MAX_RETRIES};
+use super::codec::{
+    parse_request, parse_response, BadChunk, Chunked, Framing, Head, ParsedResp, RespHead,
+};
+use super::context::{ConnInfo, Listener};
+use super::pool::{self, ConnectError, Key};
+use super::MAX_RETRIES;
 use crate::routes::Routes;
 
-/// Most header lines in a head the fast path parses; more go to hyper.
-const MAX_HEADERS: usize = 64;
 /// Size of each connection's read buffers (client and backend side).
 const BUF_SIZE: usize = 16 * 1024;
-/// How long a backend connection may sit idle in the shared pool.
-const POOL_IDLE: Duration = super::pool::IDLE_TIMEOUT;
-/// Most idle connections kept per backend.
-const MAX_IDLE_PER_BACKEND: usize = 256;
 
 /// How the fast path left a client connection.
 pub(super) enum Outcome {
@@ -60,414 +58,6 @@ pub(super) enum Outcome {
     Closed,
     /// Hand the connection to hyper; these bytes were received and not consumed.
     Handoff(TcpStream, Bytes),
-}
-
-// === request heads ===
-
-/// What the fast path needs from a client's request head, or why it is not one of ours.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Head {
-    /// A plain request: the head is `len` bytes; `upstream` is the head to send a backend
-    /// (hop-by-hop headers dropped, forwarding headers set, Host ensured).
-    Plain {
-        len: usize,
-        head: bool,
-        close: bool,
-        /// Where the sticky key is, when the route asked: the request's headers.
-        sticky: Option<http::HeaderMap>,
-    },
-    /// Not complete yet.
-    Partial,
-    /// Anything else: hyper's.
-    Other,
-}
-
-/// Hop-by-hop request and response headers (RFC 9110 §7.6.1) and `Proxy-Connection`,
-/// never forwarded; see [`super::http::strip_hop_by_hop`].
-fn hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Whether a comma-separated header value lists `token` (any case).
-fn lists(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// Whether the `Connection` values name `name`, which is then hop-by-hop too.
-fn named_by(connection: &[&[u8]], name: &str) -> bool {
-    connection.iter().any(|v| lists(v, name))
-}
-
-/// Parses the request head at the start of `buf` and, for a plain GET or HEAD, writes the
-/// head to send upstream to `up` (cleared first). `forwarded_for` is the client's address;
-/// `with_sticky` asks for the headers as a map (for a sticky canary's key).
-pub(crate) fn parse_request(
-    buf: &[u8],
-    forwarded_for: &[u8],
-    proto: &str,
-    with_sticky: bool,
-    up: &mut Vec<u8>,
-) -> Head {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_SIZE => return Head::Partial,
-        // Malformed, too many headers, too big: hyper answers those (400, 431).
-        _ => return Head::Other,
-    };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-        return Head::Other;
-    };
-    let head = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Head::Other,
-    };
-    if !path.starts_with('/') {
-        return Head::Other;
-    }
-    let mut connection: [&[u8]; 4] = [b""; 4];
-    let mut n_connection = 0;
-    let mut xff: [&[u8]; 4] = [b""; 4];
-    let mut n_xff = 0;
-    let mut host = false;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            if h.value.trim_ascii() != b"0" {
-                return Head::Other;
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect")
-        {
-            return Head::Other;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if n_connection == connection.len() {
-                return Head::Other;
-            }
-            connection[n_connection] = h.value;
-            n_connection += 1;
-        } else if name.eq_ignore_ascii_case("host") {
-            host = true;
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            if n_xff == xff.len() {
-                return Head::Other;
-            }
-            xff[n_xff] = h.value;
-            n_xff += 1;
-        }
-    }
-    if !host {
-        // HTTP/1.1 requires one; hyper's path fills it in.
-        return Head::Other;
-    }
-    let connection = &connection[..n_connection];
-    let close = connection.iter().any(|v| lists(v, "close"));
-
-    up.clear();
-    up.extend_from_slice(method.as_bytes());
-    up.push(b' ');
-    up.extend_from_slice(path.as_bytes());
-    up.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || hop_by_hop(name)
-            || named_by(connection, name)
-        {
-            continue;
-        }
-        up.extend_from_slice(name.as_bytes());
-        up.extend_from_slice(b": ");
-        up.extend_from_slice(h.value);
-        up.extend_from_slice(b"\r\n");
-    }
-    // Earlier proxies' entries first, then the client's address, on one line.
-    up.extend_from_slice(b"x-forwarded-for: ");
-    for v in &xff[..n_xff] {
-        up.extend_from_slice(v);
-        up.extend_from_slice(b", ");
-    }
-    up.extend_from_slice(forwarded_for);
-    up.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    up.extend_from_slice(proto.as_bytes());
-    up.extend_from_slice(b"\r\n");
-    up.extend_from_slice(b"\r\n");
-
-    let sticky = with_sticky.then(|| {
-        let mut map = http::HeaderMap::new();
-        for h in req.headers.iter() {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(h.name.as_bytes()),
-                http::HeaderValue::from_bytes(h.value),
-            ) {
-                map.append(n, v);
-            }
-        }
-        map
-    });
-    Head::Plain {
-        len,
-        head,
-        close,
-        sticky,
-    }
-}
-
-// === response heads ===
-
-/// How a response's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the backend closes (no length, not chunked).
-    Close,
-}
-
-/// A backend's response head, ready for the client.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct RespHead {
-    pub len: usize,
-    pub status: u16,
-    pub framing: Framing,
-    /// Whether the backend connection may carry another request after this answer.
-    pub reusable: bool,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ParsedResp {
-    Head(RespHead),
-    /// An interim 1xx answer of this many bytes: skipped.
-    Interim(usize),
-    Partial,
-    Invalid,
-}
-
-/// Parses a backend's response head to a request (`head`: a HEAD request) and writes the
-/// head for the client to `out` (cleared first): hop-by-hop headers dropped,
-/// `Transfer-Encoding: chunked` kept when the body is forwarded chunked, `Connection:
-/// close` when `close_client`, or when the body ends with the backend's connection.
-pub(crate) fn parse_response(
-    buf: &[u8],
-    head: bool,
-    close_client: bool,
-    out: &mut Vec<u8>,
-) -> ParsedResp {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_SIZE => return ParsedResp::Partial,
-        _ => return ParsedResp::Invalid,
-    };
-    let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return ParsedResp::Invalid;
-    };
-    if status == 101 || !(100..=999).contains(&status) {
-        // Nothing asked to switch protocols on this path.
-        return ParsedResp::Invalid;
-    }
-    if status < 200 {
-        return ParsedResp::Interim(len);
-    }
-    let mut connection: [&[u8]; 4] = [b""; 4];
-    let mut n_connection = 0;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut encoded = false;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            else {
-                return ParsedResp::Invalid;
-            };
-            if length.is_some_and(|l| l != n) {
-                return ParsedResp::Invalid;
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            encoded = true;
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            if n_connection == connection.len() {
-                return ParsedResp::Invalid;
-            }
-            connection[n_connection] = h.value;
-            n_connection += 1;
-        }
-    }
-    let connection = &connection[..n_connection];
-    let framing = if head || status == 204 || status == 304 {
-        Framing::Empty
-    } else if encoded {
-        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::Close
-    };
-    let reusable =
-        version == 1 && framing != Framing::Close && !connection.iter().any(|v| lists(v, "close"));
-
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    // 100..=999: three digits.
-    out.extend_from_slice(&[
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        if hop_by_hop(h.name) || named_by(connection, h.name) {
-            continue;
-        }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if framing == Framing::Chunked {
-        // Forwarded with its chunked framing as received.
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if close_client || framing == Framing::Close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    ParsedResp::Head(RespHead {
-        len,
-        status,
-        framing,
-        reusable,
-    })
-}
-
-// === chunked framing ===
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    Size { size: u64, digits: bool },
-    Ext { size: u64 },
-    SizeLf { size: u64 },
-    Data(u64),
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    FinalLf,
-}
-
-/// Follows chunked framing (RFC 9112 §7.1) through bytes forwarded as they are, to tell
-/// where the message ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Chunked(ChunkState);
-
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct BadChunk;
-
-impl Default for Chunked {
-    fn default() -> Self {
-        Self(ChunkState::Size {
-            size: 0,
-            digits: false,
-        })
-    }
-}
-
-impl Chunked {
-    /// Reads `bytes`; `Ok(Some(n))` when the message ends after its first `n` bytes.
-    pub(crate) fn advance(&mut self, bytes: &[u8]) -> Result<Option<usize>, BadChunk> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            self.0 = match self.0 {
-                Data(n) => {
-                    let take = n.min((bytes.len() - i) as u64);
-                    i += take as usize;
-                    self.0 = if take == n { DataCr } else { Data(n - take) };
-                    continue;
-                }
-                Size { size, digits } => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        let size = size
-                            .checked_mul(16)
-                            .and_then(|s| s.checked_add(d))
-                            .ok_or(BadChunk)?;
-                        Size { size, digits: true }
-                    }
-                    _ if !digits => return Err(BadChunk),
-                    b';' | b' ' | b'\t' => Ext { size },
-                    b'\r' => SizeLf { size },
-                    b'\n' => Self::after_size(size),
-                    _ => return Err(BadChunk),
-                },
-                Ext { size } => match b {
-                    b'\r' => SizeLf { size },
-                    b'\n' => Self::after_size(size),
-                    _ => Ext { size },
-                },
-                SizeLf { size } if b == b'\n' => Self::after_size(size),
-                DataCr if b == b'\r' => DataLf,
-                DataCr | DataLf if b == b'\n' => Size {
-                    size: 0,
-                    digits: false,
-                },
-                TrailerStart => match b {
-                    b'\r' => FinalLf,
-                    b'\n' => return Ok(Some(i + 1)),
-                    _ => TrailerLine,
-                },
-                TrailerLine if b == b'\n' => TrailerStart,
-                TrailerLine => TrailerLine,
-                FinalLf if b == b'\n' => return Ok(Some(i + 1)),
-                _ => return Err(BadChunk),
-            };
-            i += 1;
-        }
-        Ok(None)
-    }
-
-    fn after_size(size: u64) -> ChunkState {
-        if size == 0 {
-            ChunkState::TrailerStart
-        } else {
-            ChunkState::Data(size)
-        }
-    }
 }
 
 // === the alarm ===
@@ -512,54 +102,33 @@ struct Upstream {
     reused: bool,
 }
 
-/// Idle backend connections of the fast path, per backend address. A client connection
-/// keeps the one it used last and gives it back when it ends or goes elsewhere.
-#[derive(Default)]
-pub(super) struct RawPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
-}
-
-impl RawPool {
-    fn checkout(&self, addr: SocketAddr, now: Instant) -> Option<Upstream> {
-        let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.get_mut(&addr)?;
-        while let Some((stream, since)) = list.pop() {
-            if now.duration_since(since) < POOL_IDLE {
-                return Some(Upstream {
-                    stream,
-                    addr,
-                    reused: true,
-                });
-            }
-        }
-        None
+impl Upstream {
+    /// An idle connection to `addr` from the fast path's pool.
+    fn checkout(ctx: &Listener, addr: SocketAddr, now: Instant) -> Option<Self> {
+        let stream = ctx.forwarder.raw.checkout(Key::shared(addr), now)?;
+        Some(Self {
+            stream,
+            addr,
+            reused: true,
+        })
     }
 
-    fn checkin(&self, up: Upstream) {
-        let now = Instant::now();
-        let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Connections that idled out are dropped (closed) on the way.
-        for list in map.values_mut() {
-            list.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE);
-        }
-        map.retain(|_, l| !l.is_empty());
-        let list = map.entry(up.addr).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push((up.stream, now));
-        }
+    /// A new connection to `addr` (fast-path services send no PROXY header).
+    async fn connect(addr: SocketAddr) -> Result<Self, ConnectError> {
+        let stream = pool::connect(addr, None).await?;
+        Ok(Self {
+            stream,
+            addr,
+            reused: false,
+        })
     }
-}
 
-async fn connect(addr: SocketAddr) -> io::Result<Upstream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
-    Ok(Upstream {
-        stream,
-        addr,
-        reused: false,
-    })
+    /// Puts the connection back in the pool for the next client connection.
+    fn checkin(self, ctx: &Listener) {
+        ctx.forwarder
+            .raw
+            .checkin(Key::shared(self.addr), self.stream);
+    }
 }
 
 // === the connection ===
@@ -666,7 +235,7 @@ pub(super) async fn serve(
     };
     let outcome = conn.run(&mut stream, idle, shutdown).await;
     if let Some(up) = conn.upstream.take() {
-        ctx.forwarder.raw.checkin(up);
+        up.checkin(ctx);
     }
     match outcome {
         Some(rest) => Outcome::Handoff(stream, rest),
@@ -811,7 +380,7 @@ impl Conn<'_> {
         loop {
             let backend = super::pick_attempt(&ctx.routes, &mut current, service, revision, &tried);
             let Some(backend) = backend else {
-                let (status, body) = super::http::unserved(service, !tried.is_empty());
+                let (status, body) = super::unserved(service, !tried.is_empty());
                 return Ok(self
                     .short(stream, start, served, status, &body, close)
                     .await);
@@ -824,18 +393,17 @@ impl Conn<'_> {
             let mut up = match self.upstream.take() {
                 Some(up) if up.addr == addr => Some(up),
                 Some(other) => {
-                    ctx.forwarder.raw.checkin(other);
+                    other.checkin(ctx);
                     None
                 }
                 None => None,
             };
             if up.is_none() {
-                up = ctx.forwarder.raw.checkout(addr, start);
+                up = Upstream::checkout(ctx, addr, start);
             }
             let attempt = self
                 .exchange(up, addr, request, head, close, deadline)
                 .await;
-            let connect_failed = matches!(attempt, Attempt::ConnectFailed(_));
             match attempt {
                 Attempt::Answered(mut up, resp) => {
                     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
@@ -861,7 +429,7 @@ impl Conn<'_> {
                 Attempt::ConnectFailed(e) if tried.len() < MAX_RETRIES => {
                     backend.record(false);
                     ctx.counters.record_connect_failure(backend.revision);
-                    warn!(service, %addr, task = backend.task_id, error = %e, "connect failed; trying another endpoint");
+                    warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "connect failed; trying another endpoint");
                     tried.push(addr);
                 }
                 Attempt::TimedOut => {
@@ -886,22 +454,16 @@ impl Conn<'_> {
                     retried = true;
                 }
                 // Out of endpoints to try, or already retried once.
-                Attempt::ConnectFailed(e) | Attempt::Failed(e) => {
-                    if connect_failed {
-                        ctx.counters.record_connect_failure(backend.revision);
-                    }
+                Attempt::ConnectFailed(e) => {
+                    ctx.counters.record_connect_failure(backend.revision);
+                    backend.record(false);
+                    warn!(service, %addr, task = backend.task_id, error = %crate::Chain(&e), "backend request failed");
+                    return Ok(self.bad_gateway(stream, start, served, close).await);
+                }
+                Attempt::Failed(e) => {
                     backend.record(false);
                     warn!(service, %addr, task = backend.task_id, error = %e, "backend request failed");
-                    return Ok(self
-                        .short(
-                            stream,
-                            start,
-                            served,
-                            StatusCode::BAD_GATEWAY,
-                            "bad gateway\n",
-                            close,
-                        )
-                        .await);
+                    return Ok(self.bad_gateway(stream, start, served, close).await);
                 }
             }
         }
@@ -921,7 +483,7 @@ impl Conn<'_> {
         loop {
             let mut conn = match up.take() {
                 Some(c) => c,
-                None => match connect(addr).await {
+                None => match Upstream::connect(addr).await {
                     Ok(c) => c,
                     Err(e) => return Attempt::ConnectFailed(e),
                 },
@@ -1037,6 +599,19 @@ impl Conn<'_> {
         }
     }
 
+    /// Answers 502: the backend failed before a whole response head.
+    async fn bad_gateway(
+        &mut self,
+        stream: &mut TcpStream,
+        start: Instant,
+        revision: u64,
+        close: bool,
+    ) -> Served {
+        let status = StatusCode::BAD_GATEWAY;
+        self.short(stream, start, revision, status, "bad gateway\n", close)
+            .await
+    }
+
     /// Answers the client with a short plain-text response of our own.
     async fn short(
         &mut self,
@@ -1112,7 +687,7 @@ struct Handoff;
 
 enum Attempt {
     Answered(Upstream, RespHead),
-    ConnectFailed(io::Error),
+    ConnectFailed(ConnectError),
     /// Failed before a whole response head.
     Failed(io::Error),
     TimedOut,
@@ -1170,219 +745,5 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(raw: &[u8], sticky: bool) -> (Head, String) {
-        let mut up = Vec::new();
-        let head = parse_request(raw, b"10.0.0.1", "http", sticky, &mut up);
-        (head, String::from_utf8(up).unwrap())
-    }
-
-    #[test]
-    fn a_plain_get_goes_upstream_without_hop_by_hop_headers() {
-        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, X-Private\r\n\
-                    X-Private: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 198.18.0.1\r\n\
-                    X-Forwarded-Proto: https\r\nAccept: */*\r\n\r\nGET /next";
-        let (head, up) = request(raw, false);
-        let len = raw.len() - b"GET /next".len();
-        assert_eq!(
-            head,
-            Head::Plain {
-                len,
-                head: false,
-                close: false,
-                sticky: None
-            }
-        );
-        assert_eq!(
-            up,
-            "GET /a?b=1 HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\
-             x-forwarded-for: 198.18.0.1, 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn head_and_close_are_noted_and_sticky_gets_the_headers() {
-        let (head, _) = request(
-            b"HEAD / HTTP/1.1\r\nhost: w\r\nconnection: Close\r\ncookie: k=v\r\n\r\n",
-            true,
-        );
-        let Head::Plain {
-            head,
-            close,
-            sticky,
-            ..
-        } = head
-        else {
-            panic!("not plain: {head:?}");
-        };
-        assert!(head && close);
-        assert_eq!(sticky.unwrap()["cookie"], "k=v");
-    }
-
-    #[test]
-    fn anything_but_a_plain_bodiless_get_or_head_is_left_to_hyper() {
-        for raw in [
-            &b"POST / HTTP/1.1\r\nHost: w\r\nContent-Length: 0\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nHost: w\r\nContent-Length: 3\r\n\r\nabc",
-            b"GET / HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: w\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: w\r\nExpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.0\r\nHost: w\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET http://w/ HTTP/1.1\r\nHost: w\r\n\r\n",
-            b"CONNECT w:443 HTTP/1.1\r\nHost: w\r\n\r\n",
-            b"THIS IS NOT HTTP\r\n\r\n",
-        ] {
-            assert_eq!(
-                request(raw, false).0,
-                Head::Other,
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
-        }
-        assert_eq!(
-            request(b"GET / HTTP/1.1\r\nHost: w\r\nX-Slow: ", false).0,
-            Head::Partial
-        );
-        let big = format!(
-            "GET / HTTP/1.1\r\nHost: w\r\nX: {}",
-            "a".repeat(MAX_HEADER_SIZE)
-        );
-        assert_eq!(request(big.as_bytes(), false).0, Head::Other);
-        // A GET may say its empty body's length.
-        let (head, _) = request(
-            b"GET / HTTP/1.1\r\nHost: w\r\nContent-Length: 0\r\n\r\n",
-            false,
-        );
-        assert!(matches!(head, Head::Plain { .. }));
-    }
-
-    fn response(raw: &[u8], head: bool, close: bool) -> (ParsedResp, String) {
-        let mut out = Vec::new();
-        let parsed = parse_response(raw, head, close, &mut out);
-        (parsed, String::from_utf8(out).unwrap())
-    }
-
-    #[test]
-    fn response_framing_and_reuse_follow_the_head() {
-        let cases: [(&[u8], bool, Framing, bool); 7] = [
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
-                false,
-                Framing::Length(3),
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
-                true,
-                Framing::Empty,
-                true,
-            ),
-            (
-                b"HTTP/1.1 204 No Content\r\n\r\n",
-                false,
-                Framing::Empty,
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
-                false,
-                Framing::Chunked,
-                true,
-            ),
-            (b"HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
-                false,
-                Framing::Length(3),
-                false,
-            ),
-            (
-                b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
-                false,
-                Framing::Length(3),
-                false,
-            ),
-        ];
-        for (raw, head, framing, reusable) in cases {
-            let (parsed, _) = response(raw, head, false);
-            let ParsedResp::Head(r) = parsed else {
-                panic!("{parsed:?}");
-            };
-            assert_eq!(
-                (r.framing, r.reusable),
-                (framing, reusable),
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
-            assert_eq!(r.len, raw.len());
-        }
-    }
-
-    #[test]
-    fn the_client_gets_the_head_without_hop_by_hop_headers() {
-        let (_, out) = response(
-            b"HTTP/1.1 200 Fine\r\nServer: b\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
-              Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            false,
-            false,
-        );
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 Fine\r\nServer: b\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
-        let (_, out) = response(b"HTTP/1.0 404 Nope\r\n\r\n", false, true);
-        assert_eq!(out, "HTTP/1.1 404 Nope\r\nconnection: close\r\n\r\n");
-    }
-
-    #[test]
-    fn interim_partial_and_bad_response_heads() {
-        let (parsed, _) = response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200", false, false);
-        assert_eq!(parsed, ParsedResp::Interim(25));
-        assert_eq!(
-            response(b"HTTP/1.1 200 OK\r\nServ", false, false).0,
-            ParsedResp::Partial
-        );
-        for bad in [
-            &b"garbage\r\n\r\n"[..],
-            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-        ] {
-            assert_eq!(response(bad, false, false).0, ParsedResp::Invalid);
-        }
-    }
-
-    #[test]
-    fn chunked_framing_ends_after_the_last_chunk_and_trailers() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
-        let end = body.len() - 4;
-        // Whole, and fed one byte at a time.
-        assert_eq!(Chunked::default().advance(body), Ok(Some(end)));
-        let mut c = Chunked::default();
-        for (i, b) in body.iter().enumerate() {
-            match c.advance(std::slice::from_ref(b)) {
-                Ok(None) => assert!(i < end - 1),
-                Ok(Some(1)) => {
-                    assert_eq!(i, end - 1);
-                    break;
-                }
-                other => panic!("at {i}: {other:?}"),
-            }
-        }
-        assert_eq!(Chunked::default().advance(b"0\r\n\r\n"), Ok(Some(5)));
-        assert_eq!(Chunked::default().advance(b"A\r\n0123456789"), Ok(None));
-        assert_eq!(Chunked::default().advance(b"x\r\n"), Err(BadChunk));
-        assert_eq!(Chunked::default().advance(b"1\r\nab"), Err(BadChunk));
-        assert_eq!(
-            Chunked::default().advance(b"ffffffffffffffffff\r\n"),
-            Err(BadChunk)
-        );
     }
 }

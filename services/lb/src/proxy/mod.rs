@@ -1,10 +1,27 @@
 //! The data paths: [`http`] proxies HTTP/1.1 and HTTP/2 per request (L7, TLS termination
 //! in [`tls`]), [`tcp`] proxies raw TCP per connection (L4); either may open backend
-//! connections with a PROXY protocol v2 header ([`proxy_protocol`]). Both pick backends with [`crate::balance`] from the current
-//! [`crate::Routes`] and retry another backend when the connection was refused, i.e.
-//! before anything of the client's was sent (HTTP also retries a GET or HEAD once more
-//! after a failure before any response byte).
+//! connections with a PROXY protocol v2 header ([`proxy_protocol`]). Both pick backends
+//! with [`crate::balance`] from the current [`crate::Routes`] and retry another backend
+//! when the connection was refused, i.e. before anything of the client's was sent (HTTP
+//! also retries a GET or HEAD once more after a failure before any response byte).
+//!
+//! The HTTP path's rooms, each using only those listed before it (no module imports one
+//! that imports it back):
+//! - [`codec`]: the HTTP/1 codec and header rules (hop-by-hop, forwarding), pure.
+//! - [`pool`]: the upstream pool of kept-alive backend connections, and connecting.
+//! - [`client`]: hyper's HTTP/1.1 client over the pool, with the reclaimable request body.
+//! - [`context`]: what a listener and a client connection give every request.
+//! - [`h1`]: the HTTP/1.1 fast path, a connection driver over the codec and the pool.
+//! - [`forward`]: hyper's per-request path (retries, upgrades) over the client.
+//! - [`http`]: the listener: TLS, h2c sniffing, the fast path, then hyper's servers.
+//!
+//! This module holds what both paths share: the accept loop, the retry limits and the
+//! pick of an HTTP request's next backend.
 
+mod client;
+mod codec;
+mod context;
+mod forward;
 mod h1;
 pub mod http;
 mod pool;
@@ -17,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,4 +99,20 @@ pub(crate) fn pick_attempt(
     current
         .service(service)
         .and_then(|route| balance::pick(route, revision, tried))
+}
+
+/// The LB's own answer when no endpoint is left to pick: 503 if none was healthy, 502 if
+/// every one tried refused the connection.
+pub(crate) fn unserved(service: &str, tried_any: bool) -> (StatusCode, String) {
+    if tried_any {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("no endpoint of service {service:?} accepted a connection\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no healthy endpoint for service {service:?}\n"),
+        )
+    }
 }

@@ -1,33 +1,26 @@
-//! Kept-alive HTTP/1.1 connections to backends, pooled per backend address.
-//!
-//! Replaces hyper-util's legacy `Client`, which spawned a task per request to wait for the
-//! connection to become reusable and hashed a scheme/authority key on every checkout. Here
-//! a request borrows a connection as a [`Lease`]; the lease travels with the response body
-//! and puts the connection back when the body is dropped (a connection whose answer was not
-//! read to the end is closed by hyper and so is not reused).
+//! The upstream pool: kept-alive connections to backends, idle between requests, and how a
+//! new one is opened (for the TCP proxy too, [`connect`]). One implementation with one set
+//! of limits for both HTTP paths: the fast path ([`super::h1`]) pools raw TCP streams,
+//! hyper's path ([`super::client`]) the request senders of its HTTP/1.1 client
+//! connections; each is a [`Pool`] of its own connection type (generic, so no dynamic
+//! dispatch).
 //!
 //! A service that sends PROXY protocol headers gets connections private to one client
 //! connection: the header, written first, names the client, so the pool key holds the
 //! client's address pair too ([`Key`]).
 //!
-//! Vocabulary: an *idle* connection is one in the pool, not lent; a *ready* one can take a
-//! request now; a *closed* one can take none ever again.
+//! Vocabulary: an *idle* connection is one in the pool, not lent; a *closed* one can take
+//! no request ever again; an *expired* one sat idle longer than [`IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::debug;
 
-use super::http::ReclaimBody;
 use super::CONNECT_TIMEOUT;
 
 /// How long a connection may sit idle in the pool before it is closed.
@@ -36,46 +29,20 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most idle connections kept per backend; more are closed when they come back.
 const MAX_IDLE_PER_BACKEND: usize = 256;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("connect to {addr}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connect to {addr}: timed out after {CONNECT_TIMEOUT:?}")]
-    ConnectTimeout { addr: SocketAddr },
-    #[error("send PROXY protocol header to {addr}")]
-    ProxyHeader {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("HTTP/1.1 handshake with {addr}")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("request to {addr}")]
-    Request {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
+/// How often closed and expired connections are swept from every backend's list (a
+/// checkout skips them anyway; the sweep closes those of backends no longer used).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A connection the pool can hold.
+pub trait Pooled {
+    /// Whether the connection is known to be closed (then it is dropped, not lent).
+    fn is_closed(&self) -> bool;
 }
 
-impl PoolError {
-    /// Whether no connection to the backend could be made (so nothing of the request went out).
-    pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect { .. }
-                | Self::ConnectTimeout { .. }
-                | Self::ProxyHeader { .. }
-                | Self::Handshake { .. }
-        )
+impl Pooled for TcpStream {
+    /// A raw stream's close is found when it is next used.
+    fn is_closed(&self) -> bool {
+        false
     }
 }
 
@@ -83,12 +50,22 @@ impl PoolError {
 /// client connection, `(client, address it connected to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
-    backend: SocketAddr,
-    client: Option<(SocketAddr, SocketAddr)>,
+    pub backend: SocketAddr,
+    pub client: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl Key {
+    /// Connections to `backend` shared by every client (no PROXY header).
+    pub fn shared(backend: SocketAddr) -> Self {
+        Self {
+            backend,
+            client: None,
+        }
+    }
 }
 
 /// Hashes pool keys with a multiply-rotate per word (FxHash's) instead of SipHash: the
-/// keys are addresses from our own routing table, not attacker-chosen, and the map is
+/// keys are addresses from our own routing table, not attacker-chosen, and the map may be
 /// looked up twice per request.
 #[derive(Default)]
 struct KeyHasher(u64);
@@ -130,124 +107,106 @@ impl std::hash::Hasher for KeyHasher {
 type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// A connection waiting in the pool.
-struct Idle {
-    sender: SendRequest<ReclaimBody>,
+struct Idle<C> {
+    conn: C,
     /// When it came back, for [`IDLE_TIMEOUT`].
     since: Instant,
 }
 
-/// The idle connections of every backend.
-#[derive(Default)]
-pub struct Pool {
-    /// Idle connections per backend address, most recently used last.
-    idle: Mutex<KeyMap<Vec<Idle>>>,
-    /// When expired connections were last swept from every backend's list.
-    last_sweep: Mutex<Option<Instant>>,
+impl<C: Pooled> Idle<C> {
+    fn usable(&self, now: Instant) -> bool {
+        !self.conn.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
 }
 
-impl Pool {
-    /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one; with
-    /// `client`, on a connection opened with a PROXY v2 header for that client.
-    pub async fn send(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        client: Option<(SocketAddr, SocketAddr)>,
-        mut req: Request<ReclaimBody>,
-    ) -> Result<(Response<Incoming>, Lease), PoolError> {
-        let key = Key {
-            backend: addr,
-            client,
-        };
-        if let Some(mut sender) = self.checkout(key).await {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(key, sender))),
-                Err(mut e) => match e.take_message() {
-                    // The connection closed before the request went out: use a new one,
-                    // as the legacy client did.
-                    Some(back) => {
-                        debug!(%addr, error = %e.error(), "pooled connection unusable; reconnecting");
-                        req = back;
-                    }
-                    None => {
-                        return Err(PoolError::Request {
-                            addr,
-                            source: e.into_error(),
-                        })
-                    }
-                },
-            }
-        }
-        let mut sender = connect(addr, client).await?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(key, sender))),
-            Err(source) => Err(PoolError::Request { addr, source }),
+struct Lists<C> {
+    /// Idle connections per key, most recently used last.
+    idle: KeyMap<Vec<Idle<C>>>,
+    /// When closed and expired connections were last swept from every list.
+    last_sweep: Option<Instant>,
+}
+
+/// The idle connections of every backend.
+pub struct Pool<C> {
+    lists: Mutex<Lists<C>>,
+}
+
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Self {
+            lists: Mutex::new(Lists {
+                idle: KeyMap::default(),
+                last_sweep: None,
+            }),
         }
     }
+}
 
-    fn lease(self: &Arc<Self>, key: Key, sender: SendRequest<ReclaimBody>) -> Lease {
-        Lease {
-            pool: self.clone(),
-            key,
-            sender: Some(sender),
-        }
-    }
-
-    /// The most recently used live idle connection to `addr`, ready for a request.
-    async fn checkout(&self, key: Key) -> Option<SendRequest<ReclaimBody>> {
-        loop {
-            let mut idle = {
-                let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = map.get_mut(&key)?;
-                let now = Instant::now();
-                loop {
-                    let i = list.pop()?;
-                    if !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT {
-                        break i.sender;
-                    }
-                }
-            };
-            if idle.is_ready() {
-                return Some(idle);
-            }
-            // Back in the pool just before its previous answer was fully read: it becomes
-            // ready as soon as its connection task sees the end, or fails if it closed.
-            if idle.ready().await.is_ok() {
-                return Some(idle);
+impl<C: Pooled> Pool<C> {
+    /// The most recently used idle connection for `key` that is neither closed nor
+    /// expired at `now`; those passed over are dropped (closed).
+    pub fn checkout(&self, key: Key, now: Instant) -> Option<C> {
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let list = lists.idle.get_mut(&key)?;
+        while let Some(idle) = list.pop() {
+            if idle.usable(now) {
+                return Some(idle.conn);
             }
         }
+        None
     }
 
-    fn checkin(&self, key: Key, sender: SendRequest<ReclaimBody>) {
+    /// Puts `conn` back for `key` (or closes it, when the backend has enough idle ones).
+    pub fn checkin(&self, key: Key, conn: C) {
         let now = Instant::now();
-        let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(key).or_default();
+        let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let list = lists.idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle { sender, since: now });
+            list.push(Idle { conn, since: now });
         }
-        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-            *last = Some(now);
-            // Dropping a sender closes its connection (its task ends).
-            map.retain(|_, list| {
-                list.retain(|i| {
-                    !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT
-                });
+        if lists
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_INTERVAL)
+        {
+            lists.last_sweep = Some(now);
+            // Dropping a connection closes it.
+            lists.idle.retain(|_, list| {
+                list.retain(|i| i.usable(now));
                 !list.is_empty()
             });
         }
     }
 }
 
-/// Opens a connection to `addr` (first sending the PROXY header for `client`, if any) and
-/// runs it on its own task.
-async fn connect(
+/// Why no connection to a backend could be made (so nothing of a request went out).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: timed out after {CONNECT_TIMEOUT:?}")]
+    Timeout { addr: SocketAddr },
+    #[error("send PROXY protocol header to {addr}")]
+    ProxyHeader {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens a connection to `addr` within [`CONNECT_TIMEOUT`], with Nagle off (requests and
+/// answers are written whole), first sending the PROXY v2 header for `client`, if any.
+pub async fn connect(
     addr: SocketAddr,
     client: Option<(SocketAddr, SocketAddr)>,
-) -> Result<SendRequest<ReclaimBody>, PoolError> {
+) -> Result<TcpStream, ConnectError> {
     let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(PoolError::Connect { addr, source }),
-        Err(_) => return Err(PoolError::ConnectTimeout { addr }),
+        Ok(Err(source)) => return Err(ConnectError::Connect { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr }),
     };
     let _ = stream.set_nodelay(true);
     if let Some((source, destination)) = client {
@@ -255,44 +214,62 @@ async fn connect(
         stream
             .write_all(&header)
             .await
-            .map_err(|source| PoolError::ProxyHeader { addr, source })?;
+            .map_err(|source| ConnectError::ProxyHeader { addr, source })?;
     }
-    // One write(2) per request (head and body flattened), as on the client side.
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| PoolError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(%addr, error = %e, "backend connection ended");
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in connection: its number, and whether it is closed.
+    struct Fake(u32, bool);
+
+    impl Pooled for Fake {
+        fn is_closed(&self) -> bool {
+            self.1
         }
-    });
-    Ok(sender)
-}
-
-// === impl Lease ===
-
-/// A pooled connection lent to one request; it goes back to the pool on drop.
-pub struct Lease {
-    pool: Arc<Pool>,
-    key: Key,
-    sender: Option<SendRequest<ReclaimBody>>,
-}
-
-impl Lease {
-    /// Drops the connection instead of pooling it (it was upgraded to another protocol).
-    pub fn discard(mut self) {
-        self.sender = None;
     }
-}
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            if !sender.is_closed() {
-                self.pool.checkin(self.key, sender);
-            }
+    fn key(port: u16) -> Key {
+        Key::shared(SocketAddr::from(([198, 18, 0, 1], port)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkout_takes_the_latest_live_connection_of_its_key() {
+        let pool = Pool::default();
+        pool.checkin(key(1), Fake(1, false));
+        pool.checkin(key(1), Fake(2, false));
+        pool.checkin(key(1), Fake(3, true));
+        pool.checkin(key(2), Fake(4, false));
+        let now = Instant::now();
+        assert_eq!(pool.checkout(key(1), now).map(|c| c.0), Some(2));
+        assert_eq!(pool.checkout(key(1), now).map(|c| c.0), Some(1));
+        assert!(pool.checkout(key(1), now).is_none());
+        let proxied = Key {
+            client: Some((key(9).backend, key(10).backend)),
+            ..key(2)
+        };
+        assert!(pool.checkout(proxied, now).is_none());
+        assert_eq!(pool.checkout(key(2), now).map(|c| c.0), Some(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_expire_and_each_backend_keeps_a_bounded_number() {
+        let pool = Pool::default();
+        for n in 0..MAX_IDLE_PER_BACKEND as u32 + 5 {
+            pool.checkin(key(1), Fake(n, false));
         }
+        let now = Instant::now();
+        let mut kept = 0;
+        while pool.checkout(key(1), now).is_some() {
+            kept += 1;
+        }
+        assert_eq!(kept, MAX_IDLE_PER_BACKEND);
+
+        pool.checkin(key(1), Fake(1, false));
+        tokio::time::advance(IDLE_TIMEOUT).await;
+        assert!(pool.checkout(key(1), Instant::now()).is_none());
     }
 }

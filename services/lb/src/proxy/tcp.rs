@@ -15,7 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{CONNECT_TIMEOUT, MAX_RETRIES};
+use super::pool::{self, ConnectError};
+use super::MAX_RETRIES;
 use crate::balance;
 use crate::routes::RoutesRx;
 use crate::stats::Stats;
@@ -24,12 +25,8 @@ use crate::stats::Stats;
 pub enum TcpError {
     #[error("no healthy endpoint for service {0:?}")]
     NoEndpoint(String),
-    #[error("connect to {addr}")]
-    Connect {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("send PROXY protocol header to {addr}")]
     ProxyHeader {
         addr: SocketAddr,
@@ -96,13 +93,11 @@ async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Resu
             .ok_or_else(|| TcpError::NoEndpoint(service.to_string()))?;
         let _inflight = backend.start();
         let addr = backend.address;
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-        match connected {
+        // The PROXY header goes after the backend counts as up: a failure to send it is
+        // the connection's, not the backend's health.
+        match pool::connect(addr, None).await {
             Ok(mut outbound) => {
                 backend.record(true);
-                let _ = outbound.set_nodelay(true);
                 if let Some(header) = &header {
                     outbound
                         .write_all(header)
@@ -119,14 +114,14 @@ async fn proxy(mut inbound: TcpStream, service: &str, routes: &RoutesRx) -> Resu
                         _ => TcpError::Copy { addr, source },
                     });
             }
-            Err(source) if tried.len() < MAX_RETRIES => {
+            Err(e) if tried.len() < MAX_RETRIES => {
                 backend.record(false);
-                warn!(service, %addr, error = %source, "connect failed; trying another endpoint");
+                warn!(service, %addr, error = %crate::Chain(&e), "connect failed; trying another endpoint");
                 tried.push(addr);
             }
-            Err(source) => {
+            Err(e) => {
                 backend.record(false);
-                return Err(TcpError::Connect { addr, source });
+                return Err(e.into());
             }
         }
     }
