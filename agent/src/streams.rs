@@ -5,8 +5,9 @@
 //!
 //! Nothing here blocks an async worker: sockets and pipes are tokio's, pty and log files are
 //! read on the blocking pool. Output is passed on as it comes, in bounded channels, so a slow
-//! client slows only its own stream. Errors are [`StreamError`], mapped to gRPC once in
-//! `server.rs`; the decisions over /proc and cgroup text are pure functions with unit tests.
+//! client slows only its own stream. Errors are [`StreamError`], in the streams too, mapped
+//! to gRPC once in `crate::grpc`; the decisions over /proc and cgroup text are pure
+//! functions with unit tests.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -14,13 +15,11 @@ use std::pin::Pin;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
-use prost::Message;
 use rctl_api::logcursor::LogCursor;
 use rctl_api::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
 use crate::attach::{self, Request};
 use crate::dirwatch::DirWatch;
@@ -29,10 +28,11 @@ use crate::runtime::cgroups;
 use crate::runtime::exec::{self, ExecSpec, ExecStdio};
 use crate::runtime::state::ContainerDir;
 
-pub type OutputStream = Pin<Box<dyn Stream<Item = Result<pb::StreamOutput, Status>> + Send>>;
-pub type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, Status>> + Send>>;
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<pb::StreamOutput, StreamError>> + Send>>;
+pub type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, StreamError>> + Send>>;
 /// What a client sends after its first message.
-pub type InputStream = Pin<Box<dyn Stream<Item = Result<pb::StreamInput, Status>> + Send>>;
+/// It ends at the client's first error.
+pub type InputStream = Pin<Box<dyn Stream<Item = pb::StreamInput> + Send>>;
 
 /// Log lines per response message.
 const LOG_BATCH: usize = 256;
@@ -70,19 +70,17 @@ pub enum StreamError {
     },
     #[error(transparent)]
     Exec(#[from] exec::ExecError),
+    /// An exec'd process that could not be run or waited for, after its stream began.
+    #[error(transparent)]
+    Run(exec::ExecError),
+    #[error(
+        "the attach connection closed but the container has no exit status (was the shim killed?)"
+    )]
+    NoExitStatus,
 }
 
 fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> StreamError {
     move |source| StreamError::Io { step, source }
-}
-
-/// The task a container was created from (empty for a container made without one).
-pub fn task_of(dir: &ContainerDir) -> pb::Task {
-    dir.read_config()
-        .ok()
-        .and_then(|c| hex::decode(c.task_pb).ok())
-        .and_then(|b| pb::Task::decode(b.as_slice()).ok())
-        .unwrap_or_default()
 }
 
 /// What users call the container: `web.1` for a service task, else its id.
@@ -92,11 +90,6 @@ pub fn display_name(task: &pb::Task, id: &str) -> String {
     } else {
         format!("{}.{}", task.service, task.slot)
     }
-}
-
-/// Whether PID 1 runs (recorded, alive, no exit status yet).
-pub fn is_running(dir: &ContainerDir) -> bool {
-    dir.read_pid().is_some_and(|p| p.alive()) && !dir.exit().exists()
 }
 
 // === logs ===
@@ -111,7 +104,7 @@ fn line_of(e: logs::Entry) -> pb::LogLine {
 }
 
 async fn send_lines(
-    tx: &mpsc::Sender<Result<pb::LogsResponse, Status>>,
+    tx: &mpsc::Sender<Result<pb::LogsResponse, StreamError>>,
     entries: Vec<logs::Entry>,
 ) -> Result<(), ()> {
     let mut it = entries.into_iter().peekable();
@@ -142,7 +135,7 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
     if !dir.config().exists() {
         return Err(StreamError::NotFound(req.target.clone()));
     }
-    let task = task_of(&dir);
+    let task = dir.read_task();
     let max_files = Rotation::from_task(task.log_max_size, task.log_max_files).max_files;
     let filter = filter_of(req);
     let follow = req.follow;
@@ -159,9 +152,7 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
         let (history, follower) = match read {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                let _ = tx
-                    .send(Err(Status::internal(format!("read log: {e}"))))
-                    .await;
+                let _ = tx.send(Err(io("read log")(e))).await;
                 return;
             }
             Err(_) => return,
@@ -212,7 +203,7 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
 
 // === attach ===
 
-fn out(kind: pb::stream_output::Kind) -> Result<pb::StreamOutput, Status> {
+fn out(kind: pb::stream_output::Kind) -> Result<pb::StreamOutput, StreamError> {
     Ok(pb::StreamOutput { kind: Some(kind) })
 }
 
@@ -233,7 +224,7 @@ async fn await_socket(dir: &ContainerDir, id: &str) -> Result<Option<()>, Stream
             Ok(r) => r.map_err(io("watch the container directory"))?,
             Err(_) => {
                 return Err(if dir.0.exists() {
-                    StreamError::NotRunning(display_name(&task_of(dir), id))
+                    StreamError::NotRunning(display_name(&dir.read_task(), id))
                 } else {
                     StreamError::NotFound(id.to_string())
                 })
@@ -273,7 +264,7 @@ pub async fn attach(
     let id = id.to_string();
     tokio::spawn(async move {
         if let Err(e) = serve_attach(dir, &id, start, input, &tx).await {
-            let _ = tx.send(Err(crate::server::stream_status(e))).await;
+            let _ = tx.send(Err(e)).await;
         }
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
@@ -284,7 +275,7 @@ async fn serve_attach(
     id: &str,
     start: pb::AttachStart,
     mut input: InputStream,
-    tx: &mpsc::Sender<Result<pb::StreamOutput, Status>>,
+    tx: &mpsc::Sender<Result<pb::StreamOutput, StreamError>>,
 ) -> Result<(), StreamError> {
     if await_socket(&dir, id).await?.is_none() {
         let code = dir.read_exit().unwrap_or(255);
@@ -301,7 +292,7 @@ async fn serve_attach(
         }
         Err(e) => return Err(io("connect to the container's attach socket")(e)),
     };
-    let tty = task_of(&dir).tty;
+    let tty = dir.read_task().tty;
     let (mut rd, mut wr) = sock.into_split();
     if tty && start.rows > 0 && start.cols > 0 {
         let r = attach::encode_request(&Request::Resize {
@@ -315,7 +306,7 @@ async fn serve_attach(
     let stdin = start.stdin;
     let pid_dir = dir.clone();
     tokio::spawn(async move {
-        while let Some(Ok(msg)) = input.next().await {
+        while let Some(msg) = input.next().await {
             let req = match msg.kind {
                 Some(pb::stream_input::Kind::Stdin(d)) if stdin => Request::Stdin(d),
                 Some(pb::stream_input::Kind::Resize(r)) => Request::Resize {
@@ -366,9 +357,7 @@ async fn serve_attach(
     // The shim closes every client once the container exited and its output drained.
     let msg = match exit_status(&dir).await {
         Some(code) => out(pb::stream_output::Kind::ExitCode(code)),
-        None => Err(Status::unavailable(
-            "the attach connection closed but the container has no exit status (was the shim killed?)",
-        )),
+        None => Err(StreamError::NoExitStatus),
     };
     let _ = tx.send(msg).await;
     Ok(())
@@ -515,8 +504,8 @@ pub async fn exec(
     if start.cmd.first().is_none_or(|c| c.is_empty()) {
         return Err(StreamError::Invalid("no command to exec".into()));
     }
-    if !is_running(&dir) {
-        return Err(StreamError::NotRunning(display_name(&task_of(&dir), id)));
+    if !dir.is_running() {
+        return Err(StreamError::NotRunning(display_name(&dir.read_task(), id)));
     }
     let spec = ExecSpec {
         argv: start.cmd.clone(),
@@ -556,7 +545,7 @@ pub async fn exec(
     let mut sink = w.stdin;
     let master = w.master;
     tokio::spawn(async move {
-        while let Some(Ok(msg)) = input.next().await {
+        while let Some(msg) = input.next().await {
             match msg.kind {
                 Some(pb::stream_input::Kind::Stdin(d)) => {
                     if let Some(s) = sink.as_mut() {
@@ -586,7 +575,7 @@ pub async fn exec(
         let code = match res {
             Ok(c) => c,
             Err(e) => {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                let _ = tx.send(Err(StreamError::Run(e))).await;
                 return;
             }
         };
@@ -637,7 +626,7 @@ pub fn running_ids(containers: &Path) -> Vec<String> {
     };
     let mut ids: Vec<String> = rd
         .flatten()
-        .filter(|e| is_running(&ContainerDir(e.path())))
+        .filter(|e| ContainerDir(e.path()).is_running())
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .filter(|n| !n.starts_with('.'))
         .collect();
@@ -707,7 +696,7 @@ pub async fn stats(
                     .unwrap_or((0, 0));
                 pb::ContainerStats {
                     task_id: id.clone(),
-                    name: display_name(&task_of(dir), id),
+                    name: display_name(&dir.read_task(), id),
                     node: String::new(),
                     cpu_ns: now.cpu_usage_ns,
                     cpu_percent: cpu_percent(before.cpu_ns, now.cpu_usage_ns, wall),
@@ -774,8 +763,8 @@ pub async fn top(dir: ContainerDir, id: &str) -> Result<Vec<pb::TopProcess>, Str
     if !dir.config().exists() {
         return Err(StreamError::NotFound(id.to_string()));
     }
-    if !is_running(&dir) {
-        return Err(StreamError::NotRunning(display_name(&task_of(&dir), id)));
+    if !dir.is_running() {
+        return Err(StreamError::NotRunning(display_name(&dir.read_task(), id)));
     }
     tokio::task::spawn_blocking(move || {
         let cg = dir
