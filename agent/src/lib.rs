@@ -280,14 +280,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     if let Some(creds) = credentials {
         images = images.with_credentials(creds);
     }
+    let runtime = task::HostRuntime::new(cfg.root.clone(), cfg.cgroup_parent.clone(), net)
+        .with_userns_remap(cfg.userns_remap);
     let tasks = Tasks::new(
         cfg.root.clone(),
-        cfg.cgroup_parent.clone(),
-        store,
+        std::sync::Arc::new(store),
         images.clone(),
-        net,
-    )
-    .with_userns_remap(cfg.userns_remap);
+        std::sync::Arc::new(runtime),
+    );
     tasks.adopt().await;
     tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 

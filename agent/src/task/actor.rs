@@ -214,7 +214,7 @@ pub(super) async fn actor(
                 volumes: true,
             };
             remove(&inner, &task, &dir, stop).await;
-            if let Err(e) = inner.store.delete_container(&task).await {
+            if let Err(e) = inner.cluster.delete_container(&task).await {
                 warn!(task = %task.id, error = %e, "cannot delete the removed container's keys");
             }
             return;

@@ -33,7 +33,7 @@ impl Tasks {
                 Err(_) => {
                     // Created up to the directory only: nothing ran, nothing to report.
                     warn!(container = %id, "removing container without config");
-                    self.inner.net.detach(&id).await;
+                    self.inner.runtime.detach(&id).await;
                     let _ = runtime::remove_dir(&cdir.0).await;
                     continue;
                 }

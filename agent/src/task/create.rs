@@ -44,7 +44,7 @@ impl Tasks {
             if let Some(port) = taken_port(&task.ports, &held, listening) {
                 return Err(TaskError::PortAllocated {
                     port,
-                    node: self.inner.store.node().to_string(),
+                    node: self.inner.cluster.node().to_string(),
                 });
             }
         }
@@ -61,6 +61,15 @@ impl Tasks {
             Some(image) => ImageSource::Here(Box::new(image)),
             None => ImageSource::Pull(Arc::default(), credentials),
         };
+        Ok(self.accept(task, source))
+    }
+
+    /// Starts the actor of the new container of `task` (unless one exists or its directory
+    /// does), its image from `source`; true when it is pulled first.
+    pub(super) fn accept(&self, task: pb::Task, source: ImageSource) -> bool {
+        let known = |actors: &HashMap<String, Actor>| {
+            actors.contains_key(&task.id) || self.dir(&task.id).0.exists()
+        };
         let feed = match &source {
             ImageSource::Pull(feed, _) => Some(feed.clone()),
             ImageSource::Here(_) => None,
@@ -69,7 +78,7 @@ impl Tasks {
         {
             let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
             if known(&actors) {
-                return Ok(false);
+                return false;
             }
             let (tx, rx) = mpsc::unbounded_channel();
             actors.insert(
@@ -89,7 +98,7 @@ impl Tasks {
                 Start::New(source),
             ));
         }
-        Ok(pulling)
+        pulling
     }
 }
 
@@ -175,7 +184,8 @@ impl Inner {
             let _g = self.alloc.lock().await;
             let (ips, held) = self.used().await;
             let ports: Vec<u16> = held.iter().map(|(p, _)| *p).collect();
-            let ip = self.net.subnet.allocate(&ips)?;
+            let subnet = self.runtime.subnet();
+            let ip = subnet.allocate(&ips)?;
             let host_port = if task.container_port != 0 {
                 ipam::allocate_port(&ports)?
             } else {
@@ -193,8 +203,8 @@ impl Inner {
                 },
                 stop_signal: image.config.stop_signal.clone().unwrap_or_default(),
                 ip,
-                prefix_len: self.net.subnet.prefix_len,
-                gateway: self.net.subnet.gateway(),
+                prefix_len: subnet.prefix_len,
+                gateway: subnet.gateway(),
                 container_port: task.container_port as u16,
                 host_port,
                 ports: task
@@ -232,7 +242,7 @@ impl Inner {
         };
         // Capabilities, seccomp, masked paths, user, mounts and the cgroup with the task's
         // limits: written for the shim's child to apply before exec.
-        self.runtime.write_profile(&dir, &confinement).await?;
+        self.runtime.prepare(&dir, &confinement).await?;
         let pid = self.launch(&dir, &cfg).await?;
         Ok((cfg, pid))
     }
@@ -307,7 +317,7 @@ fn listening(port: u16, proto: &str) -> bool {
 pub(super) async fn cleanup_failed_start(inner: &Inner, dir: &ContainerDir) {
     match dir.read_config() {
         Ok(cfg) => inner.teardown(&cfg).await,
-        Err(_) => inner.net.detach(&dir.id()).await,
+        Err(_) => inner.runtime.detach(&dir.id()).await,
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Cmd, Inner, Stop, TaskError, Tasks};
-use crate::runtime;
 use crate::runtime::state::{ContainerDir, PidRecord};
 
 impl Tasks {
@@ -50,16 +49,17 @@ impl Inner {
             let deadline = Instant::now() + limit;
             while Instant::now() < deadline {
                 match pid {
-                    Some(p) if !runtime::finished(dir, &p) => {}
+                    Some(p) if !self.runtime.finished(dir, &p) => {}
                     _ => return,
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
         if let Some(p) = pid {
-            runtime::signal(&p, sig);
+            self.runtime.signal(dir, &p, sig);
             wait(timeout).await;
-            runtime::signal(&p, nix::sys::signal::Signal::SIGKILL);
+            self.runtime
+                .signal(dir, &p, nix::sys::signal::Signal::SIGKILL);
             wait(Duration::from_secs(5)).await;
         }
         self.exit_code(dir).await

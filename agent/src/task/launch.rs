@@ -7,7 +7,6 @@ use std::time::Duration;
 use super::Cmd;
 use super::{Inner, TaskError, Tasks};
 use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};
-use crate::runtime::{self, Shim};
 
 impl Tasks {
     /// Starts the exited or stopped container `task_id` again (a running one is left).
@@ -22,18 +21,10 @@ impl Tasks {
 impl Inner {
     /// Removes what the container holds on the host network.
     pub(super) async fn teardown(&self, cfg: &ContainerConfig) {
-        if cfg.host_port != 0 {
-            self.net
-                .unpublish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
-                .await;
-        }
-        for b in &cfg.ports {
-            self.net.unpublish_binding(&cfg.id, b).await;
-        }
-        self.net.detach(&cfg.id).await;
+        self.runtime.teardown(cfg).await;
     }
 
-    /// Starts the container of `cfg` through a new shim: first start, or a restart of an
+    /// Starts the container of `cfg` through the runtime: first start, or a restart of an
     /// exited container (same directory, same writable layer, the log continues).
     pub(super) async fn launch(
         &self,
@@ -43,24 +34,13 @@ impl Inner {
         dir.clear_run()
             .await
             .map_err(|(path, source)| TaskError::State { path, source })?;
-        let shim = Shim::spawn(dir)?;
-        self.net.attach(&cfg.id, shim.pid(), cfg.ip).await?;
-        if cfg.host_port != 0 {
-            self.net
-                .publish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
-                .await?;
-        }
-        for b in &cfg.ports {
-            self.net.publish_binding(&cfg.id, b).await?;
-        }
-        shim.release()?;
         // A container waiting for its attach client records its pid only once it starts.
         let attach_wait = dir
             .read_task()
             .attach_wait_ms
             .min(crate::shim::MAX_ATTACH_WAIT_MS);
         let limit = Duration::from_secs(10) + Duration::from_millis(attach_wait as u64);
-        Ok(runtime::wait_started(dir, limit).await?)
+        self.runtime.start(dir, cfg, limit).await
     }
 }
 

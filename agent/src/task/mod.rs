@@ -15,6 +15,10 @@
 //! - [`remove`]: deleting a container's directory, volumes and status.
 //! - [`adopt`]: rebuilding the actors from the container directories at start-up.
 //! - [`sweep`]: the orphan sweep (its decision is pure, shared with the hollow nodes).
+//! - [`runtime`]: the [`Runtime`] trait, the one edge to the kernel and the shims, and
+//!   its real ([`HostRuntime`]) and simulated ([`SimRuntime`]) implementations.
+//! - [`cluster`]: the [`Cluster`] trait, the one edge to etcd ([`crate::store::Store`]),
+//!   and an in-memory [`Recorder`] for tests.
 //!
 //! A container's files are read and written through [`ContainerDir`] only.
 
@@ -31,25 +35,30 @@ use tracing::warn;
 use crate::image::feed::PullFeed;
 use crate::image::{ImageError, ImageStore};
 use crate::lifecycle::{self, LifecycleError, RestartPolicy};
-use crate::network::{ipam, Network, NetworkError};
+use crate::network::{ipam, NetworkError};
 use crate::runtime::spec::SpecError;
 use crate::runtime::state::ContainerDir;
-use crate::runtime::{self, RuntimeError};
-use crate::store::Store;
+use crate::runtime::RuntimeError;
 
 mod actor;
 mod adopt;
+mod cluster;
 mod create;
 mod kill;
 mod launch;
 mod remove;
 mod restart;
+mod runtime;
+#[cfg(test)]
+mod sim_tests;
 mod supervise;
 mod sweep;
 
 pub use crate::lifecycle::DEFAULT_STOP_TIMEOUT;
 pub use crate::runtime::state::valid_id;
 pub use actor::finish;
+pub use cluster::{Cluster, Recorder};
+pub use runtime::{Behaviour, HostRuntime, Runtime, SimRuntime};
 pub use sweep::{sweep_decision, SWEEP_DRAIN_GRACE_MS, SWEEP_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +82,9 @@ pub enum TaskError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
-    Container(#[from] runtime::container::ContainerError),
+    Container(#[from] crate::runtime::container::ContainerError),
     #[error(transparent)]
-    Mount(#[from] runtime::mounts::MountError),
+    Mount(#[from] crate::runtime::mounts::MountError),
     #[error("no container {0} on this node")]
     NotFound(String),
     #[error("container {0} is not running")]
@@ -129,7 +138,8 @@ pub fn validate(task: &pb::Task) -> Result<(), TaskError> {
     }
     lifecycle::stop_signal(&task.stop_signal, "")?;
     RestartPolicy::parse(&task.restart_policy, task.restart_max_attempts)?;
-    runtime::userns::host_requested(&task.userns).map_err(|e| TaskError::Invalid(e.to_string()))?;
+    crate::runtime::userns::host_requested(&task.userns)
+        .map_err(|e| TaskError::Invalid(e.to_string()))?;
     Ok(())
 }
 
@@ -155,12 +165,11 @@ struct Actor {
 
 struct Inner {
     root: PathBuf,
-    /// Writes each container's confinement profile and makes its cgroup (under the
-    /// agent's `--cgroup-parent`).
-    runtime: runtime::container::Runtime,
-    store: Store,
+    /// The kernel and the shims (or a simulation of them).
+    runtime: Arc<dyn Runtime>,
+    /// etcd (or a recording of it).
+    cluster: Arc<dyn Cluster>,
     images: ImageStore,
-    net: Network,
     /// Serialises address/port allocation with writing the config that records it.
     alloc: tokio::sync::Mutex<()>,
     actors: Mutex<HashMap<String, Actor>>,
@@ -173,35 +182,23 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    /// Containers under `root`, their cgroups under `cgroup_parent` in each hierarchy.
+    /// Containers under `root/containers`, run by `runtime`, reported to `cluster`.
     pub fn new(
         root: PathBuf,
-        cgroup_parent: PathBuf,
-        store: Store,
+        cluster: Arc<dyn Cluster>,
         images: ImageStore,
-        net: Network,
+        runtime: Arc<dyn Runtime>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                runtime: runtime::container::Runtime::new(root.clone())
-                    .with_cgroup_parent(cgroup_parent),
+                runtime,
                 root,
-                store,
+                cluster,
                 images,
-                net,
                 alloc: tokio::sync::Mutex::new(()),
                 actors: Mutex::new(HashMap::new()),
             }),
         }
-    }
-
-    /// Runs every container in a user namespace with `map` (the agent's
-    /// `--userns-remap`), except tasks that ask for the host's. Call before the tasks are
-    /// shared (right after [`Tasks::new`]).
-    pub fn with_userns_remap(mut self, map: Option<runtime::userns::IdMap>) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
-        inner.runtime = inner.runtime.clone().with_userns_remap(map);
-        self
     }
 
     fn dir(&self, id: &str) -> ContainerDir {
@@ -253,12 +250,12 @@ impl Inner {
     }
 
     pub(super) fn base_status(&self, task: &pb::Task) -> pb::TaskStatus {
-        base_status(task, self.store.node())
+        base_status(task, self.cluster.node())
     }
 
     pub(super) async fn report(&self, status: &mut pb::TaskStatus) {
         status.updated_unix_ms = clock::now_unix_ms();
-        if let Err(e) = self.store.put_status(status).await {
+        if let Err(e) = self.cluster.put_status(status).await {
             warn!(task = %status.task_id, error = %e, "cannot write task status");
         }
     }

@@ -30,7 +30,7 @@ pub(super) async fn remove(inner: &Inner, task: &pb::Task, dir: &ContainerDir, s
         }
     }
     if stop.forget {
-        if let Err(e) = inner.store.delete_status(&task.id).await {
+        if let Err(e) = inner.cluster.delete_status(&task.id).await {
             warn!(task = %task.id, error = %e, "cannot delete task status");
         }
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use rctl_api::{clock, keys, pb};
+use rctl_api::{clock, pb};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -15,7 +15,6 @@ use super::actor::finish;
 use super::{Cmd, Inner, Stop};
 use crate::health::{self, Health, Transition};
 use crate::lifecycle;
-use crate::runtime;
 use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};
 
 /// How often a running container is checked for its exit.
@@ -23,13 +22,12 @@ const POLL: Duration = Duration::from_millis(500);
 
 impl Inner {
     pub(super) fn endpoint_address(&self, cfg: &ContainerConfig) -> String {
-        format!("{}:{}", self.net.advertise_ip, cfg.host_port)
+        format!("{}:{}", self.runtime.advertise_ip(), cfg.host_port)
     }
 
     pub(super) async fn drop_endpoint(&self, task: &pb::Task) {
         if task.container_port != 0 {
-            let key = keys::endpoint(&task.service, &task.id);
-            if let Err(e) = self.store.delete_leased(&key).await {
+            if let Err(e) = self.cluster.delete_endpoint(&task.service, &task.id).await {
                 warn!(task = %task.id, error = %e, "cannot delete endpoint");
             }
         }
@@ -98,7 +96,7 @@ pub(super) async fn supervise(
                     Some(Cmd::Stop(stop)) => stop,
                     Some(Cmd::Start) => continue,
                     Some(Cmd::Kill(sig)) => {
-                        runtime::signal(&pid, sig);
+                        inner.runtime.signal(dir, &pid, sig);
                         continue;
                     }
                 };
@@ -121,7 +119,7 @@ pub(super) async fn supervise(
             }
             _ = tokio::time::sleep_until(wake) => {}
         }
-        if runtime::finished(dir, &pid) {
+        if inner.runtime.finished(dir, &pid) {
             inner.drop_endpoint(task).await;
             let code = inner.exit_code(dir).await;
             inner.teardown(cfg).await;
@@ -136,17 +134,12 @@ pub(super) async fn supervise(
                 let ep = pb::Endpoint {
                     service: task.service.clone(),
                     task_id: task.id.clone(),
-                    node: inner.store.node().to_string(),
+                    node: inner.cluster.node().to_string(),
                     address: inner.endpoint_address(cfg),
                     revision: task.revision,
                     healthy: true,
                 };
-                let key = keys::endpoint(&task.service, &task.id);
-                if let Err(e) = inner
-                    .store
-                    .put_leased(key, rctl_api::codec::encode(&ep))
-                    .await
-                {
+                if let Err(e) = inner.cluster.put_endpoint(&ep).await {
                     warn!(task = %task.id, error = %e, "cannot publish endpoint");
                 }
                 status.health = health.verdict.as_str().into();

@@ -49,8 +49,7 @@ impl Tasks {
     /// another node or retired. This is what keeps a host that comes back after being
     /// declared lost from running duplicates.
     pub async fn sweep(&self) -> Result<(), crate::store::StoreError> {
-        let mut tasks = self.inner.store.tasks().await?;
-        tasks.extend(self.inner.store.containers().await?);
+        let tasks = self.inner.cluster.desired().await?;
         let by_id: HashMap<&str, &pb::Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
         let candidates: Vec<(String, Option<Instant>)> = self
             .inner
@@ -65,7 +64,8 @@ impl Tasks {
             if task.is_none() && accepted.is_some_and(|t| t.elapsed() < SWEEP_GRACE) {
                 continue;
             }
-            if let Some(stop) = sweep_decision(task, self.inner.store.node(), clock::now_unix_ms())
+            if let Some(stop) =
+                sweep_decision(task, self.inner.cluster.node(), clock::now_unix_ms())
             {
                 info!(container = %id, remove = stop.remove, "orphan sweep stops container");
                 self.inner.stop(&id, stop);
@@ -76,9 +76,9 @@ impl Tasks {
             let actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
             actors.keys().cloned().collect()
         };
-        for id in self.inner.store.status_ids().await? {
+        for id in self.inner.cluster.status_ids().await? {
             if !by_id.contains_key(id.as_str()) && !local.contains(&id) {
-                self.inner.store.delete_status(&id).await?;
+                self.inner.cluster.delete_status(&id).await?;
             }
         }
         Ok(())
