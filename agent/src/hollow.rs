@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::grpc::hollow::{HollowAgent, HollowTasks};
 use crate::network::ipam;
 use crate::store::{self, Store, StoreError, Write, MAX_TXN_OPS};
 use crate::task::{self as tasks, TaskError};
@@ -231,7 +232,7 @@ struct Hosted {
 }
 
 /// One simulated node.
-pub(crate) struct Node {
+struct Node {
     index: usize,
     store: Store,
     advertise_ip: Ipv4Addr,
@@ -245,7 +246,7 @@ impl Node {
     }
 
     /// Accepts `task` (idempotent by id) and reports it running at once.
-    pub(crate) async fn run(&self, task: pb::Task) -> Result<(), TaskError> {
+    async fn run(&self, task: pb::Task) -> Result<(), TaskError> {
         tasks::validate(&task)?;
         let endpoint = {
             let mut hosted = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,7 +316,7 @@ impl Node {
 
     /// Stops a task (idempotent; unknown ids succeed): its endpoint goes, it reports exited.
     /// `remove` forgets it; `forget` also deletes its status (it is no longer ours).
-    pub(crate) async fn stop(&self, id: &str, remove: bool, forget: bool) {
+    async fn stop(&self, id: &str, remove: bool, forget: bool) {
         let endpoint = {
             let mut hosted = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
             let Some(h) = hosted.get_mut(id) else {
@@ -357,6 +358,17 @@ impl Node {
             .iter()
             .map(|(id, h)| (id.clone(), h.accepted))
             .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl HollowTasks for Node {
+    async fn run(&self, task: pb::Task) -> Result<(), TaskError> {
+        Node::run(self, task).await
+    }
+
+    async fn stop(&self, id: &str, remove: bool) {
+        Node::stop(self, id, remove, false).await
     }
 }
 
@@ -483,8 +495,7 @@ pub async fn run(cfg: HollowConfig, shutdown: CancellationToken) -> Result<(), H
 
     for (node, (addr, listener)) in nodes.iter().zip(listeners) {
         let token = shutdown.child_token();
-        let svc =
-            pb::agent_server::AgentServer::new(crate::grpc::hollow::HollowAgent(node.clone()));
+        let svc = pb::agent_server::AgentServer::new(HollowAgent(node.clone()));
         tracker.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             if let Err(e) = tonic::transport::Server::builder()

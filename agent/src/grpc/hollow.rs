@@ -8,13 +8,23 @@ use rctl_api::pb;
 use tonic::{Request, Response, Status};
 
 use super::{status, LogsStream, OutputStream, PullStream};
-use crate::hollow::Node;
+use crate::task::TaskError;
+
+/// What a hollow node does with its tasks (implemented by `crate::hollow`, which serves
+/// this API: the trait keeps the arrow from there to here only).
+#[tonic::async_trait]
+pub trait HollowTasks: Send + Sync + 'static {
+    /// Accepts `task` (idempotent by id).
+    async fn run(&self, task: pb::Task) -> Result<(), TaskError>;
+    /// Stops task `id` (unknown ids succeed); `remove` forgets it.
+    async fn stop(&self, id: &str, remove: bool);
+}
 
 /// The Agent gRPC API of one hollow node.
-pub(crate) struct HollowAgent(pub(crate) Arc<Node>);
+pub struct HollowAgent<N>(pub Arc<N>);
 
 #[tonic::async_trait]
-impl pb::agent_server::Agent for HollowAgent {
+impl<N: HollowTasks> pb::agent_server::Agent for HollowAgent<N> {
     async fn run_task(
         &self,
         req: Request<pb::RunTaskRequest>,
@@ -32,7 +42,7 @@ impl pb::agent_server::Agent for HollowAgent {
         req: Request<pb::StopTaskRequest>,
     ) -> Result<Response<pb::StopTaskResponse>, Status> {
         let r = req.into_inner();
-        self.0.stop(&r.task_id, r.remove, false).await;
+        self.0.stop(&r.task_id, r.remove).await;
         Ok(Response::new(pb::StopTaskResponse {}))
     }
 

@@ -19,7 +19,7 @@ use crate::image::ImageStore;
 use crate::streams::StreamError;
 use crate::task::{TaskError, Tasks};
 
-pub(crate) mod hollow;
+pub mod hollow;
 pub mod images;
 pub mod streams;
 pub mod tasks;
