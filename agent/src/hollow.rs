@@ -39,8 +39,6 @@ pub const MAX_NODES: usize = 10_000;
 const IN_FLIGHT: usize = 8;
 /// Pause before retrying writes etcd refused.
 const RETRY: Duration = Duration::from_millis(500);
-/// A task accepted this recently is never swept (as on a real agent).
-const SWEEP_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything `rctl-agent hollow` takes.
 #[derive(Debug, Clone)]
@@ -380,7 +378,7 @@ async fn sweep(nodes: &[Arc<Node>], store: &Store) -> Result<(), StoreError> {
     for node in nodes {
         for (id, accepted) in node.held() {
             let task = by_id.get(id.as_str()).copied();
-            if task.is_none() && accepted.elapsed() < SWEEP_GRACE {
+            if task.is_none() && accepted.elapsed() < tasks::SWEEP_GRACE {
                 continue;
             }
             if let Some(stop) =

@@ -59,7 +59,7 @@ pub use crate::runtime::state::valid_id;
 pub use actor::finish;
 pub use cluster::{Cluster, Recorder};
 pub use runtime::{Behaviour, HostRuntime, Runtime, SimRuntime};
-pub use sweep::{sweep_decision, SWEEP_DRAIN_GRACE_MS, SWEEP_INTERVAL};
+pub use sweep::{sweep_decision, SWEEP_DRAIN_GRACE_MS, SWEEP_GRACE, SWEEP_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {

@@ -14,7 +14,7 @@ use super::{Stop, Tasks};
 /// How often the orphan sweep compares local containers with desired tasks.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// A task accepted this recently is never swept: its key may not be visible to us yet.
-pub(crate) const SWEEP_GRACE: Duration = Duration::from_secs(10);
+pub const SWEEP_GRACE: Duration = Duration::from_secs(10);
 /// A task retired this recently is left to the scheduler, which stops it only once the load
 /// balancers drained it (`[update] drain`); the sweep is the fallback if it never does.
 pub const SWEEP_DRAIN_GRACE_MS: i64 = 120_000;
