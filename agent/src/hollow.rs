@@ -3,7 +3,8 @@
 //!
 //! A hollow node is what the scheduler sees of a real agent, minus the containers: its node
 //! key under its own lease kept alive by the agent's own [`Store::run_lease`], the Agent gRPC
-//! API on its own address (RunTask is validated by the agent's own [`tasks::validate`]),
+//! API on its own address (`crate::grpc::hollow`; RunTask is validated by the agent's own
+//! [`tasks::validate`]),
 //! task statuses as the agent writes them, endpoints under the node's lease, and the orphan
 //! sweep's [`tasks::sweep_decision`]. A hollow task goes starting → running (healthy, if it
 //! publishes a port) at once; StopTask makes it exited.
@@ -25,12 +26,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::grpc::hollow::{HollowAgent, HollowTasks};
 use crate::network::ipam;
 use crate::store::{self, Store, StoreError, Write, MAX_TXN_OPS};
-use crate::tasks::{self, TaskError};
+use crate::task::{self as tasks, TaskError};
 
 /// Most nodes one process simulates.
 pub const MAX_NODES: usize = 10_000;
@@ -38,8 +39,6 @@ pub const MAX_NODES: usize = 10_000;
 const IN_FLIGHT: usize = 8;
 /// Pause before retrying writes etcd refused.
 const RETRY: Duration = Duration::from_millis(500);
-/// A task accepted this recently is never swept (as on a real agent).
-const SWEEP_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything `rctl-agent hollow` takes.
 #[derive(Debug, Clone)]
@@ -360,161 +359,14 @@ impl Node {
     }
 }
 
-/// The Agent gRPC API of one hollow node.
-struct HollowAgent(Arc<Node>);
-
 #[tonic::async_trait]
-impl pb::agent_server::Agent for HollowAgent {
-    async fn run_task(
-        &self,
-        req: Request<pb::RunTaskRequest>,
-    ) -> Result<Response<pb::RunTaskResponse>, Status> {
-        let task = req
-            .into_inner()
-            .task
-            .ok_or_else(|| Status::invalid_argument("missing task"))?;
-        self.0.run(task).await.map_err(crate::server::to_status)?;
-        Ok(Response::new(pb::RunTaskResponse::default()))
+impl HollowTasks for Node {
+    async fn run(&self, task: pb::Task) -> Result<(), TaskError> {
+        Node::run(self, task).await
     }
 
-    async fn stop_task(
-        &self,
-        req: Request<pb::StopTaskRequest>,
-    ) -> Result<Response<pb::StopTaskResponse>, Status> {
-        let r = req.into_inner();
-        self.0.stop(&r.task_id, r.remove, false).await;
-        Ok(Response::new(pb::StopTaskResponse {}))
-    }
-
-    // === images: a hollow node has none and pulls none ===
-
-    async fn list_images(
-        &self,
-        _req: Request<pb::ListImagesRequest>,
-    ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        Ok(Response::new(pb::ListImagesResponse::default()))
-    }
-
-    type PullImageStream = crate::image_api::PullStream;
-
-    async fn pull_image(
-        &self,
-        _req: Request<pb::PullImageRequest>,
-    ) -> Result<Response<Self::PullImageStream>, Status> {
-        Err(Status::unimplemented("a hollow node does not pull images"))
-    }
-
-    async fn remove_image(
-        &self,
-        req: Request<pb::RemoveImageRequest>,
-    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
-        Err(Status::not_found(format!(
-            "no such image: {}",
-            req.into_inner().reference
-        )))
-    }
-
-    async fn inspect_image(
-        &self,
-        req: Request<pb::InspectImageRequest>,
-    ) -> Result<Response<pb::InspectImageResponse>, Status> {
-        Err(Status::not_found(format!(
-            "no such image: {}",
-            req.into_inner().reference
-        )))
-    }
-
-    async fn disk_usage(
-        &self,
-        _req: Request<pb::DiskUsageRequest>,
-    ) -> Result<Response<pb::DiskUsageResponse>, Status> {
-        Ok(Response::new(pb::DiskUsageResponse {
-            nodes: vec![pb::DiskUsage::default()],
-        }))
-    }
-
-    async fn prune(
-        &self,
-        _req: Request<pb::PruneRequest>,
-    ) -> Result<Response<pb::PruneResponse>, Status> {
-        Ok(Response::new(pb::PruneResponse {
-            nodes: vec![pb::PruneReport::default()],
-        }))
-    }
-
-    // === streams (issue 9): a hollow node runs no containers ===
-
-    type LogsStream = crate::streams::LogsStream;
-
-    async fn logs(
-        &self,
-        _req: Request<pb::LogsRequest>,
-    ) -> Result<Response<Self::LogsStream>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
-    }
-
-    type AttachStream = crate::streams::OutputStream;
-
-    async fn attach(
-        &self,
-        _req: Request<tonic::Streaming<pb::StreamInput>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
-    }
-
-    type ExecStream = crate::streams::OutputStream;
-
-    async fn exec(
-        &self,
-        _req: Request<tonic::Streaming<pb::StreamInput>>,
-    ) -> Result<Response<Self::ExecStream>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
-    }
-
-    async fn stats(
-        &self,
-        _req: Request<pb::StatsRequest>,
-    ) -> Result<Response<pb::StatsResponse>, Status> {
-        Ok(Response::new(pb::StatsResponse::default()))
-    }
-
-    async fn top(
-        &self,
-        _req: Request<pb::TopRequest>,
-    ) -> Result<Response<pb::TopResponse>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
-    }
-
-    /// Every image exists for a hollow node: it runs no containers, and a hollow cluster
-    /// has no registry to ask.
-    async fn resolve_image(
-        &self,
-        _req: Request<pb::ResolveImageRequest>,
-    ) -> Result<Response<pb::ResolveImageResponse>, Status> {
-        Ok(Response::new(pb::ResolveImageResponse::default()))
-    }
-
-    async fn start_task(
-        &self,
-        _req: Request<pb::StartTaskRequest>,
-    ) -> Result<Response<pb::StartTaskResponse>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
-    }
-
-    async fn kill_task(
-        &self,
-        _req: Request<pb::KillTaskRequest>,
-    ) -> Result<Response<pb::KillTaskResponse>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
-    }
-
-    type FollowTaskPullStream = crate::image_api::PullStream;
-
-    async fn follow_task_pull(
-        &self,
-        _req: Request<pb::FollowTaskPullRequest>,
-    ) -> Result<Response<Self::FollowTaskPullStream>, Status> {
-        Err(Status::failed_precondition("a hollow node pulls no image"))
+    async fn stop(&self, id: &str, remove: bool) {
+        Node::stop(self, id, remove, false).await
     }
 }
 
@@ -526,7 +378,7 @@ async fn sweep(nodes: &[Arc<Node>], store: &Store) -> Result<(), StoreError> {
     for node in nodes {
         for (id, accepted) in node.held() {
             let task = by_id.get(id.as_str()).copied();
-            if task.is_none() && accepted.elapsed() < SWEEP_GRACE {
+            if task.is_none() && accepted.elapsed() < tasks::SWEEP_GRACE {
                 continue;
             }
             if let Some(stop) =

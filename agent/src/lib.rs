@@ -11,30 +11,29 @@
 //! - [`logs`]: the json-file container log: encoding, rotation, reading and following.
 //! - [`network`]: bridge, veth, address/port allocation, published ports.
 //! - [`store`]: etcd (lease, node, status, endpoints, desired tasks).
-//! - [`tasks`]: per-container lifecycle actors, adoption at start, orphan sweep.
+//! - [`task`]: per-container lifecycle actors, one file per verb; adoption, orphan sweep.
 //! - [`health`]: container health probes.
 //! - [`streams`]: logs, attach, exec, stats and top over one container (issue 9).
-//! - [`server`]: the gRPC edge; [`image_api`] converts the image lifecycle to and from it.
+//! - [`grpc`]: the Agent API: requests into tasks, images and streams, errors to `Status`.
 //! - [`hollow`]: many simulated nodes in one process, for scale tests (no containers).
 #![deny(unsafe_code)]
 
 pub mod attach;
 pub mod dirwatch;
+pub mod grpc;
 pub mod health;
 pub mod hollow;
 pub mod image;
-pub mod image_api;
 pub mod lifecycle;
 pub mod logs;
 pub mod network;
 pub mod runtime;
-pub mod server;
 pub mod shim;
 pub mod store;
 pub mod streams;
 #[allow(unsafe_code)]
 mod sys;
-pub mod tasks;
+pub mod task;
 
 /// Bounds the agent's malloc (arenas, thresholds) for a long run next to its containers;
 /// call at start-up, before any thread exists.
@@ -53,7 +52,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use network::Subnet;
-pub use tasks::Tasks;
+pub use task::Tasks;
 
 /// Everything the agent needs to run, as given on its command line.
 #[derive(Debug, Clone)]
@@ -281,14 +280,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     if let Some(creds) = credentials {
         images = images.with_credentials(creds);
     }
+    let runtime = task::HostRuntime::new(cfg.root.clone(), cfg.cgroup_parent.clone(), net)
+        .with_userns_remap(cfg.userns_remap);
     let tasks = Tasks::new(
         cfg.root.clone(),
-        cfg.cgroup_parent.clone(),
-        store,
+        std::sync::Arc::new(store),
         images.clone(),
-        net,
-    )
-    .with_userns_remap(cfg.userns_remap);
+        std::sync::Arc::new(runtime),
+    );
     tasks.adopt().await;
     tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 
@@ -301,7 +300,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         .security
         .server()?
         .add_service(pb::agent_server::AgentServer::with_interceptor(
-            server::AgentService::new(tasks, images),
+            grpc::AgentService::new(tasks, images),
             roles,
         ))
         .serve_with_shutdown(cfg.listen, shutdown.cancelled())

@@ -22,7 +22,6 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use prost::Message;
 use rctl_api::pb;
 use rustix::event::{PollFd, PollFlags};
 
@@ -87,10 +86,7 @@ fn run(dir: &ContainerDir) -> Result<(), String> {
     let cfg = dir
         .read_config()
         .map_err(|e| format!("read {}: {e}", dir.config().display()))?;
-    let task = hex::decode(&cfg.task_pb)
-        .ok()
-        .and_then(|b| pb::Task::decode(b.as_slice()).ok())
-        .unwrap_or_default();
+    let task = cfg.task().unwrap_or_default();
     let opts = Stdio::from_task(&task);
     // One byte from the agent means go; EOF means the agent gave up on this container.
     let mut go = [0u8; 1];

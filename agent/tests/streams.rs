@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 /// A client's input side: what the test sends, as the stream the RPC reads.
 fn client() -> (mpsc::Sender<pb::StreamInput>, InputStream) {
     let (tx, rx) = mpsc::channel(16);
-    (tx, Box::pin(ReceiverStream::new(rx).map(Ok)))
+    (tx, Box::pin(ReceiverStream::new(rx)))
 }
 
 fn send(kind: stream_input::Kind) -> pb::StreamInput {

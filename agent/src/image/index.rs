@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-use rctl_api::pb;
 use sha2::{Digest, Sha256};
 
 use super::gc::{self, Item, Kind};
@@ -74,10 +72,7 @@ pub fn containers(root: &Path) -> Vec<ContainerUse> {
         let Ok(cfg) = serde_json::from_str::<crate::runtime::state::ContainerConfig>(&text) else {
             continue;
         };
-        let task = hex::decode(&cfg.task_pb)
-            .ok()
-            .and_then(|b| pb::Task::decode(b.as_slice()).ok())
-            .unwrap_or_default();
+        let task = cfg.task().unwrap_or_default();
         let exited =
             d.exit().exists() || d.failed().exists() || d.read_pid().is_some_and(|p| !p.alive());
         out.push(ContainerUse {

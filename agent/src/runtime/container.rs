@@ -176,7 +176,7 @@ impl Runtime {
     /// Writes the container's state and makes its cgroup. Nothing runs yet. On error
     /// nothing is left behind.
     pub async fn create(&self, spec: &ContainerSpec) -> Result<Container, ContainerError> {
-        if !crate::tasks::valid_id(&spec.id) {
+        if !super::state::valid_id(&spec.id) {
             return Err(ContainerError::BadId(spec.id.clone()));
         }
         let dir = self.dir(&spec.id);
@@ -438,7 +438,7 @@ pub fn spec_of(
         hostname: some(&task.hostname),
         limits: limits_of(task.resources.as_ref()),
         mounts: mounts_of(task)?,
-        // RunTask refused anything but "" and "host" (tasks::validate).
+        // RunTask refused anything but "" and "host" (task::validate).
         host_userns: task.userns == "host",
     })
 }

@@ -3,12 +3,27 @@
 //! `log.json.N`), `shim.log`, `attach.sock`, `pid` and `exit`; from the agent: `stopped`,
 //! `failed`, `restarts` (the restart policy's counter) and `restart` (a restart is due).
 //! Every file is written to a temp name and renamed, so readers never see half a file.
+//!
+//! [`ContainerDir`] is the one owner of these files: every read and write of a container's
+//! directory goes through it, and [`ContainerConfig::task`] is the one decode of the task
+//! stored in `config.json`.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use prost::Message;
+use rctl_api::pb;
 use serde::{Deserialize, Serialize};
+
+/// Ids become directory, interface and hostname parts: keep them to a safe alphabet.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// Everything the shim and the agent need to know about one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +54,20 @@ pub struct ContainerConfig {
     /// here: `rm -v` and `--rm` remove them, named volumes stay.
     #[serde(default)]
     pub anonymous_volumes: Vec<String>,
+}
+
+impl ContainerConfig {
+    /// The task this container was created from; None for a container made without one
+    /// (or with an unreadable one).
+    pub fn task(&self) -> Option<pb::Task> {
+        let bytes = hex::decode(&self.task_pb).ok()?;
+        pb::Task::decode(bytes.as_slice()).ok()
+    }
+
+    /// The stored form of `task` for [`ContainerConfig::task_pb`].
+    pub fn encode_task(task: &pb::Task) -> String {
+        hex::encode(task.encode_to_vec())
+    }
 }
 
 /// The container process as recorded by the shim: its host pid and its start time in clock
@@ -112,6 +141,14 @@ pub fn write_atomic_sync(path: &Path, data: &[u8]) -> io::Result<()> {
 pub struct ContainerDir(pub PathBuf);
 
 impl ContainerDir {
+    /// The container's id: the directory's name.
+    pub fn id(&self) -> String {
+        self.0
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     pub fn config(&self) -> PathBuf {
         self.0.join("config.json")
     }
@@ -242,6 +279,76 @@ impl ContainerDir {
         serde_json::from_slice(&data).map_err(io::Error::other)
     }
 
+    /// Writes `cfg` as the container's `config.json`.
+    pub async fn write_config(&self, cfg: &ContainerConfig) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(cfg).map_err(io::Error::other)?;
+        write_atomic(&self.config(), &json).await
+    }
+
+    /// The task the container was created from (empty for a container made without one).
+    pub fn read_task(&self) -> pb::Task {
+        self.read_config()
+            .ok()
+            .and_then(|c| c.task())
+            .unwrap_or_default()
+    }
+
+    /// Whether PID 1 runs (recorded, alive, no exit status yet).
+    pub fn is_running(&self) -> bool {
+        self.read_pid().is_some_and(|p| p.alive()) && !self.exit().exists()
+    }
+
+    /// Records that the agent was asked to stop the container.
+    pub async fn mark_stopped(&self) -> io::Result<()> {
+        write_atomic(&self.stopped(), b"").await
+    }
+
+    /// Records why the container is finished for good without a clean exit.
+    pub async fn mark_failed(&self, why: &str) -> io::Result<()> {
+        write_atomic(&self.failed(), why.as_bytes()).await
+    }
+
+    /// Persists the restart counter and that a restart is due at `due_unix_ms`.
+    pub async fn record_restart(
+        &self,
+        restarts: crate::lifecycle::Restarts,
+        due_unix_ms: i64,
+    ) -> io::Result<()> {
+        // Both are tried: the due time alone still reserves the container's address.
+        let counted = write_atomic(&self.restarts(), restarts.render().as_bytes()).await;
+        let due = write_atomic(&self.restart(), format!("{due_unix_ms}\n").as_bytes()).await;
+        counted.and(due)
+    }
+
+    /// Forgets that a restart is due (a stop came first).
+    pub async fn cancel_restart(&self) {
+        let _ = tokio::fs::remove_file(self.restart()).await;
+    }
+
+    /// Forgets the restart counter (a start by hand begins a fresh count).
+    pub async fn reset_restarts(&self) {
+        let _ = tokio::fs::remove_file(self.restarts()).await;
+    }
+
+    /// Removes what the last run left (pid, exit, stop and restart markers, the start
+    /// file), before the container is started again: the last run's `exec` note must not
+    /// pass the next one as started.
+    pub async fn clear_run(&self) -> Result<(), (PathBuf, io::Error)> {
+        for f in [
+            self.pid(),
+            self.exit(),
+            self.stopped(),
+            self.restart(),
+            self.start(),
+        ] {
+            match tokio::fs::remove_file(&f).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err((f, e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn read_pid(&self) -> Option<PidRecord> {
         PidRecord::parse(&std::fs::read_to_string(self.pid()).ok()?)
     }
@@ -271,6 +378,14 @@ impl ContainerDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_path_and_interface_safe() {
+        assert!(valid_id("web-1_abc"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(""));
+    }
 
     #[test]
     fn stat_parsing_survives_odd_comm() {

@@ -1,26 +1,19 @@
 //! The image RPCs of the Agent API: requests become [`ImageStore`] calls, results become
-//! protobuf messages, and image errors become `tonic::Status` here, once.
+//! protobuf messages; image errors go through [`super::status`].
 
 use std::pin::Pin;
 
 use rctl_api::pb;
 use tonic::{Code, Response, Status};
 
+use super::{status, Error};
 use crate::image::feed::{PullFeed, Sent};
-use crate::image::lifecycle::{ImageView, LifecycleError, UsageLine};
+use crate::image::lifecycle::{ImageView, UsageLine};
 use crate::image::registry::{is_unauthorized, Credentials, Registry, RegistryError};
 use crate::image::{ImageStore, LayerEvent, LayerPhase, PullOptions};
 
 pub type PullStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::PullEvent, Status>> + Send + 'static>>;
-
-fn to_status(e: LifecycleError) -> Status {
-    match e {
-        LifecycleError::NotFound(_) => Status::not_found(e.to_string()),
-        LifecycleError::InUse { .. } => Status::failed_precondition(e.to_string()),
-        LifecycleError::Io { .. } => Status::internal(e.to_string()),
-    }
-}
 
 /// `repo:tag` → (`repo`, `tag`); `repo@sha256:…` → (`repo`, `<none>`).
 pub fn split_reference(reference: &str) -> (String, String) {
@@ -103,7 +96,7 @@ pub fn pull(
     images: &ImageStore,
     req: pb::PullImageRequest,
 ) -> Result<Response<PullStream>, Status> {
-    Registry::parse(&req.reference).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Registry::parse(&req.reference).map_err(|e| status(Error::Reference(e)))?;
     let credentials = credentials(&req.auth);
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -220,10 +213,10 @@ pub async fn resolve(
     let credentials = credentials(&req.auth);
     match images.resolve(&req.reference, credentials.as_ref()).await {
         Ok(manifest_digest) => Ok(Response::new(pb::ResolveImageResponse { manifest_digest })),
-        Err(e) => Err(Status::new(
-            resolve_code(&e),
-            format!("resolve {}: {e}", req.reference),
-        )),
+        Err(source) => Err(status(Error::Resolve {
+            reference: req.reference,
+            source,
+        })),
     }
 }
 
@@ -247,7 +240,7 @@ pub async fn remove(
     let r = images
         .remove(&req.reference, req.force)
         .await
-        .map_err(to_status)?;
+        .map_err(status)?;
     Ok(Response::new(pb::RemoveImageResponse {
         nodes: Vec::new(),
         untagged: r.untagged,
@@ -260,7 +253,7 @@ pub async fn inspect(
     images: &ImageStore,
     req: pb::InspectImageRequest,
 ) -> Result<Response<pb::InspectImageResponse>, Status> {
-    let views = images.lookup(&req.reference).await.map_err(to_status)?;
+    let views = images.lookup(&req.reference).await.map_err(status)?;
     let mut out = Vec::new();
     for v in views {
         let layers = v

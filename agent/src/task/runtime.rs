@@ -1,0 +1,270 @@
+//! The kernel and the shim as the task logic sees them: one narrow [`Runtime`] trait over a
+//! container directory and the host network. [`HostRuntime`] is the real one (cgroups,
+//! confinement profile, the shim, veth and published ports); [`SimRuntime`] runs nothing
+//! and records what a real one would, so the lifecycle is tested without root.
+//!
+//! Vocabulary: *prepare* makes what the container is confined by (profile, cgroup);
+//! *start* launches PID 1 (through a new shim, with its network attached and its ports
+//! published) and returns its record once it reached exec; *finished* says whether PID 1
+//! is gone; *teardown* gives back what it held on the host network.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::TaskError;
+use crate::network::{Network, Subnet};
+use crate::runtime::container::ContainerSpec;
+use crate::runtime::state::{proc_stat, write_atomic, ContainerConfig, ContainerDir, PidRecord};
+use crate::runtime::{self, userns::IdMap, Shim};
+
+/// What the task logic asks of the host to run one container.
+#[tonic::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The container network's addresses.
+    fn subnet(&self) -> Subnet;
+    /// The host address published ports are reached on.
+    fn advertise_ip(&self) -> std::net::Ipv4Addr;
+    /// Writes the confinement profile of `spec` into `dir` and makes its cgroup.
+    async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError>;
+    /// Starts PID 1 of the container of `cfg` and waits up to `limit` for it to reach exec.
+    async fn start(
+        &self,
+        dir: &ContainerDir,
+        cfg: &ContainerConfig,
+        limit: Duration,
+    ) -> Result<PidRecord, TaskError>;
+    /// Sends `sig` to PID 1 if it is still the recorded process.
+    fn signal(&self, dir: &ContainerDir, pid: &PidRecord, sig: Signal);
+    /// Whether PID 1 is gone (its exit status recorded or the process gone).
+    fn finished(&self, dir: &ContainerDir, pid: &PidRecord) -> bool;
+    /// Gives back what the container of `cfg` holds on the host network.
+    async fn teardown(&self, cfg: &ContainerConfig);
+    /// Gives back the network of container `id`, whose config is unknown.
+    async fn detach(&self, id: &str);
+}
+
+// === impl HostRuntime ===
+
+/// This host's kernel and shims.
+#[derive(Debug, Clone)]
+pub struct HostRuntime {
+    /// Writes each container's confinement profile and makes its cgroup.
+    containers: runtime::container::Runtime,
+    net: Network,
+}
+
+impl HostRuntime {
+    /// Containers under `root`, their cgroups under `cgroup_parent` in each hierarchy.
+    pub fn new(root: PathBuf, cgroup_parent: PathBuf, net: Network) -> Self {
+        Self {
+            containers: runtime::container::Runtime::new(root).with_cgroup_parent(cgroup_parent),
+            net,
+        }
+    }
+
+    /// Runs every container in a user namespace with `map` (the agent's
+    /// `--userns-remap`), except tasks that ask for the host's.
+    pub fn with_userns_remap(mut self, map: Option<IdMap>) -> Self {
+        self.containers = self.containers.with_userns_remap(map);
+        self
+    }
+}
+
+#[tonic::async_trait]
+impl Runtime for HostRuntime {
+    fn subnet(&self) -> Subnet {
+        self.net.subnet
+    }
+
+    fn advertise_ip(&self) -> std::net::Ipv4Addr {
+        self.net.advertise_ip
+    }
+
+    async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError> {
+        self.containers.write_profile(dir, spec).await?;
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        dir: &ContainerDir,
+        cfg: &ContainerConfig,
+        limit: Duration,
+    ) -> Result<PidRecord, TaskError> {
+        let shim = Shim::spawn(dir)?;
+        self.net.attach(&cfg.id, shim.pid(), cfg.ip).await?;
+        if cfg.host_port != 0 {
+            self.net
+                .publish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
+                .await?;
+        }
+        for b in &cfg.ports {
+            self.net.publish_binding(&cfg.id, b).await?;
+        }
+        shim.release()?;
+        Ok(runtime::wait_started(dir, limit).await?)
+    }
+
+    fn signal(&self, _dir: &ContainerDir, pid: &PidRecord, sig: Signal) {
+        runtime::signal(pid, sig);
+    }
+
+    fn finished(&self, dir: &ContainerDir, pid: &PidRecord) -> bool {
+        runtime::finished(dir, pid)
+    }
+
+    async fn teardown(&self, cfg: &ContainerConfig) {
+        if cfg.host_port != 0 {
+            self.net
+                .unpublish(&cfg.id, cfg.host_port, cfg.ip, cfg.container_port)
+                .await;
+        }
+        for b in &cfg.ports {
+            self.net.unpublish_binding(&cfg.id, b).await;
+        }
+        self.net.detach(&cfg.id).await;
+    }
+
+    async fn detach(&self, id: &str) {
+        self.net.detach(id).await;
+    }
+}
+
+// === impl SimRuntime ===
+
+/// How a simulated container's PID 1 behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behaviour {
+    /// Runs until signalled; a signal ends it with 128 + the signal.
+    #[default]
+    Serve,
+    /// Exits with this code as soon as it started.
+    Exit(i32),
+    /// Never reaches exec: start fails.
+    FailStart,
+}
+
+/// A runtime that runs nothing: a started container is its recorded files only (a pid
+/// record naming this process, so it reads as alive, and an exit file once it "exits"),
+/// so every other reader of the directory sees what it would see of a real container.
+#[derive(Debug)]
+pub struct SimRuntime {
+    subnet: Subnet,
+    advertise_ip: std::net::Ipv4Addr,
+    /// How each container id behaves (default: [`Behaviour::Serve`]).
+    behaviour: Mutex<HashMap<String, Behaviour>>,
+    /// Every call, in order, as `verb id` (e.g. `start t1`, `signal t1 SIGTERM`).
+    calls: Mutex<Vec<String>>,
+}
+
+impl SimRuntime {
+    pub fn new(subnet: Subnet, advertise_ip: std::net::Ipv4Addr) -> Self {
+        Self {
+            subnet,
+            advertise_ip,
+            behaviour: Mutex::default(),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// Container `id` behaves as `b` from its next start on.
+    pub fn set(&self, id: &str, b: Behaviour) {
+        lock(&self.behaviour).insert(id.to_string(), b);
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    fn record(&self, call: String) {
+        lock(&self.calls).push(call);
+    }
+
+    /// This process, which is alive as long as the simulation runs.
+    fn me() -> PidRecord {
+        let pid = std::process::id() as i32;
+        PidRecord {
+            pid,
+            start_time: proc_stat(pid).map(|(_, t)| t).unwrap_or_default(),
+        }
+    }
+
+    fn exit(dir: &ContainerDir, code: i32) {
+        if !dir.exit().exists() {
+            let _ = crate::runtime::state::write_atomic_sync(
+                &dir.exit(),
+                format!("{code}\n").as_bytes(),
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[tonic::async_trait]
+impl Runtime for SimRuntime {
+    fn subnet(&self) -> Subnet {
+        self.subnet
+    }
+
+    fn advertise_ip(&self) -> std::net::Ipv4Addr {
+        self.advertise_ip
+    }
+
+    async fn prepare(&self, dir: &ContainerDir, _spec: &ContainerSpec) -> Result<(), TaskError> {
+        self.record(format!("prepare {}", dir.id()));
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        dir: &ContainerDir,
+        cfg: &ContainerConfig,
+        _limit: Duration,
+    ) -> Result<PidRecord, TaskError> {
+        self.record(format!("start {}", cfg.id));
+        let b = lock(&self.behaviour)
+            .get(&cfg.id)
+            .copied()
+            .unwrap_or_default();
+        if b == Behaviour::FailStart {
+            return Err(runtime::RuntimeError::NoStart("simulated start failure".into()).into());
+        }
+        let pid = Self::me();
+        let state = |source| TaskError::State {
+            path: dir.pid(),
+            source,
+        };
+        write_atomic(&dir.pid(), pid.render().as_bytes())
+            .await
+            .map_err(state)?;
+        if let Behaviour::Exit(code) = b {
+            Self::exit(dir, code);
+        }
+        Ok(pid)
+    }
+
+    fn signal(&self, dir: &ContainerDir, _pid: &PidRecord, sig: Signal) {
+        self.record(format!("signal {} {sig}", dir.id()));
+        Self::exit(dir, 128 + sig as i32);
+    }
+
+    fn finished(&self, dir: &ContainerDir, _pid: &PidRecord) -> bool {
+        dir.exit().exists()
+    }
+
+    async fn teardown(&self, cfg: &ContainerConfig) {
+        self.record(format!("teardown {}", cfg.id));
+    }
+
+    async fn detach(&self, id: &str) {
+        self.record(format!("detach {id}"));
+    }
+}
