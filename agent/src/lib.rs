@@ -260,10 +260,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         let token = shutdown.child_token();
         tracker.spawn(async move {
             let render = move || {
-                let n = std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0);
-                format!(
-                    "# TYPE rctl_agent_up gauge\nrctl_agent_up{{node=\"{node}\"}} 1\n# TYPE rctl_agent_containers gauge\nrctl_agent_containers{{node=\"{node}\"}} {n}\n"
-                )
+                use rctl_api::metrics::{Kind, Text};
+                let n = std::fs::read_dir(&containers)
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                let mut t = Text::new();
+                t.family("rctl_agent_up", Kind::Gauge, "")
+                    .sample("rctl_agent_up", &[("node", &node)], 1)
+                    .family("rctl_agent_containers", Kind::Gauge, "")
+                    .sample("rctl_agent_containers", &[("node", &node)], n);
+                t.finish()
             };
             if let Err(e) = rctl_api::metrics::serve(addr, render, token.cancelled_owned()).await {
                 warn!(error = %e, %addr, "metrics endpoint failed");

@@ -207,13 +207,13 @@ fn dispatch() -> anyhow::Result<()> {
         rctl_agent::runtime::userns::probe(map, &args.root)
             .map_err(|e| anyhow::anyhow!("--userns-remap {}:{}: {e}", map.host_start, map.count))?;
     }
-    let security = args.tls.security_or_exit();
-    if let Err(e) = security.check_url(&args.etcd, "--etcd") {
-        rctl_api::tls::usage_exit(&e.to_string());
-    }
+    let security = args
+        .tls
+        .security_for_etcd([args.etcd.as_str()])
+        .unwrap_or_else(|e| usage_exit(e));
     if let Some(tls) = security.tls() {
         if let Err(why) = rctl_agent::check_identity(tls.identity(), &args.node_name) {
-            rctl_api::tls::usage_exit(&why);
+            usage_exit(why);
         }
     }
     let labels = parse_labels(&args.labels)?;
@@ -245,4 +245,10 @@ fn dispatch() -> anyhow::Result<()> {
     serve("agent; containers keep running", |token| {
         rctl_agent::run(cfg, token)
     })
+}
+
+/// A bad flag or TLS configuration: one line and exit status 2 (bad usage), as clap does.
+fn usage_exit(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
 }

@@ -194,7 +194,7 @@ async fn list(
 
 /// The credentials to send with a pull of `reference`, from `rctl login` (or docker's).
 pub(crate) fn auth_for(reference: &str) -> Vec<RegistryAuth> {
-    let registry = registry_auth::registry_of(reference);
+    let registry = rctl_api::reference::registry_of(reference).to_string();
     registry_auth::lookup(&registry)
         .map(|(username, password)| RegistryAuth {
             registry,

@@ -67,6 +67,49 @@ pub fn ago(unix_ms: i64) -> String {
     }
 }
 
+/// The units [`bytes`] counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteUnits {
+    /// Powers of 1000 (`kB`, `MB`): docker's image sizes, pull progress and network I/O.
+    Decimal,
+    /// Powers of 1024 (`KiB`, `MiB`): `docker stats` memory.
+    Binary,
+}
+
+/// How [`bytes`] writes the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteStyle {
+    /// One decimal and a space, `1.5 MB`, `999 B` (`docker pull`, `docker images`).
+    Spaced,
+    /// Up to three decimals without trailing zeros, no space, `1.5MiB`, `8GiB`, `512B`
+    /// (`docker stats`).
+    Compact,
+}
+
+/// `n` bytes in the largest unit that keeps the number at 1 or more, as docker prints them.
+pub fn bytes(n: u64, units: ByteUnits, style: ByteStyle) -> String {
+    let (base, names) = match units {
+        ByteUnits::Decimal => (1000.0, ["B", "kB", "MB", "GB", "TB"]),
+        ByteUnits::Binary => (1024.0, ["B", "KiB", "MiB", "GiB", "TiB"]),
+    };
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= base && u + 1 < names.len() {
+        v /= base;
+        u += 1;
+    }
+    let number = match style {
+        _ if u == 0 => n.to_string(),
+        ByteStyle::Spaced => format!("{v:.1}"),
+        ByteStyle::Compact => format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string(),
+    };
+    let space = if style == ByteStyle::Spaced { " " } else { "" };
+    format!("{number}{space}{}", names[u])
+}
+
 pub fn state_name(s: TaskState) -> &'static str {
     match s {
         TaskState::Unspecified | TaskState::Pending => "pending",
@@ -168,4 +211,30 @@ pub fn print_tasks(views: &[pb::TaskView]) {
         ],
         &rows,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_written_as_docker_writes_them() {
+        use ByteStyle::*;
+        use ByteUnits::*;
+        for (n, units, style, want) in [
+            (0, Decimal, Compact, "0B"),
+            (512, Binary, Compact, "512B"),
+            (1536 * 1024, Binary, Compact, "1.5MiB"),
+            (8 << 30, Binary, Compact, "8GiB"),
+            (1200, Decimal, Compact, "1.2kB"),
+            (1_234_567, Decimal, Compact, "1.235MB"),
+            (999, Decimal, Spaced, "999 B"),
+            (1_500, Decimal, Spaced, "1.5 kB"),
+            (40_100_000, Decimal, Spaced, "40.1 MB"),
+            (2_000_000_000_000_000, Decimal, Spaced, "2000.0 TB"),
+            (1024, Binary, Spaced, "1.0 KiB"),
+        ] {
+            assert_eq!(bytes(n, units, style), want, "{n} {units:?} {style:?}");
+        }
+    }
 }

@@ -8,20 +8,11 @@ use std::io::Write;
 
 use rctl_api::pb::{LayerProgress, LayerState};
 
+use crate::output::{self, ByteStyle, ByteUnits};
+
 /// `1234567` → `1.2 MB` (decimal units, like docker).
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u + 1 < UNITS.len() {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    output::bytes(bytes, ByteUnits::Decimal, ByteStyle::Spaced)
 }
 
 /// The 12 hex digits docker shows for a digest.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rctl_api::pb;
 use rctl_api::placement::{validate_spread, validate_strategy, Constraint};
+use rctl_api::routing::{Protocol, ProxyProtocol, Sticky};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -217,9 +218,11 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
             if p.container == 0 {
                 return Err("key `port.container`: must be between 1 and 65535".into());
             }
-            if !matches!(p.protocol.as_str(), "http" | "tcp") {
+            // Empty means HTTP in a spec, but a file that writes the key names one.
+            if p.protocol.is_empty() || Protocol::parse(&p.protocol).is_none() {
                 return Err(format!(
-                    "key `port.protocol`: must be \"http\" or \"tcp\", got {:?}",
+                    "key `port.protocol`: must be {}, got {:?}",
+                    Protocol::ONE_OF,
                     p.protocol
                 ));
             }
@@ -276,7 +279,7 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
                 );
             }
             let proxy_protocol = p.proxy_protocol.unwrap_or_default();
-            if !matches!(proxy_protocol.as_str(), "" | "v2") {
+            if ProxyProtocol::parse(&proxy_protocol).is_none() {
                 return Err(format!(
                     "key `port.proxy_protocol`: must be \"v2\", got {proxy_protocol:?}"
                 ));
@@ -354,7 +357,7 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         .as_ref()
         .and_then(|c| c.sticky.clone())
         .unwrap_or_default();
-    if !sticky.is_empty() && !valid_sticky(&sticky) {
+    if !sticky.is_empty() && Sticky::parse(&sticky).is_err() {
         return Err(format!(
             "key `canary.sticky`: must be \"header:NAME\" or \"cookie:NAME\", got {sticky:?}"
         ));
@@ -426,18 +429,6 @@ fn valid_server_name(n: &str) -> bool {
                 && l.len() <= 63
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-}
-
-/// `header:NAME` (an HTTP header name) or `cookie:NAME` (a cookie name).
-fn valid_sticky(s: &str) -> bool {
-    let Some((kind, name)) = s.split_once(':') else {
-        return false;
-    };
-    let token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    matches!(kind, "header" | "cookie") && token
 }
 
 fn duration_ms(key: &str, v: Option<&str>) -> Result<u64, String> {
@@ -659,6 +650,9 @@ memory = "128Mi"
             "{e}"
         );
         let e = bad("[canary]\nsticky = \"cookie:\"\n");
+        assert!(e.contains("key `canary.sticky`"), "{e}");
+        // Read as rctl-lb reads it: a cookie name is a token.
+        let e = bad("[canary]\nsticky = \"cookie:a/b\"\n");
         assert!(e.contains("key `canary.sticky`"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ use crate::attach::stream_err;
 use crate::client::Conn;
 use crate::error::CliError;
 use crate::global::Global;
-use crate::output::{print_json, print_table, Format};
+use crate::output::{self, print_json, print_table, ByteStyle, ByteUnits, Format};
 
 /// The window CPU % is measured over; also the refresh period.
 const SAMPLE_MS: u32 = 1000;
@@ -62,32 +62,12 @@ impl StatsJson {
 
 /// Bytes the way `docker stats` shows memory: binary units, `1.5MiB`.
 pub fn binary_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    human(n, 1024.0, &UNITS)
+    output::bytes(n, ByteUnits::Binary, ByteStyle::Compact)
 }
 
 /// Bytes the way `docker stats` shows network I/O: decimal units, `1.2kB`.
 pub fn decimal_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    human(n, 1000.0, &UNITS)
-}
-
-fn human(n: u64, base: f64, units: &[&str]) -> String {
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= base && u + 1 < units.len() {
-        v /= base;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}{}", units[0])
-    } else {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[u]
-    }
+    output::bytes(n, ByteUnits::Decimal, ByteStyle::Compact)
 }
 
 pub fn rows(stats: &[ContainerStats]) -> Vec<Vec<String>> {

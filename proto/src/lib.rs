@@ -6,8 +6,10 @@
 //! - [`codec`]: protobuf values in and out of etcd.
 //! - [`telemetry`]: `tracing` set-up, OTLP export and trace context across gRPC.
 //! - [`clock`]: wall-clock timestamps as stored in etcd.
-//! - [`metrics`]: the tiny `/metrics` HTTP endpoint.
+//! - [`metrics`]: the Prometheus text writer and the tiny `/metrics` HTTP endpoint.
 //! - [`placement`]: the `[placement]` constraint and spread syntax.
+//! - [`reference`]: the image reference grammar (Docker's) and which registry one names.
+//! - [`routing`]: what rctl-lb reads from a spec: protocol, PROXY protocol, sticky key.
 //! - [`logcursor`]: a log reader's position, to resume a stream without loss or repeats.
 //! - [`tls`]: the cluster CA, certificates, and every binary's TLS and etcd connect settings.
 #![forbid(unsafe_code)]
@@ -18,6 +20,8 @@ pub mod keys;
 pub mod logcursor;
 pub mod metrics;
 pub mod placement;
+pub mod reference;
+pub mod routing;
 pub mod signal;
 pub mod telemetry;
 pub mod tls;

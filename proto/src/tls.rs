@@ -558,17 +558,19 @@ impl TlsArgs {
         }
     }
 
-    /// [`Self::security`] for a `main`: a bad configuration prints one line and exits 2.
-    pub fn security_or_exit(&self) -> Security {
-        self.security()
-            .unwrap_or_else(|e| usage_exit(&e.to_string()))
+    /// [`Self::security`], with each `--etcd` URL checked against it: what a daemon's
+    /// `main` checks before it starts. A library does not exit: `main` prints the error
+    /// and chooses the exit status (2, bad usage).
+    pub fn security_for_etcd<'a>(
+        &self,
+        etcd: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Security, TlsError> {
+        let security = self.security()?;
+        for url in etcd {
+            security.check_url(url, "--etcd")?;
+        }
+        Ok(security)
     }
-}
-
-/// Prints `error: {msg}` and exits 2 (bad usage), for flag checks in `main`.
-pub fn usage_exit(msg: &str) -> ! {
-    eprintln!("error: {msg}");
-    std::process::exit(2)
 }
 
 #[cfg(test)]

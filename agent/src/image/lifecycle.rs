@@ -111,7 +111,7 @@ pub fn find<'a>(images: &'a [Image], query: &str) -> Vec<&'a Image> {
     if !exact.is_empty() {
         return exact;
     }
-    let whole = |s: &str| super::reference::parse(s).ok().map(|r| r.whole());
+    let whole = |s: &str| rctl_api::reference::parse(s).ok().map(|r| r.whole());
     if let Some(q) = whole(query) {
         let same: Vec<_> = images
             .iter()

@@ -9,7 +9,6 @@ pub mod feed;
 pub mod gc;
 pub mod index;
 pub mod lifecycle;
-pub mod reference;
 pub mod registry;
 pub mod unpack;
 

@@ -14,6 +14,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use rctl_api::reference::registry_of_auth_key;
 use sha2::Digest;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +135,7 @@ impl Credentials {
     /// Adds (or replaces) the login for `registry` (`host[:port]`).
     pub fn insert(&mut self, registry: &str, username: &str, password: &str) {
         self.by_host.insert(
-            host_of(registry),
+            registry_of_auth_key(registry).to_string(),
             (username.to_string(), password.to_string()),
         );
     }
@@ -158,33 +159,20 @@ impl Credentials {
                 (_, Some(u), Some(p)) => (u, p),
                 _ => continue,
             };
-            by_host.insert(host_of(&key), pair);
+            by_host.insert(registry_of_auth_key(&key).to_string(), pair);
         }
         Ok(Credentials { by_host })
     }
 
     /// The auth to use for `registry` (as `Reference::resolve_registry` names it).
     pub fn auth_for(&self, registry: &str) -> RegistryAuth {
-        let key = match registry {
-            "index.docker.io" | "registry-1.docker.io" => "docker.io",
-            r => r,
-        };
-        match self.by_host.get(key) {
+        match self
+            .by_host
+            .get(rctl_api::reference::canonical_registry(registry))
+        {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
             None => RegistryAuth::Anonymous,
         }
-    }
-}
-
-/// `https://index.docker.io/v1/` → `docker.io`, `http://h:5000/` → `h:5000`, `h` → `h`.
-fn host_of(key: &str) -> String {
-    let k = key
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    let k = k.split('/').next().unwrap_or(k);
-    match k {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
-        k => k.to_string(),
     }
 }
 
@@ -257,9 +245,18 @@ impl Registry {
         self.credentials = credentials;
     }
 
+    /// `image` by Docker's grammar (`rctl_api::reference`), as oci-client's `Reference`.
     pub fn parse(image: &str) -> Result<Reference, RegistryError> {
-        super::reference::parse(image)
-            .map_err(|e| RegistryError::Reference(format!("{image}: {e}")))
+        let r = rctl_api::reference::parse(image)
+            .map_err(|e| RegistryError::Reference(format!("{image}: {e}")))?;
+        let (registry, repository) = (r.registry().to_string(), r.repository().to_string());
+        Ok(match (r.tag(), r.digest()) {
+            (Some(t), Some(d)) => {
+                Reference::with_tag_and_digest(registry, repository, t.into(), d.into())
+            }
+            (None, Some(d)) => Reference::with_digest(registry, repository, d.into()),
+            (t, None) => Reference::with_tag(registry, repository, t.unwrap_or_default().into()),
+        })
     }
 
     /// The image manifest (an index resolves to linux/amd64, the client's platform) and

@@ -52,10 +52,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let security = args.tls.security_or_exit();
-    if let Err(e) = security.check_url(&args.etcd, "--etcd") {
-        rctl_api::tls::usage_exit(&e.to_string());
-    }
+    let security = args
+        .tls
+        .security_for_etcd([args.etcd.as_str()])
+        .unwrap_or_else(|e| usage_exit(e));
     let _telemetry = rctl_api::telemetry::init("rctl-lb", "info");
     let name = match args.name {
         Some(n) => n,
@@ -86,4 +86,10 @@ async fn run() -> anyhow::Result<()> {
     token.cancel();
     lb.await.context("load balancer task")??;
     Ok(())
+}
+
+/// A bad flag or TLS configuration: one line and exit status 2 (bad usage), as clap does.
+fn usage_exit(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
 }

@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rctl_api::routing::{ProxyProtocol, Sticky, StickyError};
 use rctl_api::{codec, keys, pb};
 use tokio::sync::watch;
 
 use crate::health::{Check, Outlier};
-use crate::split::{Split, SplitError, Sticky, StickyError, Weights};
+use crate::split::{hash, Split, SplitError, Weights};
 
 /// Sends new routing tables to every listener and proxy.
 pub type RoutesTx = watch::Sender<Arc<Routes>>;
@@ -85,32 +86,7 @@ pub struct TlsCert {
     pub server_names: Vec<String>,
 }
 
-/// How the load balancer speaks to clients and endpoints of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.1, proxied per request (L7).
-    Http,
-    /// Raw TCP, proxied per connection (L4).
-    Tcp,
-}
-
-impl Protocol {
-    /// Parses `spec.port.protocol`; empty means HTTP, the documented default.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "" | "http" => Some(Self::Http),
-            "tcp" => Some(Self::Tcp),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Tcp => "tcp",
-        }
-    }
-}
+pub use rctl_api::routing::Protocol;
 
 /// One endpoint of a service as the proxy sees it.
 #[derive(Debug)]
@@ -277,7 +253,7 @@ impl ServiceRoute {
     /// a sticky canary, a split, and the request carries the key; else [`Self::next_revision`].
     pub fn revision_for(&self, headers: &http::HeaderMap) -> u64 {
         if let (Some(sticky), Some(split)) = (&self.sticky, &self.split) {
-            if let Some(h) = sticky.key_hash(headers) {
+            if let Some(h) = sticky.key(headers).map(hash) {
                 return split
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -365,15 +341,14 @@ impl Routes {
                     }
                 }
             };
-            let proxy_protocol = match port.proxy_protocol.as_str() {
-                "" => false,
-                "v2" => true,
-                other => {
+            let proxy_protocol = match ProxyProtocol::parse(&port.proxy_protocol) {
+                Some(p) => p == ProxyProtocol::V2,
+                None => {
                     // Sending plain connections to backends that expect a PROXY header
                     // (or the reverse) would fail every request: leave the service out.
                     errors.push(RoutesError::UnknownProxyProtocol {
                         service: spec.name.clone(),
-                        value: other.to_string(),
+                        value: port.proxy_protocol.clone(),
                     });
                     continue;
                 }
@@ -692,6 +667,30 @@ mod tests {
             "{errors:?}"
         );
         assert!((0..5).all(|_| routes.service("web").unwrap().next_revision() == 2));
+    }
+
+    #[test]
+    fn a_sticky_key_is_read_as_the_service_file_reads_it() {
+        // The LB once took a cookie name with `/`, `:` or `"` that `rctl apply` refuses:
+        // such a spec now gets no sticky canary (and an error) here too.
+        let sticky = |key: &str| {
+            let mut svc = service("web", "http", "");
+            svc.spec.as_mut().unwrap().sticky = key.into();
+            let (routes, errors) = Routes::from_pb(&[svc], &[]);
+            let route = routes.service("web").unwrap();
+            (route.sticky.clone(), errors)
+        };
+        let (s, errors) = sticky("cookie:uid");
+        assert_eq!(s, Some(Sticky::Cookie("uid".into())));
+        assert!(errors.is_empty(), "{errors:?}");
+        for bad in ["cookie:a/b", "cookie:a:b", "cookie:\"uid\"", "cookie:üid"] {
+            let (s, errors) = sticky(bad);
+            assert_eq!(s, None, "{bad}");
+            assert!(
+                matches!(&errors[..], [RoutesError::Sticky { .. }]),
+                "{bad}: {errors:?}"
+            );
+        }
     }
 
     #[test]

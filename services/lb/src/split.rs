@@ -7,13 +7,12 @@
 //! exactly its weight, and picks of a small revision are spread out rather than bunched, so
 //! 95/5 over 10,000 requests is 9,500/500 exactly — no RNG, no "roughly".
 //!
-//! A sticky canary ([`Sticky`]) maps a request that carries the service's key (a header or
-//! a cookie) to a revision by a hash of the key instead ([`Weights::by_hash`]): the same key
+//! A sticky canary ([`Sticky`], whose syntax `rctl_api::routing` shares with the CLI and the
+//! scheduler) maps a request that carries the service's key (a header or a cookie) to a
+//! revision by a hash of the key instead ([`Weights::by_hash`]): the same key
 //! always lands on the same revision (on every LB, the hash is fixed), and over many
 //! distinct keys the shares follow the weights. Requests without the key keep the exact
 //! round robin.
-
-use http::header::{self, HeaderMap, HeaderName};
 
 /// A validated split: at least one revision, each once, every weight positive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,49 +74,7 @@ impl Weights {
     }
 }
 
-/// Where a sticky canary finds a request's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sticky {
-    Header(HeaderName),
-    Cookie(String),
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("sticky {0:?}: want \"header:NAME\" or \"cookie:NAME\"")]
-pub struct StickyError(pub String);
-
-impl Sticky {
-    /// Parses `header:NAME` or `cookie:NAME` (`ServiceSpec.sticky`).
-    pub fn parse(s: &str) -> Result<Self, StickyError> {
-        let bad = || StickyError(s.to_string());
-        match s.split_once(':') {
-            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
-                .map(Self::Header)
-                .map_err(|_| bad()),
-            Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ', ',']) => {
-                Ok(Self::Cookie(name.to_string()))
-            }
-            _ => Err(bad()),
-        }
-    }
-
-    /// The hash of the request's key, if it carries one (a non-empty value).
-    pub fn key_hash(&self, headers: &HeaderMap) -> Option<u64> {
-        let value = match self {
-            Self::Header(name) => headers.get(name).map(|v| v.as_bytes())?,
-            Self::Cookie(name) => headers
-                .get_all(header::COOKIE)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-                .find_map(|pair| {
-                    let pair = pair.trim_ascii_start();
-                    let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
-                    (k == name.as_bytes()).then(|| &v[1..])
-                })?,
-        };
-        (!value.is_empty()).then(|| hash(value))
-    }
-}
+pub use rctl_api::routing::{Sticky, StickyError};
 
 /// FNV-1a, then a splitmix64 finaliser so the high bits [`Weights::by_hash`] reads are
 /// well mixed even for short, similar keys. Fixed, unlike std's hasher: every LB and every
@@ -297,33 +254,5 @@ mod tests {
         // The hash is fixed across builds, versions and LBs (FNV-1a + splitmix64 of
         // "alice", computed independently).
         assert_eq!(hash(b"alice"), 0xc5d1_556d_6677_4a5c);
-    }
-
-    #[test]
-    fn sticky_keys_come_from_a_header_or_a_cookie() {
-        use http::HeaderValue;
-        let by_header = Sticky::parse("header:X-Canary-Key").unwrap();
-        let by_cookie = Sticky::parse("cookie:uid").unwrap();
-        let mut h = HeaderMap::new();
-        assert_eq!(by_header.key_hash(&h), None);
-        h.insert("x-canary-key", HeaderValue::from_static("alice"));
-        assert_eq!(by_header.key_hash(&h), Some(hash(b"alice")));
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; uid=bob; z=2"),
-        );
-        assert_eq!(by_cookie.key_hash(&h), Some(hash(b"bob")));
-        h.insert(header::COOKIE, HeaderValue::from_static("xuid=bob; uid="));
-        assert_eq!(by_cookie.key_hash(&h), None);
-        for bad in [
-            "",
-            "header:",
-            "header:bad name",
-            "cookie:",
-            "query:k",
-            "cookie:a=b",
-        ] {
-            assert!(Sticky::parse(bad).is_err(), "{bad}");
-        }
     }
 }

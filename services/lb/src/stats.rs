@@ -11,7 +11,7 @@
 use rctl_api::tls::Security;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt::Display;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use hdrhistogram::serialization::{Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
 use rctl_api::codec::encode;
+use rctl_api::metrics::{Kind, Text};
 use rctl_api::{keys, pb};
 
 use bytes::Bytes;
@@ -211,98 +212,110 @@ impl Stats {
 
     /// The Prometheus text exposition of the counters and of the endpoints in `routes`.
     pub fn render(&self, routes: &Routes) -> String {
-        let mut out = String::new();
+        let mut out = Text::new();
         let map = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        out.push_str(
-            "# HELP rctl_lb_requests_total HTTP responses sent, by service and status class.\n",
+        let family = "rctl_lb_requests_total";
+        out.family(
+            family,
+            Kind::Counter,
+            "HTTP responses sent, by service and status class.",
         );
-        out.push_str("# TYPE rctl_lb_requests_total counter\n");
         for (name, c) in map.iter() {
             for (i, class) in CLASSES.iter().enumerate() {
                 let n = c.responses[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "rctl_lb_requests_total{{service=\"{name}\",class=\"{class}\"}} {n}"
-                );
+                out.sample(family, &[("service", name), ("class", class)], n);
             }
         }
-        out.push_str("# HELP rctl_lb_connections_total TCP connections accepted, by service.\n");
-        out.push_str("# TYPE rctl_lb_connections_total counter\n");
+        let family = "rctl_lb_connections_total";
+        out.family(
+            family,
+            Kind::Counter,
+            "TCP connections accepted, by service.",
+        );
         for (name, c) in map.iter() {
-            let _ = writeln!(
-                out,
-                "rctl_lb_connections_total{{service=\"{name}\"}} {}",
-                c.connections()
-            );
+            out.sample(family, &[("service", name)], c.connections());
         }
         let per_service: Vec<(String, BTreeMap<u64, RevisionCounters>)> = map
             .iter()
             .map(|(name, c)| (name.clone(), c.revisions()))
             .collect();
         drop(map);
-        out.push_str("# HELP rctl_lb_revision_responses_total HTTP responses, by service, revision and class.\n");
-        out.push_str("# TYPE rctl_lb_revision_responses_total counter\n");
+        let family = "rctl_lb_revision_responses_total";
+        out.family(
+            family,
+            Kind::Counter,
+            "HTTP responses, by service, revision and class.",
+        );
         for (name, revs) in &per_service {
             for (rev, c) in revs {
                 for (i, class) in CLASSES.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "rctl_lb_revision_responses_total{{service=\"{name}\",revision=\"{rev}\",class=\"{class}\"}} {}",
-                        c.responses[i]
+                    out.sample(
+                        family,
+                        &[("service", name), ("revision", rev), ("class", class)],
+                        c.responses[i],
                     );
                 }
             }
         }
-        out.push_str("# HELP rctl_lb_revision_connect_failures_total Failed connections to endpoints, by service and revision.\n");
-        out.push_str("# TYPE rctl_lb_revision_connect_failures_total counter\n");
+        let family = "rctl_lb_revision_connect_failures_total";
+        out.family(
+            family,
+            Kind::Counter,
+            "Failed connections to endpoints, by service and revision.",
+        );
         for (name, revs) in &per_service {
             for (rev, c) in revs {
-                let _ = writeln!(
-                    out,
-                    "rctl_lb_revision_connect_failures_total{{service=\"{name}\",revision=\"{rev}\"}} {}",
-                    c.connect_failures
+                out.sample(
+                    family,
+                    &[("service", name), ("revision", rev)],
+                    c.connect_failures,
                 );
             }
         }
-        out.push_str("# HELP rctl_lb_request_duration_seconds Request received to response headers, by service and revision, since start.\n");
-        out.push_str("# TYPE rctl_lb_request_duration_seconds summary\n");
+        let family = "rctl_lb_request_duration_seconds";
+        out.family(
+            family,
+            Kind::Summary,
+            "Request received to response headers, by service and revision, since start.",
+        );
         for (name, revs) in &per_service {
             for (rev, c) in revs {
                 for q in [0.5, 0.9, 0.99] {
                     let v = c.latency.value_at_quantile(q) as f64 / 1e6;
-                    let _ = writeln!(
-                        out,
-                        "rctl_lb_request_duration_seconds{{service=\"{name}\",revision=\"{rev}\",quantile=\"{q}\"}} {v}"
+                    out.sample(
+                        family,
+                        &[("service", name), ("revision", rev), ("quantile", &q)],
+                        v,
                     );
                 }
                 let sum = c.latency.mean() * c.latency.len() as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "rctl_lb_request_duration_seconds_sum{{service=\"{name}\",revision=\"{rev}\"}} {sum}"
-                );
-                let _ = writeln!(
-                    out,
-                    "rctl_lb_request_duration_seconds_count{{service=\"{name}\",revision=\"{rev}\"}} {}",
-                    c.latency.len()
+                let labels: [(&str, &dyn Display); 2] = [("service", name), ("revision", rev)];
+                out.sample("rctl_lb_request_duration_seconds_sum", &labels, sum);
+                out.sample(
+                    "rctl_lb_request_duration_seconds_count",
+                    &labels,
+                    c.latency.len(),
                 );
             }
         }
-        out.push_str("# HELP rctl_lb_endpoints Registered endpoints, by service and health.\n");
-        out.push_str("# TYPE rctl_lb_endpoints gauge\n");
+        let family = "rctl_lb_endpoints";
+        out.family(
+            family,
+            Kind::Gauge,
+            "Registered endpoints, by service and health.",
+        );
         for svc in routes.services() {
             let healthy = svc.healthy_count();
             let unhealthy = svc.backends.len() - healthy;
             let name = &svc.name;
-            let _ = writeln!(
-                out,
-                "rctl_lb_endpoints{{service=\"{name}\",state=\"healthy\"}} {healthy}"
-            );
-            let _ = writeln!(
-                out,
-                "rctl_lb_endpoints{{service=\"{name}\",state=\"unhealthy\"}} {unhealthy}"
+            out.sample(family, &[("service", name), ("state", &"healthy")], healthy);
+            out.sample(
+                family,
+                &[("service", name), ("state", &"unhealthy")],
+                unhealthy,
             );
         }
-        out
+        out.finish()
     }
 }
 

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use rctl_api::pb::{Node, ResolveImageRequest, ServiceSpec};
+use rctl_api::reference::registry_of;
 use tonic::Code;
 
 use crate::agents::Agents;
@@ -67,15 +68,6 @@ impl Checked {
 /// Whether writing `new` over `old` makes tasks pull an image they have not pulled yet.
 pub fn needs_check(old: Option<&ServiceSpec>, new: &ServiceSpec) -> bool {
     old.is_none_or(|o| o.image != new.image)
-}
-
-/// The registry host of `image` as the agents resolve it (Docker's rule: a first path
-/// component with a dot or a port, or `localhost`, is a registry; else Docker Hub).
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
-        _ => "docker.io",
-    }
 }
 
 /// The nodes to ask, in order: live and not draining, by name (a deterministic choice keeps
@@ -196,15 +188,6 @@ mod tests {
             Some(&spec("r:5000/a:1", 1)),
             &spec("r:5000/a:1", 5)
         ));
-    }
-
-    #[test]
-    fn the_registry_is_the_first_component_when_it_looks_like_a_host() {
-        assert_eq!(registry_of("127.0.0.1:5000/rctl/x:1"), "127.0.0.1:5000");
-        assert_eq!(registry_of("reg.example/team/web"), "reg.example");
-        assert_eq!(registry_of("localhost/web:1"), "localhost");
-        assert_eq!(registry_of("rctl/busybox:latest"), "docker.io");
-        assert_eq!(registry_of("busybox"), "docker.io");
     }
 
     #[test]

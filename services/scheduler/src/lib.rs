@@ -115,14 +115,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), RunErro
         let token = shutdown.child_token();
         tasks.spawn(async move {
             let render = move || {
-                format!(
-                    "# TYPE rctl_scheduler_up gauge\nrctl_scheduler_up 1\n\
-                     # TYPE rctl_scheduler_info gauge\nrctl_scheduler_info{{version=\"{}\"}} 1\n\
-                     # HELP rctl_scheduler_leader 1 while this replica is the elected leader.\n\
-                     # TYPE rctl_scheduler_leader gauge\nrctl_scheduler_leader {}\n",
-                    env!("CARGO_PKG_VERSION"),
-                    u8::from(leadership.is_leader()),
-                )
+                use rctl_api::metrics::{Kind, Text};
+                let mut t = Text::new();
+                t.family("rctl_scheduler_up", Kind::Gauge, "")
+                    .sample("rctl_scheduler_up", &[], 1)
+                    .family("rctl_scheduler_info", Kind::Gauge, "")
+                    .sample(
+                        "rctl_scheduler_info",
+                        &[("version", &env!("CARGO_PKG_VERSION"))],
+                        1,
+                    )
+                    .family(
+                        "rctl_scheduler_leader",
+                        Kind::Gauge,
+                        "1 while this replica is the elected leader.",
+                    )
+                    .sample(
+                        "rctl_scheduler_leader",
+                        &[],
+                        u8::from(leadership.is_leader()),
+                    );
+                t.finish()
             };
             if let Err(e) = rctl_api::metrics::serve(addr, render, token.cancelled_owned()).await {
                 tracing::error!(error = %e, %addr, "metrics endpoint failed");

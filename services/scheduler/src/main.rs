@@ -30,12 +30,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let security = args.tls.security_or_exit();
-    for url in &args.etcd {
-        if let Err(e) = security.check_url(url, "--etcd") {
-            rctl_api::tls::usage_exit(&e.to_string());
-        }
-    }
+    let security = args
+        .tls
+        .security_for_etcd(args.etcd.iter().map(String::as_str))
+        .unwrap_or_else(|e| usage_exit(e));
     let _telemetry = rctl_api::telemetry::init("rctl-scheduler", "info");
     let token = CancellationToken::new();
     let signal_token = token.clone();
@@ -55,4 +53,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// A bad flag or TLS configuration: one line and exit status 2 (bad usage), as clap does.
+fn usage_exit(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
 }

@@ -4,6 +4,7 @@
 use rctl_api::keys::valid_name;
 use rctl_api::pb::ServiceSpec;
 use rctl_api::placement::{validate_spread, validate_strategy, Constraint};
+use rctl_api::routing::Protocol;
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 10_000;
@@ -20,7 +21,7 @@ pub enum SpecError {
     Replicas(i64),
     #[error("port.container must be between 1 and 65535, got {0}")]
     ContainerPort(u32),
-    #[error("port.protocol must be \"http\" or \"tcp\", got {0:?}")]
+    #[error("port.protocol must be {one_of}, got {0:?}", one_of = Protocol::ONE_OF)]
     Protocol(String),
     #[error("port.listen must be IP:PORT, got {0:?}")]
     Listen(String),
@@ -41,7 +42,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     if spec.image.trim().is_empty() {
         return Err(SpecError::NoImage(spec.name.clone()));
     }
-    if !valid_image(&spec.image) {
+    if rctl_api::reference::parse(&spec.image).is_err() {
         return Err(SpecError::Image(spec.image.clone()));
     }
     validate_replicas(spec.replicas as i64)?;
@@ -49,7 +50,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         if p.container == 0 || p.container > 65535 {
             return Err(SpecError::ContainerPort(p.container));
         }
-        if !matches!(p.protocol.as_str(), "" | "http" | "tcp") {
+        if Protocol::parse(&p.protocol).is_none() {
             return Err(SpecError::Protocol(p.protocol.clone()));
         }
         if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -79,18 +80,6 @@ pub fn validate_replicas(n: i64) -> Result<(), SpecError> {
     } else {
         Err(SpecError::Replicas(n))
     }
-}
-
-/// A loose check of `[host[:port]/]path[:tag][@digest]`: catches typos and spaces; the
-/// registry has the last word.
-fn valid_image(r: &str) -> bool {
-    let ok_chars = r
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
-    ok_chars
-        && !r.starts_with(['/', ':', '@'])
-        && !r.ends_with(['/', ':', '@'])
-        && !r.contains("//")
 }
 
 /// Whether going from `old` to `new` changes what runs (a new revision), rather than only

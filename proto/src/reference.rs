@@ -1,15 +1,21 @@
-//! Image references (`[DOMAIN/]PATH[:TAG][@DIGEST]`) parsed by hand, to Docker's grammar
-//! (distribution/reference), into oci-client's `Reference`.
+//! Image references (`[DOMAIN/]PATH[:TAG][@DIGEST]`), parsed by hand to Docker's grammar
+//! (distribution/reference): one rule for the CLI (before it sends a reference), the
+//! scheduler (before it writes a spec) and the agent (before it pulls).
 //!
-//! Why not `str::parse::<Reference>()`: oci-spec matches references with one regex whose
-//! tag part is `[\w][\w.-]{0,127}`; the `regex` crate's `\w` is Unicode, so the compiled
-//! NFA is about 4.4 MB, built on the first pull (with an 8 MB peak on the way) and kept
-//! for the life of the process. That was a third of the agent's anonymous memory with 50
-//! containers. Docker's grammar (Go's RE2) means ASCII `\w`, which is what this accepts.
+//! Why not `str::parse::<oci_client::Reference>()`: oci-spec matches references with one
+//! regex whose tag part is `[\w][\w.-]{0,127}`; the `regex` crate's `\w` is Unicode, so the
+//! compiled NFA is about 4.4 MB, built on the first pull (with an 8 MB peak on the way) and
+//! kept for the life of the process. That was a third of the agent's anonymous memory with
+//! 50 containers. Docker's grammar (Go's RE2) means ASCII `\w`, which is what this accepts.
+//!
+//! Vocabulary: the *registry* (domain) is the host a reference is pulled from; the
+//! *repository* is the path inside it; a reference names a *tag*, a *digest* or both.
 
-use oci_client::Reference;
+use std::fmt;
 
 const DOCKER_HUB: &str = "docker.io";
+/// Names Docker Hub goes by in references and in docker's `config.json`.
+const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
 const DOCKER_HUB_LEGACY: &str = "index.docker.io";
 const OFFICIAL_REPOS: &str = "library";
 const DEFAULT_TAG: &str = "latest";
@@ -28,6 +34,54 @@ pub enum ReferenceError {
     NameTooLong,
     #[error("invalid digest (expected sha256:64 hex, sha384:96 or sha512:128)")]
     Digest,
+}
+
+/// A reference as Docker normalises it: `busybox` is `docker.io/library/busybox:latest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    registry: String,
+    repository: String,
+    /// `None` only when a digest is given without a tag.
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl Reference {
+    /// The registry host (`docker.io`, `h:5000`, `localhost`).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The path inside the registry (`library/busybox`).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// The normalised reference as one string: `docker.io/library/busybox:latest`.
+    pub fn whole(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Parses `s` as Docker does: `busybox` is `docker.io/library/busybox:latest`; a first
@@ -56,12 +110,50 @@ pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
     if repository.len() > NAME_MAX {
         return Err(ReferenceError::NameTooLong);
     }
-    let tag = tag.map(str::to_string);
-    Ok(match (tag, digest) {
-        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t, d.into()),
-        (None, Some(d)) => Reference::with_digest(registry, repository, d.into()),
-        (t, None) => Reference::with_tag(registry, repository, t.unwrap_or(DEFAULT_TAG.into())),
+    let tag = match (tag, digest) {
+        (None, None) => Some(DEFAULT_TAG),
+        (t, _) => t,
+    };
+    Ok(Reference {
+        registry,
+        repository,
+        tag: tag.map(str::to_string),
+        digest: digest.map(str::to_string),
     })
+}
+
+/// The registry host `reference` is pulled from, by Docker's rule (a first path component
+/// with a `.` or a `:`, or `localhost`, is a registry; else Docker Hub): what [`parse`]
+/// gives as [`Reference::registry`], without needing a valid reference, so an error
+/// message can name the registry of whatever the user typed.
+pub fn registry_of(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if is_domain(first) && first != DOCKER_HUB_LEGACY => first,
+        _ => DOCKER_HUB,
+    }
+}
+
+/// The registry host a docker `config.json` `auths` key names, as [`registry_of`] names
+/// it: `https://index.docker.io/v1/` → `docker.io`, `http://h:5000/` → `h:5000`.
+pub fn registry_of_auth_key(key: &str) -> &str {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    canonical_registry(k.split('/').next().unwrap_or(k))
+}
+
+/// Docker Hub under its one name (as credentials are looked up); any other host as given.
+pub fn canonical_registry(host: &str) -> &str {
+    if DOCKER_HUB_ALIASES.contains(&host) {
+        DOCKER_HUB
+    } else {
+        host
+    }
+}
+
+/// Docker's test for a first path component that names a registry.
+fn is_domain(first: &str) -> bool {
+    first.contains(['.', ':']) || first == "localhost"
 }
 
 /// `[\w][\w.-]{0,127}`, `\w` ASCII.
@@ -143,19 +235,17 @@ fn check_digest(d: &str) -> Result<(), ReferenceError> {
 /// Docker's normalisation: the registry if the first component names one, else Docker Hub
 /// (with `library/` for a one-component name).
 fn split_domain(name: &str) -> (String, String) {
-    let (mut domain, mut rest) = match name.split_once('/') {
-        Some((left, right)) if left.contains('.') || left.contains(':') || left == "localhost" => {
-            (left.to_string(), right.to_string())
-        }
-        _ => (DOCKER_HUB.to_string(), name.to_string()),
+    let registry = registry_of(name);
+    let rest = match name.split_once('/') {
+        Some((first, rest)) if is_domain(first) => rest,
+        _ => name,
     };
-    if domain == DOCKER_HUB_LEGACY {
-        domain = DOCKER_HUB.into();
-    }
-    if domain == DOCKER_HUB && !rest.contains('/') {
-        rest = format!("{OFFICIAL_REPOS}/{rest}");
-    }
-    (domain, rest)
+    let repository = if registry == DOCKER_HUB && !rest.contains('/') {
+        format!("{OFFICIAL_REPOS}/{rest}")
+    } else {
+        rest.to_string()
+    };
+    (registry.to_string(), repository)
 }
 
 #[cfg(test)]
@@ -319,5 +409,96 @@ mod tests {
     fn the_longest_tag_is_accepted() {
         let input = format!("repo:{}", "t".repeat(128));
         assert_eq!(parse(&input).unwrap().tag(), Some("t".repeat(128).as_str()));
+    }
+
+    #[test]
+    fn whole_writes_the_normalised_reference() {
+        assert_eq!(
+            parse("busybox").unwrap().whole(),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            parse(&format!("h:5000/a:v1@{SHA256}")).unwrap().whole(),
+            format!("h:5000/a:v1@{SHA256}")
+        );
+        assert_eq!(
+            parse(&format!("a@{SHA256}")).unwrap().to_string(),
+            format!("docker.io/library/a@{SHA256}")
+        );
+    }
+
+    #[test]
+    fn every_digest_the_agent_pulls_is_accepted() {
+        // The CLI once took only sha256 while the agent also pulls sha384 and sha512.
+        for (alg, n) in [("sha256", 64), ("sha384", 96), ("sha512", 128)] {
+            let d = format!("{alg}:{}", "a".repeat(n));
+            let r = parse(&format!("h:5000/a@{d}")).unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(r.digest(), Some(d.as_str()));
+            let short = format!("h:5000/a@{alg}:{}", "a".repeat(n - 1));
+            assert_eq!(parse(&short), Err(ReferenceError::Digest), "{alg}");
+        }
+    }
+
+    #[test]
+    fn the_cli_examples_are_judged_as_before() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for ok in [
+            "busybox".to_string(),
+            "127.0.0.1:5000/rctl/busybox:latest".to_string(),
+            format!("127.0.0.1:5000/rctl/busybox@{d}"),
+            format!("h:5000/a/b:v1.2-x_y@{d}"),
+        ] {
+            assert!(parse(&ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Busybox",
+            "h:5000/a@sha256:1234",
+            "h:5000/a:",
+            "h:5000/a:b c",
+            "h:5000//a",
+            "h:5000/",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn registries_are_read_from_references_like_docker() {
+        for (reference, registry) in [
+            ("127.0.0.1:5000/rctl/busybox:1", "127.0.0.1:5000"),
+            ("127.0.0.1:5000/rctl/x:1", "127.0.0.1:5000"),
+            ("reg.example/team/web", "reg.example"),
+            ("localhost/a", "localhost"),
+            ("localhost/web:1", "localhost"),
+            ("ghcr.io/o/i", "ghcr.io"),
+            ("library/busybox", "docker.io"),
+            ("rctl/busybox:latest", "docker.io"),
+            ("busybox", "docker.io"),
+            ("index.docker.io/x/y", "docker.io"),
+            // Not a valid reference, still a registry to name in an error.
+            ("Reg.Example/Web", "Reg.Example"),
+        ] {
+            assert_eq!(registry_of(reference), registry, "{reference}");
+            if let Ok(r) = parse(reference) {
+                assert_eq!(r.registry(), registry, "{reference}");
+            }
+        }
+    }
+
+    #[test]
+    fn auth_keys_name_registries_as_references_do() {
+        for (key, registry) in [
+            ("https://index.docker.io/v1/", "docker.io"),
+            ("registry-1.docker.io", "docker.io"),
+            ("docker.io", "docker.io"),
+            ("http://h:5000/", "h:5000"),
+            ("h:5000", "h:5000"),
+            ("reg.example:5000", "reg.example:5000"),
+        ] {
+            assert_eq!(registry_of_auth_key(key), registry, "{key}");
+        }
+        assert_eq!(canonical_registry("index.docker.io"), "docker.io");
+        assert_eq!(canonical_registry("ghcr.io"), "ghcr.io");
     }
 }
