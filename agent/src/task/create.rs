@@ -16,7 +16,7 @@ use super::{validate, Actor, Inner, TaskError, Tasks};
 use crate::image::feed::PullFeed;
 use crate::image::registry::Credentials;
 use crate::lifecycle;
-use crate::network::ipam;
+use crate::network::{host_ip, ipam};
 use crate::runtime;
 use crate::runtime::spec;
 use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};
@@ -40,6 +40,12 @@ impl Tasks {
     ) -> Result<bool, TaskError> {
         validate(&task)?;
         if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
+            // Before anything is made: a rule for another host's address would capture
+            // this node's own connections to it.
+            let own = self.inner.runtime.addresses();
+            for b in &task.ports {
+                host_ip::check(&b.host_ip, &own, self.inner.cluster.node())?;
+            }
             let (_, held) = self.inner.used().await;
             if let Some(port) = taken_port(&task.ports, &held, listening) {
                 return Err(TaskError::PortAllocated {
