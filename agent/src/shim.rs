@@ -304,7 +304,8 @@ impl Wiring {
     }
 }
 
-fn set_winsize(fd: impl AsFd, rows: u16, cols: u16) -> std::io::Result<()> {
+/// Sets a pty's window size (the shim's own pty, and an exec's).
+pub(crate) fn set_winsize(fd: impl AsFd, rows: u16, cols: u16) -> std::io::Result<()> {
     rustix::termios::tcsetwinsize(
         fd,
         rustix::termios::Winsize {

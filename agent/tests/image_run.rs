@@ -1,12 +1,12 @@
 //! From registry to running container without a cluster: an image pushed to a real
-//! registry is pulled by the agent's image store and run by `runtime::container::Runtime`
+//! registry is pulled by the agent's image store and run by `runtime::container::ContainerRuntime`
 //! with the image config's User, WorkingDir, Entrypoint and Cmd, and a task's overrides.
 
 mod common;
 
 use common::{busybox_layer, push, put_blob, TestRegistry};
 use rctl_agent::image::ImageStore;
-use rctl_agent::runtime::container::{spec_of, Runtime};
+use rctl_agent::runtime::container::{spec_of, ContainerRuntime};
 use rctl_api::pb;
 
 /// The busybox layer as a gzip'd tar blob (symlinks kept as links) and its diff id.
@@ -62,7 +62,7 @@ async fn pulled_image_runs_with_its_config() {
         .ensure(&format!("{}/busybox-app:1", registry.host()))
         .await
         .unwrap();
-    let rt = Runtime::with_agent_exe(root, env!("CARGO_BIN_EXE_rctl-agent").into());
+    let rt = ContainerRuntime::with_agent_exe(root, env!("CARGO_BIN_EXE_rctl-agent").into());
 
     // The image as it is.
     let task = pb::Task {

@@ -18,36 +18,76 @@ pub fn print_json<T: Serialize>(v: &T) {
 
 /// Prints rows as left-aligned columns.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            width[i] = width[i].max(c.chars().count());
+    print!("{}", table(header, rows));
+}
+
+/// A cell wider than this is written whole but not padded to, so one long stored value
+/// (a 100,000-character image reference) neither widens every row nor reaches a padding
+/// width `format!` cannot take.
+const CELL_MAX: usize = 80;
+
+/// The lines [`print_table`] prints: cells left-aligned in columns three spaces apart, each
+/// line trimmed at its end. Total over any strings: control characters are written escaped
+/// (a stored value cannot forge rows or drive the terminal), rows may be ragged.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let clean = |c: &str| -> String {
+        if c.chars().any(char::is_control) {
+            c.chars()
+                .map(|ch| {
+                    if ch.is_control() {
+                        ch.escape_default().to_string()
+                    } else {
+                        ch.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            c.to_string()
+        }
+    };
+    let lines: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| clean(h)).collect())
+        .chain(rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()))
+        .collect();
+    let mut width: Vec<usize> = Vec::new();
+    for l in &lines {
+        for (i, c) in l.iter().enumerate() {
+            let w = c.chars().count();
+            if width.len() <= i {
+                width.push(0);
+            }
+            if w <= CELL_MAX {
+                width[i] = width[i].max(w);
+            }
         }
     }
-    let line = |cells: Vec<String>| {
-        let n = cells.len();
-        let s: Vec<String> = cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i + 1 == n {
-                    c
-                } else {
-                    format!("{c:<w$}", w = width[i])
-                }
-            })
-            .collect();
-        println!("{}", s.join("   ").trim_end());
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    for r in rows {
-        line(r.clone());
+    let mut out = String::new();
+    for l in lines {
+        let mut line = String::new();
+        let n = l.len();
+        for (i, c) in l.into_iter().enumerate() {
+            let w = c.chars().count();
+            line.push_str(&c);
+            if i + 1 < n {
+                line.extend(std::iter::repeat_n(' ', width[i].saturating_sub(w) + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
+    out
 }
+
+/// The last millisecond RFC 3339's four-digit year can write (9999-12-31T23:59:59.999Z).
+const RFC3339_MAX_MS: i64 = 253_402_300_799_999;
 
 pub fn rfc3339(unix_ms: i64) -> String {
     if unix_ms <= 0 {
         return String::new();
+    }
+    if unix_ms > RFC3339_MAX_MS {
+        // humantime's Display fails past year 9999 (a panic in `to_string`): a stored
+        // value this large is shown as it is.
+        return format!("{unix_ms}ms since 1970");
     }
     let t = UNIX_EPOCH + Duration::from_millis(unix_ms as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -178,7 +218,16 @@ impl TaskJson {
 }
 
 pub fn print_tasks(views: &[pb::TaskView]) {
-    let rows: Vec<Vec<String>> = views
+    print_table(&TASK_HEADER, &task_rows(views));
+}
+
+const TASK_HEADER: [&str; 9] = [
+    "ID", "NAME", "NODE", "IMAGE", "STATE", "HEALTH", "ENDPOINT", "CREATED", "MESSAGE",
+];
+
+/// The rows of [`print_tasks`], one per task.
+pub fn task_rows(views: &[pb::TaskView]) -> Vec<Vec<String>> {
+    views
         .iter()
         .map(|v| {
             let j = TaskJson::from_view(v);
@@ -204,18 +253,91 @@ pub fn print_tasks(views: &[pb::TaskView]) {
                 j.message,
             ]
         })
-        .collect();
-    print_table(
-        &[
-            "ID", "NAME", "NODE", "IMAGE", "STATE", "HEALTH", "ENDPOINT", "CREATED", "MESSAGE",
-        ],
-        &rows,
-    );
+        .collect()
+}
+
+/// Strings a stored value may hold, for the tests of every writer: empty, longer than any
+/// padding `format!` takes, control characters, NUL, multi-byte and wide characters.
+#[cfg(test)]
+pub fn hostile_strings() -> Vec<String> {
+    vec![
+        String::new(),
+        "b".repeat(100_000),
+        format!("198.18.0.1:7603/rctl/testserver:{}", "b".repeat(100_000)),
+        "line\nbreak\r\ttab\u{1b}[31mred\u{7}".into(),
+        "nul\0byte".into(),
+        "é漢字🦀\u{200d}\u{301}".repeat(20_000),
+        "\u{feff}\u{202e}rtl".into(),
+        " ".into(),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_take_any_string_without_panic_and_stay_one_line_per_row() {
+        let hostile = hostile_strings();
+        for s in &hostile {
+            for (header, rows) in [
+                (
+                    vec!["A", "B", "C"],
+                    vec![vec![s.clone(), s.clone(), s.clone()]],
+                ),
+                (
+                    vec!["A", "B"],
+                    vec![vec!["x".into(), s.clone()], vec![s.clone()]],
+                ),
+                // Ragged: more cells than the header.
+                (vec!["A"], vec![vec![s.clone(), s.clone(), "z".into()]]),
+                (vec![], vec![vec![]]),
+            ] {
+                let out = table(&header, &rows);
+                assert_eq!(out.lines().count(), rows.len() + 1, "{out:.200}");
+            }
+        }
+        // Short cells still line up; a cell over the limit is not padded to.
+        let long = "b".repeat(100_000);
+        let out = table(
+            &["NAME", "IMAGE", "STATE"],
+            &[
+                vec!["web".into(), long.clone(), "running".into()],
+                vec!["api".into(), "app:1".into(), "running".into()],
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "NAME   IMAGE   STATE");
+        assert_eq!(lines[1], format!("web    {long}   running"));
+        assert_eq!(lines[2], "api    app:1   running");
+    }
+
+    #[test]
+    fn tasks_render_any_stored_string_as_table_and_json() {
+        for s in hostile_strings() {
+            let view = pb::TaskView {
+                task: Some(pb::Task {
+                    id: s.clone(),
+                    service: s.clone(),
+                    node: s.clone(),
+                    image: s.clone(),
+                    container_port: 8080,
+                    created_unix_ms: i64::MAX,
+                    ..Default::default()
+                }),
+                status: Some(pb::TaskStatus {
+                    health: s.clone(),
+                    endpoint: s.clone(),
+                    message: s.clone(),
+                    exit_code: i32::MIN,
+                    ..Default::default()
+                }),
+                node_ip: s.clone(),
+            };
+            let _ = table(&TASK_HEADER, &task_rows(std::slice::from_ref(&view)));
+            serde_json::to_string_pretty(&TaskJson::from_view(&view)).unwrap();
+        }
+    }
 
     #[test]
     fn bytes_are_written_as_docker_writes_them() {
@@ -236,5 +358,13 @@ mod tests {
         ] {
             assert_eq!(bytes(n, units, style), want, "{n} {units:?} {style:?}");
         }
+    }
+
+    #[test]
+    fn times_past_year_9999_are_written_as_numbers() {
+        assert_eq!(rfc3339(RFC3339_MAX_MS), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MAX), format!("{}ms since 1970", i64::MAX));
+        assert_eq!(rfc3339(i64::MIN), "");
+        assert_eq!(ago(i64::MAX), "0s ago");
     }
 }

@@ -132,8 +132,7 @@ pub struct Update {
 #[serde(deny_unknown_fields)]
 pub struct Canary {
     pub replicas: Option<u32>,
-    #[serde(default)]
-    pub steps: Vec<u32>,
+    pub steps: Option<Vec<u32>>,
     pub step_duration: Option<String>,
     pub min_requests: Option<u64>,
     pub max_error_rate: Option<f64>,
@@ -154,10 +153,29 @@ pub fn load(path: &Path) -> Result<pb::ServiceSpec, FileError> {
 
 pub fn parse(file: &str, src: &str) -> Result<pb::ServiceSpec, FileError> {
     let parsed: ServiceFile = toml::from_str(src).map_err(|e| parse_error(file, src, &e))?;
-    to_spec(parsed).map_err(|message| FileError::Invalid {
-        file: file.to_string(),
-        message,
+    to_spec(parsed).map_err(|message| {
+        // A check names its key as "key `a.b`: ..."; point at the line that sets it.
+        let line = message
+            .strip_prefix("key `")
+            .and_then(|m| m.split_once('`'))
+            .and_then(|(key, _)| line_of(src, key));
+        match line {
+            Some(line) => FileError::Parse {
+                file: file.to_string(),
+                line,
+                message,
+            },
+            None => FileError::Invalid {
+                file: file.to_string(),
+                message,
+            },
+        }
     })
+}
+
+/// The 1-based line that sets the dotted `key` (the inverse of [`key_at`]).
+fn line_of(src: &str, key: &str) -> Option<usize> {
+    (1..=src.lines().count()).find(|&line| key_at(src, line).as_deref() == Some(key))
 }
 
 fn parse_error(file: &str, src: &str, e: &toml::de::Error) -> FileError {
@@ -373,9 +391,12 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
     let canary = match f.canary {
         Some(c) => {
             let step_duration_ms = duration_ms("canary.step_duration", c.step_duration.as_deref())?;
-            if c.steps.iter().any(|s| *s == 0 || *s > 100)
-                || c.steps.windows(2).any(|w| w[0] >= w[1])
-            {
+            // Unset is one step of 100 %, sent as such: the API refuses an empty list.
+            let steps = c.steps.unwrap_or_else(|| vec![100]);
+            if steps.is_empty() {
+                return Err("key `canary.steps`: must list at least one percentage".into());
+            }
+            if steps.iter().any(|s| *s == 0 || *s > 100) || steps.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(
                     "key `canary.steps`: must be increasing percentages between 1 and 100".into(),
                 );
@@ -392,9 +413,13 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
                     "key `canary.max_p99_ratio`: must be a positive number, got {max_p99_ratio}"
                 ));
             }
+            let replicas = c.replicas.unwrap_or(1);
+            if replicas == 0 {
+                return Err("key `canary.replicas`: must be at least 1, got 0".into());
+            }
             Some(pb::CanarySpec {
-                replicas: c.replicas.unwrap_or(1),
-                steps: c.steps,
+                replicas,
+                steps,
                 step_duration_ms,
                 min_requests: c.min_requests.unwrap_or(200),
                 max_error_rate,
@@ -524,11 +549,19 @@ memory = "128Mi"
             ("steps = [50, 10]", "canary.steps"),
             ("max_error_rate = 2.0", "canary.max_error_rate"),
             ("max_p99_ratio = -1.0", "canary.max_p99_ratio"),
+            ("steps = []", "canary.steps"),
+            ("replicas = 0", "canary.replicas"),
         ] {
             let src = format!("{GOOD}\n[canary]\n{bad}\n");
             let e = parse("web.toml", &src).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
+            let line = GOOD.lines().count() + 3;
+            assert!(e.starts_with(&format!("web.toml:{line}: ")), "{bad}: {e}");
         }
+        // Unset steps are one step of 100 %, written out for the API.
+        let src = format!("{GOOD}\n[canary]\nreplicas = 2\n");
+        let c = parse("web.toml", &src).unwrap().canary.unwrap();
+        assert_eq!((c.replicas, c.steps), (2, vec![100]));
     }
 
     #[test]
@@ -584,8 +617,9 @@ memory = "128Mi"
         assert!(e.contains("key `placement.strategy`"), "{e}");
         let bad = src.replace("role == web", "role = web");
         let e = parse("web.toml", &bad).unwrap_err().to_string();
+        let line = bad.lines().position(|l| l.contains("constraints")).unwrap() + 1;
         assert!(
-            e.starts_with("web.toml: key `placement.constraints`: "),
+            e.starts_with(&format!("web.toml:{line}: key `placement.constraints`: ")),
             "{e}"
         );
     }

@@ -1,9 +1,11 @@
-//! A container on this host without the cluster around it: [`Runtime::create`] (directory,
-//! config, confinement profile, cgroup), [`Runtime::start`] (the shim, the container's
-//! PID 1), [`Runtime::wait`], [`Container::signal`] and [`Runtime::delete`] (every cgroup
-//! directory and the container directory). No network is attached: the container gets
-//! its own network namespace with only `lo`. Agent integration tests and benchmarks use
-//! this; the task actors add networking, etcd status and restart policy on top.
+//! A container on this host without the cluster around it: [`ContainerRuntime::create`]
+//! (directory, config, confinement profile, cgroup), [`ContainerRuntime::start`] (the shim,
+//! the container's PID 1), [`ContainerRuntime::wait`], [`Container::signal`] and
+//! [`ContainerRuntime::delete`] (every cgroup directory and the container directory). No
+//! network is attached: the container gets its own network namespace with only `lo`. Agent
+//! integration tests and benchmarks use this; the task actors add networking, etcd status and
+//! restart policy on top (through `task::HostRuntime`, which wraps it behind the
+//! `task::Runtime` trait).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -99,7 +101,7 @@ impl Exit {
     }
 }
 
-/// One container made by [`Runtime::create`].
+/// One container made by [`ContainerRuntime::create`].
 pub struct Container {
     pub dir: ContainerDir,
     pub cgroup: Option<Cgroup>,
@@ -128,7 +130,7 @@ impl Container {
 
 /// Containers under `ROOT/containers/`.
 #[derive(Debug, Clone)]
-pub struct Runtime {
+pub struct ContainerRuntime {
     root: PathBuf,
     /// The agent binary, re-executed as each container's shim.
     agent_exe: PathBuf,
@@ -138,7 +140,7 @@ pub struct Runtime {
     userns: Option<IdMap>,
 }
 
-impl Runtime {
+impl ContainerRuntime {
     /// A runtime whose shims are this process's own binary (the agent).
     pub fn new(root: PathBuf) -> Self {
         Self::with_agent_exe(root, PathBuf::from("/proc/self/exe"))

@@ -26,6 +26,7 @@ use crate::dirwatch::DirWatch;
 use crate::logs::{self, Filter, Follower, Rotation};
 use crate::runtime::exec::{self, ExecSpec, ExecStdio};
 use crate::runtime::state::ContainerDir;
+use crate::shim::set_winsize;
 
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<pb::StreamOutput, StreamError>> + Send>>;
 pub type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsResponse, StreamError>> + Send>>;
@@ -418,19 +419,6 @@ struct Wiring {
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Into::into)
-}
-
-fn set_winsize(fd: &OwnedFd, rows: u16, cols: u16) -> std::io::Result<()> {
-    rustix::termios::tcsetwinsize(
-        fd,
-        rustix::termios::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        },
-    )
-    .map_err(Into::into)
 }
 
 fn wiring(start: &pb::ExecStart) -> std::io::Result<Wiring> {

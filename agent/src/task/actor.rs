@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rctl_api::{clock, pb};
+use rctl_api::pb;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
@@ -13,11 +13,11 @@ use super::create::{cleanup_failed_start, ImageSource};
 use super::launch::relaunch;
 use super::remove::remove;
 use super::restart::{restart, Restarted};
+use super::status::{exit_reason, finish};
 use super::supervise::{supervise, Ended};
 use super::{Cmd, Inner, Stop};
 use crate::lifecycle::{self, RestartPolicy};
-use crate::runtime;
-use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};
+use crate::runtime::state::{ContainerConfig, PidRecord};
 
 /// How an actor begins.
 pub(super) enum Start {
@@ -31,43 +31,6 @@ pub(super) enum Start {
         code: Option<i32>,
         delay: Duration,
     },
-}
-
-/// The failure message of a container that exited by itself: its code and last log line.
-pub(super) fn exit_reason(dir: &ContainerDir, code: Option<i32>) -> String {
-    if let Some(oom) = runtime::container::oom_reason(dir) {
-        return oom;
-    }
-    match code {
-        Some(0) | None => String::new(),
-        Some(c) => match dir.last_log_line() {
-            Some(line) => format!("exited with code {c}: {line}"),
-            None => format!("exited with code {c}"),
-        },
-    }
-}
-
-/// Marks `status` finished: exited when stopped or exited 0, failed otherwise, with why.
-pub fn finish(status: &mut pb::TaskStatus, code: Option<i32>, stopped: bool, why: String) {
-    status.finished_unix_ms = clock::now_unix_ms();
-    status.health = String::new();
-    status.exit_code = code.unwrap_or(-1);
-    let ok = stopped || code == Some(0);
-    status.state = if ok {
-        pb::TaskState::Exited
-    } else {
-        pb::TaskState::Failed
-    } as i32;
-    status.message = if stopped {
-        "stopped".into()
-    } else if !why.is_empty() {
-        why
-    } else {
-        match code {
-            Some(c) => format!("exited with code {c}"),
-            None => "container lost".into(),
-        }
-    };
 }
 
 /// The one owner of a container's transitions.
@@ -246,23 +209,5 @@ pub(super) async fn actor(
                 Some(_) => {}
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stopped_containers_exit_cleanly_and_crashes_fail() {
-        let mut s = pb::TaskStatus::default();
-        finish(&mut s, Some(137), true, String::new());
-        assert_eq!(s.state, pb::TaskState::Exited as i32);
-        assert_eq!(s.exit_code, 137);
-        finish(&mut s, Some(1), false, String::new());
-        assert_eq!(s.state, pb::TaskState::Failed as i32);
-        assert_eq!(s.message, "exited with code 1");
-        finish(&mut s, Some(0), false, String::new());
-        assert_eq!(s.state, pb::TaskState::Exited as i32);
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::actor::{actor, exit_reason, Start};
+use super::actor::{actor, Start};
+use super::status::exit_reason;
 use super::{Actor, Tasks};
 use crate::lifecycle::{self, RestartPolicy, Restarts};
 use crate::runtime;

@@ -1,22 +1,18 @@
-//! Creating a container: RunTask's acceptance (idempotent by id, host ports free, the pull
-//! feed made before anyone can follow it), then, in the actor, the pull, the address and
-//! port allocation, the config and the confinement profile, and the first launch.
+//! Creating a container, in its actor: the pull, the address and port allocation, the config
+//! and the confinement profile, and the first launch.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rctl_api::{clock, pb};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
-use super::actor::{actor, Start};
-use super::{validate, Actor, Inner, TaskError, Tasks};
+use super::{Inner, TaskError};
 use crate::image::feed::PullFeed;
 use crate::image::registry::Credentials;
 use crate::lifecycle;
-use crate::network::{host_ip, ipam};
+use crate::network::ipam;
 use crate::runtime;
 use crate::runtime::spec;
 use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};
@@ -28,84 +24,6 @@ pub(super) enum ImageSource {
     /// Missing: pulled with its progress in this feed, which `rctl run` follows, with the
     /// logins RunTask carried (besides the agent's own).
     Pull(Arc<PullFeed>, Option<Credentials>),
-}
-
-impl Tasks {
-    /// Accepts `task` (idempotent by id) and starts it in the background; true when its
-    /// image is not here and is being pulled first (see [`Tasks::follow_pull`]).
-    pub async fn run_task(
-        &self,
-        task: pb::Task,
-        credentials: Option<Credentials>,
-    ) -> Result<bool, TaskError> {
-        validate(&task)?;
-        if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
-            // Before anything is made: a rule for another host's address would capture
-            // this node's own connections to it.
-            let own = self.inner.runtime.addresses();
-            for b in &task.ports {
-                host_ip::check(&b.host_ip, &own, self.inner.cluster.node())?;
-            }
-            let (_, held) = self.inner.used().await;
-            if let Some(port) = taken_port(&task.ports, &held, listening) {
-                return Err(TaskError::PortAllocated {
-                    port,
-                    node: self.inner.cluster.node().to_string(),
-                });
-            }
-        }
-        // Known already: nothing to start, nothing pulled for this request.
-        let known = |actors: &HashMap<String, Actor>| {
-            actors.contains_key(&task.id) || self.dir(&task.id).0.exists()
-        };
-        if known(&self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(false);
-        }
-        // Asked before the actor exists so the answer can say so, and the feed is there
-        // before anyone can ask to follow it. The image found here is the one created from.
-        let source = match self.inner.images.cached(&task.image).await {
-            Some(image) => ImageSource::Here(Box::new(image)),
-            None => ImageSource::Pull(Arc::default(), credentials),
-        };
-        Ok(self.accept(task, source))
-    }
-
-    /// Starts the actor of the new container of `task` (unless one exists or its directory
-    /// does), its image from `source`; true when it is pulled first.
-    pub(super) fn accept(&self, task: pb::Task, source: ImageSource) -> bool {
-        let known = |actors: &HashMap<String, Actor>| {
-            actors.contains_key(&task.id) || self.dir(&task.id).0.exists()
-        };
-        let feed = match &source {
-            ImageSource::Pull(feed, _) => Some(feed.clone()),
-            ImageSource::Here(_) => None,
-        };
-        let pulling = feed.is_some();
-        {
-            let mut actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());
-            if known(&actors) {
-                return false;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            actors.insert(
-                task.id.clone(),
-                Actor {
-                    tx,
-                    accepted: Some(Instant::now()),
-                    pull: feed,
-                },
-            );
-            let status = self.inner.base_status(&task);
-            tokio::spawn(actor(
-                self.inner.clone(),
-                task,
-                status,
-                rx,
-                Start::New(source),
-            ));
-        }
-        pulling
-    }
 }
 
 impl Inner {
@@ -290,75 +208,9 @@ impl Inner {
     }
 }
 
-/// The first of `ports` whose host port a local container holds already (`held`: port and
-/// protocol) or a socket of this host holds (`listening`), each binding checked with its own
-/// protocol: 8080/tcp and 8080/udp are two different ports.
-fn taken_port(
-    ports: &[pb::PortBinding],
-    held: &[(u16, String)],
-    listening: impl Fn(u16, &str) -> bool,
-) -> Option<u32> {
-    ports.iter().find_map(|b| {
-        let proto = if b.protocol.is_empty() {
-            "tcp"
-        } else {
-            b.protocol.as_str()
-        };
-        let Ok(port) = u16::try_from(b.host_port) else {
-            return Some(b.host_port);
-        };
-        let taken = held.iter().any(|(p, q)| *p == port && q == proto) || listening(port, proto);
-        taken.then_some(b.host_port)
-    })
-}
-
-/// Whether a socket of this host holds `port` for `proto`: binding it fails.
-fn listening(port: u16, proto: &str) -> bool {
-    match proto {
-        "udp" => std::net::UdpSocket::bind(("0.0.0.0", port)).is_err(),
-        _ => std::net::TcpListener::bind(("0.0.0.0", port)).is_err(),
-    }
-}
-
 pub(super) async fn cleanup_failed_start(inner: &Inner, dir: &ContainerDir) {
     match dir.read_config() {
         Ok(cfg) => inner.teardown(&cfg).await,
         Err(_) => inner.runtime.detach(&dir.id()).await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_port_is_taken_per_protocol() {
-        let b = |port, proto: &str| pb::PortBinding {
-            host_port: port,
-            container_port: 80,
-            protocol: proto.into(),
-            ..Default::default()
-        };
-        let free = |_: u16, _: &str| false;
-        // -p 8080:80/tcp -p 8080:80/udp on a free host: both go through.
-        assert_eq!(
-            taken_port(&[b(8080, "tcp"), b(8080, "udp")], &[], free),
-            None
-        );
-        // A local container holding 8080/udp takes only the UDP binding.
-        let held = [(8080, "udp".to_string())];
-        assert_eq!(taken_port(&[b(8080, "")], &held, free), None);
-        assert_eq!(
-            taken_port(&[b(8080, "tcp"), b(8080, "udp")], &held, free),
-            Some(8080)
-        );
-        // A UDP socket listening is checked as UDP, not as TCP.
-        let udp_only = |_: u16, proto: &str| proto == "udp";
-        assert_eq!(taken_port(&[b(53, "tcp")], &[], udp_only), None);
-        assert_eq!(
-            taken_port(&[b(53, "tcp"), b(53, "udp")], &[], udp_only),
-            Some(53)
-        );
-        assert_eq!(taken_port(&[b(70_000, "tcp")], &[], free), Some(70_000));
     }
 }

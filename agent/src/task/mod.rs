@@ -5,13 +5,14 @@
 //!
 //! # Layout (one file per verb, as youki's libcontainer `container_*.rs`)
 //! - [`actor`]: the actor of one container, from how it begins to its removal.
-//! - [`create`]: RunTask's acceptance (port check, pull feed) and a new container's
-//!   pull, address allocation, config and profile.
+//! - [`accept`]: RunTask's acceptance (port check, pull feed), which starts the actor.
+//! - [`create`]: a new container's pull, address allocation, config and profile.
 //! - [`launch`]: starting a container's shim (first start, restart, `rctl start`) and
 //!   tearing down its network.
 //! - [`supervise`]: watching a running container: exit, health probes, endpoint.
 //! - [`kill`]: signals, and a stop's signal-then-SIGKILL.
 //! - [`restart`]: waiting out a restart backoff; restarts missed while no agent ran.
+//! - [`status`]: what a status says: the status before anything happened, a finished one.
 //! - [`remove`]: deleting a container's directory, volumes and status.
 //! - [`adopt`]: rebuilding the actors from the container directories at start-up.
 //! - [`sweep`]: the orphan sweep (its decision is pure, shared with the hollow nodes).
@@ -40,6 +41,7 @@ use crate::runtime::spec::SpecError;
 use crate::runtime::state::ContainerDir;
 use crate::runtime::RuntimeError;
 
+mod accept;
 mod actor;
 mod adopt;
 mod cluster;
@@ -51,14 +53,15 @@ mod restart;
 mod runtime;
 #[cfg(test)]
 mod sim_tests;
+mod status;
 mod supervise;
 mod sweep;
 
 pub use crate::lifecycle::DEFAULT_STOP_TIMEOUT;
 pub use crate::runtime::state::valid_id;
-pub use actor::finish;
 pub use cluster::{Cluster, Recorder};
 pub use runtime::{Behaviour, HostRuntime, Runtime, SimRuntime};
+pub use status::{base_status, finish};
 pub use sweep::{sweep_decision, SWEEP_DRAIN_GRACE_MS, SWEEP_GRACE, SWEEP_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
@@ -143,17 +146,6 @@ pub fn validate(task: &pb::Task) -> Result<(), TaskError> {
     crate::runtime::userns::host_requested(&task.userns)
         .map_err(|e| TaskError::Invalid(e.to_string()))?;
     Ok(())
-}
-
-/// The status a node reports for `task` before anything happened to it.
-pub fn base_status(task: &pb::Task, node: &str) -> pb::TaskStatus {
-    pb::TaskStatus {
-        task_id: task.id.clone(),
-        service: task.service.clone(),
-        node: node.to_string(),
-        container_id: task.id.clone(),
-        ..Default::default()
-    }
 }
 
 struct Actor {

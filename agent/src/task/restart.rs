@@ -7,8 +7,8 @@ use rctl_api::{clock, pb};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::actor::finish;
 use super::remove::remove;
+use super::status::finish;
 use super::{Cmd, Inner};
 use crate::lifecycle::{self, RestartPolicy, Restarts};
 use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};

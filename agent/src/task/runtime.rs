@@ -56,7 +56,7 @@ pub trait Runtime: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct HostRuntime {
     /// Writes each container's confinement profile and makes its cgroup.
-    containers: runtime::container::Runtime,
+    containers: runtime::container::ContainerRuntime,
     net: Network,
 }
 
@@ -64,7 +64,8 @@ impl HostRuntime {
     /// Containers under `root`, their cgroups under `cgroup_parent` in each hierarchy.
     pub fn new(root: PathBuf, cgroup_parent: PathBuf, net: Network) -> Self {
         Self {
-            containers: runtime::container::Runtime::new(root).with_cgroup_parent(cgroup_parent),
+            containers: runtime::container::ContainerRuntime::new(root)
+                .with_cgroup_parent(cgroup_parent),
             net,
         }
     }

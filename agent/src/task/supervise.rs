@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::actor::finish;
+use super::status::finish;
 use super::{Cmd, Inner, Stop};
 use crate::health::{self, Health, Transition};
 use crate::lifecycle;

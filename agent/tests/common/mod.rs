@@ -437,7 +437,7 @@ pub fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
 
 // === containers without a cluster ===
 
-use rctl_agent::runtime::container::{Container, ContainerSpec, Exit, Runtime};
+use rctl_agent::runtime::container::{Container, ContainerRuntime, ContainerSpec, Exit};
 
 /// A busybox root filesystem as one layer directory: `/bin/busybox` with its applets
 /// symlinked where `--list-full` puts them, `/bin/probe` (common/probe.c, static), an /etc/passwd and /etc/group with root, an
@@ -482,7 +482,7 @@ pub fn busybox_layer(dir: &Path) -> std::path::PathBuf {
 /// A runtime rooted in a temp dir, running containers from the busybox layer; the shim is
 /// the real `rctl-agent` binary.
 pub struct TestRuntime {
-    pub rt: Runtime,
+    pub rt: ContainerRuntime,
     pub layer: std::path::PathBuf,
     pub tmp: tempfile::TempDir,
 }
@@ -491,7 +491,7 @@ impl TestRuntime {
     pub fn new() -> TestRuntime {
         let tmp = tempfile::tempdir().unwrap();
         let layer = busybox_layer(tmp.path());
-        let rt = Runtime::with_agent_exe(
+        let rt = ContainerRuntime::with_agent_exe(
             tmp.path().join("root"),
             env!("CARGO_BIN_EXE_rctl-agent").into(),
         );
@@ -535,7 +535,7 @@ impl TestRuntime {
 
 /// Deletes its container when dropped (also when the test panics).
 pub struct Running<'a> {
-    pub rt: &'a Runtime,
+    pub rt: &'a ContainerRuntime,
     pub c: Option<Container>,
 }
 

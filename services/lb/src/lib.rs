@@ -10,7 +10,8 @@
 //! - [`routes`]: the routing table ([`Routes`]) built from etcd values, and its channel.
 //! - [`split`]: the exact weighted split of requests between revisions.
 //! - [`balance`]: endpoint selection (pure functions plus a thin random wrapper).
-//! - [`health`]: passive outlier ejection and active checks.
+//! - [`health`]: passive outlier ejection and the active checks' verdicts (pure).
+//! - [`checks`]: the active check probes, one loop per backend.
 //! - [`discovery`]: lists and watches etcd, publishes a new [`Routes`] on every change.
 //! - [`drain`]: waits out removed endpoints' requests and reports them drained to etcd.
 //! - [`handover`]: passes the listening sockets from an old LB to its replacement.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod checks;
 pub mod discovery;
 pub mod drain;
 pub mod handover;
@@ -142,7 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LbEr
             stop.child_token(),
         ));
     }
-    tasks.spawn(health::run(routes_rx.clone(), stop.child_token()));
+    tasks.spawn(checks::run(routes_rx.clone(), stop.child_token()));
     tasks.spawn(stats::publish(
         config.etcd.clone(),
         config.security.clone(),

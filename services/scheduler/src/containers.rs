@@ -58,6 +58,10 @@ pub fn validate(task: &Task) -> Result<(), String> {
     if task.image.trim().is_empty() {
         return Err("no image given".into());
     }
+    // The same grammar as `apply`: the agent would refuse the pull anyway, after the
+    // container was written.
+    crate::spec::check_reference(&task.image)
+        .map_err(|e| format!("invalid image reference {e}"))?;
     if !task.container_name.is_empty() && !valid_container_name(&task.container_name) {
         return Err(format!(
             "invalid container name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
@@ -758,6 +762,14 @@ mod tests {
             kind: "bind".into(),
         }];
         assert!(validate(&rel).unwrap_err().contains("not an absolute path"));
+        let mut long_tag = ok.clone();
+        long_tag.image = format!("busybox:{}", "b".repeat(100_000));
+        let e = validate(&long_tag).unwrap_err();
+        assert!(
+            e.starts_with("invalid image reference \"busybox:b"),
+            "{e:.200}"
+        );
+        assert!(e.len() < 300, "{e:.200}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub enum SpecError {
     Name(String),
     #[error("service {0:?} has no image")]
     NoImage(String),
-    #[error("invalid image reference {0:?}")]
+    #[error("invalid image reference {0}")]
     Image(String),
     #[error("replicas must be between 0 and {MAX_REPLICAS}, got {0}")]
     Replicas(i64),
@@ -33,6 +33,29 @@ pub enum SpecError {
     Strategy(String),
     #[error("placement.spread: {0}")]
     Spread(String),
+    #[error("canary.steps: must list at least one percentage")]
+    CanaryNoSteps,
+    #[error("canary.steps: must be increasing percentages between 1 and 100, got {0:?}")]
+    CanarySteps(Vec<u32>),
+    #[error("canary.replicas: must be at least 1, got 0")]
+    CanaryReplicas,
+}
+
+/// `image` and why the reference grammar refuses it, if it does, for one error line: a
+/// reference of any length is shown by its first characters only.
+pub fn check_reference(image: &str) -> Result<(), String> {
+    rctl_api::reference::parse(image).map_err(|e| {
+        const SHOWN: usize = 100;
+        let n = image.chars().count();
+        let shown = if n > SHOWN {
+            let head: String = image.chars().take(SHOWN).collect();
+            format!("{head:?}... ({n} characters)")
+        } else {
+            format!("{image:?}")
+        };
+        format!("{shown}: {e}")
+    })?;
+    Ok(())
 }
 
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
@@ -42,9 +65,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     if spec.image.trim().is_empty() {
         return Err(SpecError::NoImage(spec.name.clone()));
     }
-    if rctl_api::reference::parse(&spec.image).is_err() {
-        return Err(SpecError::Image(spec.image.clone()));
-    }
+    check_reference(&spec.image).map_err(SpecError::Image)?;
     validate_replicas(spec.replicas as i64)?;
     if let Some(p) = &spec.port {
         if p.container == 0 || p.container > 65535 {
@@ -70,6 +91,19 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         }
         validate_spread(&p.spread).map_err(SpecError::Spread)?;
         validate_strategy(&p.strategy, &p.spread).map_err(SpecError::Strategy)?;
+    }
+    if let Some(c) = &spec.canary {
+        // An empty list would send all traffic to the canary at once, and 0 replicas
+        // would silently run one: the CLI sends its default of [100] explicitly.
+        if c.steps.is_empty() {
+            return Err(SpecError::CanaryNoSteps);
+        }
+        if c.steps.iter().any(|s| *s == 0 || *s > 100) || c.steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SpecError::CanarySteps(c.steps.clone()));
+        }
+        if c.replicas == 0 {
+            return Err(SpecError::CanaryReplicas);
+        }
     }
     Ok(())
 }
@@ -184,6 +218,39 @@ mod tests {
         s.placement.as_mut().unwrap().strategy.clear();
         s.placement.as_mut().unwrap().spread = "a zone".into();
         assert!(matches!(validate(&s), Err(SpecError::Spread(_))));
+    }
+
+    #[test]
+    fn canaries_that_cannot_step_are_refused() {
+        let canary = |replicas, steps: &[u32]| {
+            let mut s = spec();
+            s.canary = Some(rctl_api::pb::CanarySpec {
+                replicas,
+                steps: steps.to_vec(),
+                ..Default::default()
+            });
+            validate(&s)
+        };
+        assert_eq!(canary(1, &[100]), Ok(()));
+        assert_eq!(canary(2, &[5, 50, 100]), Ok(()));
+        assert_eq!(canary(1, &[]), Err(SpecError::CanaryNoSteps));
+        assert_eq!(canary(0, &[10, 100]), Err(SpecError::CanaryReplicas));
+        for bad in [&[0][..], &[100, 50], &[5, 5], &[150]] {
+            assert_eq!(canary(1, bad), Err(SpecError::CanarySteps(bad.to_vec())));
+        }
+    }
+
+    #[test]
+    fn a_reference_over_the_grammar_is_refused_in_one_short_line() {
+        let mut s = spec();
+        s.image = format!("198.18.0.1:7603/rctl/testserver:{}", "b".repeat(100_000));
+        let e = validate(&s).unwrap_err().to_string();
+        assert!(e.contains("(100032 characters)"), "{e:.300}");
+        assert!(e.len() < 300 && !e.contains('\n'), "{e:.300}");
+        s.image = format!("198.18.0.1:7603/rctl/testserver:{}", "b".repeat(129));
+        assert!(matches!(validate(&s), Err(SpecError::Image(_))));
+        s.image = format!("198.18.0.1:7603/rctl/testserver:{}", "b".repeat(128));
+        assert_eq!(validate(&s), Ok(()));
     }
 
     #[test]
