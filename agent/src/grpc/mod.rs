@@ -70,7 +70,8 @@ pub fn status(e: impl Into<Error>) -> Status {
             TaskError::NotFound(_) => Code::NotFound,
             TaskError::NotRunning(_)
             | TaskError::NotPulling(_)
-            | TaskError::PortAllocated { .. } => Code::FailedPrecondition,
+            | TaskError::PortAllocated { .. }
+            | TaskError::HostIp(_) => Code::FailedPrecondition,
             _ => Code::Internal,
         },
         Error::Image(i) => match i {

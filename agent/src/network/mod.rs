@@ -5,6 +5,7 @@
 //! step on a container's start path. Port rules still shell out to `iptables` (only `-p`
 //! and service ports use them).
 
+pub mod host_ip;
 pub mod ipam;
 pub mod netlink;
 
@@ -85,6 +86,17 @@ async fn run(prog: &str, args: &[&str]) -> Result<String, NetworkError> {
 
 /// Interface-name-safe short form of a container id (interface names are at most 15 bytes).
 /// A hash rather than the id's first characters: ids of one service share a prefix.
+/// The IPv4 addresses on this network namespace's interfaces (empty if they cannot be
+/// read: then only the advertised address and loopback count as the node's own).
+pub fn interface_addresses() -> Vec<Ipv4Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .collect()
+}
+
 fn short(id: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(id.as_bytes()))[..8].to_string()

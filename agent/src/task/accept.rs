@@ -12,6 +12,7 @@ use super::actor::{actor, Start};
 use super::create::ImageSource;
 use super::{validate, Actor, TaskError, Tasks};
 use crate::image::registry::Credentials;
+use crate::network::host_ip;
 
 impl Tasks {
     /// Accepts `task` (idempotent by id) and starts it in the background; true when its
@@ -23,6 +24,12 @@ impl Tasks {
     ) -> Result<bool, TaskError> {
         validate(&task)?;
         if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
+            // Before anything is made: a rule for another host's address would capture
+            // this node's own connections to it.
+            let own = self.inner.runtime.addresses();
+            for b in &task.ports {
+                host_ip::check(&b.host_ip, &own, self.inner.cluster.node())?;
+            }
             let (_, held) = self.inner.used().await;
             if let Some(port) = taken_port(&task.ports, &held, listening) {
                 return Err(TaskError::PortAllocated {

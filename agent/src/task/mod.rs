@@ -94,6 +94,8 @@ pub enum TaskError {
     NotRunning(String),
     #[error("container {0} is not pulling its image (its node had it)")]
     NotPulling(String),
+    #[error(transparent)]
+    HostIp(#[from] crate::network::host_ip::HostIpError),
     #[error("port {port} is already allocated on node {node}")]
     PortAllocated { port: u32, node: String },
     #[error("container state {path}: {source}")]

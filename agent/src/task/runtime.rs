@@ -28,6 +28,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn subnet(&self) -> Subnet;
     /// The host address published ports are reached on.
     fn advertise_ip(&self) -> std::net::Ipv4Addr;
+    /// The node's own IPv4 addresses: the advertised one and those on its interfaces,
+    /// the only ones a `-p IP:…` binding may name.
+    fn addresses(&self) -> Vec<std::net::Ipv4Addr>;
     /// Writes the confinement profile of `spec` into `dir` and makes its cgroup.
     async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError>;
     /// Starts PID 1 of the container of `cfg` and waits up to `limit` for it to reach exec.
@@ -83,6 +86,12 @@ impl Runtime for HostRuntime {
 
     fn advertise_ip(&self) -> std::net::Ipv4Addr {
         self.net.advertise_ip
+    }
+
+    fn addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        let mut own = vec![self.net.advertise_ip];
+        own.extend(crate::network::interface_addresses());
+        own
     }
 
     async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError> {
@@ -217,6 +226,14 @@ impl Runtime for SimRuntime {
 
     fn advertise_ip(&self) -> std::net::Ipv4Addr {
         self.advertise_ip
+    }
+
+    fn addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        vec![
+            self.advertise_ip,
+            std::net::Ipv4Addr::LOCALHOST,
+            self.subnet.gateway(),
+        ]
     }
 
     async fn prepare(&self, dir: &ContainerDir, _spec: &ContainerSpec) -> Result<(), TaskError> {
