@@ -360,6 +360,16 @@ listen = "127.0.0.1:{port}"
         self.port_base + 10 + i
     }
 
+    /// Runs `args` inside host `host`'s network namespace; its stdout.
+    pub fn in_host(&self, host: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{host}", self.name)])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The pid of host `host`'s agent, from the cluster's pid file.
     pub fn agent_pid(&self, host: &str) -> i32 {
         self.pid_file(&format!("agent-{host}"))

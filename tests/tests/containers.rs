@@ -297,15 +297,7 @@ fn run_in_the_foreground_returns_the_exit_code_and_rm_leaves_nothing() {
 
     // run --rm -p in the foreground: it answers on the published port (the host's address,
     // and 127.0.0.1 inside that host); SIGTERM to rctl stops it; then nothing is left.
-    let ns = format!("{}-h1", c.name);
-    let in_h1 = |args: &[&str]| -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .args(args)
-            .output()
-            .expect("ip netns exec");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let in_h1 = |args: &[&str]| c.in_host("h1", args);
     let veths = in_h1(&["ip", "-o", "link", "show", "type", "veth"]);
     let ts = format!("{}/rctl/testserver:v1", c.registry());
     let mut fg = Command::new(c.bin().join("rctl"))

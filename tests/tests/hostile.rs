@@ -3,7 +3,6 @@
 //! 127.0.0.1); the registry's address or any other is refused with one line, leaving no
 //! container and no rule, and the node still reaches the registry.
 
-use std::process::Command;
 use std::time::Duration;
 
 use rctl_tests::cluster::Cluster;
@@ -23,21 +22,9 @@ fn all_containers(c: &Cluster) -> Vec<Value> {
         .collect()
 }
 
-/// Runs `args` inside host `host`'s network namespace; its stdout.
-fn in_host(c: &Cluster, host: &str, args: &[&str]) -> String {
-    let ns = format!("{}-{host}", c.name);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The HTTP status of `GET url` from inside host `host` (only cluster addresses).
 fn status_from(c: &Cluster, host: &str, url: &str) -> String {
-    in_host(
-        c,
+    c.in_host(
         host,
         &[
             "curl",
@@ -82,7 +69,7 @@ fn ports_publish_only_on_the_nodes_own_addresses() {
             "{spec}: {err}"
         );
         assert!(all_containers(&c).is_empty(), "{spec}: no container left");
-        let rules = in_host(&c, "h1", &["iptables", "-t", "nat", "-S"]);
+        let rules = c.in_host("h1", &["iptables", "-t", "nat", "-S"]);
         assert!(!rules.contains(ip), "{spec}: no rule for {ip}: {rules}");
         assert_eq!(
             status_from(&c, "h1", &registry_v2),
