@@ -1,21 +1,22 @@
 //! Hollow nodes: one process simulating many agents for scale tests and benchmarks
 //! (`rctl-agent hollow --nodes 1000 ...`), like Kubernetes' hollow kubelets.
 //!
-//! A hollow node is what the scheduler sees of a real agent, minus the containers: its node
-//! key under its own lease kept alive by the agent's own [`Store::run_lease`], the Agent gRPC
-//! API on its own address (`crate::grpc::hollow`; RunTask is validated by the agent's own
-//! [`tasks::validate`]),
-//! task statuses as the agent writes them, endpoints under the node's lease, and the orphan
-//! sweep's [`tasks::sweep_decision`]. A hollow task goes starting → running (healthy, if it
-//! publishes a port) at once; StopTask makes it exited.
+//! A hollow node is a real agent minus the containers: each node runs the agent's own task
+//! code ([`Tasks`]: the actors, stops, restarts, removal and the orphan sweep) over a
+//! [`SimRuntime`], which starts nothing and answers every probe, with its container
+//! directories under a scratch root. This module is only the wiring: the node key under its
+//! own lease kept alive by [`Store::run_lease`], the Agent gRPC API on its own address
+//! (`crate::grpc::hollow`), and [`NodeCluster`], the [`task::Cluster`] of one node.
 //!
-//! The nodes share one etcd connection, and their writes go through one [`Batch`] that
-//! keeps the last write per key and commits in transactions of at most
+//! The nodes share one etcd connection. Their writes go through one [`Batch`] that keeps
+//! the last write per key and commits in transactions of at most
 //! [`MAX_TXN_OPS`](crate::store::MAX_TXN_OPS), so ten thousand acknowledgements take about
-//! a hundred round trips, not ten thousand.
+//! a hundred round trips, not ten thousand; and their orphan sweeps share one read of the
+//! desired tasks per round ([`Desired`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::grpc::hollow::{HollowAgent, HollowTasks};
-use crate::network::ipam;
+use crate::grpc::hollow::HollowAgent;
+use crate::image::{Image, ImageStore, RunConfig};
+use crate::network::Subnet;
 use crate::store::{self, Store, StoreError, Write, MAX_TXN_OPS};
-use crate::task::{self as tasks, TaskError};
+use crate::task::{self, SimRuntime, Tasks};
 
 /// Most nodes one process simulates.
 pub const MAX_NODES: usize = 10_000;
@@ -56,6 +58,9 @@ pub struct HollowConfig {
     pub memory_bytes: u64,
     pub labels: HashMap<String, String>,
     pub lease_ttl: u64,
+    /// Scratch directory: the process keeps its nodes' container directories in a fresh
+    /// `hollow-{pid}` under it and removes that when it stops.
+    pub root: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,12 @@ pub enum HollowError {
     Ports(u16, usize),
     #[error("invalid node name {0:?} (lowercase letters, digits and '-'; check --name-prefix)")]
     NodeName(String),
+    #[error("scratch directory {path}: {source}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -219,187 +230,132 @@ async fn write_loop(
     }
 }
 
-/// A task a hollow node holds.
-struct Hosted {
-    task: pb::Task,
-    status: pb::TaskStatus,
-    /// When RunTask accepted it, for the sweep's grace period.
-    accepted: Instant,
-    /// The host port its endpoint names (0: publishes none).
-    host_port: u16,
+/// The one image every hollow node has: nothing to unpack, a command to "run".
+pub fn image() -> Image {
+    Image {
+        reference: "hollow".into(),
+        manifest_digest: String::new(),
+        config_digest: String::new(),
+        layers: Vec::new(),
+        config: RunConfig {
+            cmd: Some(vec!["hollow".into()]),
+            ..RunConfig::default()
+        },
+        blobs: Vec::new(),
+        created: None,
+        architecture: None,
+        os: None,
+        pulled_unix_ms: 0,
+    }
 }
 
-/// One simulated node.
-struct Node {
+/// The desired tasks placed on each node.
+type ByNode = HashMap<String, Arc<[pb::Task]>>;
+
+/// The desired tasks of every node, read once per sweep round for all the nodes' sweeps.
+struct Desired {
+    store: Store,
+    /// When it was read, and what.
+    read: tokio::sync::Mutex<Option<(Instant, ByNode)>>,
+}
+
+impl Desired {
+    /// The desired tasks placed on `node`, read again when older than half a sweep round.
+    async fn on(&self, node: &str) -> Result<Arc<[pb::Task]>, StoreError> {
+        let mut read = self.read.lock().await;
+        let fresh = read
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < task::SWEEP_INTERVAL / 2);
+        if !fresh {
+            let mut all = self.store.tasks().await?;
+            all.extend(self.store.containers().await?);
+            let mut by_node: HashMap<String, Vec<pb::Task>> = HashMap::new();
+            for t in all {
+                by_node.entry(t.node.clone()).or_default().push(t);
+            }
+            let by_node = by_node.into_iter().map(|(n, t)| (n, t.into())).collect();
+            *read = Some((Instant::now(), by_node));
+        }
+        let by_node = &read.as_ref().expect("read above").1;
+        Ok(by_node
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| Vec::new().into()))
+    }
+}
+
+/// The cluster as one hollow node's task code sees it: writes go to the shared batch,
+/// the desired tasks come from the shared read.
+struct NodeCluster {
+    /// This node's number, for the batch writer to find its lease.
     index: usize,
     store: Store,
-    advertise_ip: Ipv4Addr,
     writes: Writes,
-    tasks: Mutex<HashMap<String, Hosted>>,
+    desired: Arc<Desired>,
+    /// Ids of the statuses this node has written and not deleted: the process started
+    /// with none, so it need not read them back.
+    statuses: Mutex<BTreeSet<String>>,
 }
 
-impl Node {
-    fn name(&self) -> &str {
-        self.store.node()
-    }
-
-    /// Accepts `task` (idempotent by id) and reports it running at once.
-    async fn run(&self, task: pb::Task) -> Result<(), TaskError> {
-        tasks::validate(&task)?;
-        let endpoint = {
-            let mut hosted = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            if hosted.contains_key(&task.id) {
-                return Ok(());
-            }
-            let now = clock::now_unix_ms();
-            let mut status = tasks::base_status(&task, self.name());
-            status.state = pb::TaskState::Starting as i32;
-            status.updated_unix_ms = now;
-            self.writes
-                .send(Item::Write(self.store.status_write(&status)));
-
-            let mut host_port = 0;
-            if task.container_port != 0 {
-                let used: Vec<u16> = hosted
-                    .values()
-                    .filter(|h| h.status.state() == pb::TaskState::Running)
-                    .map(|h| h.host_port)
-                    .collect();
-                match ipam::allocate_port(&used) {
-                    Ok(p) => host_port = p,
-                    Err(e) => tasks::finish(&mut status, None, false, e.to_string()),
-                }
-            }
-            if status.state() == pb::TaskState::Starting {
-                status.state = pb::TaskState::Running as i32;
-                status.started_unix_ms = now;
-                if host_port != 0 {
-                    status.endpoint = format!("{}:{host_port}", self.advertise_ip);
-                    status.health = crate::health::Verdict::Healthy.as_str().into();
-                }
-            }
-            self.writes
-                .send(Item::Write(self.store.status_write(&status)));
-            let endpoint = (host_port != 0).then(|| pb::Endpoint {
-                service: task.service.clone(),
-                task_id: task.id.clone(),
-                node: self.name().to_string(),
-                address: status.endpoint.clone(),
-                revision: task.revision,
-                healthy: true,
-            });
-            hosted.insert(
-                task.id.clone(),
-                Hosted {
-                    task,
-                    status,
-                    accepted: Instant::now(),
-                    host_port,
-                },
-            );
-            endpoint
-        };
-        if let Some(ep) = endpoint {
-            let key = keys::endpoint(&ep.service, &ep.task_id);
-            let value = codec::encode(&ep);
-            self.store.hold_leased(key.clone(), value.clone()).await;
-            self.writes.send(Item::Leased {
-                node: self.index,
-                key,
-                value,
-            });
-        }
-        Ok(())
-    }
-
-    /// Stops a task (idempotent; unknown ids succeed): its endpoint goes, it reports exited.
-    /// `remove` forgets it; `forget` also deletes its status (it is no longer ours).
-    async fn stop(&self, id: &str, remove: bool, forget: bool) {
-        let endpoint = {
-            let mut hosted = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(h) = hosted.get_mut(id) else {
-                return;
-            };
-            let endpoint = (h.host_port != 0).then(|| keys::endpoint(&h.task.service, id));
-            let live = matches!(
-                h.status.state(),
-                pb::TaskState::Starting | pb::TaskState::Running
-            );
-            if live {
-                tasks::finish(&mut h.status, Some(0), true, String::new());
-                h.status.updated_unix_ms = clock::now_unix_ms();
-                h.host_port = 0;
-                self.writes
-                    .send(Item::Write(self.store.status_write(&h.status)));
-            }
-            if forget {
-                self.writes.send(Item::Write(Write::Delete {
-                    key: keys::status(self.name(), id),
-                }));
-            }
-            if remove {
-                hosted.remove(id);
-            }
-            endpoint
-        };
-        if let Some(key) = endpoint {
-            self.store.release_leased(&key).await;
-            self.writes.send(Item::Write(Write::Delete { key }));
-        }
-    }
-
-    /// Ids and acceptance times of the tasks held, for the sweep.
-    fn held(&self) -> Vec<(String, Instant)> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, h)| (id.clone(), h.accepted))
-            .collect()
+impl NodeCluster {
+    fn statuses(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 #[tonic::async_trait]
-impl HollowTasks for Node {
-    async fn run(&self, task: pb::Task) -> Result<(), TaskError> {
-        Node::run(self, task).await
+impl task::Cluster for NodeCluster {
+    fn node(&self) -> &str {
+        self.store.node()
     }
 
-    async fn stop(&self, id: &str, remove: bool) {
-        Node::stop(self, id, remove, false).await
+    async fn put_status(&self, status: &pb::TaskStatus) -> Result<(), StoreError> {
+        self.statuses().insert(status.task_id.clone());
+        self.writes
+            .send(Item::Write(self.store.status_write(status)));
+        Ok(())
     }
-}
 
-/// One orphan sweep over every node with one read of the tasks: what a real agent's sweep
-/// decides, for each hollow node.
-async fn sweep(nodes: &[Arc<Node>], store: &Store) -> Result<(), StoreError> {
-    let all = store.tasks().await?;
-    let by_id: HashMap<&str, &pb::Task> = all.iter().map(|t| (t.id.as_str(), t)).collect();
-    for node in nodes {
-        for (id, accepted) in node.held() {
-            let task = by_id.get(id.as_str()).copied();
-            if task.is_none() && accepted.elapsed() < tasks::SWEEP_GRACE {
-                continue;
-            }
-            if let Some(stop) =
-                tasks::sweep_decision(task, node.name(), rctl_api::clock::now_unix_ms())
-            {
-                node.stop(&id, stop.remove, stop.forget).await;
-            }
-        }
+    async fn delete_status(&self, task_id: &str) -> Result<(), StoreError> {
+        self.statuses().remove(task_id);
+        self.writes.send(Item::Write(Write::Delete {
+            key: keys::status(self.store.node(), task_id),
+        }));
+        Ok(())
     }
-    Ok(())
-}
 
-async fn sweep_loop(nodes: Arc<[Arc<Node>]>, store: Store, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tasks::SWEEP_INTERVAL) => {}
-        }
-        if let Err(e) = sweep(&nodes, &store).await {
-            warn!(error = %e, "hollow orphan sweep failed");
-        }
+    async fn put_endpoint(&self, ep: &pb::Endpoint) -> Result<(), StoreError> {
+        let key = keys::endpoint(&ep.service, &ep.task_id);
+        let value = codec::encode(ep);
+        // Held for a re-granted lease, and put by the batch writer under the current one.
+        self.store.hold_leased(key.clone(), value.clone()).await;
+        self.writes.send(Item::Leased {
+            node: self.index,
+            key,
+            value,
+        });
+        Ok(())
+    }
+
+    async fn delete_endpoint(&self, service: &str, task_id: &str) -> Result<(), StoreError> {
+        let key = keys::endpoint(service, task_id);
+        self.store.release_leased(&key).await;
+        self.writes.send(Item::Write(Write::Delete { key }));
+        Ok(())
+    }
+
+    async fn delete_container(&self, task: &pb::Task) -> Result<(), StoreError> {
+        // The status through the batch, so it replaces a status write still queued there.
+        task::Cluster::delete_status(self, &task.id).await?;
+        self.store.delete_container(task).await
+    }
+
+    async fn desired(&self) -> Result<Arc<[pb::Task]>, StoreError> {
+        self.desired.on(self.store.node()).await
+    }
+
+    async fn status_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.statuses().iter().cloned().collect())
     }
 }
 
@@ -439,12 +395,31 @@ pub async fn run(cfg: HollowConfig, shutdown: CancellationToken) -> Result<(), H
         }
     };
 
+    // Fresh per process, so two hollow processes never share container directories.
+    let root = cfg.root.join(format!("hollow-{}", std::process::id()));
+    std::fs::create_dir_all(&root).map_err(|source| HollowError::Root {
+        path: root.clone(),
+        source,
+    })?;
+    // Never pulled from (every node has `image()`), but the task code holds one, and its
+    // registry client needs the crypto provider the agent installs at start-up too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let images = ImageStore::new(&root.join("images"), Vec::new());
+    // No container network on a hollow node: addresses are only recorded.
+    let subnet = Subnet::parse("10.0.0.0/16").expect("a valid subnet");
+    let runtime = Arc::new(SimRuntime::new(subnet, cfg.listen_ip).unrecorded());
+    let desired = Arc::new(Desired {
+        store: Store::with_client(client.clone(), "hollow-sweep"),
+        read: tokio::sync::Mutex::new(None),
+    });
+    let image = Arc::new(image());
+
     let tracker = TaskTracker::new();
     let (tx, rx) = mpsc::unbounded_channel();
     let writes = Writes(tx);
     let started = clock::now_unix_ms();
-    let mut nodes = Vec::with_capacity(cfg.nodes);
-    for (i, (name, (addr, _))) in names.iter().zip(&listeners).enumerate() {
+    let mut stores = Vec::with_capacity(cfg.nodes);
+    for (i, (name, (addr, listener))) in names.iter().zip(listeners).enumerate() {
         let store = Store::with_client(client.clone(), name);
         let node = pb::Node {
             name: name.clone(),
@@ -468,32 +443,22 @@ pub async fn run(cfg: HollowConfig, shutdown: CancellationToken) -> Result<(), H
                 .clone()
                 .run_lease(cfg.lease_ttl as i64, shutdown.child_token()),
         );
-        nodes.push(Arc::new(Node {
+        let cluster = Arc::new(NodeCluster {
             index: i,
-            store,
-            advertise_ip: cfg.listen_ip,
+            store: store.clone(),
             writes: writes.clone(),
-            tasks: Mutex::new(HashMap::new()),
-        }));
-    }
-    drop(writes);
-    let stores = nodes.iter().map(|n| n.store.clone()).collect();
-    tracker.spawn(write_loop(
-        client.clone(),
-        stores,
-        rx,
-        shutdown.child_token(),
-    ));
-    let nodes: Arc<[Arc<Node>]> = nodes.into();
-    tracker.spawn(sweep_loop(
-        nodes.clone(),
-        Store::with_client(client, "hollow-sweep"),
-        shutdown.child_token(),
-    ));
+            desired: desired.clone(),
+            statuses: Mutex::default(),
+        });
+        stores.push(store);
+        let tasks = Tasks::new(root.join(name), cluster, images.clone(), runtime.clone());
+        tracker.spawn(tasks.clone().run_sweeper(shutdown.child_token()));
 
-    for (node, (addr, listener)) in nodes.iter().zip(listeners) {
         let token = shutdown.child_token();
-        let svc = pb::agent_server::AgentServer::new(HollowAgent(node.clone()));
+        let svc = pb::agent_server::AgentServer::new(HollowAgent {
+            tasks,
+            image: image.clone(),
+        });
         tracker.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             if let Err(e) = tonic::transport::Server::builder()
@@ -505,6 +470,8 @@ pub async fn run(cfg: HollowConfig, shutdown: CancellationToken) -> Result<(), H
             }
         });
     }
+    drop(writes);
+    tracker.spawn(write_loop(client, stores, rx, shutdown.child_token()));
     info!(
         nodes = cfg.nodes,
         first = %names[0],
@@ -518,6 +485,10 @@ pub async fn run(cfg: HollowConfig, shutdown: CancellationToken) -> Result<(), H
         .is_err()
     {
         warn!("hollow nodes did not stop in time");
+    }
+    // The actors may still hold files there: whatever is left goes anyway.
+    if let Err(e) = std::fs::remove_dir_all(&root) {
+        warn!(error = %e, root = %root.display(), "cannot remove the hollow nodes' scratch directory");
     }
     Ok(())
 }

@@ -71,8 +71,8 @@ struct Args {
     userns_remap: Option<String>,
 }
 
-/// Simulated nodes for scale tests: the real node registration, Agent API and status
-/// writes, no containers.
+/// Simulated nodes for scale tests: the real node registration, Agent API and task code
+/// over a simulated runtime, no containers.
 #[derive(Parser, Debug)]
 #[command(name = "rctl-agent hollow")]
 struct HollowArgs {
@@ -91,6 +91,11 @@ struct HollowArgs {
     /// Node i (from 1) listens on PORT_BASE + i - 1.
     #[arg(long)]
     port_base: u16,
+    /// Scratch directory for the nodes' container directories (a fresh `hollow-PID` in it,
+    /// removed on exit). Default: /dev/shm, where there is one (thousands of small files
+    /// are written and removed), else the temp directory.
+    #[arg(long, default_value_os_t = scratch_root())]
+    root: std::path::PathBuf,
     /// CPUs each node announces.
     #[arg(long, default_value_t = 8.0)]
     cpus: f64,
@@ -118,6 +123,16 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<HashMap<String, String>> {
 
 /// Runs the future `run` makes on a new runtime until it ends or SIGTERM/SIGINT cancels
 /// its token.
+/// Where hollow nodes keep their container directories unless told.
+fn scratch_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 fn serve<F, E>(
     what: &str,
     run: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
@@ -188,6 +203,7 @@ fn dispatch() -> anyhow::Result<()> {
             memory_bytes: args.memory,
             labels: parse_labels(&args.labels)?,
             lease_ttl: args.lease_ttl,
+            root: args.root,
         };
         return serve("hollow nodes", |token| rctl_agent::hollow::run(cfg, token));
     }

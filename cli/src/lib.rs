@@ -28,6 +28,7 @@ pub mod nodes;
 pub mod output;
 pub mod progress;
 pub mod registry_auth;
+pub mod rollback;
 pub mod rollout;
 pub mod run;
 pub mod scale;
@@ -73,7 +74,7 @@ pub enum Command {
     Rollout(rollout::RolloutCommand),
     /// Return a service to an earlier revision (default: the previous one); it rolls out
     /// surge-first like any change, as a new revision.
-    Rollback(rollout::RollbackArgs),
+    Rollback(rollback::RollbackArgs),
     /// List containers: one-off ones (rctl run) and service tasks.
     Ps(container::PsArgs),
     /// List nodes.

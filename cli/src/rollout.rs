@@ -1,14 +1,14 @@
-//! `rctl rollout start|promote|abort|explain|status|history NAME` and `rctl rollback NAME
-//! [--to N]`: rolling a service out to another image (surge-first or as a canary), a
-//! service's kept revisions, where its latest change stands, and going back to an earlier
-//! revision through the ordinary (surge-first) update path.
+//! `rctl rollout start|promote|abort|explain|status|history NAME`: rolling a service out to
+//! another image (surge-first or as a canary), a service's kept revisions and where its
+//! latest change stands; and what every change prints (`warn`, `confirm`, `report`), which
+//! `apply` and `rollback` share.
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use rctl_api::pb::{
     ApplyRequest, CanaryRollout, CanaryState, ControlRolloutRequest, InspectServiceResponse,
-    Revision, RevisionHistoryRequest, RollbackRequest,
+    Revision, RevisionHistoryRequest,
 };
 use serde::Serialize;
 
@@ -91,35 +91,6 @@ impl RolloutCommand {
             RolloutCommand::Status { name, output } => status(conn, &name, output).await,
             RolloutCommand::History { name, output } => history(conn, &name, output).await,
         }
-    }
-}
-
-/// `rctl rollback NAME [--to N]`.
-#[derive(Args, Debug)]
-pub struct RollbackArgs {
-    pub name: String,
-    /// The revision to return to (see: rctl rollout history NAME).
-    #[arg(long)]
-    pub to: Option<u64>,
-    /// Why, recorded with the new revision.
-    #[arg(short = 'm', long)]
-    pub message: Option<String>,
-    /// Block until the service runs the restored spec and is healthy.
-    #[arg(long)]
-    pub wait: bool,
-    #[arg(long, default_value = "5m", value_parser = values::duration)]
-    pub timeout: Duration,
-    /// `json`: the result as `rollout status -o json` prints it, once the change is
-    /// written (or, with --wait, once it ended); progress goes to stderr.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-    pub output: Format,
-}
-
-impl RollbackArgs {
-    pub async fn run(self, g: &Global) -> Result<(), CliError> {
-        let conn = &mut g.connect().await?;
-        let res = rollback(conn, &self).await;
-        report(conn, &self.name, self.output, res).await
     }
 }
 
@@ -577,34 +548,6 @@ pub async fn report(
         }
     }
     res
-}
-
-async fn rollback(conn: &mut Conn, a: &RollbackArgs) -> Result<(), CliError> {
-    let name = &a.name;
-    let req = RollbackRequest {
-        service: name.clone(),
-        to: a.to.unwrap_or(0),
-        who: who(),
-        message: a.message.clone().unwrap_or_default(),
-    };
-    let resp = conn
-        .write(|mut c| {
-            let req = req.clone();
-            async move { c.rollback(req).await }
-        })
-        .await?;
-    let rev = resp.service.map(|s| s.revision).unwrap_or(0);
-    confirm(
-        a.output,
-        &format!(
-            "service {name} rolled back to revision {} (as revision {rev})",
-            resp.from_revision
-        ),
-    );
-    if a.wait {
-        crate::wait::services_from(conn, std::slice::from_ref(name), &[rev], a.timeout).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct HollowCluster {
     /// Dropped after the processes that use it (fields drop in order).
     scheduler: Proc,
     hollow: Proc,
+    /// The hollow nodes' `--root`.
+    _scratch: tempfile::TempDir,
     pub etcd: TestEtcd,
     /// Scheduler API, `http://127.0.0.1:PORT`.
     pub addr: String,
@@ -57,6 +59,13 @@ impl HollowCluster {
     pub fn start(nodes: usize) -> HollowCluster {
         let etcd = TestEtcd::start();
         let logs = tempfile::tempdir().expect("tempdir");
+        // The hollow nodes' container directories: in memory when there is a tmpfs, and
+        // removed on drop even when the process is killed.
+        let scratch = match std::path::Path::new("/dev/shm") {
+            shm if shm.is_dir() => tempfile::tempdir_in(shm),
+            _ => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let bin = bin_dir();
         let log =
             |name: &str| std::fs::File::create(logs.path().join(name)).expect("create log file");
@@ -66,6 +75,8 @@ impl HollowCluster {
             .args(["--nodes", &nodes.to_string()])
             .args(["--port-base", &port_base.to_string()])
             .args(["--cpus", "4", "--memory", "8589934592"])
+            .arg("--root")
+            .arg(scratch.path())
             .stdout(Stdio::null())
             .stderr(log("hollow.log"))
             .spawn()
@@ -80,6 +91,7 @@ impl HollowCluster {
         let c = HollowCluster {
             scheduler: Proc(scheduler),
             hollow: Proc(hollow),
+            _scratch: scratch,
             etcd,
             addr: format!("http://{addr}"),
             port_base,

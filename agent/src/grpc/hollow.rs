@@ -1,30 +1,27 @@
-//! The Agent gRPC API of one hollow node (`crate::hollow`): RunTask and StopTask as the
-//! agent validates and answers them; a hollow node has no images and no containers, so
-//! the image and stream RPCs answer as for an empty host or refuse.
+//! The Agent gRPC API of one hollow node (`crate::hollow`): the task RPCs go to the node's
+//! real [`Tasks`] as on an agent, with every image already here; a hollow node has no
+//! images to list and no processes to stream from, so those RPCs answer as for an empty
+//! host or refuse.
 
 use std::sync::Arc;
 
 use rctl_api::pb;
 use tonic::{Request, Response, Status};
 
-use super::{status, LogsStream, OutputStream, PullStream};
-use crate::task::TaskError;
-
-/// What a hollow node does with its tasks (implemented by `crate::hollow`, which serves
-/// this API: the trait keeps the arrow from there to here only).
-#[tonic::async_trait]
-pub trait HollowTasks: Send + Sync + 'static {
-    /// Accepts `task` (idempotent by id).
-    async fn run(&self, task: pb::Task) -> Result<(), TaskError>;
-    /// Stops task `id` (unknown ids succeed); `remove` forgets it.
-    async fn stop(&self, id: &str, remove: bool);
-}
+use super::{status, tasks, LogsStream, OutputStream, PullStream};
+use crate::image::Image;
+use crate::task::Tasks;
 
 /// The Agent gRPC API of one hollow node.
-pub struct HollowAgent<N>(pub Arc<N>);
+pub struct HollowAgent {
+    /// The node's tasks, over a simulated runtime.
+    pub tasks: Tasks,
+    /// What every image reference is on this node (`crate::hollow::image`).
+    pub image: Arc<Image>,
+}
 
 #[tonic::async_trait]
-impl<N: HollowTasks> pb::agent_server::Agent for HollowAgent<N> {
+impl pb::agent_server::Agent for HollowAgent {
     async fn run_task(
         &self,
         req: Request<pb::RunTaskRequest>,
@@ -33,7 +30,10 @@ impl<N: HollowTasks> pb::agent_server::Agent for HollowAgent<N> {
             .into_inner()
             .task
             .ok_or_else(|| Status::invalid_argument("missing task"))?;
-        self.0.run(task).await.map_err(status)?;
+        self.tasks
+            .run_task_here(task, (*self.image).clone())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RunTaskResponse::default()))
     }
 
@@ -41,9 +41,7 @@ impl<N: HollowTasks> pb::agent_server::Agent for HollowAgent<N> {
         &self,
         req: Request<pb::StopTaskRequest>,
     ) -> Result<Response<pb::StopTaskResponse>, Status> {
-        let r = req.into_inner();
-        self.0.stop(&r.task_id, r.remove).await;
-        Ok(Response::new(pb::StopTaskResponse {}))
+        Ok(tasks::stop(&self.tasks, req))
     }
 
     // === images: a hollow node has none and pulls none ===
@@ -156,16 +154,16 @@ impl<N: HollowTasks> pb::agent_server::Agent for HollowAgent<N> {
 
     async fn start_task(
         &self,
-        _req: Request<pb::StartTaskRequest>,
+        req: Request<pb::StartTaskRequest>,
     ) -> Result<Response<pb::StartTaskResponse>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
+        tasks::start(&self.tasks, req.into_inner())
     }
 
     async fn kill_task(
         &self,
-        _req: Request<pb::KillTaskRequest>,
+        req: Request<pb::KillTaskRequest>,
     ) -> Result<Response<pb::KillTaskResponse>, Status> {
-        Err(Status::unimplemented("a hollow node has no containers"))
+        tasks::kill(&self.tasks, req.into_inner())
     }
 
     type FollowTaskPullStream = PullStream;

@@ -12,6 +12,7 @@ use super::actor::{actor, Start};
 use super::create::ImageSource;
 use super::{validate, Actor, TaskError, Tasks};
 use crate::image::registry::Credentials;
+use crate::image::Image;
 use crate::network::host_ip;
 
 impl Tasks {
@@ -22,7 +23,31 @@ impl Tasks {
         task: pb::Task,
         credentials: Option<Credentials>,
     ) -> Result<bool, TaskError> {
-        validate(&task)?;
+        if !self.admit(&task).await? {
+            return Ok(false);
+        }
+        // Asked before the actor exists so the answer can say so, and the feed is there
+        // before anyone can ask to follow it. The image found here is the one created from.
+        let source = match self.inner.images.cached(&task.image).await {
+            Some(image) => ImageSource::Here(Box::new(image)),
+            None => ImageSource::Pull(Arc::default(), credentials),
+        };
+        Ok(self.accept(task, source))
+    }
+
+    /// RunTask on a node that has every image as `image` and pulls none: a hollow node
+    /// (`crate::hollow`), where nothing is unpacked or run.
+    pub async fn run_task_here(&self, task: pb::Task, image: Image) -> Result<(), TaskError> {
+        if self.admit(&task).await? {
+            self.accept(task, ImageSource::Here(Box::new(image)));
+        }
+        Ok(())
+    }
+
+    /// What RunTask checks before anything is made: the task is valid and its host ports
+    /// free. False when it is known here already (nothing to start).
+    async fn admit(&self, task: &pb::Task) -> Result<bool, TaskError> {
+        validate(task)?;
         if !task.ports.is_empty() && !self.dir(&task.id).0.exists() {
             // Before anything is made: a rule for another host's address would capture
             // this node's own connections to it.
@@ -42,16 +67,9 @@ impl Tasks {
         let known = |actors: &HashMap<String, Actor>| {
             actors.contains_key(&task.id) || self.dir(&task.id).0.exists()
         };
-        if known(&self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(false);
-        }
-        // Asked before the actor exists so the answer can say so, and the feed is there
-        // before anyone can ask to follow it. The image found here is the one created from.
-        let source = match self.inner.images.cached(&task.image).await {
-            Some(image) => ImageSource::Here(Box::new(image)),
-            None => ImageSource::Pull(Arc::default(), credentials),
-        };
-        Ok(self.accept(task, source))
+        Ok(!known(
+            &self.inner.actors.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 
     /// Starts the actor of the new container of `task` (unless one exists or its directory

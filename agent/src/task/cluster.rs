@@ -3,7 +3,7 @@
 //! is the real one; [`Recorder`] keeps everything in memory for tests.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rctl_api::{codec, keys, pb};
 
@@ -24,8 +24,10 @@ pub trait Cluster: Send + Sync + 'static {
     async fn delete_endpoint(&self, service: &str, task_id: &str) -> Result<(), StoreError>;
     /// Forgets a removed one-off container (`--rm`): its keys and its status.
     async fn delete_container(&self, task: &pb::Task) -> Result<(), StoreError>;
-    /// Every desired task and one-off container (all nodes), for the orphan sweep.
-    async fn desired(&self) -> Result<Vec<pb::Task>, StoreError>;
+    /// The desired tasks and one-off containers, for the orphan sweep: every one (all
+    /// nodes), or at least every one placed on this node (a task placed elsewhere is
+    /// swept as one that is gone). Shared, as hollow nodes answer it from one read.
+    async fn desired(&self) -> Result<Arc<[pb::Task]>, StoreError>;
     /// Ids of the task statuses this node has written.
     async fn status_ids(&self) -> Result<Vec<String>, StoreError>;
 }
@@ -57,10 +59,10 @@ impl Cluster for Store {
         Store::delete_container(self, task).await
     }
 
-    async fn desired(&self) -> Result<Vec<pb::Task>, StoreError> {
+    async fn desired(&self) -> Result<Arc<[pb::Task]>, StoreError> {
         let mut tasks = self.tasks().await?;
         tasks.extend(self.containers().await?);
-        Ok(tasks)
+        Ok(tasks.into())
     }
 
     async fn status_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -135,8 +137,8 @@ impl Cluster for Recorder {
         Ok(())
     }
 
-    async fn desired(&self) -> Result<Vec<pb::Task>, StoreError> {
-        Ok(lock(&self.desired).clone())
+    async fn desired(&self) -> Result<Arc<[pb::Task]>, StoreError> {
+        Ok(lock(&self.desired).clone().into())
     }
 
     async fn status_ids(&self) -> Result<Vec<String>, StoreError> {

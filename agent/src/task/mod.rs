@@ -15,7 +15,7 @@
 //! - [`status`]: what a status says: the status before anything happened, a finished one.
 //! - [`remove`]: deleting a container's directory, volumes and status.
 //! - [`adopt`]: rebuilding the actors from the container directories at start-up.
-//! - [`sweep`]: the orphan sweep (its decision is pure, shared with the hollow nodes).
+//! - [`sweep`]: the orphan sweep (its decision is pure).
 //! - [`runtime`]: the [`Runtime`] trait, the one edge to the kernel and the shims, and
 //!   its real ([`HostRuntime`]) and simulated ([`SimRuntime`]) implementations.
 //! - [`cluster`]: the [`Cluster`] trait, the one edge to etcd ([`crate::store::Store`]),

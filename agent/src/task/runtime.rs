@@ -6,16 +6,20 @@
 //! Vocabulary: *prepare* makes what the container is confined by (profile, cgroup);
 //! *start* launches PID 1 (through a new shim, with its network attached and its ports
 //! published) and returns its record once it reached exec; *finished* says whether PID 1
-//! is gone; *teardown* gives back what it held on the host network.
+//! is gone; *exited* waits for that (the simulation wakes its waiter, the host is polled);
+//! *probe* is one health check; *teardown* gives back what it held on the host network.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use tokio::sync::watch;
 
 use super::TaskError;
+use crate::health;
 use crate::network::{Network, Subnet};
 use crate::runtime::container::ContainerSpec;
 use crate::runtime::state::{proc_stat, write_atomic, ContainerConfig, ContainerDir, PidRecord};
@@ -44,6 +48,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn signal(&self, dir: &ContainerDir, pid: &PidRecord, sig: Signal);
     /// Whether PID 1 is gone (its exit status recorded or the process gone).
     fn finished(&self, dir: &ContainerDir, pid: &PidRecord) -> bool;
+    /// Resolves once PID 1 is gone: what supervision waits on, so a runtime that knows when
+    /// a container exits wakes its actor rather than being polled by ten thousand of them.
+    async fn exited(&self, dir: &ContainerDir, pid: &PidRecord);
+    /// Runs one health probe of `check` against the container at `addr`.
+    async fn probe(&self, check: &health::Check, addr: SocketAddr) -> bool;
     /// Gives back what the container of `cfg` holds on the host network.
     async fn teardown(&self, cfg: &ContainerConfig);
     /// Gives back the network of container `id`, whose config is unknown.
@@ -51,6 +60,9 @@ pub trait Runtime: Send + Sync + 'static {
 }
 
 // === impl HostRuntime ===
+
+/// How often the host runtime checks a running container for its exit.
+const POLL: Duration = Duration::from_millis(500);
 
 /// This host's kernel and shims.
 #[derive(Debug, Clone)]
@@ -127,6 +139,17 @@ impl Runtime for HostRuntime {
         runtime::finished(dir, pid)
     }
 
+    async fn exited(&self, dir: &ContainerDir, pid: &PidRecord) {
+        // The shim's exit file and the process table give no wake-up: polled.
+        while !runtime::finished(dir, pid) {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn probe(&self, check: &health::Check, addr: SocketAddr) -> bool {
+        check.probe(addr).await
+    }
+
     async fn teardown(&self, cfg: &ContainerConfig) {
         if cfg.host_port != 0 {
             self.net
@@ -161,24 +184,45 @@ pub enum Behaviour {
 /// A runtime that runs nothing: a started container is its recorded files only (a pid
 /// record naming this process, so it reads as alive, and an exit file once it "exits"),
 /// so every other reader of the directory sees what it would see of a real container.
+/// Its containers answer every health probe. The hollow nodes (`crate::hollow`) run the
+/// task logic over it.
 #[derive(Debug)]
 pub struct SimRuntime {
     subnet: Subnet,
     advertise_ip: std::net::Ipv4Addr,
+    /// The pid record every started container gets: this process, alive as long as the
+    /// simulation runs (read once: ten thousand starts need not read /proc each).
+    me: PidRecord,
     /// How each container id behaves (default: [`Behaviour::Serve`]).
     behaviour: Mutex<HashMap<String, Behaviour>>,
-    /// Every call, in order, as `verb id` (e.g. `start t1`, `signal t1 SIGTERM`).
-    calls: Mutex<Vec<String>>,
+    /// Per container id started and not torn down: whether it has exited, which wakes
+    /// [`Runtime::exited`].
+    exits: Mutex<HashMap<String, Arc<watch::Sender<bool>>>>,
+    /// Every call, in order, as `verb id` (e.g. `start t1`, `signal t1 SIGTERM`); None when
+    /// not recorded (a long-running simulation would only pile them up).
+    calls: Option<Mutex<Vec<String>>>,
 }
 
 impl SimRuntime {
     pub fn new(subnet: Subnet, advertise_ip: std::net::Ipv4Addr) -> Self {
+        let pid = std::process::id() as i32;
         Self {
             subnet,
             advertise_ip,
+            me: PidRecord {
+                pid,
+                start_time: proc_stat(pid).map(|(_, t)| t).unwrap_or_default(),
+            },
             behaviour: Mutex::default(),
-            calls: Mutex::default(),
+            exits: Mutex::default(),
+            calls: Some(Mutex::default()),
         }
+    }
+
+    /// Records no calls ([`SimRuntime::calls`] stays empty).
+    pub fn unrecorded(mut self) -> Self {
+        self.calls = None;
+        self
     }
 
     /// Container `id` behaves as `b` from its next start on.
@@ -188,29 +232,35 @@ impl SimRuntime {
 
     /// The calls so far.
     pub fn calls(&self) -> Vec<String> {
-        lock(&self.calls).clone()
+        self.calls
+            .as_ref()
+            .map(|c| lock(c).clone())
+            .unwrap_or_default()
     }
 
-    fn record(&self, call: String) {
-        lock(&self.calls).push(call);
-    }
-
-    /// This process, which is alive as long as the simulation runs.
-    fn me() -> PidRecord {
-        let pid = std::process::id() as i32;
-        PidRecord {
-            pid,
-            start_time: proc_stat(pid).map(|(_, t)| t).unwrap_or_default(),
+    fn record(&self, call: impl FnOnce() -> String) {
+        if let Some(calls) = &self.calls {
+            lock(calls).push(call());
         }
     }
 
-    fn exit(dir: &ContainerDir, code: i32) {
+    /// Whether container `id` has exited, as a channel its supervisor waits on.
+    fn exit_flag(&self, id: &str) -> Arc<watch::Sender<bool>> {
+        lock(&self.exits)
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(watch::channel(false).0))
+            .clone()
+    }
+
+    /// PID 1 of `dir` exits with `code` (the first exit counts), waking its supervisor.
+    fn exit(&self, dir: &ContainerDir, code: i32) {
         if !dir.exit().exists() {
             let _ = crate::runtime::state::write_atomic_sync(
                 &dir.exit(),
                 format!("{code}\n").as_bytes(),
             );
         }
+        self.exit_flag(&dir.id()).send_replace(true);
     }
 }
 
@@ -237,7 +287,7 @@ impl Runtime for SimRuntime {
     }
 
     async fn prepare(&self, dir: &ContainerDir, _spec: &ContainerSpec) -> Result<(), TaskError> {
-        self.record(format!("prepare {}", dir.id()));
+        self.record(|| format!("prepare {}", dir.id()));
         Ok(())
     }
 
@@ -247,7 +297,7 @@ impl Runtime for SimRuntime {
         cfg: &ContainerConfig,
         _limit: Duration,
     ) -> Result<PidRecord, TaskError> {
-        self.record(format!("start {}", cfg.id));
+        self.record(|| format!("start {}", cfg.id));
         let b = lock(&self.behaviour)
             .get(&cfg.id)
             .copied()
@@ -255,7 +305,7 @@ impl Runtime for SimRuntime {
         if b == Behaviour::FailStart {
             return Err(runtime::RuntimeError::NoStart("simulated start failure".into()).into());
         }
-        let pid = Self::me();
+        let pid = self.me;
         let state = |source| TaskError::State {
             path: dir.pid(),
             source,
@@ -263,26 +313,46 @@ impl Runtime for SimRuntime {
         write_atomic(&dir.pid(), pid.render().as_bytes())
             .await
             .map_err(state)?;
+        // A restart: running again until its next exit.
+        self.exit_flag(&cfg.id).send_replace(false);
         if let Behaviour::Exit(code) = b {
-            Self::exit(dir, code);
+            self.exit(dir, code);
         }
         Ok(pid)
     }
 
     fn signal(&self, dir: &ContainerDir, _pid: &PidRecord, sig: Signal) {
-        self.record(format!("signal {} {sig}", dir.id()));
-        Self::exit(dir, 128 + sig as i32);
+        self.record(|| format!("signal {} {sig}", dir.id()));
+        self.exit(dir, 128 + sig as i32);
     }
 
     fn finished(&self, dir: &ContainerDir, _pid: &PidRecord) -> bool {
         dir.exit().exists()
     }
 
+    async fn exited(&self, dir: &ContainerDir, pid: &PidRecord) {
+        // Subscribed before looking, so an exit in between still wakes us.
+        let mut rx = self.exit_flag(&dir.id()).subscribe();
+        if self.finished(dir, pid) {
+            return;
+        }
+        if rx.wait_for(|gone| *gone).await.is_err() {
+            // Torn down while watched: only an exit file can say more, and none came.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn probe(&self, _check: &health::Check, _addr: SocketAddr) -> bool {
+        true
+    }
+
     async fn teardown(&self, cfg: &ContainerConfig) {
-        self.record(format!("teardown {}", cfg.id));
+        self.record(|| format!("teardown {}", cfg.id));
+        lock(&self.exits).remove(&cfg.id);
     }
 
     async fn detach(&self, id: &str) {
-        self.record(format!("detach {id}"));
+        self.record(|| format!("detach {id}"));
+        lock(&self.exits).remove(id);
     }
 }

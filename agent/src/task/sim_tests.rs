@@ -184,3 +184,24 @@ async fn a_start_that_fails_is_reported_failed_and_gives_its_network_back() {
     );
     assert!(s.runtime.calls().contains(&"teardown t1".to_string()));
 }
+
+#[tokio::test]
+async fn the_simulated_runtime_wakes_a_supervisor_when_its_container_exits() {
+    use futures::FutureExt;
+
+    use super::Runtime;
+    let s = sim();
+    s.run(task("t1"));
+    s.reaches("t1", pb::TaskState::Running).await;
+    let dir = s.tasks.container_dir("t1").unwrap();
+    let pid = dir.read_pid().unwrap();
+    let exited = s.runtime.exited(&dir, &pid);
+    tokio::pin!(exited);
+    assert!((&mut exited).now_or_never().is_none(), "still running");
+    s.runtime
+        .signal(&dir, &pid, nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        (&mut exited).now_or_never().is_some(),
+        "woken by the exit itself, not by a poll"
+    );
+}

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
 use rctl_api::{clock, pb};
 use tokio::sync::mpsc;
@@ -16,9 +15,6 @@ use super::{Cmd, Inner, Stop};
 use crate::health::{self, Health, Transition};
 use crate::lifecycle;
 use crate::runtime::state::{ContainerConfig, ContainerDir, PidRecord};
-
-/// How often a running container is checked for its exit.
-const POLL: Duration = Duration::from_millis(500);
 
 impl Inner {
     pub(super) fn endpoint_address(&self, cfg: &ContainerConfig) -> String {
@@ -77,17 +73,16 @@ pub(super) async fn supervise(
     // The probe in flight, if any: it runs alongside the stop and exit watch, so a slow
     // probe never delays a stop.
     let mut inflight: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
+    // Woken by the runtime when PID 1 is gone.
+    let exited = inner.runtime.exited(dir, &pid);
+    tokio::pin!(exited);
     loop {
         if probing && inflight.is_none() && Instant::now() >= next_probe {
             next_probe = Instant::now() + check.interval;
-            inflight = Some(Box::pin(check.probe(probe_addr)));
+            inflight = Some(inner.runtime.probe(&check, probe_addr));
         }
-        let wake = if inflight.is_none() && probing {
-            (Instant::now() + POLL).min(next_probe)
-        } else {
-            Instant::now() + POLL
-        };
         let mut probed = None;
+        let mut gone = false;
         tokio::select! {
             cmd = rx.recv() => {
                 // Every sender gone means the agent is shutting down: leave it running.
@@ -117,9 +112,11 @@ pub(super) async fn supervise(
             ok = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                 probed = Some(ok);
             }
-            _ = tokio::time::sleep_until(wake) => {}
+            () = &mut exited => gone = true,
+            _ = tokio::time::sleep_until(next_probe), if probing && inflight.is_none() => {}
         }
-        if inner.runtime.finished(dir, &pid) {
+        // A probe that failed because PID 1 is gone reports the exit, not "unhealthy".
+        if gone || (probed.is_some() && inner.runtime.finished(dir, &pid)) {
             inner.drop_endpoint(task).await;
             let code = inner.exit_code(dir).await;
             inner.teardown(cfg).await;

@@ -281,7 +281,7 @@ impl Containers {
                 id: holder.id.clone(),
             });
         }
-        let id = crate::controller::new_task_id();
+        let id = crate::ids::new_task_id();
         if task.container_name.is_empty() {
             task.container_name = generate_name(&id, taken);
         }

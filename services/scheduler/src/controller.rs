@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::Agents;
 use crate::drain;
+use crate::ids;
 use crate::leader::{Election, Term};
 use crate::progress::Progress;
 use crate::reconcile::{self, reconcile, Action};
@@ -242,7 +243,8 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
                     continue;
                 };
                 let service_mod_rev = loaded.mod_revision(&rctl_api::keys::service(&service));
-                let task = reconcile::new_task(spec, node, slot, revision, new_task_id(), now_ms);
+                let task =
+                    reconcile::new_task(spec, node, slot, revision, ids::new_task_id(), now_ms);
                 pending.push(Pending {
                     task,
                     kind: Kind::Create { service_mod_rev },
@@ -347,11 +349,6 @@ pub async fn pass(store: &Store, agents: &Agents, leader: &LeaderKey) -> Result<
     let live: HashSet<&str> = loaded.tasks.iter().map(|t| t.id.as_str()).collect();
     agents.retain(|id| live.contains(id));
     Ok(())
-}
-
-/// A 16-hex-digit random id; its first 12 digits are the container's short id and hostname.
-pub fn new_task_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Wakes the loop on every change; resumes after errors from the last revision seen and

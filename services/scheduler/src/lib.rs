@@ -19,6 +19,7 @@
 //! - [`controller`]: the loop that loads, plans ([`reconcile`]) and commits.
 //! - [`containers`]: one-off containers (`rctl run`), placed at once by reconcile's
 //!   placement over the same snapshot and commanded on their agent.
+//! - [`ids`]: new task and container ids, for the controller and [`containers`].
 //! - [`agents`]: the gRPC edge towards agents.
 //! - [`streams`]: logs, attach, exec, stats and top, proxied to the container's agent.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod containers;
 pub mod controller;
 pub mod drain;
 pub mod grpc;
+pub mod ids;
 pub mod image_check;
 pub mod images;
 pub mod leader;
