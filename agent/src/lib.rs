@@ -252,6 +252,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         advertise_ip: cfg.advertise_ip,
     };
     net.ensure_bridge().await?;
+    net.set_egress(&[]).await?;
 
     let tracker = TaskTracker::new();
     if let Some(addr) = cfg.metrics_addr {

@@ -1,10 +1,12 @@
 //! Container networking on one host: a bridge with the host's container subnet, one veth per
-//! container, and published ports as iptables DNAT rules from the host's advertised IP.
+//! container, published ports as iptables DNAT rules from the host's advertised IP, and
+//! source NAT for traffic leaving the cluster ([`egress`]).
 //!
 //! Links, addresses and routes are set through rtnetlink ([`netlink`]): no process per
 //! step on a container's start path. Port rules still shell out to `iptables` (only `-p`
 //! and service ports use them).
 
+pub mod egress;
 pub mod host_ip;
 pub mod ipam;
 pub mod netlink;
@@ -139,6 +141,12 @@ impl Network {
             .await
             .map_err(NetworkError::Forward)?;
         Ok(())
+    }
+
+    /// Source-NATs container traffic that leaves the cluster, exempting this host's bridge
+    /// and the container subnets in `peers` (see [`egress`]).
+    pub async fn set_egress(&self, peers: &[Subnet]) -> Result<(), NetworkError> {
+        egress::apply(&self.bridge, &self.subnet, peers).await
     }
 
     /// Gives the network namespace of process `pid` an `eth0` on the bridge with `ip`: one
