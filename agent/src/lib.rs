@@ -252,7 +252,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         advertise_ip: cfg.advertise_ip,
     };
     net.ensure_bridge().await?;
-    net.set_egress(&[]).await?;
 
     let tracker = TaskTracker::new();
     if let Some(addr) = cfg.metrics_addr {
@@ -277,6 +276,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             }
         });
     }
+    // Egress NAT and the routes to other nodes' containers, from the node records.
+    tracker.spawn(network::peers::run(
+        store.client().clone(),
+        cfg.node_name.clone(),
+        net.clone(),
+        shutdown.child_token(),
+    ));
     tracker.spawn(
         store
             .clone()

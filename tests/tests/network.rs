@@ -88,3 +88,94 @@ fn a_container_reaches_outside_the_cluster_and_its_published_port_still_answers(
     drop(outside);
     c.down_leaving_nothing();
 }
+
+/// A busybox container serving `GET /cgi-bin/peer` on port 8080 with `peer=ADDRESS`, the
+/// address the connection came from (busybox httpd's CGI `REMOTE_ADDR`).
+const PEER_ECHO: &str = "mkdir -p /www/cgi-bin && \
+printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' >/www/cgi-bin/peer && \
+chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www";
+
+/// The container's own address on eth0, as it sees it.
+fn container_ip(c: &Cluster, name: &str) -> String {
+    let out = c.rctl_ok(&["exec", name, "ip", "-4", "-o", "addr", "show", "eth0"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {out}"))
+        .to_string()
+}
+
+/// The peer routes (`proto 97`) host `host` has.
+fn peer_routes(c: &Cluster, host: &str) -> String {
+    c.in_host(host, &["ip", "-4", "route", "show", "proto", "97"])
+}
+
+#[test]
+fn a_container_on_another_host_sees_the_callers_real_address() {
+    let c = Cluster::start(2);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    c.rctl_ok(&[
+        "run", "-d", "--name", "echo", "--node", "h2", &bb, "sh", "-c", PEER_ECHO,
+    ]);
+    let callee = container_ip(&c, "echo");
+    assert!(callee.starts_with("198.19.2."), "{callee}");
+    // Routes: each host to the other's container subnet, via its address.
+    assert!(
+        peer_routes(&c, "h1").contains(&format!("198.19.2.0/24 via 198.18.{}.12", c.net)),
+        "{}",
+        peer_routes(&c, "h1")
+    );
+
+    // The caller on h1 prints its own address, then what the callee saw.
+    let script = format!(
+        "ip -4 -o addr show eth0; \
+         printf 'GET /cgi-bin/peer HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {callee} 8080"
+    );
+    let out = c.rctl(&["run", "--rm", "--node", "h1", &bb, "sh", "-c", &script]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let caller = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no caller address in {text}"));
+    assert!(caller.starts_with("198.19.1."), "{text}");
+    // httpd reports an IPv4 peer in its mapped form, `[::ffff:A.B.C.D]`.
+    let seen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("peer="))
+        .map(|p| p.trim_start_matches("[::ffff:").trim_end_matches(']'));
+    assert_eq!(
+        seen,
+        Some(caller),
+        "the callee saw the caller's container address: {text}"
+    );
+
+    // A lost host's routes vanish from the others; it gets them back when it returns.
+    c.cluster(&["kill-host", "h2"]);
+    c.eventually(WAIT, "h1's route to the lost h2 gone", || {
+        (!peer_routes(&c, "h1").contains("198.19.2.0/24")).then_some(())
+    });
+    c.cluster(&["restore-host", "h2"]);
+    c.eventually(WAIT, "h1's route to h2 back", || {
+        peer_routes(&c, "h1")
+            .contains("198.19.2.0/24")
+            .then_some(())
+    });
+    c.eventually(WAIT, "h2's route to h1 back", || {
+        peer_routes(&c, "h2")
+            .contains("198.19.1.0/24")
+            .then_some(())
+    });
+    c.down_leaving_nothing();
+    let root = std::process::Command::new("ip")
+        .args(["-4", "route", "show", "proto", "97"])
+        .output()
+        .expect("ip route");
+    assert!(
+        root.stdout.is_empty(),
+        "no peer route in the root namespace"
+    );
+}

@@ -1,6 +1,7 @@
 //! Container networking on one host: a bridge with the host's container subnet, one veth per
 //! container, published ports as iptables DNAT rules from the host's advertised IP, and
-//! source NAT for traffic leaving the cluster ([`egress`]).
+//! source NAT for traffic leaving the cluster ([`egress`]), and routes to every other
+//! node's container subnet ([`peers`]).
 //!
 //! Links, addresses and routes are set through rtnetlink ([`netlink`]): no process per
 //! step on a container's start path. Port rules still shell out to `iptables` (only `-p`
@@ -10,6 +11,7 @@ pub mod egress;
 pub mod host_ip;
 pub mod ipam;
 pub mod netlink;
+pub mod peers;
 
 use std::net::Ipv4Addr;
 
