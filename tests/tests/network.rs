@@ -95,15 +95,17 @@ const PEER_ECHO: &str = "mkdir -p /www/cgi-bin && \
 printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' >/www/cgi-bin/peer && \
 chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www";
 
-/// The container's own address on eth0, as it sees it.
+/// The container's own address on eth0, as it sees it, once it runs.
 fn container_ip(c: &Cluster, name: &str) -> String {
-    let out = c.rctl_ok(&["exec", name, "ip", "-4", "-o", "addr", "show", "eth0"]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {out}"))
-        .to_string()
+    c.eventually(WAIT, &format!("{name} running with an address"), || {
+        let out = c.rctl(&["exec", name, "ip", "-4", "-o", "addr", "show", "eth0"]);
+        let text = stdout(&out);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .map(str::to_string)
+    })
 }
 
 /// The peer routes (`proto 97`) host `host` has.
@@ -112,17 +114,45 @@ fn peer_routes(c: &Cluster, host: &str) -> String {
 }
 
 #[test]
-fn a_container_on_another_host_sees_the_callers_real_address() {
-    let c = Cluster::start(2);
+fn host_gw_a_container_on_another_host_sees_the_callers_real_address() {
+    cross_host("host-gw");
+}
+
+#[test]
+fn vxlan_a_container_on_another_host_sees_the_callers_real_address() {
+    cross_host("vxlan");
+}
+
+/// The same cross-host checks in either network mode.
+fn cross_host(mode: &str) {
+    let c = Cluster::start_net_mode(2, mode);
+    // The mode shows in `rctl nodes -o json`.
+    let nodes: serde_json::Value =
+        serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).expect("nodes json");
+    for n in nodes.as_array().expect("array") {
+        assert_eq!(n["network"]["mode"], mode, "{n}");
+        assert!(
+            n["network"]["subnet"]
+                .as_str()
+                .unwrap()
+                .starts_with("198.19."),
+            "{n}"
+        );
+    }
     let bb = format!("{}/rctl/busybox:latest", c.registry());
     c.rctl_ok(&[
         "run", "-d", "--name", "echo", "--node", "h2", &bb, "sh", "-c", PEER_ECHO,
     ]);
     let callee = container_ip(&c, "echo");
     assert!(callee.starts_with("198.19.2."), "{callee}");
-    // Routes: each host to the other's container subnet, via its address.
+    // Routes: each host to the other's container subnet, via its address (host-gw) or
+    // over the VXLAN device to its VTEP.
+    let route = match mode {
+        "vxlan" => "198.19.2.0/24 via 198.19.2.0 dev rctl-vx".to_string(),
+        _ => format!("198.19.2.0/24 via 198.18.{}.12 dev eth0", c.net),
+    };
     assert!(
-        peer_routes(&c, "h1").contains(&format!("198.19.2.0/24 via 198.18.{}.12", c.net)),
+        peer_routes(&c, "h1").contains(&route),
         "{}",
         peer_routes(&c, "h1")
     );
@@ -169,6 +199,14 @@ fn a_container_on_another_host_sees_the_callers_real_address() {
             .contains("198.19.1.0/24")
             .then_some(())
     });
+    if mode == "vxlan" {
+        // The VXLAN forwarding entry follows the peer (and only live peers have one).
+        let fdb = c.in_host("h1", &["bridge", "fdb", "show", "dev", "rctl-vx"]);
+        assert!(
+            fdb.contains(&format!("02:52:c6:13:02:00 dst 198.18.{}.12", c.net)),
+            "{fdb}"
+        );
+    }
     c.down_leaving_nothing();
     let root = std::process::Command::new("ip")
         .args(["-4", "route", "show", "proto", "97"])
