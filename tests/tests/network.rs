@@ -217,3 +217,49 @@ fn cross_host(mode: &str) {
         "no peer route in the root namespace"
     );
 }
+
+#[test]
+fn run_takes_dockers_hostname_add_host_and_dns() {
+    let c = Cluster::start(1);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    let out = c.rctl(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "web1",
+        "--add-host",
+        "db.example:10.1.2.3",
+        "--dns",
+        "198.18.0.250",
+        &bb,
+        "sh",
+        "-c",
+        "hostname; cat /etc/hosts /etc/resolv.conf",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.starts_with("web1\n"), "{text}");
+    assert!(text.contains("\tweb1\n"), "its own line: {text}");
+    assert!(text.contains("10.1.2.3\tdb.example\n"), "{text}");
+    assert!(text.ends_with("nameserver 198.18.0.250\n"), "{text}");
+
+    c.eventually(WAIT, "the --rm container gone", || {
+        c.ps(&["-a"]).is_empty().then_some(())
+    });
+
+    // Bad input: one line, exit 2, nothing made.
+    for (flag, value) in [
+        ("--add-host", "nocolon"),
+        ("--add-host", "db:not-an-ip"),
+        ("--dns", "dns.example"),
+        ("--hostname", "under_score"),
+    ] {
+        let out = c.rctl(&["run", "-d", flag, value, &bb]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{flag} {value}: {err}");
+        assert!(err.contains(value), "{flag} {value}: {err}");
+    }
+    assert!(c.ps(&["-a"]).is_empty(), "no container made");
+    c.down_leaving_nothing();
+}

@@ -10,6 +10,7 @@
 pub mod egress;
 pub mod host_ip;
 pub mod ipam;
+pub mod names;
 pub mod netlink;
 pub mod peers;
 
