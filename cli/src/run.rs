@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// agent remaps (--userns-remap), as Docker's --userns=host.
     #[arg(long, value_name = "host")]
     pub userns: Option<String>,
+    /// Network: cluster (default: its own address, reaches every container and, NATed,
+    /// the outside) or none (loopback only).
+    #[arg(long, value_name = "cluster|none")]
+    pub network: Option<String>,
     /// The container's hostname (default: its short id).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
@@ -364,6 +368,20 @@ pub fn build(a: &RunArgs) -> Result<CreateContainerRequest, CliError> {
         Some(other) => {
             return Err(usage(format!(
                 "invalid --userns {other:?} (the only mode is host)"
+            )))
+        }
+    }
+    match a.network.as_deref() {
+        None | Some("cluster") => {}
+        Some("none") if !task.ports.is_empty() => {
+            return Err(usage(
+                "--network none has no address to publish -p ports on".into(),
+            ))
+        }
+        Some("none") => task.network = "none".into(),
+        Some(other) => {
+            return Err(usage(format!(
+                "invalid --network {other:?} (want cluster or none)"
             )))
         }
     }

@@ -263,3 +263,45 @@ fn run_takes_dockers_hostname_add_host_and_dns() {
     assert!(c.ps(&["-a"]).is_empty(), "no container made");
     c.down_leaving_nothing();
 }
+
+#[test]
+fn network_none_has_only_loopback_and_it_is_up() {
+    let c = Cluster::start(1);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    let out = c.rctl(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &bb,
+        "sh",
+        "-c",
+        "ip -o link; ip -4 -o addr",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let links: Vec<&str> = text.lines().filter(|l| l.contains("link/")).collect();
+    assert_eq!(links.len(), 1, "only lo: {text}");
+    assert!(links[0].contains(": lo: <LOOPBACK,UP"), "lo is up: {text}");
+    assert!(text.contains("inet 127.0.0.1/8"), "{text}");
+    assert!(!text.contains("eth0"), "{text}");
+    c.eventually(WAIT, "the --rm container gone", || {
+        c.ps(&["-a"]).is_empty().then_some(())
+    });
+
+    // Bad input: one line, exit 2, nothing made.
+    for args in [
+        &["--network", "bogus"][..],
+        &["--network", "none", "-p", "18080:8080"][..],
+    ] {
+        let mut argv = vec!["run", "-d"];
+        argv.extend_from_slice(args);
+        argv.push(&bb);
+        let out = c.rctl(&argv);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    assert!(c.ps(&["-a"]).is_empty(), "no container made");
+    c.down_leaving_nothing();
+}

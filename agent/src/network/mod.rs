@@ -196,6 +196,19 @@ impl Network {
         r
     }
 
+    /// Brings up `lo` in the network namespace of process `pid` and adds nothing else
+    /// (a container with `--network none`).
+    pub async fn loopback_only(&self, pid: u32) -> Result<(), NetworkError> {
+        let ns = netlink::open_netns(pid).map_err(nl("open the container's network namespace"))?;
+        netlink::on_thread(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            netlink::Rtnl::open()?.request(netlink::link_up(netlink::LOOPBACK_IFINDEX), 0)?;
+            Ok(())
+        })
+        .await
+        .map_err(nl("bring the container's lo up"))
+    }
+
     /// Removes the container's veth (gone already if its namespace died).
     pub async fn detach(&self, id: &str) {
         let host = host_veth(id);
