@@ -433,6 +433,7 @@ pub async fn run(cfg: HollowConfig, shutdown: CancellationToken) -> Result<(), H
             started_unix_ms: started,
             // Unique per simulated node and process: a second hollow process cannot pass for it.
             host_id: format!("hollow-{}-{i}", std::process::id()),
+            network_mode: String::new(),
         };
         // Put by the lease loop once its lease is granted, like a real agent's node key.
         store

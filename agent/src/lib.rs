@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     pub subnet: Subnet,
     pub bridge: String,
+    /// How other nodes' container subnets are reached (`--net-mode`).
+    pub net_mode: network::peers::Mode,
     /// Registries (`host:port`) spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
     pub lease_ttl: u64,
@@ -224,6 +226,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         subnet: cfg.subnet.to_string(),
         started_unix_ms: clock::now_unix_ms(),
         host_id: host_id.clone(),
+        network_mode: cfg.net_mode.as_str().to_string(),
     };
     // Claimed before touching the host's network: an agent refused the name changes nothing.
     // Only a refusal is final; etcd trouble is waited out like an unreachable etcd above.
@@ -276,6 +279,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             }
         });
     }
+    // Egress NAT and the routes to other nodes' containers, from the node records.
+    tracker.spawn(network::peers::run(
+        store.client().clone(),
+        cfg.node_name.clone(),
+        net.clone(),
+        cfg.net_mode,
+        shutdown.child_token(),
+    ));
     tracker.spawn(
         store
             .clone()

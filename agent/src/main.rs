@@ -35,6 +35,11 @@ struct Args {
     /// Bridge the containers are attached to.
     #[arg(long, default_value = "rctl0")]
     bridge: String,
+    /// How containers reach other nodes' containers: host-gw (route via the node's
+    /// address; nodes share a link) or vxlan (encapsulated, any IP path). Every agent of a
+    /// cluster uses the same.
+    #[arg(long, default_value = "host-gw", value_parser = rctl_agent::network::peers::Mode::parse)]
+    net_mode: rctl_agent::network::peers::Mode,
     /// Registry (HOST:PORT) to reach over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
@@ -244,6 +249,7 @@ fn dispatch() -> anyhow::Result<()> {
         advertise_ip: args.advertise_ip,
         subnet: rctl_agent::Subnet::parse(&args.subnet)?,
         bridge: args.bridge,
+        net_mode: args.net_mode,
         insecure_registries: args.insecure_registry,
         lease_ttl: args.lease_ttl,
         labels,

@@ -43,6 +43,13 @@ impl NodeCommand {
 }
 
 #[derive(Debug, Serialize)]
+struct NetworkJson {
+    /// "host-gw" or "vxlan" (empty from an agent that predates the field).
+    mode: String,
+    subnet: String,
+}
+
+#[derive(Debug, Serialize)]
 struct NodeJson {
     name: String,
     address: String,
@@ -52,6 +59,8 @@ struct NodeJson {
     memory: u64,
     labels: BTreeMap<String, String>,
     subnet: String,
+    /// How the node reaches other nodes' containers, and its container subnet.
+    network: NetworkJson,
     /// RFC 3339 time of the agent's last lease renewal; null when the node is down.
     last_heartbeat: Option<String>,
     #[serde(skip)]
@@ -78,6 +87,10 @@ async fn list(conn: &mut Conn, format: Format) -> Result<(), CliError> {
                 cpus: n.cpus,
                 memory: n.memory_bytes,
                 labels: n.labels.into_iter().collect(),
+                network: NetworkJson {
+                    mode: n.network_mode,
+                    subnet: n.subnet.clone(),
+                },
                 subnet: n.subnet,
                 last_heartbeat: (v.last_heartbeat_unix_ms > 0)
                     .then(|| rfc3339(v.last_heartbeat_unix_ms)),

@@ -93,9 +93,49 @@ pub struct RunArgs {
     /// agent remaps (--userns-remap), as Docker's --userns=host.
     #[arg(long, value_name = "host")]
     pub userns: Option<String>,
+    /// Network: cluster (default: its own address, reaches every container and, NATed,
+    /// the outside) or none (loopback only).
+    #[arg(long, value_name = "cluster|none")]
+    pub network: Option<String>,
+    /// The container's hostname (default: its short id).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Add a line to the container's /etc/hosts (repeatable).
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// A name server for the container's /etc/resolv.conf (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
     pub image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
+}
+
+/// A hostname as `--hostname` takes it: dot-separated labels of letters, digits and
+/// '-' (RFC 1123), at most 63 bytes (the kernel's limit for a UTS name is 64).
+pub fn parse_hostname(h: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if h.len() > 63 || !h.split('.').all(label_ok) {
+        return Err(format!(
+            "invalid hostname {h:?} (letters, digits, '-' and '.', at most 63)"
+        ));
+    }
+    Ok(h.to_string())
+}
+
+/// `--add-host NAME:IP`, as `NAME:IP` with a checked name and address (IPv6 addresses
+/// have colons: the name is everything before the first one).
+pub fn parse_add_host(spec: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("invalid --add-host {spec:?}: {why} (want NAME:IP)");
+    let (name, ip) = spec.split_once(':').ok_or_else(|| bad("no ':'"))?;
+    parse_hostname(name).map_err(|_| bad("not a host name"))?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad("not an IP address"))?;
+    Ok(format!("{name}:{ip}"))
 }
 
 /// `-p [IP:]HOST:CONTAINER[/tcp|udp]`.
@@ -331,6 +371,32 @@ pub fn build(a: &RunArgs) -> Result<CreateContainerRequest, CliError> {
             )))
         }
     }
+    match a.network.as_deref() {
+        None | Some("cluster") => {}
+        Some("none") if !task.ports.is_empty() => {
+            return Err(usage(
+                "--network none has no address to publish -p ports on".into(),
+            ))
+        }
+        Some("none") => task.network = "none".into(),
+        Some(other) => {
+            return Err(usage(format!(
+                "invalid --network {other:?} (want cluster or none)"
+            )))
+        }
+    }
+    if let Some(h) = &a.hostname {
+        task.hostname = parse_hostname(h).map_err(usage)?;
+    }
+    for h in &a.add_host {
+        task.extra_hosts.push(parse_add_host(h).map_err(usage)?);
+    }
+    for d in &a.dns {
+        let ip: std::net::IpAddr = d
+            .parse()
+            .map_err(|_| usage(format!("invalid --dns {d:?}: not an IP address")))?;
+        task.dns.push(ip.to_string());
+    }
     crate::registry_auth::check_reference(&a.image).map_err(usage)?;
     Ok(CreateContainerRequest {
         task: Some(task),
@@ -411,6 +477,20 @@ async fn follow_pull(conn: &mut Conn, id: &str, image: &str) -> Result<(), CliEr
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn add_host_and_hostname_are_checked() {
+        assert_eq!(parse_add_host("db:10.0.0.1").unwrap(), "db:10.0.0.1");
+        assert_eq!(parse_add_host("v6:fd00::1").unwrap(), "v6:fd00::1");
+        for bad in ["db", "db:x", ":10.0.0.1", "-db:10.0.0.1"] {
+            assert!(parse_add_host(bad).is_err(), "{bad}");
+        }
+        assert!(parse_hostname("web-1.example").is_ok());
+        for bad in ["", "a_b", "a..b", &"x".repeat(64)] {
+            assert!(parse_hostname(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

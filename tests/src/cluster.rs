@@ -85,6 +85,8 @@ pub struct Cluster {
     insecure_registries: Vec<String>,
     /// Every agent's `--userns-remap` (START:COUNT), if any.
     userns_remap: Option<String>,
+    /// Every agent's `--net-mode` (`host-gw`, the default, or `vxlan`).
+    pub net_mode: String,
     _slot: Slot,
 }
 
@@ -117,6 +119,12 @@ impl Cluster {
         Self::launch_with(hosts, 1, false, false, Some(remap.to_string()))
     }
 
+    /// Starts a one-scheduler cluster whose agents reach each other's containers in
+    /// network mode `mode` (`host-gw` or `vxlan`: `up --net-mode`).
+    pub fn start_net_mode(hosts: u32, mode: &str) -> Cluster {
+        Self::launch_full(hosts, 1, false, false, None, mode)
+    }
+
     fn launch(hosts: u32, schedulers: u32, tls: bool) -> Cluster {
         Self::launch_with(hosts, schedulers, tls, false, None)
     }
@@ -127,6 +135,17 @@ impl Cluster {
         tls: bool,
         private: bool,
         userns_remap: Option<String>,
+    ) -> Cluster {
+        Self::launch_full(hosts, schedulers, tls, private, userns_remap, "host-gw")
+    }
+
+    fn launch_full(
+        hosts: u32,
+        schedulers: u32,
+        tls: bool,
+        private: bool,
+        userns_remap: Option<String>,
+        net_mode: &str,
     ) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
@@ -147,6 +166,7 @@ impl Cluster {
             torn_down: false,
             insecure_registries,
             userns_remap,
+            net_mode: net_mode.to_string(),
             _slot: slot,
         };
         // A previous run killed hard may have left this slot's resources behind.
@@ -194,7 +214,8 @@ impl Cluster {
             .env(
                 "RCTL_CLUSTER_USERNS_REMAP",
                 self.userns_remap.as_deref().unwrap_or_default(),
-            );
+            )
+            .env("RCTL_CLUSTER_NET_MODE", &self.net_mode);
         cmd.output().expect("run deploy/local/cluster")
     }
 

@@ -8,11 +8,13 @@
 //!   its own OCI code.
 //! - [`tmux`]: a real terminal (a tmux session of the test's own) for `exec -it`, `run -it`.
 //! - [`testserver`]: the fixture test server as a plain process, for component tests.
+//! - [`outside`]: a network namespace on the cluster's link that is not a cluster host.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod etcd;
 pub mod fixtures;
 pub mod hollow;
+pub mod outside;
 pub mod testserver;
 pub mod tmux;

@@ -14,7 +14,7 @@ pub enum IpamError {
 }
 
 /// The container subnet of this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Subnet {
     pub network: Ipv4Addr,
     pub prefix_len: u8,

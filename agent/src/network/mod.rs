@@ -1,13 +1,18 @@
 //! Container networking on one host: a bridge with the host's container subnet, one veth per
-//! container, and published ports as iptables DNAT rules from the host's advertised IP.
+//! container, published ports as iptables DNAT rules from the host's advertised IP, and
+//! source NAT for traffic leaving the cluster ([`egress`]), and routes to every other
+//! node's container subnet ([`peers`]).
 //!
 //! Links, addresses and routes are set through rtnetlink ([`netlink`]): no process per
 //! step on a container's start path. Port rules still shell out to `iptables` (only `-p`
 //! and service ports use them).
 
+pub mod egress;
 pub mod host_ip;
 pub mod ipam;
+pub mod names;
 pub mod netlink;
+pub mod peers;
 
 use std::net::Ipv4Addr;
 
@@ -141,6 +146,12 @@ impl Network {
         Ok(())
     }
 
+    /// Source-NATs container traffic that leaves the cluster, exempting this host's bridge
+    /// and the container subnets in `peers` (see [`egress`]).
+    pub async fn set_egress(&self, peers: &[Subnet]) -> Result<(), NetworkError> {
+        egress::apply(&self.bridge, &self.subnet, peers).await
+    }
+
     /// Gives the network namespace of process `pid` an `eth0` on the bridge with `ip`: one
     /// veth request on the host (the peer is born inside the namespace as `eth0`), then
     /// addresses, links and the route through a socket opened inside the namespace.
@@ -183,6 +194,19 @@ impl Network {
         .await
         .map_err(nl("run the network setup thread"))?;
         r
+    }
+
+    /// Brings up `lo` in the network namespace of process `pid` and adds nothing else
+    /// (a container with `--network none`).
+    pub async fn loopback_only(&self, pid: u32) -> Result<(), NetworkError> {
+        let ns = netlink::open_netns(pid).map_err(nl("open the container's network namespace"))?;
+        netlink::on_thread(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            netlink::Rtnl::open()?.request(netlink::link_up(netlink::LOOPBACK_IFINDEX), 0)?;
+            Ok(())
+        })
+        .await
+        .map_err(nl("bring the container's lo up"))
     }
 
     /// Removes the container's veth (gone already if its namespace died).

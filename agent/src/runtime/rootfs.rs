@@ -247,15 +247,13 @@ fn prepare(
     // files. Both resolve inside the root (an image's /etc/hosts -> /host/file lands in
     // the container), and the files are written in place, so no host path shows in the
     // container's mountinfo.
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-        cfg.ip, cfg.hostname
-    );
-    // No DNS beyond the hosts file yet: containers only talk to the cluster's addresses.
+    let task = cfg.task().unwrap_or_default();
+    let (hosts, resolv) =
+        crate::network::names::files(cfg.ip, &cfg.hostname, &task.extra_hosts, &task.dns);
     for (name, data) in [
         ("hostname", format!("{}\n", cfg.hostname)),
         ("hosts", hosts),
-        ("resolv.conf", String::new()),
+        ("resolv.conf", resolv),
     ] {
         mounts::write_in_root(&root, "/etc", name, data.as_bytes(), mapped_root)?;
     }

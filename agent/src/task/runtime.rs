@@ -118,6 +118,12 @@ impl Runtime for HostRuntime {
         limit: Duration,
     ) -> Result<PidRecord, TaskError> {
         let shim = Shim::spawn(dir)?;
+        if cfg.task().is_some_and(|t| t.network == "none") {
+            // Docker's --network none: its own namespace with loopback up, nothing else.
+            self.net.loopback_only(shim.pid()).await?;
+            shim.release()?;
+            return Ok(runtime::wait_started(dir, limit).await?);
+        }
         self.net.attach(&cfg.id, shim.pid(), cfg.ip).await?;
         if cfg.host_port != 0 {
             self.net
