@@ -354,6 +354,6 @@ async fn inspect_image(conn: &mut Conn, image: &str, node: Option<String>) -> Re
             print_json(&v);
             Ok(())
         }
-        None => Err(CliError::Usage(format!("no such image: {image}"))),
+        None => Err(CliError::Failed(format!("no such image: {image}"))),
     }
 }

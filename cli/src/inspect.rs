@@ -33,7 +33,7 @@ async fn inspect(conn: &mut Conn, target: &str, node: Option<String>) -> Result<
         print_json(&v);
         return Ok(());
     }
-    Err(CliError::Usage(format!(
+    Err(CliError::Failed(format!(
         "no such object: {target} (not a container or an image; see rctl ps -a, rctl images)"
     )))
 }

@@ -58,6 +58,12 @@ pub enum RolloutCommand {
     /// Where the service's latest change stands: rolling, done or rolled_back (and why).
     Status {
         name: String,
+        /// Block until the latest change is done (exit 0) or rolled back (exit 3).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits before it gives up (exit 4; the rollout goes on).
+        #[arg(long, default_value = "5m", value_parser = values::duration)]
+        timeout: Duration,
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
@@ -88,7 +94,26 @@ impl RolloutCommand {
             RolloutCommand::Promote { name } => control(conn, &name, "promote").await,
             RolloutCommand::Abort { name } => control(conn, &name, "abort").await,
             RolloutCommand::Explain { name, output } => explain(conn, &name, output).await,
-            RolloutCommand::Status { name, output } => status(conn, &name, output).await,
+            RolloutCommand::Status {
+                name,
+                wait,
+                timeout,
+                output,
+            } => {
+                let waited = match wait {
+                    true => wait_status(conn, &name, timeout).await,
+                    false => Ok(()),
+                };
+                // Rolled back (3) or timed out (4): the status is printed all the same,
+                // as `rollout start -o json` does.
+                match waited {
+                    Ok(()) | Err(CliError::RolledBack(_) | CliError::Timeout(_)) => {
+                        status(conn, &name, output).await?;
+                        waited
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             RolloutCommand::History { name, output } => history(conn, &name, output).await,
         }
     }
@@ -237,14 +262,59 @@ pub async fn status(conn: &mut Conn, name: &str, format: Format) -> Result<(), C
     let s = status_json(&resp);
     match format {
         Format::Json => print_json(&s),
-        Format::Table => {
-            println!("{}: revision {} {}", s.service, s.revision, s.state);
-            if !s.reason.is_empty() {
-                println!("reason: {}", s.reason);
-            }
-        }
+        Format::Table => status_lines(&s),
     }
     Ok(())
+}
+
+/// The human `rollout status`: one line, and the reason when there is one.
+fn status_lines(s: &StatusJson) {
+    println!("{}: revision {} {}", s.service, s.revision, s.state);
+    if !s.reason.is_empty() {
+        println!("reason: {}", s.reason);
+    }
+}
+
+/// How often `rollout status --wait` looks again.
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+/// What `rollout status --wait` does with a state: keep waiting, or end with this result.
+pub fn settled(state: &str, name: &str, reason: &str) -> Option<Result<(), CliError>> {
+    match state {
+        "done" => Some(Ok(())),
+        "rolled_back" => Some(Err(CliError::RolledBack(format!(
+            "{name} was rolled back: {reason}"
+        )))),
+        _ => None,
+    }
+}
+
+/// `rollout status --wait`: polls until the latest change is done or rolled back, or the
+/// timeout passes (exit 4, the rollout goes on). Prints each new state on stderr.
+async fn wait_status(conn: &mut Conn, name: &str, timeout: Duration) -> Result<(), CliError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let s = status_json(&conn.inspect_service(name).await?);
+        let line = format!("{}: revision {} {}", s.service, s.revision, s.state);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        // The status itself is printed by the caller, as without --wait.
+        if let Some(result) = settled(s.state, name, &s.reason) {
+            return result;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::Timeout(format!(
+                "timed out after {} waiting for {name} (revision {} is {}); the rollout goes on (see: rctl rollout status {name})",
+                humantime::format_duration(timeout),
+                s.revision,
+                s.state
+            )));
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
 }
 
 /// Who the CLI says makes a change; a client certificate's CN overrides it on the server.
@@ -316,7 +386,7 @@ pub async fn start(
     let stable = svc.revision;
     let mut spec = svc.spec.unwrap_or_default();
     if spec.image == image {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "service {name:?} already runs {image} (revision {stable}); nothing to roll out"
         )));
     }
@@ -494,7 +564,7 @@ pub fn steps_json(r: &CanaryRollout) -> Vec<StepJson> {
 pub async fn explain(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
     let resp = conn.inspect_service(name).await?;
     let Some(r) = resp.canary else {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "service {name:?} never had a canary rollout (see: rctl rollout start {name} --image IMG --canary)"
         )));
     };
@@ -610,6 +680,19 @@ async fn rollback(conn: &mut Conn, a: &RollbackArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_wait_ends_on_done_or_rolled_back_only() {
+        assert!(matches!(settled("done", "web", ""), Some(Ok(()))));
+        let e = settled("rolled_back", "web", "canary 5xx")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.to_string(), "web was rolled back: canary 5xx");
+        for state in ["rolling", "canary", "rolling_back"] {
+            assert!(settled(state, "web", "").is_none(), "{state}");
+        }
+    }
     use rctl_api::pb::{RevisionCause, ServiceSpec};
 
     #[test]

@@ -279,7 +279,14 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_fast() {
     };
     let before = inspect();
 
-    assert_bad_input(c.rctl(&["scale", "nope=3"]), "\"nope\" not found");
+    // Not found is exit 1 (docs/exit-codes.md), bad input 2.
+    let out = c.rctl(&["scale", "nope=3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"nope\" not found"),
+        "{}",
+        stderr(&out)
+    );
     assert_bad_input(c.rctl(&["scale", "web=-1"]), "web=-1");
     assert_bad_input(c.rctl(&["scale", "web=abc"]), "web=abc");
 
