@@ -27,10 +27,13 @@ pub struct PsArgs {
     /// name=, status=, node=, service= or id= (repeatable).
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
+    /// Only the tasks of this service.
     #[arg(long)]
     pub service: Option<String>,
+    /// Only containers and tasks on this node.
     #[arg(long)]
     pub node: Option<String>,
+    /// Output format: table (default) or json.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
 }
@@ -45,6 +48,7 @@ impl PsArgs {
 /// `rctl start`.
 #[derive(Args, Debug)]
 pub struct StartArgs {
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -62,6 +66,7 @@ pub struct StopArgs {
     /// Seconds to wait before SIGKILL.
     #[arg(short = 't', long = "time")]
     pub time: Option<u64>,
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -93,8 +98,10 @@ fn stop_timeout_ms(secs: u64) -> u64 {
 /// `rctl kill`.
 #[derive(Args, Debug)]
 pub struct KillArgs {
+    /// The signal: a name (KILL, SIGTERM) or a number.
     #[arg(short = 's', long = "signal", default_value = "KILL")]
     pub signal: String,
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -112,11 +119,13 @@ impl KillArgs {
 /// `rctl rm`.
 #[derive(Args, Debug)]
 pub struct RmArgs {
+    /// Also remove running containers (killed first).
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Also remove the container's anonymous volumes (named volumes and bind mounts stay).
     #[arg(short = 'v', long)]
     pub volumes: bool,
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -135,7 +144,9 @@ impl RmArgs {
 /// `rctl rename`.
 #[derive(Args, Debug)]
 pub struct RenameArgs {
+    /// The container to rename, by name or id.
     pub old: String,
+    /// Its new name.
     pub new: String,
 }
 
@@ -148,6 +159,7 @@ impl RenameArgs {
 /// `rctl port`.
 #[derive(Args, Debug)]
 pub struct PortArgs {
+    /// The container or task (web.1), by name or id.
     pub target: String,
 }
 

@@ -11,7 +11,9 @@ use crate::output::print_json;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// A container, a task (web.1) or an image, by name or id.
     pub target: String,
+    /// Only this node (default: every node).
     #[arg(long)]
     pub node: Option<String>,
 }

@@ -15,6 +15,7 @@ use crate::output::{ago, print_json, print_table, rfc3339, Format};
 /// `rctl nodes`.
 #[derive(Args, Debug)]
 pub struct NodesArgs {
+    /// Output format: table (default) or json.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
 }
@@ -29,14 +30,22 @@ impl NodesArgs {
 pub enum NodeCommand {
     /// One node: address, state, tasks, resources, labels and last heartbeat.
     Inspect {
+        /// The node.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Take no new tasks on NODE and move its tasks elsewhere (surge-first).
-    Drain { name: String },
+    Drain {
+        /// The node.
+        name: String,
+    },
     /// Let NODE take new tasks again; running tasks stay where they are.
-    Activate { name: String },
+    Activate {
+        /// The node.
+        name: String,
+    },
 }
 
 impl NodeCommand {

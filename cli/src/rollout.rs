@@ -23,7 +23,9 @@ pub enum RolloutCommand {
     /// Roll the service out to another image (surge-first per [update]); exit 3 if rctl
     /// rolls it back by itself because the new revision never turns healthy.
     Start {
+        /// The service.
         name: String,
+        /// The image to roll out: NAME[:TAG] or NAME@sha256:DIGEST.
         #[arg(long)]
         image: String,
         /// Why, recorded with the new revision (default: "image: OLD → NEW").
@@ -32,6 +34,7 @@ pub enum RolloutCommand {
         /// Block until every task runs the new revision, healthy (or it is rolled back).
         #[arg(long)]
         wait: bool,
+        /// How long --wait waits before it gives up (exit 4; the change stays in place).
         #[arg(long, default_value = "5m", value_parser = values::duration)]
         timeout: Duration,
         /// Roll out as a canary per [canary]: canary.replicas new tasks next to the stable
@@ -45,18 +48,27 @@ pub enum RolloutCommand {
         output: Format,
     },
     /// Pass the running canary's current step now (at the last step: finish it).
-    Promote { name: String },
+    Promote {
+        /// The service.
+        name: String,
+    },
     /// Roll the running canary back (its weight to 0 first, then its tasks stop).
-    Abort { name: String },
+    Abort {
+        /// The service.
+        name: String,
+    },
     /// Each judged canary step's figures (requests, 5xx, error rate, p99 canary vs stable)
     /// and the rule that decided.
     Explain {
+        /// The service.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Where the service's latest change stands: rolling, done or rolled_back (and why).
     Status {
+        /// The service.
         name: String,
         /// Block until the latest change is done (exit 0) or rolled back (exit 3).
         #[arg(long)]
@@ -64,12 +76,15 @@ pub enum RolloutCommand {
         /// How long --wait waits before it gives up (exit 4; the rollout goes on).
         #[arg(long, default_value = "5m", value_parser = values::duration)]
         timeout: Duration,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// The kept revisions of a service (newest 10), with who made each and why.
     History {
+        /// The service.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
@@ -122,6 +137,7 @@ impl RolloutCommand {
 /// `rctl rollback NAME [--to N]`.
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// The service.
     pub name: String,
     /// The revision to return to (see: rctl rollout history NAME).
     #[arg(long)]
@@ -132,6 +148,7 @@ pub struct RollbackArgs {
     /// Block until the service runs the restored spec and is healthy.
     #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits before it gives up (exit 4; the change stays in place).
     #[arg(long, default_value = "5m", value_parser = values::duration)]
     pub timeout: Duration,
     /// `json`: the result as `rollout status -o json` prints it, once the change is

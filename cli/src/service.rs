@@ -15,17 +15,21 @@ use crate::output::{print_json, print_table, print_tasks, rfc3339, Format, TaskJ
 pub enum ServiceCommand {
     /// List services.
     Ls {
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Show a service and its tasks.
     Inspect {
+        /// The service.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Remove services (their tasks are stopped).
     Rm {
+        /// The services to remove.
         #[arg(required = true)]
         names: Vec<String>,
     },

@@ -20,14 +20,17 @@ pub enum SystemCommand {
         /// Also list the images.
         #[arg(short = 'v', long)]
         verbose: bool,
+        /// Only this node (default: every node).
         #[arg(long)]
         node: Option<String>,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Remove stopped containers (not service tasks), unused data and, with -a, every
     /// image no container uses.
     Prune {
+        /// Also remove every image no container uses (not only dangling ones).
         #[arg(short = 'a', long)]
         all: bool,
         /// Also remove volumes no container uses.
@@ -36,6 +39,7 @@ pub enum SystemCommand {
         /// Do not ask (required when not on a terminal).
         #[arg(short = 'f', long)]
         force: bool,
+        /// Only this node (default: every node).
         #[arg(long)]
         node: Option<String>,
     },
