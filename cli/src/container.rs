@@ -278,14 +278,17 @@ async fn port(conn: &mut Conn, target: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The published ports of a container as `docker port` prints them.
+/// The published ports of a container as `docker port` prints them; for a service task,
+/// its port and the endpoint the load balancer sends to (`8080/tcp -> 198.18.0.11:31000`).
 pub fn port_lines(v: &TaskView) -> Vec<String> {
-    let ports = v
-        .task
-        .as_ref()
-        .map(|t| t.ports.as_slice())
-        .unwrap_or_default();
-    ports
+    let Some(t) = v.task.as_ref() else {
+        return vec![];
+    };
+    let endpoint = v.status.as_ref().map(|s| s.endpoint.as_str()).unwrap_or("");
+    if !t.service.is_empty() && t.container_port > 0 && !endpoint.is_empty() {
+        return vec![format!("{}/tcp -> {endpoint}", t.container_port)];
+    }
+    t.ports
         .iter()
         .map(|p| {
             let ip = host_ip(p);
@@ -317,19 +320,81 @@ pub async fn inspect_json(
     target: &str,
 ) -> Result<Option<serde_json::Value>, CliError> {
     match inspect_one(conn, target).await {
-        Ok(v) => Ok(Some(inspect_value(&v))),
+        Ok(v) => {
+            let image = image_command(conn, &v).await;
+            Ok(Some(inspect_value(&v, image.as_ref())))
+        }
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) => Err(conn.err(s)),
     }
 }
 
-/// Docker's `inspect` shape for one container.
-pub fn inspect_value(v: &TaskView) -> serde_json::Value {
+/// An image's own command: its config's Entrypoint and Cmd.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageCommand {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+impl ImageCommand {
+    /// From an image's OCI config JSON (`{"config": {"Entrypoint": [..], "Cmd": [..]}}`);
+    /// anything missing or of another type is empty.
+    pub fn from_config(config: &serde_json::Value) -> Self {
+        let list = |key: &str| -> Vec<String> {
+            config["config"][key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ImageCommand {
+            entrypoint: list("Entrypoint"),
+            cmd: list("Cmd"),
+        }
+    }
+}
+
+/// The image's command, when the container runs it (sets no command of its own): what the
+/// agent runs is only known from the image on the container's node. None when the
+/// container names its own, or the image cannot be read.
+async fn image_command(conn: &mut Conn, v: &TaskView) -> Option<ImageCommand> {
+    let t = v.task.as_ref()?;
+    if !command_of(t).is_empty() || t.override_entrypoint || t.image.is_empty() {
+        return None;
+    }
+    let node = (!t.node.is_empty()).then(|| t.node.clone());
+    let images = crate::images::find_images(conn, &t.image, node)
+        .await
+        .ok()??;
+    images
+        .first()
+        .map(|d| ImageCommand::from_config(&d["config"]))
+}
+
+/// Docker's `inspect` shape for one container; `image` is the image's own command, shown
+/// as Docker does when the container runs it.
+pub fn inspect_value(v: &TaskView, image: Option<&ImageCommand>) -> serde_json::Value {
     let t = v.task.clone().unwrap_or_default();
     let st = v.status.clone().unwrap_or_default();
     let state = st.state();
     let running = state == TaskState::Running;
-    let argv = command_of(&t);
+    let mut argv = command_of(&t);
+    let (mut cmd, mut entrypoint) = (
+        if t.args.is_empty() {
+            t.command.clone()
+        } else {
+            t.args.clone()
+        },
+        t.override_entrypoint.then(|| t.entrypoint.clone()),
+    );
+    if let Some(image) = image.filter(|_| argv.is_empty()) {
+        argv = image.entrypoint.iter().chain(&image.cmd).cloned().collect();
+        cmd = image.cmd.clone();
+        entrypoint = (!image.entrypoint.is_empty()).then(|| image.entrypoint.clone());
+    }
     let mut ports = serde_json::Map::new();
     for p in &t.ports {
         ports.insert(
@@ -350,8 +415,8 @@ pub fn inspect_value(v: &TaskView) -> serde_json::Value {
         "Config": {
             "Image": t.image,
             "Env": env,
-            "Cmd": if t.args.is_empty() { t.command.clone() } else { t.args.clone() },
-            "Entrypoint": if t.override_entrypoint { Some(t.entrypoint.clone()) } else { None },
+            "Cmd": cmd,
+            "Entrypoint": entrypoint,
             "WorkingDir": t.workdir,
             "User": t.user,
             "Tty": t.tty,

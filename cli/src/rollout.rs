@@ -334,9 +334,34 @@ async fn wait_status(conn: &mut Conn, name: &str, timeout: Duration) -> Result<(
     }
 }
 
-/// Who the CLI says makes a change; a client certificate's CN overrides it on the server.
+/// Who the CLI says makes a change; a client certificate's CN overrides it on the server
+/// (over mutual TLS the server takes the certificate's name, whatever this says).
 pub fn who() -> String {
-    std::env::var("USER").unwrap_or_default()
+    let account = || {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    };
+    who_of(
+        std::env::var("USER").ok(),
+        std::env::var("LOGNAME").ok(),
+        account,
+    )
+}
+
+/// `$USER`, else `$LOGNAME`, else the account name of the process's uid: the first that
+/// is not blank.
+pub fn who_of(
+    user: Option<String>,
+    logname: Option<String>,
+    account: impl FnOnce() -> Option<String>,
+) -> String {
+    let given = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    given(user)
+        .or_else(|| given(logname))
+        .or_else(|| given(account()))
+        .unwrap_or_default()
 }
 
 pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
@@ -697,6 +722,15 @@ async fn rollback(conn: &mut Conn, a: &RollbackArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_is_user_else_logname_else_the_account() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(who_of(s("ann"), s("bob"), || s("root")), "ann");
+        assert_eq!(who_of(None, s("bob"), || s("root")), "bob");
+        assert_eq!(who_of(s(" "), None, || s("root")), "root");
+        assert_eq!(who_of(None, None, || None), "");
+    }
 
     #[test]
     fn status_wait_ends_on_done_or_rolled_back_only() {

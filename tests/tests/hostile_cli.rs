@@ -261,3 +261,78 @@ fn node_inspect_and_rollout_status_wait() {
     c.rctl_ok(&["service", "rm", "web"]);
     c.down_leaving_nothing();
 }
+
+#[test]
+fn port_inspect_who_and_plain_daemon_logs() {
+    let c = Cluster::start(1);
+    let reg = c.registry();
+    let file = c.service_file("web.toml", &c.web_service(1, "v1"));
+    c.apply_and_wait(&file);
+
+    // port of a task: its port and the endpoint the load balancer uses.
+    let task = c
+        .ps(&[])
+        .into_iter()
+        .find(|t| t["service"] == "web")
+        .expect("web.1");
+    let endpoint = task["endpoint"].as_str().unwrap().to_string();
+    assert!(!endpoint.is_empty(), "{task}");
+    assert_eq!(
+        c.rctl_ok(&["port", "web.1"]),
+        format!("8080/tcp -> {endpoint}\n")
+    );
+
+    // inspect of a task that runs its image's command shows that command.
+    let v: Value = serde_json::from_str(&c.rctl_ok(&["inspect", "web.1"])).unwrap();
+    assert_eq!(v[0]["Path"], "/app/testserver", "{v}");
+    assert_eq!(v[0]["Config"]["Entrypoint"][0], "/app/testserver", "{v}");
+    // ... and of a container that runs its image's default Cmd.
+    c.rctl_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b1",
+        &format!("{reg}/rctl/busybox:latest"),
+    ]);
+    let v: Value = serde_json::from_str(&c.rctl_ok(&["inspect", "b1"])).unwrap();
+    assert_eq!(v[0]["Config"]["Cmd"], serde_json::json!(["sh"]), "{v}");
+    assert_eq!(v[0]["Path"], "sh", "{v}");
+    c.rctl_ok(&["rm", "-f", "b1"]);
+
+    // Who made a revision when $USER (and $LOGNAME) are unset: the login name, not "unknown".
+    let out = c.rctl_env(
+        &c.addr(),
+        &[
+            "rollout",
+            "start",
+            "web",
+            "--image",
+            &format!("{reg}/rctl/testserver:v2"),
+        ],
+        &[("USER", ""), ("LOGNAME", "")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let h: Vec<Value> =
+        serde_json::from_str(&c.rctl_ok(&["rollout", "history", "web", "-o", "json"])).unwrap();
+    let account = String::from_utf8_lossy(
+        &std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    assert_eq!(h.last().unwrap()["who"], account.as_str(), "{h:#?}");
+
+    // The daemons' logs go to files: plain text, no colour codes.
+    let logs = c.logs();
+    assert!(logs.contains("--- "), "no daemon logs found");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI codes in daemon logs:\n{logs}"
+    );
+
+    c.rctl_ok(&["service", "rm", "web"]);
+    c.down_leaving_nothing();
+}
