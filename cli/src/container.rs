@@ -532,7 +532,7 @@ pub fn status_text(v: &TaskView, now_ms: i64) -> String {
 }
 
 /// The PORTS column: `0.0.0.0:8080->80/tcp`, or a service task's endpoint.
-fn ports_text(v: &TaskView) -> Vec<String> {
+pub(crate) fn ports_text(v: &TaskView) -> Vec<String> {
     let Some(t) = v.task.as_ref() else {
         return vec![];
     };
@@ -645,7 +645,8 @@ async fn ps(conn: &mut Conn, a: PsArgs, filters: Vec<(String, String)>) -> Resul
     if quiet {
         for v in rows {
             let id = v.task.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
-            println!("{}", &id[..id.len().min(12)]);
+            // By characters: a stored id need not be ASCII, and a byte slice could split one.
+            println!("{}", id.chars().take(12).collect::<String>());
         }
         return Ok(());
     }

@@ -292,7 +292,7 @@ async fn rmi(
 }
 
 #[derive(Debug, Serialize)]
-struct LayerJson {
+pub(crate) struct LayerJson {
     digest: String,
     diff_id: String,
     chain_id: String,
@@ -302,7 +302,7 @@ struct LayerJson {
 }
 
 #[derive(Debug, Serialize)]
-struct DetailJson {
+pub(crate) struct DetailJson {
     #[serde(flatten)]
     image: ImageJson,
     architecture: String,
@@ -311,7 +311,7 @@ struct DetailJson {
     config: serde_json::Value,
 }
 
-fn detail_json(d: pb::ImageDetail) -> DetailJson {
+pub(crate) fn detail_json(d: pb::ImageDetail) -> DetailJson {
     DetailJson {
         image: ImageJson::from_summary(&d.summary.unwrap_or_default()),
         architecture: d.architecture,

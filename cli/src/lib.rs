@@ -28,6 +28,8 @@ pub mod nodes;
 pub mod output;
 pub mod progress;
 pub mod registry_auth;
+#[cfg(test)]
+mod render_props;
 pub mod rollout;
 pub mod run;
 pub mod scale;

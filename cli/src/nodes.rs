@@ -60,19 +60,19 @@ impl NodeCommand {
 }
 
 #[derive(Debug, Serialize)]
-struct NodeJson {
-    name: String,
-    address: String,
-    state: String,
-    tasks: u32,
-    cpus: f64,
-    memory: u64,
-    labels: BTreeMap<String, String>,
-    subnet: String,
+pub(crate) struct NodeJson {
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) state: String,
+    pub(crate) tasks: u32,
+    pub(crate) cpus: f64,
+    pub(crate) memory: u64,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) subnet: String,
     /// RFC 3339 time of the agent's last lease renewal; null when the node is down.
-    last_heartbeat: Option<String>,
+    pub(crate) last_heartbeat: Option<String>,
     #[serde(skip)]
-    last_heartbeat_unix_ms: i64,
+    pub(crate) last_heartbeat_unix_ms: i64,
 }
 
 /// Every node the scheduler lists, as `nodes -o json` shows them.
@@ -172,7 +172,7 @@ async fn inspect(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliE
 
 /// The human `node inspect`: `Key: value` lines, aligned. Values go through
 /// `output::cell` like every table cell, so a stored value cannot forge a line.
-fn inspect_lines(n: &NodeJson) -> Vec<String> {
+pub(crate) fn inspect_lines(n: &NodeJson) -> Vec<String> {
     let labels = n
         .labels
         .iter()

@@ -224,7 +224,7 @@ pub fn print_tasks(views: &[pb::TaskView]) {
     print_table(&TASK_HEADER, &task_rows(views));
 }
 
-const TASK_HEADER: [&str; 9] = [
+pub const TASK_HEADER: [&str; 9] = [
     "ID", "NAME", "NODE", "IMAGE", "STATE", "HEALTH", "ENDPOINT", "CREATED", "MESSAGE",
 ];
 

@@ -47,7 +47,7 @@ impl ServiceCommand {
 }
 
 #[derive(Debug, Serialize)]
-struct ServiceJson {
+pub(crate) struct ServiceJson {
     name: String,
     image: String,
     replicas: u32,
@@ -64,13 +64,13 @@ struct ServiceJson {
 }
 
 #[derive(Debug, Serialize)]
-struct PortJson {
+pub(crate) struct PortJson {
     container: u32,
     protocol: String,
     listen: String,
 }
 
-fn service_json(s: &pb::Service, running: u32, unplaced: &str) -> ServiceJson {
+pub(crate) fn service_json(s: &pb::Service, running: u32, unplaced: &str) -> ServiceJson {
     let spec = s.spec.clone().unwrap_or_default();
     ServiceJson {
         name: spec.name,
