@@ -13,11 +13,13 @@ use crate::{service_file, values};
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
+    /// The service file to apply (TOML; see PRODUCT.md "Service file").
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
     /// Block until the service is at its desired state and healthy.
     #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits before it gives up (exit 4; the change stays in place).
     #[arg(long, default_value = "5m", value_parser = values::duration)]
     pub timeout: Duration,
     /// Why, recorded with the new revision (default: a summary of the change).

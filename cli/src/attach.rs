@@ -170,6 +170,7 @@ pub async fn session(
 /// `rctl attach TARGET`: the container's output from now on, stdin when it has one open.
 #[derive(Args, Debug)]
 pub struct AttachArgs {
+    /// The running container or task (web.1), by name or id.
     pub target: String,
 }
 

@@ -27,10 +27,13 @@ pub struct PsArgs {
     /// name=, status=, node=, service= or id= (repeatable).
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
+    /// Only the tasks of this service.
     #[arg(long)]
     pub service: Option<String>,
+    /// Only containers and tasks on this node.
     #[arg(long)]
     pub node: Option<String>,
+    /// Output format: table (default) or json.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
 }
@@ -45,6 +48,7 @@ impl PsArgs {
 /// `rctl start`.
 #[derive(Args, Debug)]
 pub struct StartArgs {
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -62,6 +66,7 @@ pub struct StopArgs {
     /// Seconds to wait before SIGKILL.
     #[arg(short = 't', long = "time")]
     pub time: Option<u64>,
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -93,8 +98,10 @@ fn stop_timeout_ms(secs: u64) -> u64 {
 /// `rctl kill`.
 #[derive(Args, Debug)]
 pub struct KillArgs {
+    /// The signal: a name (KILL, SIGTERM) or a number.
     #[arg(short = 's', long = "signal", default_value = "KILL")]
     pub signal: String,
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -112,11 +119,13 @@ impl KillArgs {
 /// `rctl rm`.
 #[derive(Args, Debug)]
 pub struct RmArgs {
+    /// Also remove running containers (killed first).
     #[arg(short = 'f', long)]
     pub force: bool,
     /// Also remove the container's anonymous volumes (named volumes and bind mounts stay).
     #[arg(short = 'v', long)]
     pub volumes: bool,
+    /// Containers, by name or id (unique id prefixes work).
     #[arg(required = true)]
     pub targets: Vec<String>,
 }
@@ -135,7 +144,9 @@ impl RmArgs {
 /// `rctl rename`.
 #[derive(Args, Debug)]
 pub struct RenameArgs {
+    /// The container to rename, by name or id.
     pub old: String,
+    /// Its new name.
     pub new: String,
 }
 
@@ -148,6 +159,7 @@ impl RenameArgs {
 /// `rctl port`.
 #[derive(Args, Debug)]
 pub struct PortArgs {
+    /// The container or task (web.1), by name or id.
     pub target: String,
 }
 
@@ -266,14 +278,17 @@ async fn port(conn: &mut Conn, target: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The published ports of a container as `docker port` prints them.
+/// The published ports of a container as `docker port` prints them; for a service task,
+/// its port and the endpoint the load balancer sends to (`8080/tcp -> 198.18.0.11:31000`).
 pub fn port_lines(v: &TaskView) -> Vec<String> {
-    let ports = v
-        .task
-        .as_ref()
-        .map(|t| t.ports.as_slice())
-        .unwrap_or_default();
-    ports
+    let Some(t) = v.task.as_ref() else {
+        return vec![];
+    };
+    let endpoint = v.status.as_ref().map(|s| s.endpoint.as_str()).unwrap_or("");
+    if !t.service.is_empty() && t.container_port > 0 && !endpoint.is_empty() {
+        return vec![format!("{}/tcp -> {endpoint}", t.container_port)];
+    }
+    t.ports
         .iter()
         .map(|p| {
             let ip = host_ip(p);
@@ -305,19 +320,81 @@ pub async fn inspect_json(
     target: &str,
 ) -> Result<Option<serde_json::Value>, CliError> {
     match inspect_one(conn, target).await {
-        Ok(v) => Ok(Some(inspect_value(&v))),
+        Ok(v) => {
+            let image = image_command(conn, &v).await;
+            Ok(Some(inspect_value(&v, image.as_ref())))
+        }
         Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) => Err(conn.err(s)),
     }
 }
 
-/// Docker's `inspect` shape for one container.
-pub fn inspect_value(v: &TaskView) -> serde_json::Value {
+/// An image's own command: its config's Entrypoint and Cmd.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageCommand {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+impl ImageCommand {
+    /// From an image's OCI config JSON (`{"config": {"Entrypoint": [..], "Cmd": [..]}}`);
+    /// anything missing or of another type is empty.
+    pub fn from_config(config: &serde_json::Value) -> Self {
+        let list = |key: &str| -> Vec<String> {
+            config["config"][key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ImageCommand {
+            entrypoint: list("Entrypoint"),
+            cmd: list("Cmd"),
+        }
+    }
+}
+
+/// The image's command, when the container runs it (sets no command of its own): what the
+/// agent runs is only known from the image on the container's node. None when the
+/// container names its own, or the image cannot be read.
+async fn image_command(conn: &mut Conn, v: &TaskView) -> Option<ImageCommand> {
+    let t = v.task.as_ref()?;
+    if !command_of(t).is_empty() || t.override_entrypoint || t.image.is_empty() {
+        return None;
+    }
+    let node = (!t.node.is_empty()).then(|| t.node.clone());
+    let images = crate::images::find_images(conn, &t.image, node)
+        .await
+        .ok()??;
+    images
+        .first()
+        .map(|d| ImageCommand::from_config(&d["config"]))
+}
+
+/// Docker's `inspect` shape for one container; `image` is the image's own command, shown
+/// as Docker does when the container runs it.
+pub fn inspect_value(v: &TaskView, image: Option<&ImageCommand>) -> serde_json::Value {
     let t = v.task.clone().unwrap_or_default();
     let st = v.status.clone().unwrap_or_default();
     let state = st.state();
     let running = state == TaskState::Running;
-    let argv = command_of(&t);
+    let mut argv = command_of(&t);
+    let (mut cmd, mut entrypoint) = (
+        if t.args.is_empty() {
+            t.command.clone()
+        } else {
+            t.args.clone()
+        },
+        t.override_entrypoint.then(|| t.entrypoint.clone()),
+    );
+    if let Some(image) = image.filter(|_| argv.is_empty()) {
+        argv = image.entrypoint.iter().chain(&image.cmd).cloned().collect();
+        cmd = image.cmd.clone();
+        entrypoint = (!image.entrypoint.is_empty()).then(|| image.entrypoint.clone());
+    }
     let mut ports = serde_json::Map::new();
     for p in &t.ports {
         ports.insert(
@@ -338,8 +415,8 @@ pub fn inspect_value(v: &TaskView) -> serde_json::Value {
         "Config": {
             "Image": t.image,
             "Env": env,
-            "Cmd": if t.args.is_empty() { t.command.clone() } else { t.args.clone() },
-            "Entrypoint": if t.override_entrypoint { Some(t.entrypoint.clone()) } else { None },
+            "Cmd": cmd,
+            "Entrypoint": entrypoint,
             "WorkingDir": t.workdir,
             "User": t.user,
             "Tty": t.tty,
@@ -455,7 +532,7 @@ pub fn status_text(v: &TaskView, now_ms: i64) -> String {
 }
 
 /// The PORTS column: `0.0.0.0:8080->80/tcp`, or a service task's endpoint.
-fn ports_text(v: &TaskView) -> Vec<String> {
+pub(crate) fn ports_text(v: &TaskView) -> Vec<String> {
     let Some(t) = v.task.as_ref() else {
         return vec![];
     };
@@ -568,7 +645,8 @@ async fn ps(conn: &mut Conn, a: PsArgs, filters: Vec<(String, String)>) -> Resul
     if quiet {
         for v in rows {
             let id = v.task.as_ref().map(|t| t.id.as_str()).unwrap_or_default();
-            println!("{}", &id[..id.len().min(12)]);
+            // By characters: a stored id need not be ASCII, and a byte slice could split one.
+            println!("{}", id.chars().take(12).collect::<String>());
         }
         return Ok(());
     }

@@ -1,5 +1,7 @@
-//! CLI errors and their exit codes (PRODUCT.md): 1 error, 2 bad usage or input, 3 rolled
-//! back, 4 timed out.
+//! CLI errors and their exit codes: the table in docs/exit-codes.md (PRODUCT.md "Exit
+//! codes"). 1 error, which includes "not found" for every kind of target and a refusal
+//! because of state; 2 bad usage or input; 3 rolled back; 4 timed out. `from_status` is the
+//! one place a scheduler answer becomes an exit code.
 
 use tonic::Code;
 
@@ -14,7 +16,7 @@ pub enum CliError {
     /// The change failed its checks and was rolled back: exit 3.
     #[error("{0}")]
     RolledBack(String),
-    /// Anything else: exit 1.
+    /// Anything else, "not found" and refusals because of state included: exit 1.
     #[error("{0}")]
     Failed(String),
     /// Not an error: a process the command ran (exec, attach) exited with this code, which
@@ -53,9 +55,11 @@ impl CliError {
             ));
         }
         match s.code() {
-            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::OutOfRange => {
-                CliError::Usage(s.message().to_string())
-            }
+            // Only a request that is wrong in itself is exit 2. NotFound is 1 for every kind
+            // of target (Docker's `rm nosuch`); AlreadyExists (a name in use) and
+            // FailedPrecondition (a container running, a rollout in progress) are refusals
+            // because of state: 1 too, with the rest.
+            Code::InvalidArgument | Code::OutOfRange => CliError::Usage(s.message().to_string()),
             Code::Unavailable if s.message().contains("etcd") => CliError::Failed(s.message().to_string()),
             Code::Unavailable | Code::Unknown if s.message().contains("transport") || s.message().contains("connect") => {
                 CliError::Failed(format!(
@@ -63,6 +67,31 @@ impl CliError {
                 ))
             }
             _ => CliError::Failed(s.message().to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_not_found_and_refusal_exits_1_and_bad_input_2() {
+        for (status, code) in [
+            (tonic::Status::not_found("service \"x\" not found"), 1),
+            (tonic::Status::not_found("no such container: x"), 1),
+            (tonic::Status::already_exists("name in use"), 1),
+            (
+                tonic::Status::failed_precondition("container is running"),
+                1,
+            ),
+            (tonic::Status::aborted("conflict"), 1),
+            (tonic::Status::invalid_argument("bad name"), 2),
+            (tonic::Status::out_of_range("too many"), 2),
+        ] {
+            let e = CliError::from_status(status.clone(), "https://h:1");
+            assert_eq!(e.exit_code(), code, "{status:?}");
+            assert_eq!(e.to_string(), status.message(), "the message as it is");
         }
     }
 }

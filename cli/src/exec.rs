@@ -29,7 +29,9 @@ pub struct ExecArgs {
     /// Working directory inside the container.
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
+    /// The running container or task (web.1), by name or id.
     pub target: String,
+    /// The command and its arguments (everything after TARGET).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
 }

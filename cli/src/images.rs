@@ -23,7 +23,9 @@ use crate::registry_auth;
 pub enum ImageCommand {
     /// Show an image's config, layers and sizes as JSON.
     Inspect {
+        /// The image: NAME[:TAG], NAME@sha256:DIGEST or an id prefix.
         image: String,
+        /// Only this node (default: every node).
         #[arg(long)]
         node: Option<String>,
     },
@@ -57,8 +59,10 @@ pub struct ImagesArgs {
     /// Only image ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Only this node (default: every node).
     #[arg(long)]
     pub node: Option<String>,
+    /// Output format: table (default) or json.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
 }
@@ -73,7 +77,9 @@ impl ImagesArgs {
 /// `rctl pull` and `rctl image pull`.
 #[derive(Args, Debug)]
 pub struct PullArgs {
+    /// The image: NAME[:TAG], NAME@sha256:DIGEST or an id prefix.
     pub image: String,
+    /// Only this node (default: every node).
     #[arg(long)]
     pub node: Option<String>,
 }
@@ -89,10 +95,13 @@ impl PullArgs {
 /// `rctl rmi` and `rctl image rm`.
 #[derive(Args, Debug)]
 pub struct RmiArgs {
+    /// The images: NAME[:TAG], NAME@sha256:DIGEST or id prefixes.
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// Remove an image even while containers use it.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Only this node (default: every node).
     #[arg(long)]
     pub node: Option<String>,
 }
@@ -283,7 +292,7 @@ async fn rmi(
 }
 
 #[derive(Debug, Serialize)]
-struct LayerJson {
+pub(crate) struct LayerJson {
     digest: String,
     diff_id: String,
     chain_id: String,
@@ -293,7 +302,7 @@ struct LayerJson {
 }
 
 #[derive(Debug, Serialize)]
-struct DetailJson {
+pub(crate) struct DetailJson {
     #[serde(flatten)]
     image: ImageJson,
     architecture: String,
@@ -302,7 +311,7 @@ struct DetailJson {
     config: serde_json::Value,
 }
 
-fn detail_json(d: pb::ImageDetail) -> DetailJson {
+pub(crate) fn detail_json(d: pb::ImageDetail) -> DetailJson {
     DetailJson {
         image: ImageJson::from_summary(&d.summary.unwrap_or_default()),
         architecture: d.architecture,
@@ -354,6 +363,6 @@ async fn inspect_image(conn: &mut Conn, image: &str, node: Option<String>) -> Re
             print_json(&v);
             Ok(())
         }
-        None => Err(CliError::Usage(format!("no such image: {image}"))),
+        None => Err(CliError::Failed(format!("no such image: {image}"))),
     }
 }

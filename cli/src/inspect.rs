@@ -11,7 +11,9 @@ use crate::output::print_json;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// A container, a task (web.1) or an image, by name or id.
     pub target: String,
+    /// Only this node (default: every node).
     #[arg(long)]
     pub node: Option<String>,
 }
@@ -33,7 +35,7 @@ async fn inspect(conn: &mut Conn, target: &str, node: Option<String>) -> Result<
         print_json(&v);
         return Ok(());
     }
-    Err(CliError::Usage(format!(
+    Err(CliError::Failed(format!(
         "no such object: {target} (not a container or an image; see rctl ps -a, rctl images)"
     )))
 }

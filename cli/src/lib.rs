@@ -29,6 +29,8 @@ pub mod output;
 pub mod progress;
 pub mod registry_auth;
 pub mod rollback;
+#[cfg(test)]
+mod render_props;
 pub mod rollout;
 pub mod run;
 pub mod scale;
@@ -285,6 +287,46 @@ mod tests {
             cli.command,
             Command::Cluster(cluster::ClusterCommand::Cert { .. })
         ));
+    }
+
+    /// Every argument of every command, as `command path: --long/-s/NAME`, that has no help
+    /// text (`rctl CMD --help` would show it bare).
+    fn arguments_without_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if matches!(id, "help" | "version") || a.is_hide_set() {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                let name = match (a.get_long(), a.get_short()) {
+                    (Some(l), _) => format!("--{l}"),
+                    (None, Some(s)) => format!("-{s}"),
+                    _ => id.to_uppercase(),
+                };
+                out.push(format!("{path}: {name}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {}: (no summary)", sub.get_name()));
+            }
+            arguments_without_help(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_command_has_help() {
+        let mut missing = Vec::new();
+        arguments_without_help(&Cli::command(), "rctl", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "{} without help:\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
     }
 
     #[test]

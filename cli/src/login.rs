@@ -15,8 +15,10 @@ use crate::registry_auth;
 pub struct LoginArgs {
     /// HOST[:PORT]
     pub registry: String,
+    /// The user name to log in as.
     #[arg(short = 'u', long = "username")]
     pub username: Option<String>,
+    /// The password (visible in the process list: prefer --password-stdin).
     #[arg(short = 'p', long = "password")]
     pub password: Option<String>,
     /// Read the password from standard input.
@@ -45,6 +47,7 @@ impl LoginArgs {
 /// `rctl logout`.
 #[derive(Args, Debug)]
 pub struct LogoutArgs {
+    /// The registry: HOST[:PORT].
     pub registry: String,
 }
 

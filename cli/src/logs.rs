@@ -30,6 +30,7 @@ pub struct LogsArgs {
     /// Show each line's timestamp.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// A container, a task (web.1) or a service (its replicas merged by time).
     pub target: String,
 }
 

@@ -12,7 +12,7 @@ async fn main() {
             let text = e.to_string();
             eprintln!(
                 "{} (see: rctl --help)",
-                text.lines().next().unwrap_or("bad usage")
+                rctl::values::human_types(text.lines().next().unwrap_or("bad usage"))
             );
             std::process::exit(2);
         }

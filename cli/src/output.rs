@@ -26,27 +26,30 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 /// width `format!` cannot take.
 const CELL_MAX: usize = 80;
 
+/// One stored value as a human output writes it: control characters escaped, so it can
+/// neither forge a line nor drive the terminal.
+pub fn cell(c: &str) -> String {
+    if c.chars().any(char::is_control) {
+        c.chars()
+            .map(|ch| {
+                if ch.is_control() {
+                    ch.escape_default().to_string()
+                } else {
+                    ch.to_string()
+                }
+            })
+            .collect()
+    } else {
+        c.to_string()
+    }
+}
+
 /// The lines [`print_table`] prints: cells left-aligned in columns three spaces apart, each
 /// line trimmed at its end. Total over any strings: control characters are written escaped
 /// (a stored value cannot forge rows or drive the terminal), rows may be ragged.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let clean = |c: &str| -> String {
-        if c.chars().any(char::is_control) {
-            c.chars()
-                .map(|ch| {
-                    if ch.is_control() {
-                        ch.escape_default().to_string()
-                    } else {
-                        ch.to_string()
-                    }
-                })
-                .collect()
-        } else {
-            c.to_string()
-        }
-    };
-    let lines: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| clean(h)).collect())
-        .chain(rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()))
+    let lines: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| cell(h)).collect())
+        .chain(rows.iter().map(|r| r.iter().map(|c| cell(c)).collect()))
         .collect();
     let mut width: Vec<usize> = Vec::new();
     for l in &lines {
@@ -221,7 +224,7 @@ pub fn print_tasks(views: &[pb::TaskView]) {
     print_table(&TASK_HEADER, &task_rows(views));
 }
 
-const TASK_HEADER: [&str; 9] = [
+pub const TASK_HEADER: [&str; 9] = [
     "ID", "NAME", "NODE", "IMAGE", "STATE", "HEALTH", "ENDPOINT", "CREATED", "MESSAGE",
 ];
 

@@ -16,6 +16,7 @@ use crate::values;
 /// `rctl rollback NAME [--to N]`.
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// The service.
     pub name: String,
     /// The revision to return to (see: rctl rollout history NAME).
     #[arg(long)]
@@ -26,6 +27,7 @@ pub struct RollbackArgs {
     /// Block until the service runs the restored spec and is healthy.
     #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits before it gives up (exit 4; the change stays in place).
     #[arg(long, default_value = "5m", value_parser = values::duration)]
     pub timeout: Duration,
     /// `json`: the result as `rollout status -o json` prints it, once the change is

@@ -23,7 +23,9 @@ pub enum RolloutCommand {
     /// Roll the service out to another image (surge-first per [update]); exit 3 if rctl
     /// rolls it back by itself because the new revision never turns healthy.
     Start {
+        /// The service.
         name: String,
+        /// The image to roll out: NAME[:TAG] or NAME@sha256:DIGEST.
         #[arg(long)]
         image: String,
         /// Why, recorded with the new revision (default: "image: OLD → NEW").
@@ -32,6 +34,7 @@ pub enum RolloutCommand {
         /// Block until every task runs the new revision, healthy (or it is rolled back).
         #[arg(long)]
         wait: bool,
+        /// How long --wait waits before it gives up (exit 4; the change stays in place).
         #[arg(long, default_value = "5m", value_parser = values::duration)]
         timeout: Duration,
         /// Roll out as a canary per [canary]: canary.replicas new tasks next to the stable
@@ -45,25 +48,43 @@ pub enum RolloutCommand {
         output: Format,
     },
     /// Pass the running canary's current step now (at the last step: finish it).
-    Promote { name: String },
+    Promote {
+        /// The service.
+        name: String,
+    },
     /// Roll the running canary back (its weight to 0 first, then its tasks stop).
-    Abort { name: String },
+    Abort {
+        /// The service.
+        name: String,
+    },
     /// Each judged canary step's figures (requests, 5xx, error rate, p99 canary vs stable)
     /// and the rule that decided.
     Explain {
+        /// The service.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Where the service's latest change stands: rolling, done or rolled_back (and why).
     Status {
+        /// The service.
         name: String,
+        /// Block until the latest change is done (exit 0) or rolled back (exit 3).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits before it gives up (exit 4; the rollout goes on).
+        #[arg(long, default_value = "5m", value_parser = values::duration)]
+        timeout: Duration,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// The kept revisions of a service (newest 10), with who made each and why.
     History {
+        /// The service.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
@@ -88,7 +109,26 @@ impl RolloutCommand {
             RolloutCommand::Promote { name } => control(conn, &name, "promote").await,
             RolloutCommand::Abort { name } => control(conn, &name, "abort").await,
             RolloutCommand::Explain { name, output } => explain(conn, &name, output).await,
-            RolloutCommand::Status { name, output } => status(conn, &name, output).await,
+            RolloutCommand::Status {
+                name,
+                wait,
+                timeout,
+                output,
+            } => {
+                let waited = match wait {
+                    true => wait_status(conn, &name, timeout).await,
+                    false => Ok(()),
+                };
+                // Rolled back (3) or timed out (4): the status is printed all the same,
+                // as `rollout start -o json` does.
+                match waited {
+                    Ok(()) | Err(CliError::RolledBack(_) | CliError::Timeout(_)) => {
+                        status(conn, &name, output).await?;
+                        waited
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             RolloutCommand::History { name, output } => history(conn, &name, output).await,
         }
     }
@@ -208,19 +248,89 @@ pub async fn status(conn: &mut Conn, name: &str, format: Format) -> Result<(), C
     let s = status_json(&resp);
     match format {
         Format::Json => print_json(&s),
-        Format::Table => {
-            println!("{}: revision {} {}", s.service, s.revision, s.state);
-            if !s.reason.is_empty() {
-                println!("reason: {}", s.reason);
-            }
-        }
+        Format::Table => status_lines(&s),
     }
     Ok(())
 }
 
-/// Who the CLI says makes a change; a client certificate's CN overrides it on the server.
+/// The human `rollout status`: one line, and the reason when there is one.
+fn status_lines(s: &StatusJson) {
+    println!("{}: revision {} {}", s.service, s.revision, s.state);
+    if !s.reason.is_empty() {
+        println!("reason: {}", s.reason);
+    }
+}
+
+/// How often `rollout status --wait` looks again.
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+/// What `rollout status --wait` does with a state: keep waiting, or end with this result.
+pub fn settled(state: &str, name: &str, reason: &str) -> Option<Result<(), CliError>> {
+    match state {
+        "done" => Some(Ok(())),
+        "rolled_back" => Some(Err(CliError::RolledBack(format!(
+            "{name} was rolled back: {reason}"
+        )))),
+        _ => None,
+    }
+}
+
+/// `rollout status --wait`: polls until the latest change is done or rolled back, or the
+/// timeout passes (exit 4, the rollout goes on). Prints each new state on stderr.
+async fn wait_status(conn: &mut Conn, name: &str, timeout: Duration) -> Result<(), CliError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let s = status_json(&conn.inspect_service(name).await?);
+        let line = format!("{}: revision {} {}", s.service, s.revision, s.state);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        // The status itself is printed by the caller, as without --wait.
+        if let Some(result) = settled(s.state, name, &s.reason) {
+            return result;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::Timeout(format!(
+                "timed out after {} waiting for {name} (revision {} is {}); the rollout goes on (see: rctl rollout status {name})",
+                humantime::format_duration(timeout),
+                s.revision,
+                s.state
+            )));
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+}
+
+/// Who the CLI says makes a change; a client certificate's CN overrides it on the server
+/// (over mutual TLS the server takes the certificate's name, whatever this says).
 pub fn who() -> String {
-    std::env::var("USER").unwrap_or_default()
+    let account = || {
+        nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    };
+    who_of(
+        std::env::var("USER").ok(),
+        std::env::var("LOGNAME").ok(),
+        account,
+    )
+}
+
+/// `$USER`, else `$LOGNAME`, else the account name of the process's uid: the first that
+/// is not blank.
+pub fn who_of(
+    user: Option<String>,
+    logname: Option<String>,
+    account: impl FnOnce() -> Option<String>,
+) -> String {
+    let given = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    given(user)
+        .or_else(|| given(logname))
+        .or_else(|| given(account()))
+        .unwrap_or_default()
 }
 
 pub async fn history(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
@@ -287,7 +397,7 @@ pub async fn start(
     let stable = svc.revision;
     let mut spec = svc.spec.unwrap_or_default();
     if spec.image == image {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "service {name:?} already runs {image} (revision {stable}); nothing to roll out"
         )));
     }
@@ -465,7 +575,7 @@ pub fn steps_json(r: &CanaryRollout) -> Vec<StepJson> {
 pub async fn explain(conn: &mut Conn, name: &str, format: Format) -> Result<(), CliError> {
     let resp = conn.inspect_service(name).await?;
     let Some(r) = resp.canary else {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "service {name:?} never had a canary rollout (see: rctl rollout start {name} --image IMG --canary)"
         )));
     };
@@ -553,6 +663,28 @@ pub async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_is_user_else_logname_else_the_account() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(who_of(s("ann"), s("bob"), || s("root")), "ann");
+        assert_eq!(who_of(None, s("bob"), || s("root")), "bob");
+        assert_eq!(who_of(s(" "), None, || s("root")), "root");
+        assert_eq!(who_of(None, None, || None), "");
+    }
+
+    #[test]
+    fn status_wait_ends_on_done_or_rolled_back_only() {
+        assert!(matches!(settled("done", "web", ""), Some(Ok(()))));
+        let e = settled("rolled_back", "web", "canary 5xx")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.to_string(), "web was rolled back: canary 5xx");
+        for state in ["rolling", "canary", "rolling_back"] {
+            assert!(settled(state, "web", "").is_none(), "{state}");
+        }
+    }
     use rctl_api::pb::{RevisionCause, ServiceSpec};
 
     #[test]

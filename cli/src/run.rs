@@ -43,6 +43,7 @@ pub struct RunArgs {
     /// Remove the container once it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Name the container (unique among containers and tasks; default: a generated one).
     #[arg(long)]
     pub name: Option<String>,
     /// Publish a port: [IP:]HOST:CONTAINER[/tcp|udp].
@@ -62,6 +63,7 @@ pub struct RunArgs {
     /// (NAME:DST[:ro]) or an anonymous volume (DST).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,
+    /// Working directory inside the container (made if missing).
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
     /// Run as this user (name, uid or uid:gid).
@@ -106,7 +108,9 @@ pub struct RunArgs {
     /// A name server for the container's /etc/resolv.conf (repeatable).
     #[arg(long, value_name = "IP")]
     pub dns: Vec<String>,
+    /// The image to run: NAME[:TAG] or NAME@sha256:DIGEST.
     pub image: String,
+    /// The command and its arguments (default: the image's entrypoint and command).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
 }

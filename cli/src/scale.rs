@@ -11,10 +11,13 @@ use crate::values;
 
 #[derive(Args, Debug)]
 pub struct ScaleArgs {
+    /// NAME=N: a service and the number of replicas it should run.
     #[arg(required = true, value_name = "NAME=N")]
     pub targets: Vec<String>,
+    /// Block until every named service runs N healthy tasks (or --timeout passes).
     #[arg(long)]
     pub wait: bool,
+    /// How long --wait waits before it gives up (exit 4; the change stays in place).
     #[arg(long, default_value = "5m", value_parser = values::duration)]
     pub timeout: Duration,
 }

@@ -15,17 +15,21 @@ use crate::output::{print_json, print_table, print_tasks, rfc3339, Format, TaskJ
 pub enum ServiceCommand {
     /// List services.
     Ls {
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Show a service and its tasks.
     Inspect {
+        /// The service.
         name: String,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Remove services (their tasks are stopped).
     Rm {
+        /// The services to remove.
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -43,7 +47,7 @@ impl ServiceCommand {
 }
 
 #[derive(Debug, Serialize)]
-struct ServiceJson {
+pub(crate) struct ServiceJson {
     name: String,
     image: String,
     replicas: u32,
@@ -60,13 +64,13 @@ struct ServiceJson {
 }
 
 #[derive(Debug, Serialize)]
-struct PortJson {
+pub(crate) struct PortJson {
     container: u32,
     protocol: String,
     listen: String,
 }
 
-fn service_json(s: &pb::Service, running: u32, unplaced: &str) -> ServiceJson {
+pub(crate) fn service_json(s: &pb::Service, running: u32, unplaced: &str) -> ServiceJson {
     let spec = s.spec.clone().unwrap_or_default();
     ServiceJson {
         name: spec.name,

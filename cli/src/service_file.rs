@@ -179,7 +179,7 @@ fn line_of(src: &str, key: &str) -> Option<usize> {
 }
 
 fn parse_error(file: &str, src: &str, e: &toml::de::Error) -> FileError {
-    let message = e.message().trim().to_string();
+    let message = crate::values::human_types(e.message().trim());
     // A missing key has no line of its own; its span is the whole table.
     let Some(span) = e.span().filter(|_| !message.starts_with("missing field")) else {
         return FileError::Invalid {

@@ -113,8 +113,10 @@ pub struct StatsArgs {
     /// Print one sample and exit.
     #[arg(long)]
     pub no_stream: bool,
+    /// Output format: table (default) or json.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     pub output: Format,
+    /// Containers or tasks, by name or id (default: every running one).
     pub targets: Vec<String>,
 }
 

@@ -20,14 +20,17 @@ pub enum SystemCommand {
         /// Also list the images.
         #[arg(short = 'v', long)]
         verbose: bool,
+        /// Only this node (default: every node).
         #[arg(long)]
         node: Option<String>,
+        /// Output format: table (default) or json.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Format,
     },
     /// Remove stopped containers (not service tasks), unused data and, with -a, every
     /// image no container uses.
     Prune {
+        /// Also remove every image no container uses (not only dangling ones).
         #[arg(short = 'a', long)]
         all: bool,
         /// Also remove volumes no container uses.
@@ -36,6 +39,7 @@ pub enum SystemCommand {
         /// Do not ask (required when not on a terminal).
         #[arg(short = 'f', long)]
         force: bool,
+        /// Only this node (default: every node).
         #[arg(long)]
         node: Option<String>,
     },
@@ -61,7 +65,7 @@ impl SystemCommand {
 }
 
 #[derive(Debug, Serialize)]
-struct LineJson {
+pub(crate) struct LineJson {
     total: u32,
     active: u32,
     size: u64,
@@ -78,7 +82,7 @@ struct NodeUsageJson {
     image_list: Vec<ImageJson>,
 }
 
-fn line_json(l: Option<UsageLine>) -> LineJson {
+pub(crate) fn line_json(l: Option<UsageLine>) -> LineJson {
     let l = l.unwrap_or_default();
     LineJson {
         total: l.total,
@@ -89,8 +93,11 @@ fn line_json(l: Option<UsageLine>) -> LineJson {
 }
 
 /// `1.2 GB (40%)`, docker's RECLAIMABLE column.
-fn reclaimable(l: &LineJson) -> String {
-    let pct = (l.reclaimable * 100).checked_div(l.size).unwrap_or(0);
+pub(crate) fn reclaimable(l: &LineJson) -> String {
+    // In u128: a stored size near u64::MAX must not overflow the percentage.
+    let pct = (u128::from(l.reclaimable) * 100)
+        .checked_div(u128::from(l.size))
+        .unwrap_or(0);
     format!("{} ({pct}%)", human(l.reclaimable))
 }
 

@@ -10,6 +10,7 @@ use crate::output::print_table;
 
 #[derive(Args, Debug)]
 pub struct TopArgs {
+    /// The running container or task (web.1), by name or id.
     pub target: String,
 }
 

@@ -47,7 +47,12 @@ pub fn progress(resp: &rctl_api::pb::InspectServiceResponse) -> Progress {
         if t.revision == svc.revision && state == TaskState::Failed {
             let msg = st.map(|s| s.message.clone()).unwrap_or_default();
             p.failures.push((
-                format!("{}.{} ({})", t.service, t.slot, &t.id[..t.id.len().min(12)]),
+                format!(
+                    "{}.{} ({})",
+                    t.service,
+                    t.slot,
+                    t.id.chars().take(12).collect::<String>()
+                ),
                 msg,
             ));
         }

@@ -24,6 +24,12 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Whether log lines carry ANSI colour codes: only on a terminal, and not with `NO_COLOR`
+/// set; a daemon's log written to a file stays plain text.
+pub fn colour(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
+}
+
 /// Installs the global subscriber for binary `service`. `default_filter` applies when
 /// `RUST_LOG` is unset. Must be called inside a tokio runtime when OTLP export is on.
 pub fn init(service: &'static str, default_filter: &str) -> TelemetryGuard {
@@ -31,6 +37,10 @@ pub fn init(service: &'static str, default_filter: &str) -> TelemetryGuard {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").is_some(),
+        ))
         .with_target(false);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 

@@ -135,7 +135,7 @@ fn scale_across_two_hosts_through_the_lb() {
 
     // Removing the service stops its tasks and closes its listener on rctl-lb.
     c.rctl_ok(&["service", "rm", "web"]);
-    assert_bad_input(c.rctl(&["service", "rm", "web"]), "\"web\" not found");
+    assert_not_found(c.rctl(&["service", "rm", "web"]), "\"web\" not found");
     c.eventually(WAIT, "web's tasks to be gone", || {
         c.ps(&["-a"]).is_empty().then_some(())
     });
@@ -254,11 +254,21 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// Asserts exit 2 and one clear `error:` line containing `needle`.
 fn assert_bad_input(o: std::process::Output, needle: &str) {
+    assert_one_error_line(o, 2, needle);
+}
+
+/// Asserts exit 1, "not found" for any kind of target (docs/exit-codes.md), and one clear
+/// `error:` line containing `needle`.
+fn assert_not_found(o: std::process::Output, needle: &str) {
+    assert_one_error_line(o, 1, needle);
+}
+
+fn assert_one_error_line(o: std::process::Output, code: i32, needle: &str) {
     let err = stderr(&o);
     assert_eq!(
         o.status.code(),
-        Some(2),
-        "expected exit 2, got {:?}: {err}",
+        Some(code),
+        "expected exit {code}, got {:?}: {err}",
         o.status.code()
     );
     let lines: Vec<&str> = err.lines().collect();
@@ -279,7 +289,14 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_fast() {
     };
     let before = inspect();
 
-    assert_bad_input(c.rctl(&["scale", "nope=3"]), "\"nope\" not found");
+    // Not found is exit 1 (docs/exit-codes.md), bad input 2.
+    let out = c.rctl(&["scale", "nope=3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"nope\" not found"),
+        "{}",
+        stderr(&out)
+    );
     assert_bad_input(c.rctl(&["scale", "web=-1"]), "web=-1");
     assert_bad_input(c.rctl(&["scale", "web=abc"]), "web=abc");
 
@@ -326,7 +343,7 @@ fn bad_input_exits_2_changes_nothing_and_a_missing_image_fails_fast() {
             c.registry()
         )
     );
-    assert_bad_input(
+    assert_not_found(
         c.rctl(&["service", "inspect", "ghost"]),
         "\"ghost\" not found",
     );
@@ -695,6 +712,6 @@ fn draining_a_node_moves_its_tasks_and_activating_takes_new_ones_again() {
     );
 
     // An unknown node is bad input.
-    assert_bad_input(c.rctl(&["node", "drain", "h9"]), "h9");
-    assert_bad_input(c.rctl(&["node", "activate", "h9"]), "h9");
+    assert_not_found(c.rctl(&["node", "drain", "h9"]), "h9");
+    assert_not_found(c.rctl(&["node", "activate", "h9"]), "h9");
 }

@@ -117,7 +117,7 @@ fn image_lifecycle_from_pull_to_prune() {
     assert_eq!(d["config"]["config"]["Env"][1], "VERSION=v1");
     assert_eq!(json(&c, &["inspect", &v1]), detail);
     let (code, err) = fail(&c, &["inspect", "nothing-by-that-name"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("no such object: nothing-by-that-name"),
         "{err}"
@@ -465,10 +465,10 @@ fn image_requests_fan_out_to_every_node_or_the_one_named() {
     );
     assert_eq!(nodes_with(&[]), Vec::<String>::new());
     let (code, err) = fail(&c, &["rmi", &busybox]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("no such image"), "{err}");
     let (code, err) = fail(&c, &["pull", "--node", "h9", &busybox]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("node \"h9\" not found"), "{err}");
     c.down_leaving_nothing();
 }

@@ -328,7 +328,7 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "error: revision 4 of \"web\" is still rolling out; wait for it (rctl rollout status web) or change it with apply"
+        "error: revision 4 of \"web\" is still rolling out; wait for it (rctl rollout status web --wait) or change it with apply"
     );
     wait_done(&c);
     let images = images_running(&c);
@@ -350,19 +350,20 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(status["revision"], 4, "{status}");
 
-    // Bad input: one line, exit 2, nothing changed.
+    // A revision not kept is "not found" (exit 1); one line, nothing changed.
     let out = c.rctl(&["rollback", "web", "--to", "99"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.trim()
             == "error: service \"web\" has no revision 99 in its history (kept: 1, 2, 3, 4; see: rctl rollout history web)",
         "{err}"
     );
+    // Already there: a refusal because of state, exit 1 (docs/exit-codes.md).
     let out = c.rctl(&["rollback", "web", "--to", "4"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let out = c.rctl(&["rollout", "start", "web", "--image", &v2_image]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     // An image the registry does not have fails fast, exit 1, rolling or canary alike.
     let missing = format!("{}/rctl/testserver:v9", c.registry());
     for canary in [false, true] {
@@ -393,7 +394,7 @@ fn rolling_update_under_load_loses_nothing_and_rollback_returns_through_the_same
         &["rollout", "start", "nope", "--image", "x:1"][..],
     ] {
         let out = c.rctl(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             err.trim(),
@@ -835,11 +836,11 @@ fn a_canary_that_cannot_start_is_rolled_back_and_bad_canary_input_is_refused() {
         "error: service \"web\" has no canary rollout running (see: rctl rollout status web)"
     );
     let out = c.rctl(&["rollout", "explain", "web"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let out = c.rctl(&["rollout", "abort", "nope"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let out = c.rctl(&["rollout", "start", "nope", "--image", "x:1", "--canary"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(history(&c).len(), 1, "refused requests make no revision");
 
     // A canary whose tasks exit at start: rolled back by itself, stable untouched.

@@ -20,7 +20,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use serde::{Deserialize, Serialize};
 
 use super::state::{write_atomic, ContainerDir};
-use super::{confine, mounts, rootfs, security};
+use super::{confine, mounts, rootfs, security, spec};
 use crate::sys::{self, Forked};
 
 /// What to run in the container.
@@ -192,9 +192,9 @@ fn run(dir: &ContainerDir, request: &Path) -> Result<i32, String> {
     drop(ns);
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
-            let e = child(&cfg.env, &cfg.workdir, &spec, &mut profile, userns.as_ref());
+            let (code, e) = child(&cfg.env, &cfg.workdir, &spec, &mut profile, userns.as_ref());
             eprintln!("rctl exec: {e}");
-            std::process::exit(if e.contains("not found") { 127 } else { 126 });
+            std::process::exit(code);
         }
         Forked::Parent { child } => loop {
             match waitpid(child, None) {
@@ -207,33 +207,50 @@ fn run(dir: &ContainerDir, request: &Path) -> Result<i32, String> {
     }
 }
 
-/// Inside the pid namespace: the container's profile, then exec. Returns only on error.
+/// Docker's exit codes for a command that could not be run: 127 when it is not found, 126
+/// when it cannot be invoked (not executable, no such working directory, ...).
+const NOT_FOUND: i32 = 127;
+const CANNOT_INVOKE: i32 = 126;
+
+/// Inside the pid namespace: the container's profile, then exec. Returns only on error,
+/// with the exit code that says why.
 fn child(
     base_env: &[String],
     base_workdir: &str,
     spec: &ExecSpec,
     profile: &mut security::Profile,
     userns: Option<&OwnedFd>,
-) -> String {
-    let mut go = || -> Result<std::convert::Infallible, String> {
+) -> (i32, String) {
+    let mut go = || -> Result<std::convert::Infallible, (i32, String)> {
+        let invoke = |e: String| (CANNOT_INVOKE, e);
         if spec.tty {
-            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+            nix::unistd::setsid().map_err(|e| invoke(format!("setsid: {e}")))?;
             rustix::process::ioctl_tiocsctty(std::io::stdin())
-                .map_err(|e| format!("make the pty the controlling terminal: {e}"))?;
+                .map_err(|e| invoke(format!("make the pty the controlling terminal: {e}")))?;
         }
-        let workdir = spec.workdir.as_deref().unwrap_or(base_workdir);
-        super::userns::as_mapped_root(profile.userns.as_ref(), || mounts::chdir_in_root(workdir))
-            .map_err(|e| e.to_string())?;
+        // `-w` must exist (Docker fails, it does not create it); the container's own
+        // working directory was made when it started.
+        super::userns::as_mapped_root(profile.userns.as_ref(), || match spec.workdir.as_deref() {
+            Some(dir) => mounts::chdir_existing_in_root(dir),
+            None => mounts::chdir_in_root(base_workdir),
+        })
+        .map_err(|e| invoke(e.to_string()))?;
         if let Some(u) = &spec.user {
             profile.user = u.clone();
         }
-        let id = confine::identity(profile).map_err(|e| e.to_string())?;
+        let id = confine::identity(profile).map_err(|e| invoke(e.to_string()))?;
         let env = security::with_home(merge_env(base_env, &spec.env), &id);
         if let Some(map) = &profile.userns {
             super::userns::give_stdio_to_root(map);
         }
-        confine::apply_process(profile, &id, userns).map_err(|e| e.to_string())?;
-        rootfs::exec(&spec.argv, &env, || {}).map_err(|e| e.to_string())
+        confine::apply_process(profile, &id, userns).map_err(|e| invoke(e.to_string()))?;
+        rootfs::exec(&spec.argv, &env, || {}).map_err(|e| {
+            let code = match e {
+                rootfs::RootfsError::Spec(spec::SpecError::NotFound(_)) => NOT_FOUND,
+                _ => CANNOT_INVOKE,
+            };
+            (code, e.to_string())
+        })
     };
     match go() {
         Ok(never) => match never {},

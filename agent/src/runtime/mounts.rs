@@ -457,6 +457,27 @@ pub fn chdir_in_root(dir: &str) -> Result<(), MountError> {
     nix::unistd::fchdir(&fd).map_err(sys("chdir working dir", &abs))
 }
 
+/// Changes into the existing directory `dir` of the root (inside the container), resolved
+/// as if the root were `/`. Unlike [`chdir_in_root`] it creates nothing: `exec -w` names a
+/// directory the command runs in, and Docker fails when it is missing.
+pub fn chdir_existing_in_root(dir: &str) -> Result<(), MountError> {
+    let root = open_root(Path::new("/"))?;
+    let abs = if dir.starts_with('/') {
+        dir.to_string()
+    } else {
+        format!("/{dir}")
+    };
+    let fd = nix::fcntl::openat2(
+        root.as_fd(),
+        abs.as_str(),
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(in_root()),
+    )
+    .map_err(sys("working directory", &abs))?;
+    nix::unistd::fchdir(&fd).map_err(sys("chdir working dir", &abs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

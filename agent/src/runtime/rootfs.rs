@@ -385,13 +385,13 @@ pub(crate) fn exec(
     env: &[String],
     before: impl FnOnce(),
 ) -> Result<std::convert::Infallible, RootfsError> {
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+    let kind = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => spec::FileKind::Executable,
+        Ok(_) => spec::FileKind::Other,
+        Err(_) => spec::FileKind::Missing,
     };
     let first = argv.first().map(String::as_str).unwrap_or_default();
-    let path = spec::find_executable(first, env, is_exec)?;
+    let path = spec::find_executable(first, env, kind)?;
     let cstr =
         |s: &[u8]| CString::new(s).map_err(|_| RootfsError::Nul(String::from_utf8_lossy(s).into()));
     let prog = cstr(path.as_os_str().as_bytes())?;

@@ -15,8 +15,21 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum SpecError {
     #[error("no command: the task sets none and the image has no Entrypoint or Cmd")]
     NoCommand,
-    #[error("executable {0:?} not found (or not executable) in the image")]
+    #[error("executable {0:?} not found in the image")]
     NotFound(String),
+    /// It exists but cannot be run (not a regular file with an x bit): execve's EACCES.
+    #[error("{0:?} cannot be run: permission denied (not an executable file)")]
+    NotExecutable(String),
+}
+
+/// What a path in the container is, as far as running it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Missing,
+    /// A regular file with an x bit.
+    Executable,
+    /// Anything else that exists: a directory, a file without an x bit.
+    Other,
 }
 
 /// The argv to run: the task's command when it has one, else the image's Entrypoint + Cmd.
@@ -86,29 +99,39 @@ pub fn resolve_env(
 }
 
 /// Finds `argv0` the way execvp would, but in the container's PATH (glibc's execvpe
-/// searches the caller's PATH, not the new environment's).
+/// searches the caller's PATH, not the new environment's). Like execvp, a PATH entry that
+/// exists but cannot be run is skipped, and reported only when nothing runnable is found:
+/// the difference between Docker's 126 (cannot be invoked) and 127 (not found).
 pub fn find_executable(
     argv0: &str,
     env: &[String],
-    is_exec: impl Fn(&Path) -> bool,
+    kind: impl Fn(&Path) -> FileKind,
 ) -> Result<PathBuf, SpecError> {
-    if argv0.contains('/') {
-        let p = PathBuf::from(argv0);
-        return if is_exec(&p) {
-            Ok(p)
-        } else {
-            Err(SpecError::NotFound(argv0.to_string()))
-        };
+    let candidates: Vec<PathBuf> = if argv0.contains('/') {
+        vec![PathBuf::from(argv0)]
+    } else {
+        let path = env
+            .iter()
+            .find_map(|kv| kv.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(argv0))
+            .collect()
+    };
+    let mut seen = false;
+    for p in candidates {
+        match kind(&p) {
+            FileKind::Executable => return Ok(p),
+            FileKind::Other => seen = true,
+            FileKind::Missing => {}
+        }
     }
-    let path = env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH);
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(argv0))
-        .find(|p| is_exec(p))
-        .ok_or_else(|| SpecError::NotFound(argv0.to_string()))
+    Err(if seen {
+        SpecError::NotExecutable(argv0.to_string())
+    } else {
+        SpecError::NotFound(argv0.to_string())
+    })
 }
 
 /// The working directory: the image's, or `/`.
@@ -187,14 +210,52 @@ mod tests {
     #[test]
     fn executables_are_found_in_the_container_path() {
         let env = vec!["PATH=/usr/bin:/bin".to_string()];
-        let found = find_executable("sh", &env, |p| p == Path::new("/bin/sh")).unwrap();
+        let only = |exe: &'static str| {
+            move |p: &Path| {
+                if p == Path::new(exe) {
+                    FileKind::Executable
+                } else {
+                    FileKind::Missing
+                }
+            }
+        };
+        let found = find_executable("sh", &env, only("/bin/sh")).unwrap();
         assert_eq!(found, PathBuf::from("/bin/sh"));
-        assert!(find_executable("nope", &env, |_| false).is_err());
+        assert!(matches!(
+            find_executable("nope", &env, |_| FileKind::Missing),
+            Err(SpecError::NotFound(_))
+        ));
         assert_eq!(
-            find_executable("./x", &env, |_| true).unwrap(),
+            find_executable("./x", &env, |_| FileKind::Executable).unwrap(),
             PathBuf::from("./x")
         );
-        assert!(find_executable("/nope", &env, |_| false).is_err());
+        assert!(matches!(
+            find_executable("/nope", &env, |_| FileKind::Missing),
+            Err(SpecError::NotFound(_))
+        ));
+        // Exists but cannot be run: 126's case, not 127's.
+        assert!(matches!(
+            find_executable("/etc/passwd", &env, |_| FileKind::Other),
+            Err(SpecError::NotExecutable(_))
+        ));
+        // A non-executable entry earlier in PATH does not hide a runnable one later.
+        let later = |p: &Path| match p.to_str() {
+            Some("/usr/bin/sh") => FileKind::Other,
+            Some("/bin/sh") => FileKind::Executable,
+            _ => FileKind::Missing,
+        };
+        assert_eq!(
+            find_executable("sh", &env, later).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(matches!(
+            find_executable("sh", &env, |p| if p == Path::new("/bin/sh") {
+                FileKind::Other
+            } else {
+                FileKind::Missing
+            }),
+            Err(SpecError::NotExecutable(_))
+        ));
         assert_eq!(resolve_workdir(&RunConfig::default()), "/");
     }
 }

@@ -14,11 +14,14 @@ pub enum ApiError {
     ServiceNotFound(String),
     #[error("node {0:?} not found (see: rctl nodes)")]
     NodeNotFound(String),
+    #[error("no such image: {0} (see: rctl images)")]
+    ImageNotFound(String),
     #[error("{0}")]
     Invalid(#[from] SpecError),
     #[error(transparent)]
     Revision(#[from] RevisionError),
-    #[error("bad request: {0}")]
+    /// A request that is wrong in itself; the message says what and what to do.
+    #[error("{0}")]
     BadRequest(String),
     /// The change's image is missing from its registry, or the registry refused it.
     #[error(transparent)]
@@ -56,15 +59,18 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match &e {
+            // Not found is one code (the CLI's exit 1) for every kind of target, a revision
+            // included (docs/exit-codes.md).
             ApiError::ServiceNotFound(_)
             | ApiError::NodeNotFound(_)
-            | ApiError::Target(TargetError::NotFound(_)) => Status::not_found(e.to_string()),
+            | ApiError::ImageNotFound(_)
+            | ApiError::Target(TargetError::NotFound(_))
+            | ApiError::Revision(RevisionError::NotKept { .. }) => Status::not_found(e.to_string()),
             ApiError::Target(_) => Status::invalid_argument(e.to_string()),
-            // Exit 1, not 2: the request is fine, the service is busy.
-            ApiError::Revision(RevisionError::RolloutRunning { .. }) => {
-                Status::failed_precondition(e.to_string())
-            }
-            ApiError::Invalid(_) | ApiError::BadRequest(_) | ApiError::Revision(_) => {
+            // Exit 1, not 2: the request is fine, the service's state refuses it (busy, no
+            // earlier revision, already at that revision, nothing for a canary to change).
+            ApiError::Revision(_) => Status::failed_precondition(e.to_string()),
+            ApiError::Invalid(_) | ApiError::BadRequest(_) => {
                 Status::invalid_argument(e.to_string())
             }
             ApiError::Store(StoreError::Conflict(_)) => Status::aborted(e.to_string()),

@@ -148,8 +148,8 @@ impl Images {
             .iter()
             .any(|e| matches!(e, ApiError::Agent { code, .. } if *code != Code::NotFound));
         if out.nodes.is_empty() || refused {
-            return Err(worst(errors).unwrap_or(ApiError::BadRequest(format!(
-                "no such image: {} (no node is up)",
+            return Err(worst(errors).unwrap_or(ApiError::ImageNotFound(format!(
+                "{} (no node is up)",
                 req.reference
             ))));
         }
@@ -181,10 +181,7 @@ impl Images {
             }
         }
         if images.is_empty() {
-            return Err(worst(errors).unwrap_or(ApiError::BadRequest(format!(
-                "no such image: {}",
-                req.reference
-            ))));
+            return Err(worst(errors).unwrap_or(ApiError::ImageNotFound(req.reference.clone())));
         }
         Ok(InspectImageResponse { images })
     }

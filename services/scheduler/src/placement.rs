@@ -19,8 +19,9 @@ use rctl_api::placement::{Constraint, SPREAD_NODE, STRATEGY_BINPACK};
 /// Why nothing is placed when there is no node at all.
 pub const NO_NODES: &str = "no nodes available";
 
-pub const FILTER_NODE_STATE: &str = "node not ready";
-pub const FILTER_NODE_DRAINING: &str = "node draining";
+// Each reason reads after a count of nodes: "0/3 nodes: 2 draining, 1 not ready".
+pub const FILTER_NODE_STATE: &str = "not ready";
+pub const FILTER_NODE_DRAINING: &str = "draining";
 pub const FILTER_CONSTRAINT: &str = "constraint not met";
 pub const FILTER_CPU: &str = "insufficient cpu";
 pub const FILTER_MEMORY: &str = "insufficient memory";

@@ -1100,10 +1100,7 @@ mod tests {
         let svcs = [service("web", 1, 1)];
         let p = drained_plan(&svcs, &tasks, &running(&tasks), &nodes, &["h1", "h2"], 0);
         assert!(p.actions.is_empty(), "{p:?}");
-        assert_eq!(
-            p.unplaced[0].describe(),
-            "1 task: 0/2 nodes: 2 node draining"
-        );
+        assert_eq!(p.unplaced[0].describe(), "1 task: 0/2 nodes: 2 draining");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum RevisionError {
     },
     #[error("service {service:?} already runs revision {to}")]
     IsCurrent { service: String, to: u64 },
-    #[error("revision {revision} of {service:?} is still rolling out; wait for it (rctl rollout status {service}) or change it with apply")]
+    #[error("revision {revision} of {service:?} is still rolling out; wait for it (rctl rollout status {service} --wait) or change it with apply")]
     RolloutRunning { service: String, revision: u64 },
     #[error("a canary needs a running service whose image, command or env changes; {service:?} {}", if *.exists { "would not change revision" } else { "does not exist" })]
     CanaryNeedsChange { service: String, exists: bool },

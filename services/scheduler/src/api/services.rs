@@ -9,7 +9,7 @@ use super::{retrying, Api};
 use crate::grpc::ApiError;
 use crate::image_check;
 use crate::reconcile::reconcile;
-use crate::revisions::{self, Change, Current, Outcome, RevisionError};
+use crate::revisions::{self, Change, Current, Outcome};
 use crate::rollout;
 use crate::spec::{validate, validate_replicas};
 use crate::store::Loaded;
@@ -90,12 +90,7 @@ impl Api {
             };
             let now = rctl_api::clock::now_unix_ms();
             let (outcome, write) =
-                revisions::next(current, spec.clone(), &change, now).map_err(|e| match e {
-                    e @ RevisionError::CanaryNeedsChange { .. } => {
-                        ApiError::BadRequest(e.to_string())
-                    }
-                    e => e.into(),
-                })?;
+                revisions::next(current, spec.clone(), &change, now)?;
             if outcome != Outcome::Unchanged {
                 self.store.write_service(None, &write, &loaded).await?;
             }
