@@ -103,7 +103,7 @@ fn an_image_reference_of_any_length_is_refused_on_every_path_and_breaks_no_listi
     let file = c.service_file("web.toml", &c.web_service(1, "v1"));
     c.apply_and_wait(&file);
     let v1 = format!("{reg}/rctl/testserver:v1");
-    assert_eq!(history_images(&c, "web"), [v1.clone()]);
+    assert_eq!(history_images(&c, "web"), [v1.as_str()]);
 
     let long = format!("{reg}/rctl/testserver:{}", "b".repeat(100_000));
     let long_file = c.service_file("long.toml", &c.web_service(1, "v1").replace(&v1, &long));
@@ -129,7 +129,7 @@ fn an_image_reference_of_any_length_is_refused_on_every_path_and_breaks_no_listi
         assert!(err.contains(" characters): "), "{what}: {err}");
         assert_eq!(
             history_images(&c, "web"),
-            [v1.clone()],
+            [v1.as_str()],
             "{what}: nothing stored"
         );
         listings_work(&c, what);
@@ -234,6 +234,186 @@ fn canary_steps_empty_and_zero_replicas_are_refused_with_file_line_and_key() {
         let (code, msg) = api_apply(&c, spec).expect("refused");
         assert_eq!(code, tonic::Code::InvalidArgument, "{canary:?}: {msg}");
         assert!(msg.contains("canary."), "{msg}");
+    }
+    c.down_leaving_nothing();
+}
+
+/// A service file for `web` with `top` keys, `listen`, and `tables` after `[port]`.
+fn web_file(c: &Cluster, name: &str, image: &str, top: &str, listen: &str, tables: &str) -> String {
+    format!(
+        "name = \"{name}\"\nimage = \"{image}\"\nreplicas = 1\n{top}\n[port]\ncontainer = 8080\nlisten = \"{listen}\"\n{tables}",
+        image = image.replace("REG", &c.registry()),
+    )
+}
+
+/// What a task or rctl-lb would refuse later (a crash loop, a dropped env var, a listener
+/// that never opens) is refused at apply: by the CLI with file:line:key, by the scheduler
+/// for a client that skips the CLI; nothing is stored.
+#[test]
+fn a_service_that_could_never_run_is_refused_at_apply_with_file_line_and_key() {
+    let c = Cluster::start(1);
+    let ts = "REG/rctl/testserver:v1";
+    let listen = format!("127.0.0.1:{}", c.service_port(0));
+    type Mutate = fn(&mut pb::ServiceSpec);
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        Mutate,
+    );
+    // (what, name, image, top keys, listen, tables, key, line marker, the same spec by API)
+    let table: Vec<Row> = vec![
+        (
+            "memory below 6 MiB",
+            "web",
+            ts,
+            "",
+            &listen,
+            "[resources]\nmemory = \"1\"\n",
+            "resources.memory",
+            "memory =",
+            |s| {
+                s.resources = Some(pb::Resources {
+                    memory_bytes: 1,
+                    ..Default::default()
+                })
+            },
+        ),
+        (
+            "NUL in an env value",
+            "web",
+            ts,
+            "env = { A = \"x\\u0000y\" }",
+            &listen,
+            "",
+            "env.A",
+            "env =",
+            |s| {
+                s.env.insert("A".into(), "x\0y".into());
+            },
+        ),
+        (
+            "'=' in an env key",
+            "web",
+            ts,
+            "env = { \"BAD=KEY\" = \"x\" }",
+            &listen,
+            "",
+            "env",
+            "env =",
+            |s| {
+                s.env.insert("BAD=KEY".into(), "x".into());
+            },
+        ),
+        (
+            "an empty env key",
+            "web",
+            ts,
+            "env = { \"\" = \"x\" }",
+            &listen,
+            "",
+            "env",
+            "env =",
+            |s| {
+                s.env.insert(String::new(), "x".into());
+            },
+        ),
+        (
+            "NUL in the command",
+            "web",
+            ts,
+            "command = [\"/app/testserver\", \"\\u0000\"]",
+            &listen,
+            "",
+            "command",
+            "command =",
+            |s| s.command = vec!["/app/testserver".into(), "\0".into()],
+        ),
+        (
+            "http and tcp health",
+            "web",
+            ts,
+            "",
+            &listen,
+            "[health]\nhttp = \"/\"\ntcp = true\n",
+            "health",
+            "[health]",
+            |s| {
+                s.health = Some(pb::HealthSpec {
+                    http: "/".into(),
+                    tcp: true,
+                    ..Default::default()
+                })
+            },
+        ),
+        (
+            "listen on port 0",
+            "web",
+            ts,
+            "",
+            "127.0.0.1:0",
+            "",
+            "port.listen",
+            "listen =",
+            |s| s.port.as_mut().unwrap().listen = "127.0.0.1:0".into(),
+        ),
+        (
+            "a bad service name",
+            "Web_1",
+            ts,
+            "",
+            &listen,
+            "",
+            "name",
+            "name =",
+            |s| s.name = "Web_1".into(),
+        ),
+        (
+            "a bad image reference",
+            "web",
+            "REG/Rctl/testserver:v1",
+            "",
+            &listen,
+            "",
+            "image",
+            "image =",
+            |s| s.image = s.image.replace("/rctl/", "/Rctl/"),
+        ),
+    ];
+    for (what, name, image, top, listen, tables, key, marker, mutate) in table {
+        let text = web_file(&c, name, image, top, listen, tables);
+        let line = text.lines().position(|l| l.starts_with(marker)).unwrap() + 1;
+        let file = c.service_file("bad.toml", &text);
+        let f = file.to_str().unwrap();
+        let err = refused(&c.rctl(&["apply", "-f", f]), 2, what);
+        assert!(
+            err.contains(&format!("{f}:{line}: key `{key}`")),
+            "{what}: {err}"
+        );
+
+        let mut spec = pb::ServiceSpec {
+            name: "web".into(),
+            image: ts.replace("REG", &c.registry()),
+            replicas: 1,
+            port: Some(pb::PortSpec {
+                container: 8080,
+                protocol: "http".into(),
+                listen: listen.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        mutate(&mut spec);
+        let (code, msg) =
+            api_apply(&c, spec).unwrap_or_else(|| panic!("{what}: accepted by the API"));
+        assert_eq!(code, tonic::Code::InvalidArgument, "{what}: {msg}");
+        let out = c.rctl_ok(&["service", "ls", "-o", "json"]);
+        assert_eq!(out.trim(), "[]", "{what}: nothing stored");
     }
     c.down_leaving_nothing();
 }

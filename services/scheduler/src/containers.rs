@@ -60,13 +60,15 @@ pub fn validate(task: &Task) -> Result<(), String> {
     }
     // The same grammar as `apply`: the agent would refuse the pull anyway, after the
     // container was written.
-    crate::spec::check_reference(&task.image)
-        .map_err(|e| format!("invalid image reference {e}"))?;
+    crate::spec::check_reference(&task.image)?;
     if !task.container_name.is_empty() && !valid_container_name(&task.container_name) {
         return Err(format!(
             "invalid container name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
             task.container_name
         ));
+    }
+    for (k, v) in &task.env {
+        rctl_api::runnable::check_env(k, v).map_err(|e| e.to_string())?;
     }
     let mut seen = Vec::new();
     for p in &task.ports {

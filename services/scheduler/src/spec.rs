@@ -5,6 +5,7 @@ use rctl_api::keys::valid_name;
 use rctl_api::pb::ServiceSpec;
 use rctl_api::placement::{validate_spread, validate_strategy, Constraint};
 use rctl_api::routing::Protocol;
+use rctl_api::runnable::Unrunnable;
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 10_000;
@@ -15,7 +16,7 @@ pub enum SpecError {
     Name(String),
     #[error("service {0:?} has no image")]
     NoImage(String),
-    #[error("invalid image reference {0}")]
+    #[error("{0}")]
     Image(String),
     #[error("replicas must be between 0 and {MAX_REPLICAS}, got {0}")]
     Replicas(i64),
@@ -23,10 +24,9 @@ pub enum SpecError {
     ContainerPort(u32),
     #[error("port.protocol must be {one_of}, got {0:?}", one_of = Protocol::ONE_OF)]
     Protocol(String),
-    #[error("port.listen must be IP:PORT, got {0:?}")]
-    Listen(String),
-    #[error("health.http must be a path starting with '/' without spaces, got {0:?}")]
-    HealthPath(String),
+    /// What a task or rctl-lb would refuse only after the spec was stored.
+    #[error("{0}")]
+    Unrunnable(#[from] Unrunnable),
     #[error("placement.constraints: {0}")]
     Constraint(String),
     #[error("placement.strategy: {0}")]
@@ -41,21 +41,9 @@ pub enum SpecError {
     CanaryReplicas,
 }
 
-/// `image` and why the reference grammar refuses it, if it does, for one error line: a
-/// reference of any length is shown by its first characters only.
+/// `image` and why the reference grammar refuses it, if it does, for one error line.
 pub fn check_reference(image: &str) -> Result<(), String> {
-    rctl_api::reference::parse(image).map_err(|e| {
-        const SHOWN: usize = 100;
-        let n = image.chars().count();
-        let shown = if n > SHOWN {
-            let head: String = image.chars().take(SHOWN).collect();
-            format!("{head:?}... ({n} characters)")
-        } else {
-            format!("{image:?}")
-        };
-        format!("{shown}: {e}")
-    })?;
-    Ok(())
+    rctl_api::reference::check(image).map(|_| ())
 }
 
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
@@ -74,17 +62,8 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         if Protocol::parse(&p.protocol).is_none() {
             return Err(SpecError::Protocol(p.protocol.clone()));
         }
-        if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(SpecError::Listen(p.listen.clone()));
-        }
     }
-    if let Some(h) = &spec.health {
-        // The agent puts this path into a request line verbatim.
-        let path_ok = h.http.starts_with('/') && h.http.bytes().all(|b| b.is_ascii_graphic());
-        if !h.http.is_empty() && !path_ok {
-            return Err(SpecError::HealthPath(h.http.clone()));
-        }
-    }
+    rctl_api::runnable::check(spec)?;
     if let Some(p) = &spec.placement {
         for c in &p.constraints {
             Constraint::parse(c).map_err(SpecError::Constraint)?;
@@ -179,13 +158,19 @@ mod tests {
         assert!(matches!(validate(&s), Err(SpecError::Protocol(_))));
         let mut s = spec();
         s.port.as_mut().unwrap().listen = "nowhere".into();
-        assert!(matches!(validate(&s), Err(SpecError::Listen(_))));
+        assert!(matches!(
+            validate(&s),
+            Err(SpecError::Unrunnable(Unrunnable::Listen(_)))
+        ));
         let mut s = spec();
         s.health = Some(rctl_api::pb::HealthSpec {
             http: "healthz now".into(),
             ..Default::default()
         });
-        assert!(matches!(validate(&s), Err(SpecError::HealthPath(_))));
+        assert!(matches!(
+            validate(&s),
+            Err(SpecError::Unrunnable(Unrunnable::HealthPath(_)))
+        ));
         s.health.as_mut().unwrap().http = "/healthz".into();
         assert_eq!(validate(&s), Ok(()));
         assert_eq!(validate_replicas(-1), Err(SpecError::Replicas(-1)));
