@@ -417,3 +417,63 @@ fn a_service_that_could_never_run_is_refused_at_apply_with_file_line_and_key() {
     }
     c.down_leaving_nothing();
 }
+
+/// Services, their tasks (`SERVICE.N`) and one-off containers share one namespace: `run`
+/// and `rename` refuse a service's name or task name, and `apply` refuses a service whose
+/// names a container holds, each with exit 1 naming the owner.
+#[test]
+fn services_tasks_and_containers_share_one_namespace() {
+    let c = Cluster::start(1);
+    let ts = format!("{}/rctl/testserver:v1", c.registry());
+    let file = c.service_file("web.toml", &c.web_service(2, "v1"));
+    c.apply_and_wait(&file);
+    let containers = |c: &Cluster| -> Vec<String> {
+        c.ps(&["-a"])
+            .into_iter()
+            .filter(|v| v["kind"] == "container")
+            .map(|v| v["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    for (name, owner) in [
+        ("web.1", "service web"),
+        ("web", "service web"),
+        ("web.5", "service web"),
+    ] {
+        let err = refused(&c.rctl(&["run", "-d", "--name", name, &ts]), 1, name);
+        assert!(
+            err.contains(&format!("{name:?}")) && err.contains(owner),
+            "{name}: {err}"
+        );
+        assert!(containers(&c).is_empty(), "{name}: no container made");
+    }
+
+    c.rctl_ok(&["run", "-d", "--name", "q1", &ts]);
+    for name in ["web.5", "web"] {
+        let err = refused(&c.rctl(&["rename", "q1", name]), 1, name);
+        assert!(err.contains("service web"), "{name}: {err}");
+    }
+    assert_eq!(containers(&c), ["q1"]);
+
+    // A container that took a name first keeps it: a service that would share it is refused.
+    c.rctl_ok(&["run", "-d", "--name", "api.3", &ts]);
+    let api = c.service_file(
+        "api.toml",
+        &format!("name = \"api\"\nimage = \"{ts}\"\nreplicas = 3\n"),
+    );
+    let err = refused(
+        &c.rctl(&["apply", "-f", api.to_str().unwrap()]),
+        1,
+        "apply api",
+    );
+    assert!(err.contains("container api.3"), "{err}");
+    let out = c.rctl_ok(&["service", "ls", "-o", "json"]);
+    let names: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(names.len(), 1, "only web: {out}");
+
+    // web's tasks are still its own: scale and exec reach them.
+    c.rctl_ok(&["scale", "web=3", "--wait", "--timeout", "90s"]);
+    c.rctl_ok(&["exec", "web.1", "true"]);
+    c.rctl_ok(&["rm", "-f", "q1", "api.3"]);
+    c.down_leaving_nothing();
+}

@@ -104,6 +104,14 @@ pub fn validate(task: &Task) -> Result<(), String> {
     Ok(())
 }
 
+/// The names of every service in `loaded`.
+fn service_names(loaded: &Loaded) -> impl Iterator<Item = &str> {
+    loaded
+        .services
+        .iter()
+        .filter_map(|s| s.spec.as_ref().map(|sp| sp.name.as_str()))
+}
+
 fn proto(p: &PortBinding) -> &str {
     if p.protocol.is_empty() {
         "tcp"
@@ -281,6 +289,14 @@ impl Containers {
             return Err(ApiError::NameInUse {
                 name: task.container_name.clone(),
                 id: holder.id.clone(),
+            });
+        }
+        if let Some(owner) =
+            crate::names::for_container(&task.container_name, service_names(&loaded))
+        {
+            return Err(ApiError::NameTaken {
+                name: task.container_name.clone(),
+                owner,
             });
         }
         let id = crate::controller::new_task_id();
@@ -593,6 +609,12 @@ impl Containers {
             return Err(ApiError::NameInUse {
                 name: r.new_name,
                 id: holder.id.clone(),
+            });
+        }
+        if let Some(owner) = crate::names::for_container(&r.new_name, service_names(&loaded)) {
+            return Err(ApiError::NameTaken {
+                name: r.new_name,
+                owner,
             });
         }
         let mut nt = t.clone();

@@ -33,6 +33,7 @@ pub mod grpc;
 pub mod image_check;
 pub mod images;
 pub mod leader;
+pub mod names;
 pub mod placement;
 pub mod progress;
 pub mod reconcile;
