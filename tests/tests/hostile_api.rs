@@ -477,3 +477,31 @@ fn services_tasks_and_containers_share_one_namespace() {
     c.rctl_ok(&["rm", "-f", "q1", "api.3"]);
     c.down_leaving_nothing();
 }
+
+/// A listen address has one owner: a second service on the same address (or on the same
+/// port of the unspecified address) is refused at apply with exit 1, naming the owner.
+#[test]
+fn a_listen_address_belongs_to_one_service() {
+    let c = Cluster::start(1);
+    let ts = format!("{}/rctl/testserver:v1", c.registry());
+    let port = c.service_port(0);
+    let file = c.service_file("web.toml", &c.web_service(1, "v1"));
+    c.apply_and_wait(&file);
+    for listen in [format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")] {
+        let api = c.service_file(
+            "api.toml",
+            &format!("name = \"api\"\nimage = \"{ts}\"\n[port]\ncontainer = 8080\nlisten = \"{listen}\"\n"),
+        );
+        let err = refused(&c.rctl(&["apply", "-f", api.to_str().unwrap()]), 1, &listen);
+        assert!(
+            err.contains(&listen) && err.contains("service web"),
+            "{listen}: {err}"
+        );
+        let out = c.rctl_ok(&["service", "ls", "-o", "json"]);
+        let names: Vec<Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(names.len(), 1, "{listen}: only web: {out}");
+    }
+    // web itself keeps its address when applied again.
+    c.apply_and_wait(&file);
+    c.down_leaving_nothing();
+}

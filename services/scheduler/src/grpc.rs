@@ -32,6 +32,9 @@ pub enum ApiError {
     /// A service whose name or task names a container holds.
     #[error("service {service:?} would share names with {owner} (services, their tasks SERVICE.N and containers share one namespace: rename or remove the container)")]
     ServiceNameTaken { service: String, owner: Owner },
+    /// A `port.listen` that another service's rctl-lb listener holds.
+    #[error("port.listen {listen} is taken by service {owner} (choose another address or port, or change {owner} first)")]
+    ListenTaken { listen: String, owner: String },
     #[error("port {port} is already allocated on node {node}")]
     PortAllocated { port: u32, node: String },
     #[error("service {0:?} has no canary rollout running (see: rctl rollout status {0})")]
@@ -84,7 +87,8 @@ impl From<ApiError> for Status {
             // Exit 1: a refusal because of state, like a port in use.
             ApiError::PortAllocated { .. }
             | ApiError::NameTaken { .. }
-            | ApiError::ServiceNameTaken { .. } => Status::failed_precondition(e.to_string()),
+            | ApiError::ServiceNameTaken { .. }
+            | ApiError::ListenTaken { .. } => Status::failed_precondition(e.to_string()),
             // Exit 1, not 2 (issue 8): the file is fine, the registry lacks what it names.
             ApiError::NoCanary(_) | ApiError::Image(_) => {
                 Status::failed_precondition(e.to_string())

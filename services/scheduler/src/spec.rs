@@ -87,6 +87,29 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The other service among `services` that rctl-lb already serves on an address `spec`'s
+/// `port.listen` would need: the same port on the same IP, or on any IP when either is the
+/// unspecified address (one of the two binds would fail).
+pub fn listen_owner<'a>(
+    spec: &ServiceSpec,
+    services: impl IntoIterator<Item = &'a ServiceSpec>,
+) -> Option<&'a ServiceSpec> {
+    let listen = |s: &ServiceSpec| {
+        let p = s.port.as_ref()?;
+        rctl_api::runnable::listen(&p.listen).ok().flatten()
+    };
+    let want = listen(spec)?;
+    services.into_iter().find(|other| {
+        other.name != spec.name
+            && listen(other).is_some_and(|have| {
+                have.port() == want.port()
+                    && (have.ip() == want.ip()
+                        || have.ip().is_unspecified()
+                        || want.ip().is_unspecified())
+            })
+    })
+}
+
 pub fn validate_replicas(n: i64) -> Result<(), SpecError> {
     if (0..=MAX_REPLICAS).contains(&n) {
         Ok(())
@@ -121,6 +144,33 @@ pub fn changes_revision(old: &ServiceSpec, new: &ServiceSpec) -> bool {
 mod tests {
     use super::*;
     use rctl_api::pb::PortSpec;
+
+    #[test]
+    fn a_listen_address_has_one_owner() {
+        let svc = |name: &str, listen: &str| ServiceSpec {
+            name: name.into(),
+            port: Some(PortSpec {
+                container: 80,
+                listen: listen.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let others = [
+            svc("web", "127.0.0.1:8080"),
+            svc("all", "0.0.0.0:9090"),
+            svc("quiet", ""),
+        ];
+        let owner = |s: ServiceSpec| listen_owner(&s, &others).map(|o| o.name.clone());
+        assert_eq!(owner(svc("api", "127.0.0.1:8080")).as_deref(), Some("web"));
+        assert_eq!(owner(svc("api", "0.0.0.0:8080")).as_deref(), Some("web"));
+        assert_eq!(owner(svc("api", "127.0.0.2:9090")).as_deref(), Some("all"));
+        assert_eq!(owner(svc("api", "127.0.0.2:8080")), None);
+        assert_eq!(owner(svc("api", "127.0.0.1:8081")), None);
+        assert_eq!(owner(svc("api", "")), None);
+        // A service keeps its own address across applies.
+        assert_eq!(owner(svc("web", "127.0.0.1:8080")), None);
+    }
 
     fn spec() -> ServiceSpec {
         ServiceSpec {

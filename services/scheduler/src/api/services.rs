@@ -83,6 +83,13 @@ impl Api {
                     owner,
                 });
             }
+            let specs = loaded.services.iter().filter_map(|s| s.spec.as_ref());
+            if let Some(owner) = crate::spec::listen_owner(&spec, specs) {
+                return Err(ApiError::ListenTaken {
+                    listen: spec.port.as_ref().map(|p| p.listen.clone()).unwrap_or_default(),
+                    owner: owner.name.clone(),
+                });
+            }
             let old = loaded.service(&spec.name);
             // Only an exclusive change asks; it costs a look at every task of the service.
             let rolling = (exclusive || canary)
