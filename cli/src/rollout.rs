@@ -371,6 +371,11 @@ async fn wait_canary(
     let mut last = String::new();
     loop {
         let resp = conn.inspect_service(name).await?;
+        let svc = resp.service.unwrap_or_default();
+        // A rollback of the canary is the scheduler's (automatic): judged below.
+        if let Some(why) = crate::wait::overtaken(name, &svc, canary) {
+            return Err(CliError::Failed(why));
+        }
         let r = resp.canary.unwrap_or_default();
         if r.canary_revision == canary {
             let line = canary_line(name, &r);

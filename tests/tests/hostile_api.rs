@@ -4,6 +4,8 @@
 //! never run are refused at apply with file:line:key, and by the scheduler itself for
 //! clients that skip the CLI.
 
+use std::time::Duration;
+
 use rctl_api::pb;
 use rctl_api::pb::scheduler_client::SchedulerClient;
 use rctl_tests::cluster::Cluster;
@@ -504,4 +506,65 @@ fn a_listen_address_belongs_to_one_service() {
     // web itself keeps its address when applied again.
     c.apply_and_wait(&file);
     c.down_leaving_nothing();
+}
+
+/// `rollout start --wait` succeeds only if the revision it started is the one that runs:
+/// a later apply that replaces it makes the wait fail (exit 1) naming the newer revision.
+#[test]
+fn a_rollout_overtaken_by_a_later_apply_is_no_success() {
+    let c = Cluster::start(1);
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    let memory = nodes[0]["memory"].as_u64().expect("node memory");
+    // One task fits and its surge replacement does not: the rollout cannot finish by itself.
+    let big = web_file(
+        &c,
+        "web",
+        "REG/rctl/testserver:v1",
+        "",
+        &format!("127.0.0.1:{}", c.service_port(0)),
+        &format!("[resources]\nmemory = \"{}\"\n", memory / 10 * 6),
+    );
+    let file = c.service_file("web.toml", &big);
+    c.apply_and_wait(&file);
+
+    let v2 = format!("{}/rctl/testserver:v2", c.registry());
+    let rollout = std::process::Command::new(c.bin().join("rctl"))
+        .args([
+            "rollout",
+            "start",
+            "web",
+            "--image",
+            &v2,
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .env_remove("RCTL_TLS_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rctl rollout start");
+    c.eventually(Duration::from_secs(60), "revision 2 written", || {
+        (history_len(&c) == 2).then_some(())
+    });
+    // The later change: back to v1 at a size that fits.
+    let small = big.replace(&format!("{}\"", memory / 10 * 6), "64Mi\"");
+    std::fs::write(&file, small).unwrap();
+    c.apply_and_wait(&file);
+
+    let out = rollout.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: web: revision 2 was replaced by revision 3"),
+        "{err}"
+    );
+    c.down_leaving_nothing();
+}
+
+fn history_len(c: &Cluster) -> usize {
+    history_images(c, "web").len()
 }
