@@ -131,7 +131,7 @@ pub async fn services_from(
     loop {
         let mut all_done = true;
         for (i, name) in names.iter().enumerate() {
-            let resp = conn.inspect_service(name).await?;
+            let resp = conn.inspect_service_until(name, deadline).await?;
             let p = progress(&resp);
             if let (Some(svc), Some(from)) = (resp.service.as_ref(), from.get(i)) {
                 if let Some(why) = overtaken(name, svc, *from).filter(|_| rollbacks[i].is_none()) {

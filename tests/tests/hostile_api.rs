@@ -568,3 +568,58 @@ fn a_rollout_overtaken_by_a_later_apply_is_no_success() {
 fn history_len(c: &Cluster) -> usize {
     history_images(c, "web").len()
 }
+
+/// `scale --wait` outlives the scheduler it asked: when that replica dies, the wait asks
+/// the others within `--timeout` and succeeds once the change completes.
+#[test]
+fn a_wait_outlives_the_scheduler_it_asked() {
+    let c = Cluster::start_with(1, 3);
+    c.eventually(Duration::from_secs(60), "a scheduler leader", || c.leader());
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    let memory = nodes[0]["memory"].as_u64().expect("node memory");
+    let big = format!("{}\"", memory / 10 * 6);
+    // One task fits and a second does not: the scale cannot finish by itself.
+    let text = web_file(
+        &c,
+        "web",
+        "REG/rctl/testserver:v1",
+        "",
+        &format!("127.0.0.1:{}", c.service_port(0)),
+        &format!("[resources]\nmemory = \"{big}\n"),
+    );
+    let file = c.service_file("web.toml", &text);
+    c.apply_and_wait(&file);
+
+    // rctl asks the first replica it reaches: scheduler 1.
+    let scale = std::process::Command::new(c.bin().join("rctl"))
+        .args(["scale", "web=2", "--wait", "--timeout", "90s"])
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .env_remove("RCTL_TLS_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rctl scale");
+    c.eventually(Duration::from_secs(60), "web wants 2 tasks", || {
+        let out = c.rctl_ok(&["service", "ls", "-o", "json"]);
+        let v: Vec<Value> = serde_json::from_str(&out).ok()?;
+        (v.first()?["replicas"] == 2).then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.scheduler_pid(1)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The repair: a size at which both tasks fit.
+    std::fs::write(
+        &file,
+        text.replace(&big, "64Mi\"")
+            .replace("replicas = 1", "replicas = 2"),
+    )
+    .unwrap();
+    c.apply_and_wait(&file);
+
+    let out = scale.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    c.down_leaving_nothing();
+}
