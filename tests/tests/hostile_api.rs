@@ -513,8 +513,7 @@ fn a_listen_address_belongs_to_one_service() {
 #[test]
 fn a_rollout_overtaken_by_a_later_apply_is_no_success() {
     let c = Cluster::start(1);
-    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
-    let memory = nodes[0]["memory"].as_u64().expect("node memory");
+    let memory = node_memory(&c);
     // One task fits and its surge replacement does not: the rollout cannot finish by itself.
     let big = web_file(
         &c,
@@ -528,8 +527,9 @@ fn a_rollout_overtaken_by_a_later_apply_is_no_success() {
     c.apply_and_wait(&file);
 
     let v2 = format!("{}/rctl/testserver:v2", c.registry());
-    let rollout = std::process::Command::new(c.bin().join("rctl"))
-        .args([
+    let rollout = spawn_rctl(
+        &c,
+        &[
             "rollout",
             "start",
             "web",
@@ -538,14 +538,8 @@ fn a_rollout_overtaken_by_a_later_apply_is_no_success() {
             "--wait",
             "--timeout",
             "90s",
-        ])
-        .env("RCTL_ADDR", c.addr())
-        .env("RCTL_INSECURE", "1")
-        .env_remove("RCTL_TLS_NAME")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rctl rollout start");
+        ],
+    );
     c.eventually(Duration::from_secs(60), "revision 2 written", || {
         (history_len(&c) == 2).then_some(())
     });
@@ -565,6 +559,25 @@ fn a_rollout_overtaken_by_a_later_apply_is_no_success() {
     c.down_leaving_nothing();
 }
 
+/// Starts `rctl ARGS` against `c` in the background, its output captured.
+fn spawn_rctl(c: &Cluster, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(c.bin().join("rctl"))
+        .args(args)
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .env_remove("RCTL_TLS_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rctl")
+}
+
+/// The memory of the cluster's (first) node, in bytes.
+fn node_memory(c: &Cluster) -> u64 {
+    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
+    nodes[0]["memory"].as_u64().expect("node memory")
+}
+
 fn history_len(c: &Cluster) -> usize {
     history_images(c, "web").len()
 }
@@ -575,8 +588,7 @@ fn history_len(c: &Cluster) -> usize {
 fn a_wait_outlives_the_scheduler_it_asked() {
     let c = Cluster::start_with(1, 3);
     c.eventually(Duration::from_secs(60), "a scheduler leader", || c.leader());
-    let nodes: Vec<Value> = serde_json::from_str(&c.rctl_ok(&["nodes", "-o", "json"])).unwrap();
-    let memory = nodes[0]["memory"].as_u64().expect("node memory");
+    let memory = node_memory(&c);
     let big = format!("{}\"", memory / 10 * 6);
     // One task fits and a second does not: the scale cannot finish by itself.
     let text = web_file(
@@ -591,15 +603,7 @@ fn a_wait_outlives_the_scheduler_it_asked() {
     c.apply_and_wait(&file);
 
     // rctl asks the first replica it reaches: scheduler 1.
-    let scale = std::process::Command::new(c.bin().join("rctl"))
-        .args(["scale", "web=2", "--wait", "--timeout", "90s"])
-        .env("RCTL_ADDR", c.addr())
-        .env("RCTL_INSECURE", "1")
-        .env_remove("RCTL_TLS_NAME")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rctl scale");
+    let scale = spawn_rctl(&c, &["scale", "web=2", "--wait", "--timeout", "90s"]);
     c.eventually(Duration::from_secs(60), "web wants 2 tasks", || {
         let out = c.rctl_ok(&["service", "ls", "-o", "json"]);
         let v: Vec<Value> = serde_json::from_str(&out).ok()?;
