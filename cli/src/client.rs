@@ -208,10 +208,20 @@ impl Conn {
             };
             match retry_of(&status) {
                 Retry::FollowTo(leader) if leader != self.addr && redirects < MAX_REDIRECTS => {
-                    redirects += 1;
                     tracing::debug!(from = %self.addr, to = %leader, "following the leader");
-                    self.client = connect(&leader, &self.target).await?;
-                    self.addr = leader;
+                    match connect(&leader, &self.target).await {
+                        Ok(client) => {
+                            redirects += 1;
+                            self.client = client;
+                            self.addr = leader;
+                        }
+                        // A leader that just died is named until its lease ends: wait for
+                        // the next one.
+                        Err(_) if Instant::now() < deadline => {
+                            tokio::time::sleep(LEADER_RETRY).await
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 // Sent back to the replica we asked: its term just ended, a new one is coming.
                 Retry::Later | Retry::FollowTo(_) if Instant::now() < deadline => {
@@ -224,6 +234,13 @@ impl Conn {
                             self.client = c;
                             self.addr = a;
                         }
+                    }
+                }
+                // The replica died under the call (a restart, a failover): ask another.
+                _ if std::error::Error::source(&status).is_some() && Instant::now() < deadline => {
+                    tokio::time::sleep(LEADER_RETRY).await;
+                    if let Ok(again) = Conn::open(&self.target).await {
+                        *self = again;
                     }
                 }
                 _ => return Err(self.err(status)),
@@ -245,6 +262,30 @@ impl Conn {
         match self.client.inspect_service(req).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.err(s)),
+        }
+    }
+
+    /// [`Conn::inspect_service`], asked again until `deadline` while no scheduler answers
+    /// (one restarting, a failover), on whichever replica answers first: a `--wait`
+    /// outlives them.
+    pub async fn inspect_service_until(
+        &mut self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<rctl_api::pb::InspectServiceResponse, CliError> {
+        loop {
+            let req = rctl_api::pb::InspectServiceRequest { name: name.into() };
+            let status = match self.client.inspect_service(req).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            if !crate::error::unreachable(&status) || Instant::now() >= deadline {
+                return Err(self.err(status));
+            }
+            tokio::time::sleep(LEADER_RETRY).await;
+            if let Ok(again) = Conn::open(&self.target).await {
+                *self = again;
+            }
         }
     }
 }

@@ -25,6 +25,12 @@ pub enum CliError {
     Exit(i32),
 }
 
+/// Whether `s` says no scheduler answered (a transport failure made on this side, or a
+/// scheduler that is unavailable for now), rather than an answer: worth asking again.
+pub fn unreachable(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some() || s.code() == Code::Unavailable
+}
+
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -51,7 +57,7 @@ impl CliError {
                 "is the cluster up? a TLS cluster needs https:// and RCTL_TLS_DIR"
             };
             return CliError::Failed(format!(
-                "cannot talk to the scheduler at {addr}: {cause} ({hint})"
+                "cannot reach the scheduler at {addr}: {cause} ({hint})"
             ));
         }
         match s.code() {

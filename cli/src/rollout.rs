@@ -451,7 +451,12 @@ async fn wait_canary(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let resp = conn.inspect_service(name).await?;
+        let resp = conn.inspect_service_until(name, deadline).await?;
+        let svc = resp.service.unwrap_or_default();
+        // A rollback of the canary is the scheduler's (automatic): judged below.
+        if let Some(why) = crate::wait::overtaken(name, &svc, canary) {
+            return Err(CliError::Failed(why));
+        }
         let r = resp.canary.unwrap_or_default();
         if r.canary_revision == canary {
             let line = canary_line(name, &r);

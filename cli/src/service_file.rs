@@ -173,9 +173,34 @@ pub fn parse(file: &str, src: &str) -> Result<pb::ServiceSpec, FileError> {
     })
 }
 
-/// The 1-based line that sets the dotted `key` (the inverse of [`key_at`]).
+/// The 1-based line that sets the dotted `key` (the inverse of [`key_at`]); else the line
+/// of the nearest key or `[table]` above it (`env.A` set in an inline `env = { .. }`, or
+/// `health` for its whole table).
 fn line_of(src: &str, key: &str) -> Option<usize> {
-    (1..=src.lines().count()).find(|&line| key_at(src, line).as_deref() == Some(key))
+    let mut key = key;
+    loop {
+        let set = (1..=src.lines().count()).find(|&line| key_at(src, line).as_deref() == Some(key));
+        let header = || {
+            src.lines()
+                .position(|l| l.trim() == format!("[{key}]") || l.trim() == format!("[[{key}]]"))
+                .map(|i| i + 1)
+        };
+        if let Some(line) = set.or_else(header) {
+            return Some(line);
+        }
+        // `tls[1]` is the second `[[tls]]` table.
+        if let Some((table, i)) = key.strip_suffix(']').and_then(|k| k.split_once('[')) {
+            let i: usize = i.parse().ok()?;
+            let header = format!("[[{table}]]");
+            return src
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim() == header)
+                .nth(i)
+                .map(|(n, _)| n + 1);
+        }
+        key = &key[..key.rfind(['.', '['])?];
+    }
 }
 
 fn parse_error(file: &str, src: &str, e: &toml::de::Error) -> FileError {
@@ -242,12 +267,6 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
                     "key `port.protocol`: must be {}, got {:?}",
                     Protocol::ONE_OF,
                     p.protocol
-                ));
-            }
-            if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
-                return Err(format!(
-                    "key `port.listen`: must be IP:PORT, got {:?}",
-                    p.listen
                 ));
             }
             let mut tls = Vec::new();
@@ -428,7 +447,14 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         }
         None => None,
     };
-    Ok(pb::ServiceSpec {
+    if !rctl_api::keys::valid_name(&f.name) {
+        return Err(format!(
+            "key `name`: {:?} is not a service name (lowercase letters, digits and '-', at most 63)",
+            f.name
+        ));
+    }
+    rctl_api::reference::check(&f.image).map_err(|e| format!("key `image`: {e}"))?;
+    let spec = pb::ServiceSpec {
         name: f.name,
         image: f.image,
         replicas: f.replicas,
@@ -441,7 +467,10 @@ fn to_spec(f: ServiceFile) -> Result<pb::ServiceSpec, String> {
         update,
         canary,
         sticky,
-    })
+    };
+    // What a task or rctl-lb would refuse later, by the rule the scheduler applies too.
+    rctl_api::runnable::check(&spec).map_err(|e| format!("key `{}`: {e}", e.key()))?;
+    Ok(spec)
 }
 
 /// A DNS name or a `*.` wildcard over one, as SNI carries them.
@@ -660,7 +689,8 @@ memory = "128Mi"
         let e = bad("tls_cert = \"/c.pem\"\n");
         assert_eq!(
             e,
-            "web.toml: key `port.tls_key`: needed with `port.tls_cert`"
+            // A missing key points at its table.
+            "web.toml:4: key `port.tls_key`: needed with `port.tls_cert`"
         );
         let e = bad("proxy_protocol = \"v1\"\n");
         assert!(

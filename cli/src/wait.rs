@@ -101,9 +101,27 @@ pub fn rolled_back(svc: &rctl_api::pb::Service, from: u64) -> Option<String> {
     (cause.automatic && svc.revision > from).then(|| cause.why.clone())
 }
 
+/// The later change that replaced revision `from` (the one the caller wrote) before it
+/// finished, if a user made one: then `from` is not what runs, and waiting for it would
+/// report someone else's revision as a success.
+pub fn overtaken(name: &str, svc: &rctl_api::pb::Service, from: u64) -> Option<String> {
+    let cause = svc.cause.clone().unwrap_or_default();
+    (svc.revision > from && !cause.automatic).then(|| {
+        let by = if cause.who.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", cause.who)
+        };
+        format!(
+            "{name}: revision {from} was replaced by revision {}{by} before it finished; revision {from} does not run (see: rctl rollout history {name})",
+            svc.revision
+        )
+    })
+}
+
 /// Like [`services`], for changes that made revisions `from[i]` of `names[i]`: if the
 /// scheduler rolls one back by itself, waits for the restored revision, then fails with
-/// exit 3 and the reason.
+/// exit 3 and the reason; if a later change replaces one, fails at once (exit 1).
 pub async fn services_from(
     conn: &mut Conn,
     names: &[String],
@@ -118,9 +136,15 @@ pub async fn services_from(
     loop {
         let mut all_done = true;
         for (i, name) in names.iter().enumerate() {
-            let resp = conn.inspect_service(name).await?;
+            let resp = conn.inspect_service_until(name, deadline).await?;
             let p = progress(&resp);
             if let (Some(svc), Some(from)) = (resp.service.as_ref(), from.get(i)) {
+                if let Some(why) = overtaken(name, svc, *from).filter(|_| rollbacks[i].is_none()) {
+                    if tty {
+                        eprintln!();
+                    }
+                    return Err(CliError::Failed(why));
+                }
                 if rollbacks[i].is_none() {
                     if let Some(why) = rolled_back(svc, *from) {
                         if tty {
@@ -202,12 +226,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
+            overtaken("web", &svc, 2),
+            None,
+            "a rollback is no overtaking"
+        );
+        assert_eq!(
             rolled_back(&svc, 2).as_deref(),
             Some("automatic rollback to revision 1: ...")
         );
         assert_eq!(rolled_back(&svc, 3), None, "our own revision");
         svc.cause.as_mut().unwrap().automatic = false;
         assert_eq!(rolled_back(&svc, 2), None, "a person's newer change");
+        let why = overtaken("web", &svc, 2).expect("overtaken by a person's change");
+        assert!(
+            why.starts_with("web: revision 2 was replaced by revision 3 by rctl-scheduler"),
+            "{why}"
+        );
+        assert_eq!(overtaken("web", &svc, 3), None, "our own revision");
     }
 
     fn view(id: &str, rev: u64, desired: DesiredState, state: TaskState, health: &str) -> TaskView {

@@ -10,6 +10,7 @@
 //! - [`placement`]: the `[placement]` constraint and spread syntax.
 //! - [`reference`]: the image reference grammar (Docker's) and which registry one names.
 //! - [`routing`]: what rctl-lb reads from a spec: protocol, PROXY protocol, sticky key.
+//! - [`runnable`]: whether a spec can ever run (memory minimum, env, health, listen).
 //! - [`logcursor`]: a log reader's position, to resume a stream without loss or repeats.
 //! - [`tls`]: the cluster CA, certificates, and every binary's TLS and etcd connect settings.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod placement;
 pub mod reference;
 pub mod routing;
+pub mod runnable;
 pub mod signal;
 pub mod telemetry;
 pub mod tls;

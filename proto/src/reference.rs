@@ -84,6 +84,23 @@ impl fmt::Display for Reference {
     }
 }
 
+/// [`parse`], with a refusal worded for one error line: `invalid image reference "…": why`,
+/// where a reference of any length is shown by its first characters and its length only
+/// (a 100,000-character tag must not become a 100,000-character error).
+pub fn check(s: &str) -> Result<Reference, String> {
+    parse(s).map_err(|e| {
+        const SHOWN: usize = 100;
+        let n = s.chars().count();
+        let shown = if n > SHOWN {
+            let head: String = s.chars().take(SHOWN).collect();
+            format!("{head:?}... ({n} characters)")
+        } else {
+            format!("{s:?}")
+        };
+        format!("invalid image reference {shown}: {e}")
+    })
+}
+
 /// Parses `s` as Docker does: `busybox` is `docker.io/library/busybox:latest`; a first
 /// path component is a registry only if it has a `.` or a `:` or is `localhost`.
 pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
@@ -251,6 +268,23 @@ fn split_domain(name: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_reference_of_any_length_makes_a_short_line() {
+        let long = format!("h:5000/a:{}", "b".repeat(100_000));
+        let e = check(&long).unwrap_err();
+        assert!(e.len() < 200, "{e}");
+        assert!(
+            e.contains("(100009 characters)")
+                && e.starts_with("invalid image reference \"h:5000/a:bbb"),
+            "{e}"
+        );
+        assert_eq!(
+            check("a b").unwrap_err(),
+            "invalid image reference \"a b\": invalid reference format"
+        );
+        assert!(check("h:5000/a:v1").is_ok());
+    }
 
     const SHA256: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 

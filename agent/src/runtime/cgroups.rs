@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 /// to each hierarchy's root. A local cluster nests each host's containers under that host's
 /// own cgroup instead, so tearing the host down removes them.
 pub const PARENT: &str = "rctl";
-/// Below this Docker refuses a memory limit too (the runtime itself needs some).
-pub const MIN_MEMORY: u64 = 6 << 20;
+/// Below this Docker refuses a memory limit too (the runtime itself needs some); the
+/// CLI and the scheduler refuse it at apply by the same constant.
+pub const MIN_MEMORY: u64 = rctl_api::runnable::MIN_MEMORY;
 /// CFS period when a CPU limit is set (Docker's).
 pub const CPU_PERIOD_US: u64 = 100_000;
 

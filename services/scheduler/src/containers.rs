@@ -60,13 +60,15 @@ pub fn validate(task: &Task) -> Result<(), String> {
     }
     // The same grammar as `apply`: the agent would refuse the pull anyway, after the
     // container was written.
-    crate::spec::check_reference(&task.image)
-        .map_err(|e| format!("invalid image reference {e}"))?;
+    crate::spec::check_reference(&task.image)?;
     if !task.container_name.is_empty() && !valid_container_name(&task.container_name) {
         return Err(format!(
             "invalid container name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
             task.container_name
         ));
+    }
+    for (k, v) in &task.env {
+        rctl_api::runnable::check_env(k, v).map_err(|e| e.to_string())?;
     }
     let mut seen = Vec::new();
     for p in &task.ports {
@@ -100,6 +102,14 @@ pub fn validate(task: &Task) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The names of every service in `loaded`.
+fn service_names(loaded: &Loaded) -> impl Iterator<Item = &str> {
+    loaded
+        .services
+        .iter()
+        .filter_map(|s| s.spec.as_ref().map(|sp| sp.name.as_str()))
 }
 
 fn proto(p: &PortBinding) -> &str {
@@ -279,6 +289,14 @@ impl Containers {
             return Err(ApiError::NameInUse {
                 name: task.container_name.clone(),
                 id: holder.id.clone(),
+            });
+        }
+        if let Some(owner) =
+            crate::names::for_container(&task.container_name, service_names(&loaded))
+        {
+            return Err(ApiError::NameTaken {
+                name: task.container_name.clone(),
+                owner,
             });
         }
         let id = crate::ids::new_task_id();
@@ -591,6 +609,12 @@ impl Containers {
             return Err(ApiError::NameInUse {
                 name: r.new_name,
                 id: holder.id.clone(),
+            });
+        }
+        if let Some(owner) = crate::names::for_container(&r.new_name, service_names(&loaded)) {
+            return Err(ApiError::NameTaken {
+                name: r.new_name,
+                owner,
             });
         }
         let mut nt = t.clone();

@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use crate::image_check::ImageCheckError;
+use crate::names::Owner;
 use crate::revisions::RevisionError;
 use crate::spec::SpecError;
 use crate::store::StoreError;
@@ -28,6 +29,15 @@ pub enum ApiError {
     Image(#[from] ImageCheckError),
     #[error("container name {name:?} is already in use by container {id} (remove or rename it)")]
     NameInUse { name: String, id: String },
+    /// A container name that a service or its tasks (`SERVICE.N`) hold.
+    #[error("name {name:?} is taken by {owner} (services, their tasks SERVICE.N and containers share one namespace: choose another name)")]
+    NameTaken { name: String, owner: Owner },
+    /// A service whose name or task names a container holds.
+    #[error("service {service:?} would share names with {owner} (services, their tasks SERVICE.N and containers share one namespace: rename or remove the container)")]
+    ServiceNameTaken { service: String, owner: Owner },
+    /// A `port.listen` that another service's rctl-lb listener holds.
+    #[error("port.listen {listen} is taken by service {owner} (choose another address or port, or change {owner} first)")]
+    ListenTaken { listen: String, owner: String },
     #[error("port {port} is already allocated on node {node}")]
     PortAllocated { port: u32, node: String },
     #[error("service {0:?} has no canary rollout running (see: rctl rollout status {0})")]
@@ -80,7 +90,11 @@ impl From<ApiError> for Status {
             ApiError::NameInUse { .. } | ApiError::Store(StoreError::NameTaken(_)) => {
                 Status::already_exists(e.to_string())
             }
-            ApiError::PortAllocated { .. } => Status::failed_precondition(e.to_string()),
+            // Exit 1: a refusal because of state, like a port in use.
+            ApiError::PortAllocated { .. }
+            | ApiError::NameTaken { .. }
+            | ApiError::ServiceNameTaken { .. }
+            | ApiError::ListenTaken { .. } => Status::failed_precondition(e.to_string()),
             // Exit 1, not 2 (issue 8): the file is fine, the registry lacks what it names.
             ApiError::NoCanary(_) | ApiError::Image(_) => {
                 Status::failed_precondition(e.to_string())

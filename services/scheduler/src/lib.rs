@@ -35,6 +35,7 @@ pub mod ids;
 pub mod image_check;
 pub mod images;
 pub mod leader;
+pub mod names;
 pub mod placement;
 pub mod progress;
 pub mod reconcile;

@@ -5,6 +5,7 @@ use rctl_api::keys::valid_name;
 use rctl_api::pb::ServiceSpec;
 use rctl_api::placement::{validate_spread, validate_strategy, Constraint};
 use rctl_api::routing::Protocol;
+use rctl_api::runnable::Unrunnable;
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: i64 = 10_000;
@@ -15,7 +16,7 @@ pub enum SpecError {
     Name(String),
     #[error("service {0:?} has no image")]
     NoImage(String),
-    #[error("invalid image reference {0}")]
+    #[error("{0}")]
     Image(String),
     #[error("replicas must be between 0 and {MAX_REPLICAS}, got {0}")]
     Replicas(i64),
@@ -23,10 +24,9 @@ pub enum SpecError {
     ContainerPort(u32),
     #[error("port.protocol must be {one_of}, got {0:?}", one_of = Protocol::ONE_OF)]
     Protocol(String),
-    #[error("port.listen must be IP:PORT, got {0:?}")]
-    Listen(String),
-    #[error("health.http must be a path starting with '/' without spaces, got {0:?}")]
-    HealthPath(String),
+    /// What a task or rctl-lb would refuse only after the spec was stored.
+    #[error("{0}")]
+    Unrunnable(#[from] Unrunnable),
     #[error("placement.constraints: {0}")]
     Constraint(String),
     #[error("placement.strategy: {0}")]
@@ -41,21 +41,9 @@ pub enum SpecError {
     CanaryReplicas,
 }
 
-/// `image` and why the reference grammar refuses it, if it does, for one error line: a
-/// reference of any length is shown by its first characters only.
+/// `image` and why the reference grammar refuses it, if it does, for one error line.
 pub fn check_reference(image: &str) -> Result<(), String> {
-    rctl_api::reference::parse(image).map_err(|e| {
-        const SHOWN: usize = 100;
-        let n = image.chars().count();
-        let shown = if n > SHOWN {
-            let head: String = image.chars().take(SHOWN).collect();
-            format!("{head:?}... ({n} characters)")
-        } else {
-            format!("{image:?}")
-        };
-        format!("{shown}: {e}")
-    })?;
-    Ok(())
+    rctl_api::reference::check(image).map(|_| ())
 }
 
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
@@ -74,17 +62,8 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         if Protocol::parse(&p.protocol).is_none() {
             return Err(SpecError::Protocol(p.protocol.clone()));
         }
-        if !p.listen.is_empty() && p.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(SpecError::Listen(p.listen.clone()));
-        }
     }
-    if let Some(h) = &spec.health {
-        // The agent puts this path into a request line verbatim.
-        let path_ok = h.http.starts_with('/') && h.http.bytes().all(|b| b.is_ascii_graphic());
-        if !h.http.is_empty() && !path_ok {
-            return Err(SpecError::HealthPath(h.http.clone()));
-        }
-    }
+    rctl_api::runnable::check(spec)?;
     if let Some(p) = &spec.placement {
         for c in &p.constraints {
             Constraint::parse(c).map_err(SpecError::Constraint)?;
@@ -106,6 +85,29 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// The other service among `services` that rctl-lb already serves on an address `spec`'s
+/// `port.listen` would need: the same port on the same IP, or on any IP when either is the
+/// unspecified address (one of the two binds would fail).
+pub fn listen_owner<'a>(
+    spec: &ServiceSpec,
+    services: impl IntoIterator<Item = &'a ServiceSpec>,
+) -> Option<&'a ServiceSpec> {
+    let listen = |s: &ServiceSpec| {
+        let p = s.port.as_ref()?;
+        rctl_api::runnable::listen(&p.listen).ok().flatten()
+    };
+    let want = listen(spec)?;
+    services.into_iter().find(|other| {
+        other.name != spec.name
+            && listen(other).is_some_and(|have| {
+                have.port() == want.port()
+                    && (have.ip() == want.ip()
+                        || have.ip().is_unspecified()
+                        || want.ip().is_unspecified())
+            })
+    })
 }
 
 pub fn validate_replicas(n: i64) -> Result<(), SpecError> {
@@ -143,6 +145,33 @@ mod tests {
     use super::*;
     use rctl_api::pb::PortSpec;
 
+    #[test]
+    fn a_listen_address_has_one_owner() {
+        let svc = |name: &str, listen: &str| ServiceSpec {
+            name: name.into(),
+            port: Some(PortSpec {
+                container: 80,
+                listen: listen.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let others = [
+            svc("web", "127.0.0.1:8080"),
+            svc("all", "0.0.0.0:9090"),
+            svc("quiet", ""),
+        ];
+        let owner = |s: ServiceSpec| listen_owner(&s, &others).map(|o| o.name.clone());
+        assert_eq!(owner(svc("api", "127.0.0.1:8080")).as_deref(), Some("web"));
+        assert_eq!(owner(svc("api", "0.0.0.0:8080")).as_deref(), Some("web"));
+        assert_eq!(owner(svc("api", "127.0.0.2:9090")).as_deref(), Some("all"));
+        assert_eq!(owner(svc("api", "127.0.0.2:8080")), None);
+        assert_eq!(owner(svc("api", "127.0.0.1:8081")), None);
+        assert_eq!(owner(svc("api", "")), None);
+        // A service keeps its own address across applies.
+        assert_eq!(owner(svc("web", "127.0.0.1:8080")), None);
+    }
+
     fn spec() -> ServiceSpec {
         ServiceSpec {
             name: "web".into(),
@@ -179,13 +208,19 @@ mod tests {
         assert!(matches!(validate(&s), Err(SpecError::Protocol(_))));
         let mut s = spec();
         s.port.as_mut().unwrap().listen = "nowhere".into();
-        assert!(matches!(validate(&s), Err(SpecError::Listen(_))));
+        assert!(matches!(
+            validate(&s),
+            Err(SpecError::Unrunnable(Unrunnable::Listen(_)))
+        ));
         let mut s = spec();
         s.health = Some(rctl_api::pb::HealthSpec {
             http: "healthz now".into(),
             ..Default::default()
         });
-        assert!(matches!(validate(&s), Err(SpecError::HealthPath(_))));
+        assert!(matches!(
+            validate(&s),
+            Err(SpecError::Unrunnable(Unrunnable::HealthPath(_)))
+        ));
         s.health.as_mut().unwrap().http = "/healthz".into();
         assert_eq!(validate(&s), Ok(()));
         assert_eq!(validate_replicas(-1), Err(SpecError::Replicas(-1)));

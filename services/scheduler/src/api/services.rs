@@ -77,6 +77,19 @@ impl Api {
         };
         retrying(|| async {
             let loaded = self.store.load().await?;
+            if let Some(owner) = crate::names::for_service(&spec.name, &loaded.containers) {
+                return Err(ApiError::ServiceNameTaken {
+                    service: spec.name.clone(),
+                    owner,
+                });
+            }
+            let specs = loaded.services.iter().filter_map(|s| s.spec.as_ref());
+            if let Some(owner) = crate::spec::listen_owner(&spec, specs) {
+                return Err(ApiError::ListenTaken {
+                    listen: spec.port.as_ref().map(|p| p.listen.clone()).unwrap_or_default(),
+                    owner: owner.name.clone(),
+                });
+            }
             let old = loaded.service(&spec.name);
             // Only an exclusive change asks; it costs a look at every task of the service.
             let rolling = (exclusive || canary)
@@ -143,6 +156,18 @@ impl Api {
                 let svc = loaded
                     .service(&t.service)
                     .ok_or_else(|| ApiError::ServiceNotFound(t.service.clone()))?;
+                let grows = svc
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| t.replicas > i64::from(s.replicas));
+                if let Some(owner) =
+                    crate::names::for_service(&t.service, &loaded.containers).filter(|_| grows)
+                {
+                    return Err(ApiError::ServiceNameTaken {
+                        service: t.service.clone(),
+                        owner,
+                    });
+                }
                 let mut svc = svc.clone();
                 if let Some(spec) = svc.spec.as_mut() {
                     spec.replicas = t.replicas as u32;
