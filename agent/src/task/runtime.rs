@@ -44,6 +44,18 @@ pub trait Runtime: Send + Sync + 'static {
     fn signal(&self, dir: &ContainerDir, pid: &PidRecord, sig: Signal);
     /// Whether PID 1 is gone (its exit status recorded or the process gone).
     fn finished(&self, dir: &ContainerDir, pid: &PidRecord) -> bool;
+    /// Ends every process of the container in `dir` (a start that failed or was
+    /// abandoned: nothing of it may keep running); its cgroup stays for a later start.
+    async fn end_processes(&self, _dir: &ContainerDir) {}
+    /// The ids of the containers that have a cgroup on this host, known to the agent or not.
+    fn container_cgroups(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Ends the processes of container `id`'s cgroup and removes it (one the agent does not
+    /// know: no directory says what it was).
+    async fn end_cgroup(&self, _id: &str) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Gives back what the container of `cfg` holds on the host network.
     async fn teardown(&self, cfg: &ContainerConfig);
     /// Gives back the network of container `id`, whose config is unknown.
@@ -125,6 +137,20 @@ impl Runtime for HostRuntime {
 
     fn finished(&self, dir: &ContainerDir, pid: &PidRecord) -> bool {
         runtime::finished(dir, pid)
+    }
+
+    async fn end_processes(&self, dir: &ContainerDir) {
+        if !runtime::container::end_processes(dir, runtime::container::DELETE_WAIT).await {
+            tracing::warn!(container = %dir.id(), "processes of a failed start remain");
+        }
+    }
+
+    fn container_cgroups(&self) -> Vec<String> {
+        self.containers.cgroups()
+    }
+
+    async fn end_cgroup(&self, id: &str) -> Result<(), TaskError> {
+        Ok(self.containers.end_cgroup(id).await?)
     }
 
     async fn teardown(&self, cfg: &ContainerConfig) {

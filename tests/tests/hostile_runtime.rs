@@ -1,0 +1,155 @@
+//! End-to-end: what a careless or hostile user does to the agent's containers (issue 22),
+//! on a real cluster. Removal ends every process of a container, however early it comes
+//! (`service rm` right after `apply`, `run --rm` of a command that cannot start), and
+//! leaves no directory, cgroup or process behind.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rctl_tests::cluster::Cluster;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every v1 hierarchy (or the v2 root) that holds container cgroups.
+fn cgroup_roots() -> Vec<PathBuf> {
+    ["pids", "memory", "cpu", "cpuacct", "unified"]
+        .iter()
+        .map(|h| PathBuf::from("/sys/fs/cgroup").join(h))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// The pids in `dir`'s cgroup and every cgroup below it.
+fn pids_below(dir: &std::path::Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    pids
+}
+
+/// What containers of host `host` left behind: entries of its containers directory,
+/// container cgroups, and processes of the container images (the test server, busybox
+/// applets) anywhere in the host's cgroup tree. Empty when nothing is left.
+fn leftovers(c: &Cluster, host: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let containers = c.state.join(host).join("containers");
+    if let Ok(rd) = std::fs::read_dir(&containers) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != ".trash" {
+                left.push(format!("directory {name}"));
+            }
+        }
+    }
+    let host_cg = format!("rctl-local/{}-{host}", c.name);
+    for root in cgroup_roots() {
+        let parent = root.join(&host_cg).join("containers");
+        if let Ok(rd) = std::fs::read_dir(&parent) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                left.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+        for pid in pids_below(&root.join(&host_cg)) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let Ok(root_of) = std::fs::read_link(format!("/proc/{pid}/root")) else {
+                continue; // gone meanwhile
+            };
+            // The agent, its shims and the tools it runs share the host's root; a
+            // container's processes have their own (and the test server its name).
+            let entry = format!("process {pid} ({})", comm.trim());
+            if (comm.trim() == "testserver" || root_of != std::path::Path::new("/"))
+                && !left.contains(&entry)
+            {
+                left.push(entry);
+            }
+        }
+    }
+    left
+}
+
+/// Waits until host `host` has nothing left of any container.
+fn nothing_left(c: &Cluster, host: &str, what: &str) {
+    rctl_tests::cluster::eventually(
+        WAIT,
+        what,
+        || leftovers(c, host).is_empty().then_some(()),
+        || format!("left: {:?}\n{}", leftovers(c, host), c.logs()),
+    );
+}
+
+fn all_containers(c: &Cluster) -> Vec<Value> {
+    c.ps(&["-a"])
+        .into_iter()
+        .filter(|v| v["kind"] == "container")
+        .collect()
+}
+
+#[test]
+fn removal_ends_every_process_of_a_container_however_early_it_comes() {
+    let c = Cluster::start(1);
+    let ts = format!("{}/rctl/testserver:v1", c.registry());
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    // Pull once, so every create below is quick and removals land mid-start.
+    c.rctl_ok(&["run", "--rm", &bb, "true"]);
+    nothing_left(&c, "h1", "the first --rm container gone");
+
+    // `apply` then `service rm` at once and at growing distances: the removal lands in the
+    // create, in the start and in supervision.
+    let file = c.service_file("web.toml", &c.web_service(2, "v1"));
+    let file = file.to_str().unwrap();
+    for pause_ms in [
+        0u64, 0, 50, 100, 150, 200, 300, 400, 500, 700, 900, 1200, 1500,
+    ] {
+        c.rctl_ok(&["apply", "-f", file]);
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        c.rctl_ok(&["service", "rm", "web"]);
+    }
+    c.eventually(WAIT, "every task gone from ps -a", || {
+        c.ps(&["-a"]).is_empty().then_some(())
+    });
+    nothing_left(&c, "h1", "service rm soon after apply leaves nothing");
+
+    // A container whose command cannot start, with --rm: nothing is left. Without --rm it
+    // stays (exited, with its reason) until `rm`, which then leaves nothing.
+    for argv in [
+        vec![ts.as_str(), "/nonexistent-cmd"],
+        vec!["--user", "nosuchuser", ts.as_str()],
+        vec![bb.as_str(), "/etc/passwd"],
+    ] {
+        let mut args = vec!["run", "--rm"];
+        args.extend(&argv);
+        let out = c.rctl(&args);
+        assert_ne!(out.status.code(), Some(0), "{argv:?}: {}", stderr(&out));
+        nothing_left(&c, "h1", &format!("run --rm {argv:?} leaves nothing"));
+        assert!(all_containers(&c).is_empty(), "{argv:?}");
+
+        let mut args = vec!["run", "-d", "--name", "failed"];
+        args.extend(&argv);
+        let _ = c.rctl(&args);
+        c.eventually(WAIT, "the failed container listed", || {
+            (all_containers(&c).len() == 1).then_some(())
+        });
+        c.rctl_ok(&["rm", "-f", "failed"]);
+        nothing_left(&c, "h1", &format!("rm of {argv:?} leaves nothing"));
+    }
+
+    // Stopped (without rm) right after run: no process of it keeps running.
+    for _ in 0..3 {
+        c.rctl_ok(&["run", "-d", "--name", "early", &ts]);
+        c.rctl_ok(&["stop", "early"]);
+        c.rctl_ok(&["rm", "early"]);
+    }
+    nothing_left(&c, "h1", "stop right after run leaves nothing");
+    c.down_leaving_nothing();
+}
