@@ -151,7 +151,7 @@ fn start_and_serve(
             }
             let e = rootfs::enter_and_exec(cfg, dir);
             eprintln!("rctl-shim: start container: {e}");
-            std::process::exit(127);
+            std::process::exit(e.exit_code());
         }
         Forked::Parent { child } => child,
     };

@@ -1,7 +1,8 @@
 //! End-to-end: what a careless or hostile user does to the agent's containers (issue 22),
 //! on a real cluster. Removal ends every process of a container, however early it comes
 //! (`service rm` right after `apply`, `run --rm` of a command that cannot start), and
-//! leaves no directory, cgroup or process behind.
+//! leaves no directory, cgroup or process behind. A `run` that cannot start fails at once
+//! with the reason and Docker's code (125, 126, 127).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -151,5 +152,61 @@ fn removal_ends_every_process_of_a_container_however_early_it_comes() {
         c.rctl_ok(&["rm", "early"]);
     }
     nothing_left(&c, "h1", "stop right after run leaves nothing");
+    c.down_leaving_nothing();
+}
+
+/// A `run` that cannot create or start its container fails at once, in the foreground and
+/// with -d, with the real reason on one line and Docker's codes: 125 cannot be created or
+/// started, 126 the command cannot be invoked, 127 it is not found.
+#[test]
+fn run_that_cannot_start_fails_with_the_reason_and_dockers_code() {
+    let c = Cluster::start(1);
+    let ts = format!("{}/rctl/testserver:v1", c.registry());
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    // Both images here, so what stderr says is only the failure.
+    c.rctl_ok(&["pull", &bb]);
+    c.rctl_ok(&["pull", &ts]);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["-v", "/nonexistent:/data", &bb, "true"],
+            125,
+            "bind source /nonexistent does not exist",
+        ),
+        (
+            &["-m", "1k", &bb, "true"],
+            125,
+            "below the minimum of 6 MiB",
+        ),
+        (&["--user", "nosuchuser", &ts], 125, "nosuchuser"),
+        (&[&bb, "/nonexistent-cmd"], 127, "/nonexistent-cmd"),
+        (&[&bb, "/etc/passwd"], 126, "/etc/passwd"),
+    ];
+    for (i, (args, code, why)) in cases.iter().enumerate() {
+        for detach in [false, true] {
+            let name = format!("f{i}{}", if detach { "d" } else { "" });
+            let mut argv = vec!["run", "--name", name.as_str()];
+            if detach {
+                argv.push("-d");
+            }
+            argv.extend(args.iter());
+            let out = c.rctl(&argv);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(*code), "{argv:?}: {err}");
+            assert!(err.contains(why), "{argv:?}: the reason: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{argv:?}: one line: {err}");
+            assert!(
+                !err.contains("no container"),
+                "{argv:?}: not an unrelated error: {err}"
+            );
+            if detach {
+                assert!(
+                    String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+                    "{argv:?}: no id for a container that did not start"
+                );
+            }
+            let _ = c.rctl(&["rm", "-f", &name]);
+        }
+    }
+    nothing_left(&c, "h1", "failed runs leave nothing once removed");
     c.down_leaving_nothing();
 }

@@ -26,6 +26,8 @@ use crate::image::RunConfig;
 /// How long a delete waits for the container's processes to go before giving up on the
 /// cgroup directories.
 pub const DELETE_WAIT: Duration = Duration::from_secs(10);
+/// How long a start that failed may take to exit by itself before it is killed.
+const FAILED_START_GRACE: Duration = Duration::from_secs(2);
 /// How long one orphan sweep spends ending one unknown cgroup before the next sweep retries.
 const ORPHAN_WAIT: Duration = Duration::from_secs(2);
 /// How long the shim and the container's setup may take before start gives up.
@@ -404,6 +406,12 @@ pub async fn end_and_release(dir: &ContainerDir, limit: Duration) -> Result<(), 
 /// abandoned: nothing of it may keep running.
 pub async fn end_processes(dir: &ContainerDir, limit: Duration) -> bool {
     if let Some(p) = dir.read_pid() {
+        // A setup that failed is exiting by itself, saying why on its stderr: let it
+        // finish (the shim records the exit once it did) before killing what is left.
+        let grace = tokio::time::Instant::now() + FAILED_START_GRACE;
+        while !super::finished(dir, &p) && tokio::time::Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         super::signal(&p, Signal::SIGKILL);
     }
     let Ok(Some(cg)) = dir.read_profile().map(|p| p.cgroup) else {

@@ -41,6 +41,8 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
+    #[error("{0}: permission denied (not an executable file)")]
+    NotExecutable(PathBuf),
     #[error("the image has a symlink or file at {0}, where a directory must be")]
     NotADir(PathBuf),
     #[error(transparent)]
@@ -125,6 +127,28 @@ pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+impl RootfsError {
+    /// The exit status a container that failed this way records, as Docker's `run` exits:
+    /// 127 the command was not found, 126 it cannot be invoked, 125 the container could
+    /// not be set up to run it.
+    pub fn exit_code(&self) -> i32 {
+        use nix::errno::Errno;
+        match self {
+            RootfsError::Spec(spec::SpecError::NotFound(_)) => 127,
+            RootfsError::NotExecutable(_) => 126,
+            RootfsError::Sys {
+                step: "execve",
+                source,
+            } => match source {
+                Errno::ENOENT => 127,
+                Errno::EACCES | Errno::ENOEXEC | Errno::EISDIR | Errno::EPERM => 126,
+                _ => 125,
+            },
+            _ => 125,
+        }
+    }
 }
 
 /// Builds the container's root, enters it and execs the command. Returns only on error.
@@ -393,7 +417,14 @@ pub(crate) fn exec(
             .unwrap_or(false)
     };
     let first = argv.first().map(String::as_str).unwrap_or_default();
-    let path = spec::find_executable(first, env, is_exec)?;
+    let path = match spec::find_executable(first, env, is_exec) {
+        Ok(p) => p,
+        // There, but not something execve runs: 126, not 127 (as a shell and Docker say).
+        Err(e) => match spec::find_executable(first, env, |p| p.exists()) {
+            Ok(p) => return Err(RootfsError::NotExecutable(p)),
+            Err(_) => return Err(e.into()),
+        },
+    };
     let cstr =
         |s: &[u8]| CString::new(s).map_err(|_| RootfsError::Nul(String::from_utf8_lossy(s).into()));
     let prog = cstr(path.as_os_str().as_bytes())?;
