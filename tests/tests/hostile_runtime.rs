@@ -2,7 +2,8 @@
 //! on a real cluster. Removal ends every process of a container, however early it comes
 //! (`service rm` right after `apply`, `run --rm` of a command that cannot start), and
 //! leaves no directory, cgroup or process behind. A `run` that cannot start fails at once
-//! with the reason and Docker's code (125, 126, 127).
+//! with the reason and Docker's code (125, 126, 127). `logs -f` follows a one-off container
+//! until it exits.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -208,5 +209,54 @@ fn run_that_cannot_start_fails_with_the_reason_and_dockers_code() {
         }
     }
     nothing_left(&c, "h1", "failed runs leave nothing once removed");
+    c.down_leaving_nothing();
+}
+
+/// `logs -f` of a one-off container follows it until it exits, then ends with 0, as
+/// `docker logs -f` does (it used to print what there was and end at once).
+#[test]
+fn logs_follow_a_one_off_container_until_it_exits() {
+    use std::io::BufRead;
+    let c = Cluster::start(1);
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    // Prints one line, waits for the test's go, prints another and exits.
+    c.rctl_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        &bb,
+        "sh",
+        "-c",
+        "echo one; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo two",
+    ]);
+    let mut logs = std::process::Command::new(c.bin().join("rctl"))
+        .args(["logs", "-f", "talker"])
+        .env("RCTL_ADDR", c.addr())
+        .env("RCTL_INSECURE", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rctl logs -f");
+    let mut lines = std::io::BufReader::new(logs.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("one"));
+    c.rctl_ok(&["exec", "talker", "touch", "/tmp/go"]);
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("two"),
+        "logs -f still follows after the first line"
+    );
+    assert!(lines.next().is_none(), "nothing after the container exited");
+    let status = logs.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "logs -f ends with 0 once the container exited"
+    );
+
+    // Of a container that exited already: its log, then the end.
+    let out = c.rctl(&["logs", "-f", "talker"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    c.rctl_ok(&["rm", "-f", "talker"]);
     c.down_leaving_nothing();
 }

@@ -147,6 +147,7 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
     let max_files = Rotation::from_task(task.log_max_size, task.log_max_files).max_files;
     let filter = filter_of(req);
     let follow = req.follow;
+    let until_exit = task.service.is_empty();
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         let path = dir.log_json();
@@ -185,8 +186,10 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}
             }
             // Removed (moved to the trash, then deleted): what was written is still read
-            // from the open file, then the stream ends.
-            let gone = !dir.config().exists();
+            // from the open file, then the stream ends. A one-off container's log ends with
+            // it, as `docker logs -f` does (the shim records the exit only after its last
+            // output is in the log); a service task's goes on across its restarts.
+            let gone = !dir.config().exists() || (until_exit && dir.exit().exists());
             let Ok((res, f)) = tokio::task::spawn_blocking(move || {
                 let r = follower.poll();
                 (r, follower)
