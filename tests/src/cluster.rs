@@ -85,6 +85,8 @@ pub struct Cluster {
     insecure_registries: Vec<String>,
     /// Every agent's `--userns-remap` (START:COUNT), if any.
     userns_remap: Option<String>,
+    /// Every agent's `--disk-reserve` (SIZE), if not the default.
+    disk_reserve: Option<String>,
     _slot: Slot,
 }
 
@@ -117,11 +119,30 @@ impl Cluster {
         Self::launch_with(hosts, 1, false, false, Some(remap.to_string()))
     }
 
+    /// Starts a one-scheduler cluster whose agents keep `reserve` free on their disk
+    /// (`--disk-reserve`, e.g. `1000TiB` to refuse every new container).
+    pub fn start_with_disk_reserve(hosts: u32, reserve: &str) -> Cluster {
+        let mut c = Self::prepare(hosts, 1, false, false, None);
+        c.disk_reserve = Some(reserve.to_string());
+        c.up()
+    }
+
     fn launch(hosts: u32, schedulers: u32, tls: bool) -> Cluster {
         Self::launch_with(hosts, schedulers, tls, false, None)
     }
 
     fn launch_with(
+        hosts: u32,
+        schedulers: u32,
+        tls: bool,
+        private: bool,
+        userns_remap: Option<String>,
+    ) -> Cluster {
+        Self::prepare(hosts, schedulers, tls, private, userns_remap).up()
+    }
+
+    /// The cluster `launch_with` starts, not started yet.
+    fn prepare(
         hosts: u32,
         schedulers: u32,
         tls: bool,
@@ -135,7 +156,7 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let c = Cluster {
+        Cluster {
             name: format!("rt{n}"),
             net: n,
             hosts,
@@ -147,8 +168,15 @@ impl Cluster {
             torn_down: false,
             insecure_registries,
             userns_remap,
+            disk_reserve: None,
             _slot: slot,
-        };
+        }
+    }
+
+    /// Brings the cluster up; panics (after tearing down) with the logs if it does not come up.
+    fn up(self) -> Cluster {
+        let c = self;
+        let (hosts, schedulers, tls) = (c.hosts, c.schedulers, c.tls);
         // A previous run killed hard may have left this slot's resources behind.
         let _ = c.script(&["down"]);
         let (hosts_arg, schedulers_arg) = (hosts.to_string(), schedulers.to_string());
@@ -194,6 +222,10 @@ impl Cluster {
             .env(
                 "RCTL_CLUSTER_USERNS_REMAP",
                 self.userns_remap.as_deref().unwrap_or_default(),
+            )
+            .env(
+                "RCTL_CLUSTER_DISK_RESERVE",
+                self.disk_reserve.as_deref().unwrap_or_default(),
             );
         cmd.output().expect("run deploy/local/cluster")
     }

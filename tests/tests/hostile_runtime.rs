@@ -3,7 +3,7 @@
 //! (`service rm` right after `apply`, `run --rm` of a command that cannot start), and
 //! leaves no directory, cgroup or process behind. A `run` that cannot start fails at once
 //! with the reason and Docker's code (125, 126, 127). `logs -f` follows a one-off container
-//! until it exits.
+//! until it exits. A node below its disk reserve refuses new containers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -258,5 +258,32 @@ fn logs_follow_a_one_off_container_until_it_exits() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
     c.rctl_ok(&["rm", "-f", "talker"]);
+    c.down_leaving_nothing();
+}
+
+/// A node whose disk is below its reserve refuses new containers with the reason (Docker's
+/// 125 for `run`), and leaves nothing behind; what runs keeps running.
+#[test]
+fn a_node_below_its_disk_reserve_refuses_new_containers() {
+    // More than any disk here has free: every new container is refused.
+    let c = Cluster::start_with_disk_reserve(1, "1000TiB");
+    let bb = format!("{}/rctl/busybox:latest", c.registry());
+    for detach in [false, true] {
+        let mut args = vec!["run"];
+        if detach {
+            args.push("-d");
+        }
+        args.extend([bb.as_str(), "true"]);
+        let out = c.rctl(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains("node h1 has") && err.contains("below its reserve of 1000.0 TiB"),
+            "{args:?}: {err}"
+        );
+        assert!(all_containers(&c).is_empty(), "{args:?}: nothing created");
+    }
+    nothing_left(&c, "h1", "a refused run leaves nothing");
     c.down_leaving_nothing();
 }

@@ -73,6 +73,7 @@ pub fn status(e: impl Into<Error>) -> Status {
             | TaskError::PortAllocated { .. }
             | TaskError::HostIp(_)
             | TaskError::Limits(_)
+            | TaskError::Disk(_)
             | TaskError::Mount(_) => Code::FailedPrecondition,
             _ => Code::Internal,
         },

@@ -5,6 +5,7 @@
 pub mod cgroups;
 pub mod confine;
 pub mod container;
+pub mod disk;
 pub mod exec;
 pub mod mounts;
 pub mod rootfs;

@@ -42,6 +42,7 @@ impl Tasks {
             // What create would fail on later, refused now with the reason, so `run`
             // fails at once with it instead of waiting for a container that never starts.
             creatable(&task, |p| std::fs::metadata(p).is_ok(), host_memory())?;
+            self.inner.runtime.disk_room(self.inner.cluster.node())?;
         }
         // Known already: nothing to start, nothing pulled for this request.
         let known = |actors: &HashMap<String, Actor>| {

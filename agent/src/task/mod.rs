@@ -88,6 +88,9 @@ pub enum TaskError {
     Container(#[from] crate::runtime::container::ContainerError),
     #[error(transparent)]
     Mount(#[from] crate::runtime::mounts::MountError),
+    /// The node's disk is below its reserve (RunTask refuses new containers then).
+    #[error(transparent)]
+    Disk(#[from] crate::runtime::disk::DiskError),
     /// Limits the kernel would refuse (RunTask checks them before anything is made).
     #[error(transparent)]
     Limits(crate::runtime::cgroups::CgroupError),

@@ -31,6 +31,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// The node's own IPv4 addresses: the advertised one and those on its interfaces,
     /// the only ones a `-p IP:…` binding may name.
     fn addresses(&self) -> Vec<std::net::Ipv4Addr>;
+    /// Whether the node's disk has room for a new container (its reserve kept free).
+    fn disk_room(&self, _node: &str) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Writes the confinement profile of `spec` into `dir` and makes its cgroup.
     async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError>;
     /// Starts PID 1 of the container of `cfg` and waits up to `limit` for it to reach exec.
@@ -70,16 +74,28 @@ pub struct HostRuntime {
     /// Writes each container's confinement profile and makes its cgroup.
     containers: runtime::container::ContainerRuntime,
     net: Network,
+    /// The containers' disk (the agent root).
+    root: PathBuf,
+    /// Bytes that must stay free there for a new container to be accepted.
+    disk_reserve: u64,
 }
 
 impl HostRuntime {
     /// Containers under `root`, their cgroups under `cgroup_parent` in each hierarchy.
     pub fn new(root: PathBuf, cgroup_parent: PathBuf, net: Network) -> Self {
         Self {
-            containers: runtime::container::ContainerRuntime::new(root)
+            containers: runtime::container::ContainerRuntime::new(root.clone())
                 .with_cgroup_parent(cgroup_parent),
             net,
+            root,
+            disk_reserve: runtime::disk::DEFAULT_RESERVE,
         }
+    }
+
+    /// Refuses new containers while less than `bytes` are free on the agent root.
+    pub fn with_disk_reserve(mut self, bytes: u64) -> Self {
+        self.disk_reserve = bytes;
+        self
     }
 
     /// Runs every container in a user namespace with `map` (the agent's
@@ -104,6 +120,14 @@ impl Runtime for HostRuntime {
         let mut own = vec![self.net.advertise_ip];
         own.extend(crate::network::interface_addresses());
         own
+    }
+
+    fn disk_room(&self, node: &str) -> Result<(), TaskError> {
+        // Unreadable: not a reason to refuse (the create reports real I/O errors).
+        match runtime::disk::free_bytes(&self.root) {
+            Ok(free) => Ok(runtime::disk::check(node, free, self.disk_reserve)?),
+            Err(_) => Ok(()),
+        }
     }
 
     async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError> {
