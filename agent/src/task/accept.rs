@@ -105,12 +105,10 @@ fn creatable(
     exists: impl Fn(&std::path::Path) -> bool,
     host_memory: Option<u64>,
 ) -> Result<(), TaskError> {
-    let mounts = crate::runtime::container::mounts_of(task)?;
-    for m in &mounts {
-        crate::runtime::mounts::validate(m)?;
-        if m.kind == crate::runtime::mounts::MountKind::Bind
-            && !exists(std::path::Path::new(&m.source))
-        {
+    // Only what the node alone knows: the rest of a mount (an anonymous volume is named
+    // only at create) is checked where it is made.
+    for m in &task.mounts {
+        if m.kind == "bind" && !exists(std::path::Path::new(&m.source)) {
             return Err(crate::runtime::mounts::MountError::NoSource(m.source.clone()).into());
         }
     }
@@ -170,6 +168,13 @@ mod tests {
             mounts: vec![bind("/srv")],
             ..Default::default()
         };
+        assert!(creatable(&t, here, Some(1 << 30)).is_ok());
+        // An anonymous volume, named only at create, is no reason to refuse.
+        t.mounts.push(pb::Mount {
+            target: "/anon".into(),
+            kind: "volume".into(),
+            ..Default::default()
+        });
         assert!(creatable(&t, here, Some(1 << 30)).is_ok());
         t.mounts.push(bind("/nonexistent"));
         let e = creatable(&t, here, Some(1 << 30)).unwrap_err().to_string();
