@@ -83,6 +83,8 @@ pub struct AgentConfig {
     /// `--userns-remap`: every container's user namespace map; None runs them in the
     /// host's user namespace.
     pub userns_remap: Option<runtime::userns::IdMap>,
+    /// Bytes that must stay free on the agent root; below it new containers are refused.
+    pub disk_reserve: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +300,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         images = images.with_credentials(creds);
     }
     let runtime = task::HostRuntime::new(cfg.root.clone(), cfg.cgroup_parent.clone(), net)
-        .with_userns_remap(cfg.userns_remap);
+        .with_userns_remap(cfg.userns_remap)
+        .with_disk_reserve(cfg.disk_reserve);
     let tasks = Tasks::new(
         cfg.root.clone(),
         std::sync::Arc::new(store),

@@ -74,6 +74,10 @@ struct Args {
     /// with userns = "host". Default: off.
     #[arg(long, value_name = "START:COUNT")]
     userns_remap: Option<String>,
+    /// Keep this much free on the agent root (writable layers, volumes, logs, images):
+    /// below it new containers are refused with the reason. 0 turns the check off.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    disk_reserve: String,
 }
 
 /// Simulated nodes for scale tests: the real node registration, Agent API and task code
@@ -258,6 +262,8 @@ fn dispatch() -> anyhow::Result<()> {
         registry_config: args.registry_config,
         cgroup_parent: args.cgroup_parent,
         userns_remap,
+        disk_reserve: rctl_agent::runtime::disk::parse_size(&args.disk_reserve)
+            .map_err(|e| anyhow::anyhow!("--disk-reserve: {e}"))?,
         layer_limits: rctl_agent::image::unpack::Limits {
             max_bytes: args.max_layer_bytes,
             max_entries: args.max_layer_files,

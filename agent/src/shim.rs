@@ -102,9 +102,18 @@ fn run(dir: &ContainerDir) -> Result<(), String> {
     // out waiting for a pid.
     eprintln!("rctl-shim: {e}");
     if !dir.exit().exists() {
-        let _ = write_atomic_sync(&dir.exit(), b"127\n");
+        let _ = record_exit(dir, 127);
     }
     Err(String::new())
+}
+
+/// Writes the exit file, unless the container was removed meanwhile: writing would make
+/// its directory again (holding only this file) after the agent removed it.
+fn record_exit(dir: &ContainerDir, code: i32) -> std::io::Result<()> {
+    if !dir.0.is_dir() {
+        return Ok(());
+    }
+    write_atomic_sync(&dir.exit(), format!("{code}\n").as_bytes())
 }
 
 fn start_and_serve(
@@ -142,7 +151,7 @@ fn start_and_serve(
             }
             let e = rootfs::enter_and_exec(cfg, dir);
             eprintln!("rctl-shim: start container: {e}");
-            std::process::exit(127);
+            std::process::exit(e.exit_code());
         }
         Forked::Parent { child } => child,
     };
@@ -169,8 +178,7 @@ fn start_and_serve(
         );
     }
     let _ = std::fs::remove_file(dir.attach_sock());
-    write_atomic_sync(&dir.exit(), format!("{code}\n").as_bytes())
-        .map_err(|e| format!("write exit file: {e}"))
+    record_exit(dir, code).map_err(|e| format!("write exit file: {e}"))
 }
 
 /// Returns once a client is waiting to be accepted on `listener`, or after `ms`.

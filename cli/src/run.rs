@@ -32,6 +32,10 @@ use crate::error::CliError;
 use crate::global::Global;
 use crate::progress::Progress;
 
+/// Docker's run status for a container that cannot be created or started.
+const NOT_CREATED: i32 = 125;
+/// How long `run -d` waits for its container to start (or fail to) before printing its id.
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a created container waits for `rctl run`'s attach before it starts anyway.
 const ATTACH_WAIT_MS: u32 = 30_000;
 
@@ -425,7 +429,15 @@ async fn run(conn: &mut Conn, a: RunArgs, mut req: CreateContainerRequest) -> Re
         .client
         .create_container(req)
         .await
-        .map_err(|s| conn.err(s))?
+        .map_err(|s| match s.code() {
+            // The node refused to make it (a bind source it lacks, limits its kernel would
+            // refuse, a port it cannot publish): Docker's run exits 125 for that.
+            tonic::Code::FailedPrecondition => {
+                eprintln!("error: {}", s.message());
+                CliError::Exit(NOT_CREATED)
+            }
+            _ => conn.err(s),
+        })?
         .into_inner();
     let id = resp
         .container
@@ -436,6 +448,11 @@ async fn run(conn: &mut Conn, a: RunArgs, mut req: CreateContainerRequest) -> Re
         follow_pull(conn, &id, &a.image).await?;
     }
     if a.detach {
+        // As Docker's `run -d`, a container that cannot start is an error, not an id.
+        if let Some((why, code)) = start_failure(conn, &id).await {
+            eprintln!("error: {why}");
+            return Err(CliError::Exit(code));
+        }
         println!("{id}");
         return Ok(());
     }
@@ -447,6 +464,54 @@ async fn run(conn: &mut Conn, a: RunArgs, mut req: CreateContainerRequest) -> Re
             Err(e) => CliError::Failed(e.to_string()),
         })?;
     Err(CliError::Exit(code))
+}
+
+/// Waits (at most [`START_WAIT`]) until container `id` started or failed to; a failure to
+/// start is its reason and the code `run` exits with (the one it recorded, 126 or 127 for a
+/// command that cannot be invoked or is not found, else 125). None: it started, or it is
+/// still on its way when the wait ends.
+async fn start_failure(conn: &mut Conn, id: &str) -> Option<(String, i32)> {
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    while tokio::time::Instant::now() < deadline {
+        let req = pb::ContainerRequest {
+            target: id.to_string(),
+            ..Default::default()
+        };
+        let status = conn
+            .client
+            .inspect_container(req)
+            .await
+            .ok()?
+            .into_inner()
+            .container
+            .and_then(|v| v.status)
+            .unwrap_or_default();
+        if let Some(failed) = not_started(&status) {
+            return Some(failed);
+        }
+        let on_its_way = matches!(
+            status.state(),
+            pb::TaskState::Unspecified | pb::TaskState::Pending | pb::TaskState::Starting
+        );
+        if status.started_unix_ms > 0 || !on_its_way {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+/// A container that failed before it ever started: why, and `run`'s exit code.
+fn not_started(s: &pb::TaskStatus) -> Option<(String, i32)> {
+    (s.state() == pb::TaskState::Failed && s.started_unix_ms == 0).then(|| {
+        let code = match s.exit_code {
+            c @ 125..=127 => c,
+            _ => NOT_CREATED,
+        };
+        (s.message.clone(), code)
+    })
 }
 
 /// Shows the container's node pulling `image` for it, on stderr, until the pull ends; a

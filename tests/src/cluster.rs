@@ -87,6 +87,8 @@ pub struct Cluster {
     userns_remap: Option<String>,
     /// Every agent's `--net-mode` (`host-gw`, the default, or `vxlan`).
     pub net_mode: String,
+    /// Every agent's `--disk-reserve` (SIZE), if not the default.
+    disk_reserve: Option<String>,
     _slot: Slot,
 }
 
@@ -122,7 +124,17 @@ impl Cluster {
     /// Starts a one-scheduler cluster whose agents reach each other's containers in
     /// network mode `mode` (`host-gw` or `vxlan`: `up --net-mode`).
     pub fn start_net_mode(hosts: u32, mode: &str) -> Cluster {
-        Self::launch_full(hosts, 1, false, false, None, mode)
+        let mut c = Self::prepare(hosts, 1, false, false, None);
+        c.net_mode = mode.to_string();
+        c.up()
+    }
+
+    /// Starts a one-scheduler cluster whose agents keep `reserve` free on their disk
+    /// (`--disk-reserve`, e.g. `1000TiB` to refuse every new container).
+    pub fn start_with_disk_reserve(hosts: u32, reserve: &str) -> Cluster {
+        let mut c = Self::prepare(hosts, 1, false, false, None);
+        c.disk_reserve = Some(reserve.to_string());
+        c.up()
     }
 
     fn launch(hosts: u32, schedulers: u32, tls: bool) -> Cluster {
@@ -136,16 +148,16 @@ impl Cluster {
         private: bool,
         userns_remap: Option<String>,
     ) -> Cluster {
-        Self::launch_full(hosts, schedulers, tls, private, userns_remap, "host-gw")
+        Self::prepare(hosts, schedulers, tls, private, userns_remap).up()
     }
 
-    fn launch_full(
+    /// The cluster `launch_with` starts, not started yet.
+    fn prepare(
         hosts: u32,
         schedulers: u32,
         tls: bool,
         private: bool,
         userns_remap: Option<String>,
-        net_mode: &str,
     ) -> Cluster {
         let slot = Slot::claim();
         let n = slot.n;
@@ -154,7 +166,7 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let c = Cluster {
+        Cluster {
             name: format!("rt{n}"),
             net: n,
             hosts,
@@ -166,9 +178,16 @@ impl Cluster {
             torn_down: false,
             insecure_registries,
             userns_remap,
-            net_mode: net_mode.to_string(),
+            net_mode: "host-gw".to_string(),
+            disk_reserve: None,
             _slot: slot,
-        };
+        }
+    }
+
+    /// Brings the cluster up; panics (after tearing down) with the logs if it does not come up.
+    fn up(self) -> Cluster {
+        let c = self;
+        let (hosts, schedulers, tls) = (c.hosts, c.schedulers, c.tls);
         // A previous run killed hard may have left this slot's resources behind.
         let _ = c.script(&["down"]);
         let (hosts_arg, schedulers_arg) = (hosts.to_string(), schedulers.to_string());
@@ -215,7 +234,11 @@ impl Cluster {
                 "RCTL_CLUSTER_USERNS_REMAP",
                 self.userns_remap.as_deref().unwrap_or_default(),
             )
-            .env("RCTL_CLUSTER_NET_MODE", &self.net_mode);
+            .env("RCTL_CLUSTER_NET_MODE", &self.net_mode)
+            .env(
+                "RCTL_CLUSTER_DISK_RESERVE",
+                self.disk_reserve.as_deref().unwrap_or_default(),
+            );
         cmd.output().expect("run deploy/local/cluster")
     }
 

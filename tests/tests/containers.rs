@@ -213,7 +213,7 @@ fn containers_run_on_either_host_and_follow_their_lifecycle() {
         &c.rctl(&[
             "run", "-d", "--node", "h2", "-p", "18080:80", &bb, "sleep", "9",
         ]),
-        1,
+        125,
         "port 18080 is already allocated on node h2",
     );
     refused(

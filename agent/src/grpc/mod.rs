@@ -71,7 +71,10 @@ pub fn status(e: impl Into<Error>) -> Status {
             TaskError::NotRunning(_)
             | TaskError::NotPulling(_)
             | TaskError::PortAllocated { .. }
-            | TaskError::HostIp(_) => Code::FailedPrecondition,
+            | TaskError::HostIp(_)
+            | TaskError::Limits(_)
+            | TaskError::Disk(_)
+            | TaskError::Mount(_) => Code::FailedPrecondition,
             _ => Code::Internal,
         },
         Error::Image(i) => match i {

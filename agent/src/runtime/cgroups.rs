@@ -390,6 +390,45 @@ impl Cgroup {
         }
     }
 
+    /// The cgroup of container `id` under `parent` in `layout`, whether it exists or not.
+    pub fn of(layout: &Layout, parent: &Path, id: &str) -> Self {
+        Cgroup {
+            v2: matches!(layout, Layout::V2(_)),
+            dirs: dirs(layout, parent, id),
+        }
+    }
+
+    /// Every process in the cgroup, on any of its hierarchies (a process that joined only
+    /// some of them, mid-setup, counts too).
+    pub fn procs(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = Vec::new();
+        for d in &self.dirs {
+            let text = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs_of(&text));
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// SIGKILLs every process in the cgroup (on v2 through `cgroup.kill` when the kernel
+    /// has it, which also catches a fork racing the kill); returns the processes found.
+    pub fn kill_all(&self) -> Vec<i32> {
+        if self.v2 {
+            if let Some(d) = self.dirs.first() {
+                let _ = std::fs::write(d.join("cgroup.kill"), "1");
+            }
+        }
+        let pids = self.procs();
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        pids
+    }
+
     /// Removes the directories (the processes must be gone: rmdir of a busy cgroup fails
     /// with EBUSY and the directory stays, to be retried by the next delete).
     pub fn remove(&self) -> Vec<(PathBuf, std::io::Error)> {
@@ -402,6 +441,39 @@ impl Cgroup {
         }
         errs
     }
+}
+
+/// The pids in a `cgroup.procs` file.
+pub fn procs_of(text: &str) -> impl Iterator<Item = i32> + '_ {
+    text.lines().filter_map(|l| l.trim().parse().ok())
+}
+
+/// The names of the cgroups directly under `parent` in `layout`, on any hierarchy: the ids
+/// of the containers that have a cgroup here, known to the agent or not.
+pub fn children(layout: &Layout, parent: &Path) -> Vec<String> {
+    let roots: Vec<PathBuf> = match layout {
+        Layout::V1 {
+            memory,
+            cpu,
+            cpuacct,
+            pids,
+        } => vec![memory.clone(), cpu.clone(), cpuacct.clone(), pids.clone()],
+        Layout::V2(root) => vec![root.clone()],
+    };
+    let mut ids: Vec<String> = Vec::new();
+    for r in roots {
+        let Ok(rd) = std::fs::read_dir(r.join(parent)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                ids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// The host's layout, from /proc/self/mountinfo.
@@ -605,5 +677,31 @@ mod tests {
             cg.file("memory", "memory.oom_control"),
             Some("/sys/fs/cgroup/memory/rctl/c/memory.oom_control".into())
         );
+    }
+
+    #[test]
+    fn every_container_cgroup_is_found_and_its_processes_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let layout = Layout::V1 {
+            memory: root.join("memory"),
+            cpu: root.join("cpu,cpuacct"),
+            cpuacct: root.join("cpu,cpuacct"),
+            pids: root.join("pids"),
+        };
+        let parent = Path::new("rctl-local/h1/containers");
+        // One only in pids (its other directories already removed), one everywhere.
+        std::fs::create_dir_all(root.join("pids").join(parent).join("aaaa")).unwrap();
+        for d in dirs(&layout, parent, "bbbb") {
+            std::fs::create_dir_all(&d).unwrap();
+        }
+        std::fs::write(root.join("pids").join(parent).join("not-a-dir"), "").unwrap();
+        assert_eq!(children(&layout, parent), vec!["aaaa", "bbbb"]);
+
+        let cg = Cgroup::of(&layout, parent, "bbbb");
+        std::fs::write(cg.dirs[0].join("cgroup.procs"), "12\n7\n").unwrap();
+        std::fs::write(cg.dirs[2].join("cgroup.procs"), "7\n99\n").unwrap();
+        assert_eq!(cg.procs(), vec![7, 12, 99]);
+        assert!(children(&layout, Path::new("nothing/here")).is_empty());
     }
 }

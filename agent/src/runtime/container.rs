@@ -25,7 +25,11 @@ use crate::image::RunConfig;
 
 /// How long a delete waits for the container's processes to go before giving up on the
 /// cgroup directories.
-const DELETE_WAIT: Duration = Duration::from_secs(10);
+pub const DELETE_WAIT: Duration = Duration::from_secs(10);
+/// How long a start that failed may take to exit by itself before it is killed.
+const FAILED_START_GRACE: Duration = Duration::from_secs(2);
+/// How long one orphan sweep spends ending one unknown cgroup before the next sweep retries.
+const ORPHAN_WAIT: Duration = Duration::from_secs(2);
 /// How long the shim and the container's setup may take before start gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -256,7 +260,7 @@ impl ContainerRuntime {
     /// For callers that write the container's config themselves (the task actors, which
     /// add networking): resolves `spec`'s mounts, makes its cgroup and writes
     /// `profile.json` into `dir`, which the shim's child then applies. Undo with
-    /// [`release_cgroup`].
+    /// [`end_and_release`].
     pub async fn write_profile(
         &self,
         dir: &ContainerDir,
@@ -278,6 +282,25 @@ impl ContainerRuntime {
             }
         })?;
         Ok(cgroup)
+    }
+
+    /// The ids of the containers with a cgroup under this runtime's cgroup parent.
+    pub fn cgroups(&self) -> Vec<String> {
+        let Ok(layout) = cgroups::host_layout() else {
+            return Vec::new();
+        };
+        cgroups::children(&layout, &self.cgroup_parent)
+            .into_iter()
+            .filter(|id| super::state::valid_id(id))
+            .collect()
+    }
+
+    /// Ends the processes of container `id`'s cgroup and removes it, found by its id alone
+    /// (for one whose directory is gone: a removal that could not end them all, a container
+    /// an older agent lost track of).
+    pub async fn end_cgroup(&self, id: &str) -> Result<(), ContainerError> {
+        let cg = Cgroup::of(&cgroups::host_layout()?, &self.cgroup_parent, id);
+        destroy_cgroup(&cg, ORPHAN_WAIT).await
     }
 
     /// Starts the container's shim and PID 1. A container that cannot start (bad user,
@@ -333,38 +356,75 @@ impl ContainerRuntime {
             }
         }
         if let Some(cg) = &c.cgroup {
-            // PID 1's death takes the pid namespace with it, but the kernel reaps the rest
-            // asynchronously: rmdir fails with EBUSY until the last one is gone.
-            loop {
-                let errs = cg.remove();
-                match errs.into_iter().next() {
-                    None => break,
-                    Some((path, source)) if tokio::time::Instant::now() >= deadline => {
-                        return Err(ContainerError::RemoveCgroup { path, source });
-                    }
-                    Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
+            destroy_cgroup(
+                cg,
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            )
+            .await?;
         }
-        super::remove_dir(&c.dir.0)
-            .await
-            .map_err(|source| ContainerError::State {
+        super::remove_dir(&c.dir.0).await.map_err(|e| match e {
+            super::RemoveError::Processes(e) => e,
+            super::RemoveError::Dir(source) => ContainerError::State {
                 path: c.dir.0.clone(),
                 source,
-            })
+            },
+        })
     }
 }
 
-/// Removes the cgroup recorded in `dir`'s profile, once the container's processes are
-/// gone (EBUSY otherwise; retry after the exit is recorded).
-pub fn release_cgroup(dir: &ContainerDir) -> Result<(), ContainerError> {
-    let Ok(Some(cg)) = dir.read_profile().map(|p| p.cgroup) else {
-        return Ok(());
-    };
-    match cg.remove().into_iter().next() {
-        None => Ok(()),
-        Some((path, source)) => Err(ContainerError::RemoveCgroup { path, source }),
+/// Ends every process of `cg` and removes its directories: SIGKILL to whatever is in it,
+/// again until it is empty and every directory is gone, for at most `limit`. Killing PID 1
+/// alone is not enough: a process may join or fork while it dies, the kernel reaps the
+/// rest of the pid namespace asynchronously, and a container stopped before its pid was
+/// recorded has no PID 1 to kill.
+pub async fn destroy_cgroup(cg: &Cgroup, limit: Duration) -> Result<(), ContainerError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        cg.kill_all();
+        match cg.remove().into_iter().next() {
+            None => return Ok(()),
+            Some((path, source)) if tokio::time::Instant::now() >= deadline => {
+                return Err(ContainerError::RemoveCgroup { path, source });
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
+}
+
+/// Ends every process in the cgroup of the container in `dir` and removes it, for at most
+/// `limit`: what a removal does before the directory goes. (PID 1 was signalled through
+/// the task runtime already; the cgroup holds it and everything else.)
+pub async fn end_and_release(dir: &ContainerDir, limit: Duration) -> Result<(), ContainerError> {
+    match dir.read_profile().map(|p| p.cgroup) {
+        Ok(Some(cg)) => destroy_cgroup(&cg, limit).await,
+        _ => Ok(()),
+    }
+}
+
+/// Ends every process of the container in `dir` and waits (at most `limit`) until its
+/// cgroup is empty; the cgroup stays, for a later start. For a start that failed or was
+/// abandoned: nothing of it may keep running.
+pub async fn end_processes(dir: &ContainerDir, limit: Duration) -> bool {
+    if let Some(p) = dir.read_pid() {
+        // A setup that failed is exiting by itself, saying why on its stderr: let it
+        // finish (the shim records the exit once it did) before killing what is left.
+        let grace = tokio::time::Instant::now() + FAILED_START_GRACE;
+        while !super::finished(dir, &p) && tokio::time::Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        super::signal(&p, Signal::SIGKILL);
+    }
+    let Ok(Some(cg)) = dir.read_profile().map(|p| p.cgroup) else {
+        return true;
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cg.kill_all().is_empty() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// Why the container of `dir` ended, for the task status: "OOMKilled: ..." when the

@@ -5,6 +5,7 @@
 pub mod cgroups;
 pub mod confine;
 pub mod container;
+pub mod disk;
 pub mod exec;
 pub mod mounts;
 pub mod rootfs;
@@ -198,11 +199,27 @@ pub fn trash_dir(dir: &Path) -> Option<std::path::PathBuf> {
 /// free and nothing of it is visible; its files are deleted in the background, since
 /// unlinking a writable layer can take tens of milliseconds on a disk mounted with
 /// `discard`.
-pub async fn remove_dir(dir: &Path) -> std::io::Result<()> {
-    // The cgroup outlives the processes in it: it goes with the directory that names it.
-    if let Err(e) = container::release_cgroup(&ContainerDir(dir.to_path_buf())) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove container cgroup");
-    }
+///
+/// Every process of the container is ended first and its cgroup removed. If some could
+/// not be ended in time the directory goes all the same and the error says so; the orphan
+/// sweep ends them later ([`container::ContainerRuntime::end_orphans`]).
+pub async fn remove_dir(dir: &Path) -> Result<(), RemoveError> {
+    let ended =
+        container::end_and_release(&ContainerDir(dir.to_path_buf()), container::DELETE_WAIT).await;
+    move_and_delete(dir).await.map_err(RemoveError::Dir)?;
+    ended.map_err(RemoveError::Processes)
+}
+
+/// Why a container directory's removal was not clean.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("processes of the container remain: {0}")]
+    Processes(#[source] container::ContainerError),
+    #[error("remove directory: {0}")]
+    Dir(#[source] std::io::Error),
+}
+
+async fn move_and_delete(dir: &Path) -> std::io::Result<()> {
     let gone = match trash_dir(dir) {
         Some(trash) => {
             let name = format!(

@@ -41,6 +41,8 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
+    #[error("{0}: permission denied (not an executable file)")]
+    NotExecutable(PathBuf),
     #[error("the image has a symlink or file at {0}, where a directory must be")]
     NotADir(PathBuf),
     #[error(transparent)]
@@ -125,6 +127,28 @@ pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+impl RootfsError {
+    /// The exit status a container that failed this way records, as Docker's `run` exits:
+    /// 127 the command was not found, 126 it cannot be invoked, 125 the container could
+    /// not be set up to run it.
+    pub fn exit_code(&self) -> i32 {
+        use nix::errno::Errno;
+        match self {
+            RootfsError::Spec(spec::SpecError::NotFound(_)) => 127,
+            RootfsError::NotExecutable(_) => 126,
+            RootfsError::Sys {
+                step: "execve",
+                source,
+            } => match source {
+                Errno::ENOENT => 127,
+                Errno::EACCES | Errno::ENOEXEC | Errno::EISDIR | Errno::EPERM => 126,
+                _ => 125,
+            },
+            _ => 125,
+        }
+    }
 }
 
 /// Builds the container's root, enters it and execs the command. Returns only on error.

@@ -43,6 +43,9 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 const DRAIN: Duration = Duration::from_secs(1);
 /// How long an attach waits for a container that is still being created (image pull).
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
+/// How often an attach waiting for a container checks that it was not removed meanwhile
+/// (the directory watch sees what appears in the directory, not the directory going).
+const GONE_POLL: Duration = Duration::from_millis(250);
 /// How long the exit status is awaited once the shim closed the attach connection.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// CPU % window when the request names none.
@@ -144,6 +147,7 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
     let max_files = Rotation::from_task(task.log_max_size, task.log_max_files).max_files;
     let filter = filter_of(req);
     let follow = req.follow;
+    let until_exit = task.service.is_empty();
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         let path = dir.log_json();
@@ -182,8 +186,10 @@ pub fn logs(dir: ContainerDir, req: &pb::LogsRequest) -> Result<LogsStream, Stre
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}
             }
             // Removed (moved to the trash, then deleted): what was written is still read
-            // from the open file, then the stream ends.
-            let gone = !dir.config().exists();
+            // from the open file, then the stream ends. A one-off container's log ends with
+            // it, as `docker logs -f` does (the shim records the exit only after its last
+            // output is in the log); a service task's goes on across its restarts.
+            let gone = !dir.config().exists() || (until_exit && dir.exit().exists());
             let Ok((res, f)) = tokio::task::spawn_blocking(move || {
                 let r = follower.poll();
                 (r, follower)
@@ -212,21 +218,45 @@ fn out(kind: pb::stream_output::Kind) -> Result<pb::StreamOutput, StreamError> {
     Ok(pb::StreamOutput { kind: Some(kind) })
 }
 
-/// Waits until the container in `dir` has an attach socket; `Ok(None)` when it already
-/// exited (no socket will come). Woken by the directory's changes, not a poll interval:
-/// the socket is on `run`'s path from create to the container's first instruction.
-async fn await_socket(dir: &ContainerDir, id: &str) -> Result<Option<()>, StreamError> {
+/// What an attach finds once the container got past its start.
+enum Reached {
+    /// The shim listens: attach to it.
+    Socket,
+    /// It exited already (no socket will come).
+    Exited,
+    /// It could not be created or started: why, and the exit code `run` reports (the
+    /// recorded one, else 125 as Docker's run for a container that cannot start).
+    Failed(String, i32),
+}
+
+/// Waits until the container in `dir` has an attach socket, exited, or failed to start.
+/// Woken by the directory's changes, not a poll interval: the socket is on `run`'s path
+/// from create to the container's first instruction. A container removed meanwhile (its
+/// start failed and it was `--rm`) is looked for every [`GONE_POLL`].
+async fn await_socket(dir: &ContainerDir, id: &str) -> Result<Reached, StreamError> {
     let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
     let mut watch = DirWatch::new(&dir.0).map_err(io("watch the container directory"))?;
+    // Attach may come before the directory is made; once it existed, its absence is removal.
+    let mut existed = false;
     loop {
         if dir.attach_sock().exists() {
-            return Ok(Some(()));
+            return Ok(Reached::Socket);
+        }
+        if let Some(why) = dir.read_failed() {
+            return Ok(Reached::Failed(why, dir.read_exit().unwrap_or(125)));
         }
         if dir.exit().exists() {
-            return Ok(None);
+            return Ok(Reached::Exited);
         }
-        match tokio::time::timeout_at(deadline, watch.changed()).await {
+        match dir.0.exists() {
+            true => existed = true,
+            false if existed => return Err(StreamError::NotFound(id.to_string())),
+            false => {}
+        }
+        let wake = deadline.min(tokio::time::Instant::now() + GONE_POLL);
+        match tokio::time::timeout_at(wake, watch.changed()).await {
             Ok(r) => r.map_err(io("watch the container directory"))?,
+            Err(_) if tokio::time::Instant::now() < deadline => {}
             Err(_) => {
                 return Err(if dir.0.exists() {
                     StreamError::NotRunning(display_name(&dir.read_task(), id))
@@ -282,10 +312,23 @@ async fn serve_attach(
     mut input: InputStream,
     tx: &mpsc::Sender<Result<pb::StreamOutput, StreamError>>,
 ) -> Result<(), StreamError> {
-    if await_socket(&dir, id).await?.is_none() {
-        let code = dir.read_exit().unwrap_or(255);
-        let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
-        return Ok(());
+    match await_socket(&dir, id).await? {
+        Reached::Socket => {}
+        Reached::Exited => {
+            let code = dir.read_exit().unwrap_or(255);
+            let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
+            return Ok(());
+        }
+        Reached::Failed(why, code) => {
+            // Said where the container's own output goes, as a command that cannot be run
+            // says it: one line, then the code `run` exits with.
+            let line = format!("error: {}\n", why.trim_end());
+            let _ = tx
+                .send(out(pb::stream_output::Kind::Stderr(line.into_bytes())))
+                .await;
+            let _ = tx.send(out(pb::stream_output::Kind::ExitCode(code))).await;
+            return Ok(());
+        }
     }
     let sock = match tokio::net::UnixStream::connect(dir.attach_sock()).await {
         Ok(s) => s,

@@ -63,6 +63,12 @@ impl Tasks {
                 });
             }
         }
+        if !self.dir(&task.id).0.exists() {
+            // What create would fail on later, refused now with the reason, so `run`
+            // fails at once with it instead of waiting for a container that never starts.
+            creatable(&task, |p| std::fs::metadata(p).is_ok(), host_memory())?;
+            self.inner.runtime.disk_room(self.inner.cluster.node())?;
+        }
         // Known already: nothing to start, nothing pulled for this request.
         let known = |actors: &HashMap<String, Actor>| {
             actors.contains_key(&task.id) || self.dir(&task.id).0.exists()
@@ -110,6 +116,29 @@ impl Tasks {
     }
 }
 
+/// Refuses a task whose container could not be created here: a bind source that does not
+/// exist on this node (`exists`), limits the kernel would refuse (`host_memory` bytes).
+fn creatable(
+    task: &pb::Task,
+    exists: impl Fn(&std::path::Path) -> bool,
+    host_memory: Option<u64>,
+) -> Result<(), TaskError> {
+    // Only what the node alone knows: the rest of a mount (an anonymous volume is named
+    // only at create) is checked where it is made.
+    for m in &task.mounts {
+        if m.kind == "bind" && !exists(std::path::Path::new(&m.source)) {
+            return Err(crate::runtime::mounts::MountError::NoSource(m.source.clone()).into());
+        }
+    }
+    let limits = crate::runtime::container::limits_of(task.resources.as_ref());
+    crate::runtime::cgroups::validate(&limits, host_memory.unwrap_or(u64::MAX))
+        .map_err(TaskError::Limits)
+}
+
+fn host_memory() -> Option<u64> {
+    crate::runtime::cgroups::host_memory().ok()
+}
+
 /// The first of `ports` whose host port a local container holds already (`held`: port and
 /// protocol) or a socket of this host holds (`listening`), each binding checked with its own
 /// protocol: 8080/tcp and 8080/udp are two different ports.
@@ -143,6 +172,44 @@ fn listening(port: u16, proto: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_bind_source_and_impossible_limits_are_refused_at_once() {
+        let bind = |src: &str| pb::Mount {
+            source: src.into(),
+            target: "/data".into(),
+            readonly: false,
+            kind: "bind".into(),
+        };
+        let here = |p: &std::path::Path| p == std::path::Path::new("/srv");
+        let mut t = pb::Task {
+            mounts: vec![bind("/srv")],
+            ..Default::default()
+        };
+        assert!(creatable(&t, here, Some(1 << 30)).is_ok());
+        // An anonymous volume, named only at create, is no reason to refuse.
+        t.mounts.push(pb::Mount {
+            target: "/anon".into(),
+            kind: "volume".into(),
+            ..Default::default()
+        });
+        assert!(creatable(&t, here, Some(1 << 30)).is_ok());
+        t.mounts.push(bind("/nonexistent"));
+        let e = creatable(&t, here, Some(1 << 30)).unwrap_err().to_string();
+        assert_eq!(e, "bind source /nonexistent does not exist");
+        t.mounts.pop();
+        t.resources = Some(pb::Resources {
+            memory_bytes: 1024,
+            ..Default::default()
+        });
+        let e = creatable(&t, here, Some(1 << 30)).unwrap_err().to_string();
+        assert!(e.contains("below the minimum of 6 MiB"), "{e}");
+        t.resources = Some(pb::Resources {
+            memory_bytes: 2 << 30,
+            ..Default::default()
+        });
+        assert!(creatable(&t, here, Some(1 << 30)).is_err());
+    }
 
     #[test]
     fn a_port_is_taken_per_protocol() {

@@ -69,7 +69,10 @@ pub(super) async fn actor(
                     if dir.0.exists() {
                         let _ = dir.mark_failed(&e.to_string()).await;
                     }
-                    finish(&mut status, None, false, e.to_string());
+                    // The code `run` exits with: the one recorded (126/127: the command
+                    // cannot be invoked or is not there), else 125 (not started).
+                    let code = dir.read_exit().unwrap_or(125);
+                    finish(&mut status, Some(code), false, e.to_string());
                     inner.report(&mut status).await;
                     None
                 }

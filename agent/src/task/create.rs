@@ -208,7 +208,10 @@ impl Inner {
     }
 }
 
+/// Undoes a start that failed or was stopped midway: every process of it ends (a stop
+/// may come before its pid was recorded, so not only PID 1), then its network goes.
 pub(super) async fn cleanup_failed_start(inner: &Inner, dir: &ContainerDir) {
+    inner.runtime.end_processes(dir).await;
     match dir.read_config() {
         Ok(cfg) => inner.teardown(&cfg).await,
         Err(_) => inner.runtime.detach(&dir.id()).await,

@@ -40,7 +40,12 @@ impl Inner {
             .attach_wait_ms
             .min(crate::shim::MAX_ATTACH_WAIT_MS);
         let limit = Duration::from_secs(10) + Duration::from_millis(attach_wait as u64);
-        self.runtime.start(dir, cfg, limit).await
+        let started = self.runtime.start(dir, cfg, limit).await;
+        if started.is_err() {
+            // A shim that never reported, a setup that hung: none of it may keep running.
+            self.runtime.end_processes(dir).await;
+        }
+        started
     }
 }
 

@@ -88,6 +88,12 @@ pub enum TaskError {
     Container(#[from] crate::runtime::container::ContainerError),
     #[error(transparent)]
     Mount(#[from] crate::runtime::mounts::MountError),
+    /// The node's disk is below its reserve (RunTask refuses new containers then).
+    #[error(transparent)]
+    Disk(#[from] crate::runtime::disk::DiskError),
+    /// Limits the kernel would refuse (RunTask checks them before anything is made).
+    #[error(transparent)]
+    Limits(crate::runtime::cgroups::CgroupError),
     #[error("no container {0} on this node")]
     NotFound(String),
     #[error("container {0} is not running")]

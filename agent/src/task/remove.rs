@@ -18,9 +18,15 @@ pub(super) async fn remove(inner: &Inner, task: &pb::Task, dir: &ContainerDir, s
     } else {
         Vec::new()
     };
-    if let Err(e) = runtime::remove_dir(&dir.0).await {
-        warn!(task = %task.id, error = %e, "cannot remove container directory");
-    }
+    // Every process of it is ended before it counts as removed; what could not be is
+    // left to the orphan sweep, which finds the cgroup no actor claims.
+    let clean = match runtime::remove_dir(&dir.0).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(task = %task.id, error = %e, "container not removed cleanly; the orphan sweep retries");
+            false
+        }
+    };
     for name in volumes {
         let path = inner.root.join("volumes").join(&name);
         match tokio::fs::remove_dir_all(&path).await {
@@ -39,5 +45,7 @@ pub(super) async fn remove(inner: &Inner, task: &pb::Task, dir: &ContainerDir, s
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&task.id);
-    info!(task = %task.id, "container removed");
+    if clean {
+        info!(task = %task.id, "container removed");
+    }
 }

@@ -35,6 +35,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// The node's own IPv4 addresses: the advertised one and those on its interfaces,
     /// the only ones a `-p IP:…` binding may name.
     fn addresses(&self) -> Vec<std::net::Ipv4Addr>;
+    /// Whether the node's disk has room for a new container (its reserve kept free).
+    fn disk_room(&self, _node: &str) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Writes the confinement profile of `spec` into `dir` and makes its cgroup.
     async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError>;
     /// Starts PID 1 of the container of `cfg` and waits up to `limit` for it to reach exec.
@@ -53,6 +57,18 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exited(&self, dir: &ContainerDir, pid: &PidRecord);
     /// Runs one health probe of `check` against the container at `addr`.
     async fn probe(&self, check: &health::Check, addr: SocketAddr) -> bool;
+    /// Ends every process of the container in `dir` (a start that failed or was
+    /// abandoned: nothing of it may keep running); its cgroup stays for a later start.
+    async fn end_processes(&self, _dir: &ContainerDir) {}
+    /// The ids of the containers that have a cgroup on this host, known to the agent or not.
+    fn container_cgroups(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Ends the processes of container `id`'s cgroup and removes it (one the agent does not
+    /// know: no directory says what it was).
+    async fn end_cgroup(&self, _id: &str) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Gives back what the container of `cfg` holds on the host network.
     async fn teardown(&self, cfg: &ContainerConfig);
     /// Gives back the network of container `id`, whose config is unknown.
@@ -70,16 +86,28 @@ pub struct HostRuntime {
     /// Writes each container's confinement profile and makes its cgroup.
     containers: runtime::container::ContainerRuntime,
     net: Network,
+    /// The containers' disk (the agent root).
+    root: PathBuf,
+    /// Bytes that must stay free there for a new container to be accepted.
+    disk_reserve: u64,
 }
 
 impl HostRuntime {
     /// Containers under `root`, their cgroups under `cgroup_parent` in each hierarchy.
     pub fn new(root: PathBuf, cgroup_parent: PathBuf, net: Network) -> Self {
         Self {
-            containers: runtime::container::ContainerRuntime::new(root)
+            containers: runtime::container::ContainerRuntime::new(root.clone())
                 .with_cgroup_parent(cgroup_parent),
             net,
+            root,
+            disk_reserve: runtime::disk::DEFAULT_RESERVE,
         }
+    }
+
+    /// Refuses new containers while less than `bytes` are free on the agent root.
+    pub fn with_disk_reserve(mut self, bytes: u64) -> Self {
+        self.disk_reserve = bytes;
+        self
     }
 
     /// Runs every container in a user namespace with `map` (the agent's
@@ -104,6 +132,14 @@ impl Runtime for HostRuntime {
         let mut own = vec![self.net.advertise_ip];
         own.extend(crate::network::interface_addresses());
         own
+    }
+
+    fn disk_room(&self, node: &str) -> Result<(), TaskError> {
+        // Unreadable: not a reason to refuse (the create reports real I/O errors).
+        match runtime::disk::free_bytes(&self.root) {
+            Ok(free) => Ok(runtime::disk::check(node, free, self.disk_reserve)?),
+            Err(_) => Ok(()),
+        }
     }
 
     async fn prepare(&self, dir: &ContainerDir, spec: &ContainerSpec) -> Result<(), TaskError> {
@@ -154,6 +190,20 @@ impl Runtime for HostRuntime {
 
     async fn probe(&self, check: &health::Check, addr: SocketAddr) -> bool {
         check.probe(addr).await
+    }
+
+    async fn end_processes(&self, dir: &ContainerDir) {
+        if !runtime::container::end_processes(dir, runtime::container::DELETE_WAIT).await {
+            tracing::warn!(container = %dir.id(), "processes of a failed start remain");
+        }
+    }
+
+    fn container_cgroups(&self) -> Vec<String> {
+        self.containers.cgroups()
+    }
+
+    async fn end_cgroup(&self, id: &str) -> Result<(), TaskError> {
+        Ok(self.containers.end_cgroup(id).await?)
     }
 
     async fn teardown(&self, cfg: &ContainerConfig) {

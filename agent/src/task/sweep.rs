@@ -71,6 +71,29 @@ impl Tasks {
                 self.inner.stop(&id, stop);
             }
         }
+        // Processes in container cgroups no actor claims: a removal that could not end them
+        // all, or anything an earlier agent lost track of.
+        // Listed first, claimed after: a container made meanwhile has its actor already.
+        for id in self.inner.runtime.container_cgroups() {
+            let known = self
+                .inner
+                .actors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id)
+                || self.inner.dir(&id).0.exists();
+            if known {
+                continue;
+            }
+            match self.inner.runtime.end_cgroup(&id).await {
+                Ok(()) => {
+                    warn!(container = %id, "orphan sweep ended an unknown container's processes")
+                }
+                Err(e) => {
+                    warn!(container = %id, error = %e, "orphan sweep cannot end an unknown container")
+                }
+            }
+        }
         // Statuses of tasks that are gone and left no container here (e.g. a failed pull).
         let local: Vec<String> = {
             let actors = self.inner.actors.lock().unwrap_or_else(|e| e.into_inner());

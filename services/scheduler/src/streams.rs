@@ -274,7 +274,9 @@ impl Streams {
                     continue;
                 }
             };
-            if !loaded.tasks.iter().any(|t| t.id == c.id) {
+            // A service's task or a one-off container: gone from both, nothing to follow.
+            let known = |ts: &[rctl_api::pb::Task]| ts.iter().any(|t| t.id == c.id);
+            if !known(&loaded.tasks) && !known(&loaded.containers) {
                 return;
             }
             if let Ok(mut client) = self.client(&loaded, &c) {
