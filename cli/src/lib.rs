@@ -28,9 +28,9 @@ pub mod nodes;
 pub mod output;
 pub mod progress;
 pub mod registry_auth;
-pub mod rollback;
 #[cfg(test)]
 mod render_props;
+pub mod rollback;
 pub mod rollout;
 pub mod run;
 pub mod scale;

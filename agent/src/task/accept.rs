@@ -66,7 +66,7 @@ impl Tasks {
         if !self.dir(&task.id).0.exists() {
             // What create would fail on later, refused now with the reason, so `run`
             // fails at once with it instead of waiting for a container that never starts.
-            creatable(&task, |p| std::fs::metadata(p).is_ok(), host_memory())?;
+            creatable(task, |p| std::fs::metadata(p).is_ok(), host_memory())?;
             self.inner.runtime.disk_room(self.inner.cluster.node())?;
         }
         // Known already: nothing to start, nothing pulled for this request.
