@@ -272,10 +272,18 @@ impl Conn<'_> {
         let mut cancelled: Pin<Box<WaitForCancellationFutureOwned>> =
             Box::pin(shutdown.clone().cancelled_owned());
         let mut idle_deadline = Instant::now() + idle;
+        let mut served = false;
         loop {
             if self.inbuf.filled().is_empty() {
-                if shutdown.is_cancelled() {
-                    return None;
+                let draining = shutdown.is_cancelled();
+                if draining {
+                    if served {
+                        return None;
+                    }
+                    // Accepted before the shutdown, nothing asked yet: the client of a fresh
+                    // connection does not retry, so its first request is still answered if
+                    // it comes soon.
+                    idle_deadline = idle_deadline.min(Instant::now() + super::FIRST_REQUEST_GRACE);
                 }
                 let alarm = &mut self.alarm;
                 let inbuf = &mut self.inbuf;
@@ -283,7 +291,7 @@ impl Conn<'_> {
                     if let Poll::Ready(r) = poll_read_into(cx, stream, inbuf) {
                         return Poll::Ready(Wait::Read(r));
                     }
-                    if cancelled.as_mut().poll(cx).is_ready() {
+                    if !draining && cancelled.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wait::Shutdown);
                     }
                     if alarm.poll(cx, idle_deadline).is_ready() {
@@ -299,11 +307,13 @@ impl Conn<'_> {
                         debug!(peer = %self.info.peer, "idle client connection closed");
                         return None;
                     }
-                    Wait::Shutdown => return None,
+                    Wait::Shutdown => continue,
                 }
             }
             let start = Instant::now();
-            match self.serve_one(stream, start).await {
+            let answer = self.serve_one(stream, start).await;
+            served = true;
+            match answer {
                 Ok(Served::KeepAlive) => {}
                 Ok(Served::Close) => return None,
                 Err(Handoff) => return Some(Bytes::copy_from_slice(self.inbuf.filled())),

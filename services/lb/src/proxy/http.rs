@@ -160,7 +160,9 @@ async fn serve_connection(
     }
     let sniffed = tokio::select! {
         p = sniff(&stream, header_timeout) => p,
-        _ = shutdown.cancelled() => return,
+        // Shutting down: the client connected and will not retry a fresh connection, so
+        // its first request is still taken if it comes soon (sniff only peeks: nothing lost).
+        _ = shutdown.cancelled() => sniff(&stream, header_timeout.min(super::FIRST_REQUEST_GRACE)).await,
     };
     match sniffed {
         Some(Preface::Http2) => serve_h2(stream, info, ctx, header_timeout, shutdown).await,

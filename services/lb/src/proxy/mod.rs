@@ -49,6 +49,10 @@ pub const MAX_RETRIES: usize = 2;
 /// How long a connection attempt to a backend may take before another is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a connection accepted before a shutdown (a restart's hand-over) may take to send
+/// its first request and still get it answered.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 

@@ -107,6 +107,11 @@ impl Lb {
         }
     }
 
+    /// Tells the LB to stop (it drains), without waiting for it.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the LB and waits for it.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
