@@ -431,8 +431,9 @@ async fn run(conn: &mut Conn, a: RunArgs, mut req: CreateContainerRequest) -> Re
         .await
         .map_err(|s| match s.code() {
             // The node refused to make it (a bind source it lacks, limits its kernel would
-            // refuse, a port it cannot publish): Docker's run exits 125 for that.
-            tonic::Code::FailedPrecondition => {
+            // refuse, a port it cannot publish) or its name is taken: Docker's run exits 125
+            // for that.
+            tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => {
                 eprintln!("error: {}", s.message());
                 CliError::Exit(NOT_CREATED)
             }

@@ -202,11 +202,12 @@ fn containers_run_on_either_host_and_follow_their_lifecycle() {
     );
     refused(&c.rctl(&["stop", "sleeper"]), 1, "\"sleeper\"");
 
-    // Refused (a name in use: exit 1) or bad input (exit 2): one line, nothing created.
+    // Refused (a name in use: run's 125, as Docker's) or bad input (exit 2): one line,
+    // nothing created.
     let before = containers(&c, &["-a"]).len();
     refused(
         &c.rctl(&["run", "-d", "--name", "talker", &bb, "true"]),
-        1,
+        125,
         "already in use",
     );
     refused(

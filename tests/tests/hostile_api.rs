@@ -442,7 +442,8 @@ fn services_tasks_and_containers_share_one_namespace() {
         ("web", "service web"),
         ("web.5", "service web"),
     ] {
-        let err = refused(&c.rctl(&["run", "-d", "--name", name, &ts]), 1, name);
+        // run exits 125 for every refusal to create (Docker's run says 125 for a name conflict).
+        let err = refused(&c.rctl(&["run", "-d", "--name", name, &ts]), 125, name);
         assert!(
             err.contains(&format!("{name:?}")) && err.contains(owner),
             "{name}: {err}"

@@ -86,7 +86,6 @@ fn exit_codes_and_wording_follow_one_table() {
     // Refused because of state: 1, whichever command meets it.
     let refused: &[(&[&str], &str)] = &[
         (&["rename", "c1", "c2"], "already in use"),
-        (&["run", "-d", "--name", "c2", &bb], "already in use"),
         (&["rm", "c1"], "c1"),
         (&["rollback", "web", "--to", "1"], "already runs revision 1"),
         (
@@ -105,6 +104,13 @@ fn exit_codes_and_wording_follow_one_table() {
     for (args, needle) in refused {
         assert_fails(&c, args, 1, &[needle]);
     }
+    // `run` exits 125 for every refusal to create, a taken name included (as Docker's run).
+    assert_fails(
+        &c,
+        &["run", "-d", "--name", "c2", &bb],
+        125,
+        &["already in use"],
+    );
     c.rctl_ok(&["stop", "-t", "0", "c2"]);
     assert_fails(&c, &["kill", "c2"], 1, &["c2"]);
 
