@@ -41,8 +41,6 @@ pub enum RootfsError {
     Spec(#[from] spec::SpecError),
     #[error("bad string for exec: {0}")]
     Nul(String),
-    #[error("{0}: permission denied (not an executable file)")]
-    NotExecutable(PathBuf),
     #[error("the image has a symlink or file at {0}, where a directory must be")]
     NotADir(PathBuf),
     #[error(transparent)]
@@ -137,7 +135,7 @@ impl RootfsError {
         use nix::errno::Errno;
         match self {
             RootfsError::Spec(spec::SpecError::NotFound(_)) => 127,
-            RootfsError::NotExecutable(_) => 126,
+            RootfsError::Spec(spec::SpecError::NotExecutable(_)) => 126,
             RootfsError::Sys {
                 step: "execve",
                 source,
@@ -442,6 +440,17 @@ pub(crate) fn exec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_cannot_run_records_dockers_codes() {
+        let spec = |e| RootfsError::Spec(e);
+        assert_eq!(spec(spec::SpecError::NotFound("x".into())).exit_code(), 127);
+        assert_eq!(
+            spec(spec::SpecError::NotExecutable("/etc/passwd".into())).exit_code(),
+            126
+        );
+        assert_eq!(RootfsError::Nul("a\0b".into()).exit_code(), 125);
+    }
 
     #[test]
     fn layer_paths_are_relative_to_the_container_dir() {
