@@ -190,7 +190,7 @@ fn a_tls_cluster_serves_end_to_end_and_refuses_strangers() {
         &["ps"],
     );
     // The scheduler's alert (UnknownCA) may arrive, or only the closed connection.
-    assert_refused(&out, 1, "cannot talk to the scheduler");
+    assert_refused(&out, 1, "cannot reach the scheduler");
 
     // The cluster's own certificate with a role the scheduler API does not admit.
     let out = rctl_with(
@@ -212,7 +212,7 @@ fn a_tls_cluster_serves_end_to_end_and_refuses_strangers() {
         &[("RCTL_ADDR", &plain), ("RCTL_INSECURE", "1")],
         &["ps"],
     );
-    assert_refused(&out, 1, "cannot talk to the scheduler");
+    assert_refused(&out, 1, "cannot reach the scheduler");
     let out = rctl_with(&c, &[("RCTL_ADDR", &plain)], &["ps"]);
     assert_refused(&out, 2, "--insecure");
 
